@@ -1,0 +1,65 @@
+import { SigilError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { Backend, BackendModule } from './signer.ts';
+import type { BackendConfig } from './config.ts';
+
+/** Backend modules by kind, loaded on first use so an unused backend costs nothing. */
+const MODULES = {
+  pkcs11: () => import('./pkcs11/index.ts'),
+  soft: () => import('./soft/index.ts'),
+} satisfies Record<BackendConfig['type'], () => Promise<BackendModule<never>>>;
+
+/**
+ * The lazy table of configured backends: `get(name)` opens a backend the first time it is asked for
+ * and hands the same instance to every later caller.
+ */
+export class BackendRegistry {
+  readonly #configs: ReadonlyMap<string, BackendConfig>;
+  readonly #opening = new Map<string, Promise<Backend>>();
+  readonly #log: Logger;
+  readonly #production: boolean;
+
+  constructor(configs: Record<string, BackendConfig>, opts: { log: Logger; production: boolean }) {
+    this.#configs = new Map(Object.entries(configs));
+    this.#log = opts.log;
+    this.#production = opts.production;
+  }
+
+  /** The configured backend names. */
+  names(): string[] {
+    return [...this.#configs.keys()];
+  }
+
+  /** True when a backend of that name is configured. */
+  has(name: string): boolean {
+    return this.#configs.has(name);
+  }
+
+  /** Opens (once) and returns the named backend. */
+  get(name: string): Promise<Backend> {
+    let p = this.#opening.get(name);
+    if (p) return p;
+    const config = this.#configs.get(name);
+    if (!config) return Promise.reject(new SigilError('INVALID_ARGUMENT', `no backend named ${JSON.stringify(name)}`));
+    p = this.#open(name, config);
+    this.#opening.set(name, p);
+    // A failed open is not cached: the next request tries again (the HSM may come back).
+    p.catch(() => this.#opening.delete(name));
+    return p;
+  }
+
+  async #open(name: string, config: BackendConfig): Promise<Backend> {
+    const mod = (await MODULES[config.type]()) as BackendModule<BackendConfig>;
+    const log = this.#log.child({ module: 'backend', backend: name });
+    const backend = await mod.open(config, { name, log, production: this.#production });
+    log.info({ kind: backend.kind }, 'backend opened');
+    return backend;
+  }
+
+  /** Closes every backend that was opened. */
+  async closeAll(): Promise<void> {
+    const opened = [...this.#opening.values()];
+    this.#opening.clear();
+    await Promise.allSettled(opened.map(async (p) => (await p).close()));
+  }
+}

@@ -1,0 +1,144 @@
+import { createPublicKey } from 'node:crypto';
+import type { Logger } from '../log.ts';
+
+/** The signature algorithms sigil offers; the names match the `Algorithm` enum of the contract. */
+export type Algorithm = 'ECDSA_P256_SHA256' | 'ECDSA_P384_SHA384' | 'RSA_PKCS1_SHA256' | 'RSA_PSS_SHA256' | 'ED25519';
+
+/** Every algorithm, in contract order. */
+export const ALGORITHMS: readonly Algorithm[] = [
+  'ECDSA_P256_SHA256',
+  'ECDSA_P384_SHA384',
+  'RSA_PKCS1_SHA256',
+  'RSA_PSS_SHA256',
+  'ED25519',
+];
+
+/** The kind of key pair an algorithm needs; a backend reports it for keys it did not create. */
+export type KeyType = 'EC_P256' | 'EC_P384' | 'RSA' | 'ED25519';
+
+/** Static facts about an algorithm: its key type, its hash and the digest length it signs. */
+export interface AlgorithmInfo {
+  keyType: KeyType;
+  /** Node's name of the hash, or null for Ed25519 which signs the whole message. */
+  hash: 'sha256' | 'sha384' | null;
+  /** Bytes of digest the algorithm signs; 0 for Ed25519. */
+  digestLength: number;
+}
+
+/** Algorithm facts, one row per algorithm. */
+export const ALGORITHM_INFO: Readonly<Record<Algorithm, AlgorithmInfo>> = {
+  ECDSA_P256_SHA256: { keyType: 'EC_P256', hash: 'sha256', digestLength: 32 },
+  ECDSA_P384_SHA384: { keyType: 'EC_P384', hash: 'sha384', digestLength: 48 },
+  RSA_PKCS1_SHA256: { keyType: 'RSA', hash: 'sha256', digestLength: 32 },
+  RSA_PSS_SHA256: { keyType: 'RSA', hash: 'sha256', digestLength: 32 },
+  ED25519: { keyType: 'ED25519', hash: null, digestLength: 0 },
+};
+
+/** What a backend needs to create a key. */
+export interface KeySpec {
+  /** A label for the backend object, derived from the key name and version (e.g. `release-ci-v1`). */
+  label: string;
+  algorithm: Algorithm;
+}
+
+/** A key the backend holds: its URI (RFC 7512 style) and public key. */
+export interface BackendKey {
+  uri: string;
+  /** DER SubjectPublicKeyInfo. */
+  spki: Buffer;
+  keyType: KeyType;
+}
+
+/**
+ * A handle that signs with one key version. `sign` takes the digest for ECDSA and RSA and the whole
+ * message for Ed25519, and returns the signature in wire form: DER for ECDSA, raw for RSA and Ed25519.
+ */
+export interface KeySigner {
+  readonly algorithm: Algorithm;
+  sign(input: Buffer): Promise<Buffer>;
+}
+
+/**
+ * A signing backend: a tiny core that every backend implements. Extra powers (creating keys) are the
+ * optional interfaces below, checked with the type guards.
+ */
+export interface Backend {
+  /** The backend kind, e.g. `pkcs11`. */
+  readonly kind: string;
+  /** The algorithms this backend can sign with. */
+  readonly algorithms: readonly Algorithm[];
+  /** Looks a key up by URI and returns its canonical URI, public key and key type. KEY_NOT_FOUND if absent. */
+  getKey(uri: string): Promise<BackendKey>;
+  /** Returns a signer for the key at `uri` used with `algorithm`; it may cache handles. */
+  signer(uri: string, algorithm: Algorithm): Promise<KeySigner>;
+  /** Releases sessions and connections. */
+  close(): Promise<void>;
+}
+
+/** A backend that can generate keys (non-extractable where the backend can enforce it). */
+export interface KeyCreator {
+  createKey(spec: KeySpec): Promise<BackendKey>;
+}
+
+/** True when the backend can create keys. */
+export function canCreateKeys(b: Backend): b is Backend & KeyCreator {
+  return typeof (b as Partial<KeyCreator>).createKey === 'function';
+}
+
+/** What every backend module gets when it is opened. */
+export interface BackendContext {
+  /** The configured name of this backend instance, e.g. `softhsm`. */
+  name: string;
+  log: Logger;
+  /** True in production mode: a backend that is for tests and dev only must refuse to open. */
+  production: boolean;
+}
+
+/** The shape of a backend module loaded by `registry.ts`: `open` validates nothing itself, the config schema did. */
+export interface BackendModule<C> {
+  open(config: C, ctx: BackendContext): Promise<Backend>;
+}
+
+/** The key type of a public key in DER SubjectPublicKeyInfo form, or null for one sigil does not sign with. */
+export function keyTypeOfSpki(spki: Buffer): KeyType | null {
+  const k = createPublicKey({ key: spki, format: 'der', type: 'spki' });
+  switch (k.asymmetricKeyType) {
+    case 'rsa':
+      return 'RSA';
+    case 'ed25519':
+      return 'ED25519';
+    case 'ec':
+      if (k.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'EC_P256';
+      if (k.asymmetricKeyDetails?.namedCurve === 'secp384r1') return 'EC_P384';
+      return null;
+    default:
+      return null;
+  }
+}
+
+/**
+ * Encodes a raw ECDSA signature r||s (as PKCS#11 returns it) as a DER ECDSA-Sig-Value
+ * (RFC 3279 section 2.2.3), the one form sigil sends.
+ */
+export function ecdsaRawToDer(raw: Uint8Array): Buffer {
+  if (raw.length === 0 || raw.length % 2 !== 0) throw new RangeError('raw ECDSA signature must be r||s of equal halves');
+  const half = raw.length / 2;
+  const r = derInteger(raw.subarray(0, half));
+  const s = derInteger(raw.subarray(half));
+  const body = r.length + s.length;
+  // Up to P-521 the body stays below 256 bytes, so the length takes one or two bytes.
+  const head = body < 0x80 ? Buffer.from([0x30, body]) : Buffer.from([0x30, 0x81, body]);
+  return Buffer.concat([head, r, s]);
+}
+
+function derInteger(bytes: Uint8Array): Buffer {
+  let i = 0;
+  while (i < bytes.length - 1 && bytes[i] === 0) i++;
+  const v = bytes.subarray(i);
+  const pad = v[0]! & 0x80 ? 1 : 0;
+  const out = Buffer.alloc(2 + pad + v.length);
+  out[0] = 0x02;
+  out[1] = pad + v.length;
+  out.set(v, 2 + pad);
+  return out;
+}
