@@ -47,7 +47,8 @@ export function parseKeyUri(uri: string): KeyUri {
 
 /** Formats a key URI with attributes in the given order, percent-encoding what needs it. */
 export function formatKeyUri(scheme: string, attrs: ReadonlyArray<readonly [string, string | Uint8Array]>): string {
-  const parts = attrs.map(([name, value]) => `${name}=${percentEncode(typeof value === 'string' ? Buffer.from(value, 'utf8') : value)}`);
+  // Text is encoded only where it must be; binary values (ids) are encoded whole, as RFC 7512 examples do.
+  const parts = attrs.map(([name, value]) => `${name}=${typeof value === 'string' ? percentEncode(Buffer.from(value, 'utf8')) : hexEncode(value)}`);
   return `${scheme}:${parts.join(';')}`;
 }
 
@@ -72,6 +73,12 @@ function percentDecode(value: string): Buffer {
 }
 
 const PLAIN = /[A-Za-z0-9\-._~]/;
+
+function hexEncode(bytes: Uint8Array): string {
+  let s = '';
+  for (const b of bytes) s += `%${b.toString(16).padStart(2, '0')}`;
+  return s;
+}
 
 function percentEncode(bytes: Uint8Array): string {
   let s = '';

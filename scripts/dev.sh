@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Quick start: set-up, then `sigild dev` on the embedded default (SoftHSM2 token, SQLite store,
+# development operator CA, all under .sigil-dev/), and a short demo: create a key, sign a file,
+# verify the signature with openssl. The daemon keeps serving until Ctrl-C (or exits after the
+# demo with --exit).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+DIR="${SIGIL_DEV_DIR:-$SIGIL_ROOT/.sigil-dev}"
+mkdir -p "$DIR"
+rm -f "$DIR/sigild.addr"
+node bin/sigild.js dev --data-dir "$DIR" --listen "${SIGIL_LISTEN:-127.0.0.1:0}" 2>>"$DIR/sigild.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 300); do
+  [ -s "$DIR/sigild.addr" ] && break
+  kill -0 $pid 2>/dev/null || { echo "sigild failed to start; its log:" >&2; tail -n 20 "$DIR/sigild.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -s "$DIR/sigild.addr" ] || { echo "sigild did not start within 30 s; see $DIR/sigild.log" >&2; exit 1; }
+
+export SIGIL_ADDR="$(cat "$DIR/sigild.addr")" SIGIL_CACERT="$DIR/client/ca.pem" \
+  SIGIL_CLIENT_CERT="$DIR/client/admin.pem" SIGIL_CLIENT_KEY="$DIR/client/admin-key.pem"
+ctl() { echo "\$ sigilctl $*" >&2; node bin/sigilctl.js "$@"; }
+
+echo "sigild is serving on $SIGIL_ADDR (log: $DIR/sigild.log)"
+ctl key show demo/readme >/dev/null 2>&1 || ctl key create demo/readme --alg ECDSA_P256_SHA256
+ctl key pubkey demo/readme --out "$DIR/demo-pub.pem"
+ctl sign --key demo/readme --file README.md --out "$DIR/README.md.sig"
+echo "\$ openssl dgst -sha256 -verify $DIR/demo-pub.pem -signature $DIR/README.md.sig README.md" >&2
+openssl dgst -sha256 -verify "$DIR/demo-pub.pem" -signature "$DIR/README.md.sig" README.md
+
+if [ "${1:-}" = "--exit" ]; then exit 0; fi
+cat <<MSG
+
+sigild keeps serving until you press Ctrl-C. In another shell:
+  export SIGIL_ADDR=$SIGIL_ADDR SIGIL_CACERT=$SIGIL_CACERT SIGIL_CLIENT_CERT=$SIGIL_CLIENT_CERT SIGIL_CLIENT_KEY=$SIGIL_CLIENT_KEY
+  npx sigilctl key list
+MSG
+wait $pid

@@ -1,0 +1,84 @@
+import { credentials, Metadata, type ServiceError, type ChannelOptions } from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
+import {
+  SignerClient,
+  type GetPublicKeyRequest,
+  type GetPublicKeyResponse,
+  type ListKeysRequest,
+  type ListKeysResponse,
+  type SignBatchRequest,
+  type SignBatchResponse,
+  type SignRequest,
+  type SignResponse,
+} from '../gen/sigil/v1/signer.ts';
+import {
+  AdminClient,
+  type AdminListKeysRequest,
+  type AdminListKeysResponse,
+  type CreateKeyRequest,
+  type CreateKeyResponse,
+  type GetKeyRequest,
+  type GetKeyResponse,
+  type ImportKeyRequest,
+  type ImportKeyResponse,
+} from '../gen/sigil/v1/admin.ts';
+
+/** Where and how to reach sigild. */
+export interface ConnectOptions {
+  addr: string;
+  ca: string;
+  cert?: string | undefined;
+  key?: string | undefined;
+  /** Largest message this client may send, for Ed25519 messages. */
+  maxSendBytes?: number;
+}
+
+/** Both sigil clients over one TLS channel configuration. */
+export interface Clients {
+  signer: SignerClient;
+  admin: AdminClient;
+  close(): void;
+}
+
+/** Opens clients with TLS and, when given, a client certificate. */
+export function connect(o: ConnectOptions): Clients {
+  const creds = credentials.createSsl(
+    readFileSync(o.ca),
+    o.key ? readFileSync(o.key) : null,
+    o.cert ? readFileSync(o.cert) : null,
+  );
+  const options: ChannelOptions = {
+    'grpc.max_send_message_length': o.maxSendBytes ?? 80 * 1024 * 1024,
+    'grpc.max_receive_message_length': 16 * 1024 * 1024,
+  };
+  const signer = new SignerClient(o.addr, creds, options);
+  const admin = new AdminClient(o.addr, creds, options);
+  return {
+    signer,
+    admin,
+    close: () => {
+      signer.close();
+      admin.close();
+    },
+  };
+}
+
+type Callback<Res> = (err: ServiceError | null, res: Res) => void;
+
+function promised<Res>(invoke: (md: Metadata, cb: Callback<Res>) => unknown): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    invoke(new Metadata(), (err, res) => (err ? reject(err) : resolve(res)));
+  });
+}
+
+/** Promise-returning calls over the generated clients, one per unary RPC. */
+export const rpc = {
+  sign: (c: Clients, r: SignRequest) => promised<SignResponse>((md, cb) => c.signer.sign(r, md, cb)),
+  signBatch: (c: Clients, r: SignBatchRequest) => promised<SignBatchResponse>((md, cb) => c.signer.signBatch(r, md, cb)),
+  getPublicKey: (c: Clients, r: GetPublicKeyRequest) => promised<GetPublicKeyResponse>((md, cb) => c.signer.getPublicKey(r, md, cb)),
+  listKeys: (c: Clients, r: ListKeysRequest) => promised<ListKeysResponse>((md, cb) => c.signer.listKeys(r, md, cb)),
+  createKey: (c: Clients, r: CreateKeyRequest) => promised<CreateKeyResponse>((md, cb) => c.admin.createKey(r, md, cb)),
+  importKey: (c: Clients, r: ImportKeyRequest) => promised<ImportKeyResponse>((md, cb) => c.admin.importKey(r, md, cb)),
+  getKey: (c: Clients, r: GetKeyRequest) => promised<GetKeyResponse>((md, cb) => c.admin.getKey(r, md, cb)),
+  adminListKeys: (c: Clients, r: AdminListKeysRequest) => promised<AdminListKeysResponse>((md, cb) => c.admin.listKeys(r, md, cb)),
+};

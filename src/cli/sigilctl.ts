@@ -1,0 +1,215 @@
+import { Command, Option } from 'commander';
+import { createReadStream, statSync, writeFileSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { SingleBar, Presets } from 'cli-progress';
+import { Algorithm, type Key } from '../gen/sigil/v1/signer.ts';
+import { connect, rpc, type Clients } from './client.ts';
+
+const ALG_NAMES = Object.keys(Algorithm).filter((a) => a !== 'UNSPECIFIED') as Array<keyof typeof Algorithm>;
+const ALIASES: Partial<Record<string, keyof typeof Algorithm>> = {
+  P256: 'ECDSA_P256_SHA256',
+  ECDSA_P256: 'ECDSA_P256_SHA256',
+  P384: 'ECDSA_P384_SHA384',
+  ECDSA_P384: 'ECDSA_P384_SHA384',
+  RSA: 'RSA_PKCS1_SHA256',
+  RSA_PKCS1: 'RSA_PKCS1_SHA256',
+  RSA_PSS: 'RSA_PSS_SHA256',
+  PSS: 'RSA_PSS_SHA256',
+};
+const HASH_OF: Record<number, 'sha256' | 'sha384' | null> = {
+  [Algorithm.ECDSA_P256_SHA256]: 'sha256',
+  [Algorithm.ECDSA_P384_SHA384]: 'sha384',
+  [Algorithm.RSA_PKCS1_SHA256]: 'sha256',
+  [Algorithm.RSA_PSS_SHA256]: 'sha256',
+  [Algorithm.ED25519]: null,
+};
+
+class UsageError extends Error {}
+
+function parseAlg(s: string): Algorithm {
+  const n = s.toUpperCase().replaceAll('-', '_');
+  const name = (ALG_NAMES as string[]).includes(n) ? (n as keyof typeof Algorithm) : ALIASES[n];
+  if (!name) throw new UsageError(`unknown algorithm ${s}: one of ${ALG_NAMES.join(', ')}`);
+  return Algorithm[name];
+}
+
+function algName(a: number): string {
+  return ALG_NAMES.find((k) => Algorithm[k] === a) ?? `UNKNOWN(${a})`;
+}
+
+interface Globals {
+  addr?: string;
+  ca?: string;
+  cert?: string;
+  key?: string;
+  output: 'text' | 'json';
+}
+
+function keyJson(k: Key): object {
+  return {
+    name: k.name,
+    algorithm: algName(k.algorithm),
+    backend: k.backend,
+    primaryVersion: k.primaryVersion,
+    createTime: k.createTime?.toISOString(),
+    versions: k.versions.map((v) => ({ version: v.version, uri: v.uri, state: v.state === 1 ? 'ENABLED' : String(v.state), generated: v.generated, createTime: v.createTime?.toISOString() })),
+  };
+}
+
+function keyText(k: Key): string {
+  const lines = [`${k.name}  ${algName(k.algorithm)}  backend=${k.backend}  primary=${k.name}@${k.primaryVersion}`];
+  for (const v of k.versions) lines.push(`  @${v.version}  ${v.state === 1 ? 'ENABLED' : v.state}  ${v.generated ? 'generated' : 'imported'}  ${v.createTime?.toISOString() ?? ''}  ${v.uri}`);
+  return lines.join('\n');
+}
+
+/** Hashes a file while streaming it from disk, with a progress bar on a terminal. */
+async function hashFile(path: string, hash: 'sha256' | 'sha384', showProgress: boolean): Promise<Buffer> {
+  const size = statSync(path).size;
+  const h = createHash(hash);
+  const bar = showProgress ? new SingleBar({ format: 'hashing |{bar}| {percentage}% {value}/{total} MiB', stream: process.stderr, clearOnComplete: true, hideCursor: true }, Presets.shades_classic) : null;
+  const mib = (n: number): number => Math.round((n / 1048576) * 10) / 10;
+  bar?.start(mib(size), 0);
+  let done = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
+    h.update(chunk as Buffer);
+    done += (chunk as Buffer).length;
+    bar?.update(mib(done));
+  }
+  bar?.stop();
+  return h.digest();
+}
+
+/** The `sigilctl` command line. */
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command('sigilctl')
+    .description('sigil admin and signing client (talks gRPC to sigild)')
+    .addOption(new Option('--addr <host:port>', 'sigild address').env('SIGIL_ADDR'))
+    .addOption(new Option('--ca <file>', 'CA bundle that signed sigild\'s certificate').env('SIGIL_CACERT'))
+    .addOption(new Option('--cert <file>', 'client certificate').env('SIGIL_CLIENT_CERT'))
+    .addOption(new Option('--key <file>', 'client private key').env('SIGIL_CLIENT_KEY'))
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
+    .showHelpAfterError()
+    .exitOverride();
+
+  let clients: Clients | null = null;
+  const g = (): Globals => program.opts<Globals>();
+  const open = (): Clients => {
+    const o = g();
+    if (!o.addr) throw new UsageError('--addr (or SIGIL_ADDR) is required');
+    if (!o.ca) throw new UsageError('--ca (or SIGIL_CACERT) is required');
+    return (clients ??= connect({ addr: o.addr, ca: o.ca, cert: o.cert, key: o.key }));
+  };
+  const out = (json: unknown, text: string): void => {
+    process.stdout.write(g().output === 'json' ? `${JSON.stringify(json, null, 2)}\n` : `${text}\n`);
+  };
+
+  const key = program.command('key').description('manage keys');
+  key
+    .command('create')
+    .description('generate a new key (version 1) in a backend')
+    .argument('<name>', 'key name, e.g. release/ci-provenance')
+    .requiredOption('--alg <algorithm>', `one of ${ALG_NAMES.join(', ')}`)
+    .option('--backend <name>', 'configured backend (default: the daemon\'s default)')
+    .action(async (name: string, o: { alg: string; backend?: string }) => {
+      const c = open();
+      const res = await rpc.createKey(c, { name, algorithm: parseAlg(o.alg), backend: o.backend ?? '' });
+      out(keyJson(res.key!), `created ${keyText(res.key!)}`);
+    });
+  key
+    .command('import')
+    .description('register a key made outside sigil by its backend uri')
+    .argument('<name>', 'key name')
+    .requiredOption('--uri <uri>', 'backend uri, e.g. pkcs11:token=sigil;object=legacy')
+    .option('--alg <algorithm>', 'algorithm (required for RSA keys)')
+    .option('--backend <name>', 'configured backend')
+    .action(async (name: string, o: { uri: string; alg?: string; backend?: string }) => {
+      const c = open();
+      const res = await rpc.importKey(c, { name, uri: o.uri, algorithm: o.alg ? parseAlg(o.alg) : Algorithm.UNSPECIFIED, backend: o.backend ?? '' });
+      out(keyJson(res.key!), `imported ${keyText(res.key!)}`);
+    });
+  key
+    .command('list')
+    .description('list keys')
+    .option('--prefix <prefix>', 'only names starting with this', '')
+    .action(async (o: { prefix: string }) => {
+      const c = open();
+      const res = await rpc.adminListKeys(c, { prefix: o.prefix });
+      out(res.keys.map(keyJson), res.keys.length ? res.keys.map(keyText).join('\n') : '(no keys)');
+    });
+  key
+    .command('show')
+    .description('show a key and its versions')
+    .argument('<name>', 'key name')
+    .action(async (name: string) => {
+      const c = open();
+      const res = await rpc.getKey(c, { name });
+      out(keyJson(res.key!), keyText(res.key!));
+    });
+  key
+    .command('pubkey')
+    .description('print the public key (PEM SubjectPublicKeyInfo) of name or name@N')
+    .argument('<key>', 'name or name@N')
+    .option('--out <file>', 'write the PEM to a file')
+    .action(async (ref: string, o: { out?: string }) => {
+      const c = open();
+      const res = await rpc.getPublicKey(c, { key: ref });
+      if (o.out) writeFileSync(o.out, res.pem);
+      out({ keyVersion: res.keyVersion, algorithm: algName(res.algorithm), pem: res.pem }, o.out ? `${res.keyVersion} public key written to ${o.out}` : res.pem.trimEnd());
+    });
+
+  program
+    .command('sign')
+    .description('sign a file: ECDSA and RSA hash it here while streaming it from disk; Ed25519 sends it whole')
+    .requiredOption('--key <key>', 'name or name@N')
+    .requiredOption('--file <path>', 'file to sign')
+    .requiredOption('--out <path>', 'where to write the signature (DER for ECDSA, raw for RSA and Ed25519)')
+    .option('--no-progress', 'no progress bar')
+    .action(async (o: { key: string; file: string; out: string; progress: boolean }) => {
+      const c = open();
+      const size = statSync(o.file).size;
+      // Pin the version first so the digest is made for the algorithm of the version that signs.
+      const pk = await rpc.getPublicKey(c, { key: o.key });
+      const hash = HASH_OF[pk.algorithm];
+      const show = o.progress && process.stderr.isTTY === true && size > 0;
+      const req = hash
+        ? { key: pk.keyVersion, digest: await hashFile(o.file, hash, show), message: undefined }
+        : { key: pk.keyVersion, digest: undefined, message: readFileSync(o.file) };
+      const res = await rpc.sign(c, req);
+      writeFileSync(o.out, res.signature);
+      out(
+        { keyVersion: res.keyVersion, algorithm: algName(res.algorithm), file: o.file, bytes: size, signature: o.out, signatureBase64: res.signature.toString('base64') },
+        `signed ${o.file} (${size} bytes) with ${res.keyVersion} (${algName(res.algorithm)}); signature written to ${o.out}`,
+      );
+    });
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    process.exitCode = report(err);
+  } finally {
+    (clients as Clients | null)?.close();
+  }
+}
+
+function report(err: unknown): number {
+  if (err && typeof err === 'object' && 'exitCode' in err && typeof (err as { exitCode: unknown }).exitCode === 'number' && !('details' in err)) {
+    return (err as { exitCode: number }).exitCode;
+  }
+  if (err instanceof UsageError) {
+    process.stderr.write(`sigilctl: ${err.message}\n`);
+    return 2;
+  }
+  const se = err as Partial<ServiceError>;
+  if (typeof se.code === 'number' && typeof se.details === 'string') {
+    process.stderr.write(`sigilctl: ${Status[se.code] ?? se.code}: ${se.details}\n`);
+    return 1;
+  }
+  if (err && typeof err === 'object' && 'code' in err && typeof (err as NodeJS.ErrnoException).code === 'string' && (err as NodeJS.ErrnoException).path) {
+    const e = err as NodeJS.ErrnoException;
+    process.stderr.write(`sigilctl: ${e.code}: ${e.path}\n`);
+    return 1;
+  }
+  process.stderr.write(`sigilctl: ${err instanceof Error ? err.message : String(err)}\n`);
+  return 1;
+}

@@ -1,0 +1,84 @@
+import { Command } from 'commander';
+import { rmSync } from 'node:fs';
+import { loadConfig } from '../config/load.ts';
+import { startDaemon, type Daemon } from '../main.ts';
+import { prepareDevDir, writeAddrFile } from '../dev/dev.ts';
+import { SigilError } from '../errors.ts';
+
+/** Runs the daemon until SIGINT or SIGTERM, then stops it gracefully. */
+async function serveUntilSignal(daemon: Daemon, onStop?: () => void): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      onStop?.();
+      daemon.stop().then(resolve, resolve);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}
+
+/** The `sigild` command line: serve, dev, config validate. */
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command('sigild')
+    .description('sigil signing daemon: one gRPC signer API over PKCS#11 HSMs')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('serve')
+    .description('serve with a config file')
+    .requiredOption('-c, --config <file>', 'YAML config file')
+    .action(async (o: { config: string }) => {
+      const daemon = await startDaemon(loadConfig(o.config));
+      await serveUntilSignal(daemon);
+    });
+
+  program
+    .command('dev')
+    .description('serve the embedded default: a SoftHSM2 token, a SQLite store and a development operator CA under one data directory')
+    .option('-d, --data-dir <dir>', 'data directory (created when missing)', '.sigil-dev')
+    .option('-l, --listen <host:port>', 'where to listen; port 0 picks a free port, written to DIR/sigild.addr', '127.0.0.1:0')
+    .action(async (o: { dataDir: string; listen: string }) => {
+      const dev = await prepareDevDir(o.dataDir, o.listen);
+      const daemon = await startDaemon(loadConfig(dev.config));
+      writeAddrFile(dev.addrFile, daemon.address);
+      process.stderr.write(
+        [
+          `sigild dev: serving on ${daemon.address} (metrics http://${daemon.metricsAddress}/metrics)`,
+          `  export SIGIL_ADDR=${daemon.address} SIGIL_CACERT=${dev.client.ca} SIGIL_CLIENT_CERT=${dev.client.adminCert} SIGIL_CLIENT_KEY=${dev.client.adminKey}`,
+          '  then: npx sigilctl key create demo --alg ECDSA_P256_SHA256',
+          '',
+        ].join('\n'),
+      );
+      await serveUntilSignal(daemon, () => rmSync(dev.addrFile, { force: true }));
+    });
+
+  program
+    .command('config')
+    .description('config file tools')
+    .command('validate')
+    .description('check a config file without starting; prints every problem at once')
+    .argument('<file>', 'YAML config file')
+    .action((file: string) => {
+      loadConfig(file);
+      process.stdout.write(`${file}: ok\n`);
+    });
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    if (err && typeof err === 'object' && 'exitCode' in err && typeof (err as { exitCode: unknown }).exitCode === 'number') {
+      // commander already printed help or the usage error.
+      process.exitCode = (err as { exitCode: number }).exitCode;
+      return;
+    }
+    if (err instanceof SigilError) {
+      process.stderr.write(`sigild: ${err.message}\n`);
+      process.exitCode = err.code === 'CONFIG_INVALID' ? 2 : 1;
+      return;
+    }
+    throw err;
+  }
+}

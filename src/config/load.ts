@@ -1,0 +1,70 @@
+import { readFileSync, accessSync, constants } from 'node:fs';
+import { dirname, resolve, isAbsolute } from 'node:path';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { SigilError } from '../errors.ts';
+import { configSchema, type Config } from './schema.ts';
+
+/** Keys anywhere in the config whose values are file paths, resolved against the config file's directory. */
+const PATH_KEYS = new Set(['certFile', 'keyFile', 'clientCaFile', 'path', 'module', 'pinFile', 'softhsmConf', 'dir']);
+/** Of those, the files that must already exist and be readable when the daemon starts. */
+const MUST_EXIST = new Set(['certFile', 'keyFile', 'clientCaFile', 'module', 'pinFile', 'softhsmConf']);
+
+/** Every problem found in a config, one line each: `path.to.key: what is wrong`. */
+export class ConfigProblems extends SigilError {
+  readonly problems: string[];
+  constructor(file: string, problems: string[]) {
+    super('CONFIG_INVALID', `${file}: ${problems.length} problem${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`);
+    this.problems = problems;
+  }
+}
+
+/** Parses config text; every schema problem and every missing file is reported at once. */
+export function parseConfig(text: string, file: string, opts: { checkFiles?: boolean } = {}): Config {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+  } catch (err) {
+    const msg = err instanceof YAMLParseError ? err.message.split('\n')[0]! : 'not valid yaml';
+    throw new ConfigProblems(file, [msg]);
+  }
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigProblems(file, ['the config must be a yaml mapping']);
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    throw new ConfigProblems(file, result.error.issues.map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`));
+  }
+  const cfg = result.data;
+  const base = dirname(resolve(file));
+  const problems: string[] = [];
+  resolvePaths(cfg as unknown as Record<string, unknown>, [], base, opts.checkFiles ?? true, problems);
+  if (problems.length) throw new ConfigProblems(file, problems);
+  return cfg;
+}
+
+/** Reads and validates a config file. */
+export function loadConfig(file: string, opts: { checkFiles?: boolean } = {}): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new SigilError('CONFIG_INVALID', `cannot read config ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
+  }
+  return parseConfig(text, file, opts);
+}
+
+function resolvePaths(node: Record<string, unknown>, path: string[], base: string, check: boolean, problems: string[]): void {
+  for (const [k, v] of Object.entries(node)) {
+    if (typeof v === 'string' && PATH_KEYS.has(k)) {
+      const abs = isAbsolute(v) ? v : resolve(base, v);
+      node[k] = abs;
+      if (check && MUST_EXIST.has(k)) {
+        try {
+          accessSync(abs, constants.R_OK);
+        } catch {
+          problems.push(`${[...path, k].join('.')}: cannot read ${abs}`);
+        }
+      }
+    } else if (v && typeof v === 'object' && !Array.isArray(v)) {
+      resolvePaths(v as Record<string, unknown>, [...path, k], base, check, problems);
+    }
+  }
+}

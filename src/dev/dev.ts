@@ -1,0 +1,78 @@
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync, chmodSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { stringify } from 'yaml';
+import { createDevCa, issueLeaf, type PemPair } from './pki.ts';
+import { initSoftHsmToken } from './softhsm.ts';
+
+/** Paths of a prepared development data directory. */
+export interface DevDir {
+  dir: string;
+  config: string;
+  addrFile: string;
+  client: { ca: string; adminCert: string; adminKey: string; signerCert: string; signerKey: string };
+}
+
+/**
+ * Prepares (or reuses) everything `sigild dev` needs under one directory: a SoftHSM2 token with a
+ * random PIN in a file, a development operator CA with server, admin and signer certificates, and a
+ * config that ties them together. Secrets are files of mode 0600 in directories of mode 0700.
+ */
+export async function prepareDevDir(dirArg: string, listen: string): Promise<DevDir> {
+  const dir = resolve(dirArg);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chmodSync(dir, 0o700);
+  const hsm = await initSoftHsmToken({ dir: join(dir, 'softhsm'), label: 'sigil' });
+
+  const pki = join(dir, 'pki');
+  const client = join(dir, 'client');
+  mkdirSync(pki, { recursive: true, mode: 0o700 });
+  mkdirSync(client, { recursive: true, mode: 0o700 });
+  const ca = await pair(join(pki, 'ca.pem'), join(pki, 'ca-key.pem'), () => createDevCa('sigil dev operator CA'));
+  await pair(join(pki, 'server.pem'), join(pki, 'server-key.pem'), () =>
+    issueLeaf(ca, { cn: 'sigild', usage: 'server', dns: ['localhost'], ips: ['127.0.0.1', '::1'] }),
+  );
+  await pair(join(client, 'admin.pem'), join(client, 'admin-key.pem'), () => issueLeaf(ca, { cn: 'sigil-admin', usage: 'client' }));
+  await pair(join(client, 'signer.pem'), join(client, 'signer-key.pem'), () => issueLeaf(ca, { cn: 'sigil-signer', usage: 'client' }));
+  writeFileSync(join(client, 'ca.pem'), ca.cert, { mode: 0o644 });
+
+  const config = {
+    mode: 'development',
+    listen,
+    metrics: { listen: '127.0.0.1:0' },
+    tls: { certFile: 'pki/server.pem', keyFile: 'pki/server-key.pem', clientCaFile: 'pki/ca.pem' },
+    auth: { roles: { admin: ['cn:sigil-admin'], signer: ['cn:sigil-admin', 'cn:sigil-signer'] } },
+    store: { sqlite: { path: 'sigil.db' } },
+    backends: {
+      softhsm: { type: 'pkcs11', module: hsm.module, token: hsm.label, pinFile: hsm.pinFile, softhsmConf: hsm.conf, sessions: 4 },
+    },
+    defaultBackend: 'softhsm',
+  };
+  const configPath = join(dir, 'config.yaml');
+  writeFileSync(configPath, `# written by sigild dev; edit freely, it is rewritten on the next start\n${stringify(config)}`, { mode: 0o600 });
+  return {
+    dir,
+    config: configPath,
+    addrFile: join(dir, 'sigild.addr'),
+    client: {
+      ca: join(client, 'ca.pem'),
+      adminCert: join(client, 'admin.pem'),
+      adminKey: join(client, 'admin-key.pem'),
+      signerCert: join(client, 'signer.pem'),
+      signerKey: join(client, 'signer-key.pem'),
+    },
+  };
+}
+
+/** Writes `host:port` to the address file atomically, so a reader never sees half of it. */
+export function writeAddrFile(file: string, address: string): void {
+  writeFileSync(`${file}.tmp`, `${address}\n`, { mode: 0o644 });
+  renameSync(`${file}.tmp`, file);
+}
+
+async function pair(certFile: string, keyFile: string, make: () => Promise<PemPair>): Promise<PemPair> {
+  if (existsSync(certFile) && existsSync(keyFile)) return { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8') };
+  const p = await make();
+  writeFileSync(keyFile, p.key, { mode: 0o600 });
+  writeFileSync(certFile, p.cert, { mode: 0o644 });
+  return p;
+}

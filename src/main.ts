@@ -1,0 +1,93 @@
+import { readFileSync } from 'node:fs';
+import type { Config } from './config/schema.ts';
+import { createLogger, auditChannel, type Logger } from './log.ts';
+import { SqliteStore } from './store/sqlite.ts';
+import { BackendRegistry } from './signers/registry.ts';
+import { KeyService } from './keys/key-service.ts';
+import { startServer, type RunningServer } from './server/server.ts';
+import { Metrics, serveMetrics } from './server/metrics.ts';
+import { systemClock, type Clock } from './clock.ts';
+import { SigilError } from './errors.ts';
+
+/** A running sigild: its address, and how to stop it. */
+export interface Daemon {
+  /** `host:port` the gRPC server listens on (the real port when the config asked for port 0). */
+  address: string;
+  /** The metrics endpoint's `host:port`, when configured. */
+  metricsAddress: string | null;
+  keys: KeyService;
+  stop(): Promise<void>;
+}
+
+/** Composition root: config -> store -> backends -> key service -> servers. */
+export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clock } = {}): Promise<Daemon> {
+  const log = opts.log ?? createLogger({ level: cfg.log.level });
+  const audit = auditChannel(log);
+  const production = cfg.mode === 'production';
+  const store = new SqliteStore(cfg.store.sqlite.path);
+  const backends = new BackendRegistry(cfg.backends, { log, production });
+  const keys = new KeyService({
+    store,
+    backends,
+    defaultBackend: cfg.defaultBackend,
+    maxMessageBytes: cfg.limits.maxMessageBytes,
+    log: log.child({ module: 'keys' }),
+    clock: opts.clock ?? systemClock,
+  });
+  // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
+  try {
+    await backends.get(cfg.defaultBackend);
+  } catch (err) {
+    store.close();
+    throw err;
+  }
+  const metrics = new Metrics();
+  const [host] = splitHostPort(cfg.listen);
+  let grpc: RunningServer;
+  try {
+    grpc = await startServer({
+      listen: cfg.listen,
+      tls: { cert: readFileSync(cfg.tls.certFile), key: readFileSync(cfg.tls.keyFile), clientCa: readFileSync(cfg.tls.clientCaFile) },
+      roles: cfg.auth.roles,
+      keys,
+      log: log.child({ module: 'server' }),
+      audit,
+      metrics,
+      limits: cfg.limits,
+    });
+  } catch (err) {
+    await backends.closeAll();
+    store.close();
+    throw err;
+  }
+  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | null = null;
+  if (cfg.metrics) {
+    const [mh, mp] = splitHostPort(cfg.metrics.listen);
+    metricsServer = await serveMetrics(metrics, mh, mp);
+  }
+  const address = `${host}:${grpc.port}`;
+  const metricsAddress = metricsServer ? `${splitHostPort(cfg.metrics!.listen)[0]}:${metricsServer.port}` : null;
+  log.info({ address, metrics: metricsAddress, mode: cfg.mode, backends: backends.names() }, 'sigild serving');
+  let stopping: Promise<void> | null = null;
+  return {
+    address,
+    metricsAddress,
+    keys,
+    stop: () =>
+      (stopping ??= (async () => {
+        await grpc.stop();
+        metricsServer?.server.close();
+        await backends.closeAll();
+        store.close();
+        log.info('sigild stopped');
+        log.flush();
+      })()),
+  };
+}
+
+/** Splits `host:port` (IPv6 in brackets) into its parts. */
+export function splitHostPort(s: string): [string, number] {
+  const i = s.lastIndexOf(':');
+  if (i < 0) throw new SigilError('CONFIG_INVALID', `expected host:port, got ${s}`);
+  return [s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), Number(s.slice(i + 1))];
+}

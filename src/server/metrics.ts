@@ -1,0 +1,57 @@
+import { createServer, type Server as HttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** sigild's Prometheus metrics: requests, errors by code, latency, in-flight, and signatures per backend. */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({ name: 'sigil_requests_total', help: 'RPCs handled, by method and status code', labelNames: ['rpc', 'code'], registers: [this.registry] });
+  readonly latency = new Histogram({
+    name: 'sigil_request_duration_seconds',
+    help: 'RPC latency, by method',
+    labelNames: ['rpc'],
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5],
+    registers: [this.registry],
+  });
+  readonly inFlight = new Gauge({ name: 'sigil_requests_in_flight', help: 'RPCs in progress, by method', labelNames: ['rpc'], registers: [this.registry] });
+  readonly signatures = new Counter({
+    name: 'sigil_signatures_total',
+    help: 'Signatures made, by backend and algorithm',
+    labelNames: ['backend', 'algorithm'],
+    registers: [this.registry],
+  });
+  readonly signErrors = new Counter({
+    name: 'sigil_sign_errors_total',
+    help: 'Signatures refused or failed, by sigil error reason',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'sigil_' });
+  }
+}
+
+/** A plain HTTP endpoint serving `/metrics` (and later public documents such as CRLs). */
+export async function serveMetrics(metrics: Metrics, host: string, port: number): Promise<{ server: HttpServer; port: number }> {
+  const server = createServer((req, res) => {
+    if (req.method === 'GET' && req.url === '/metrics') {
+      metrics.registry.metrics().then(
+        (body) => {
+          res.writeHead(200, { 'content-type': metrics.registry.contentType });
+          res.end(body);
+        },
+        () => {
+          res.writeHead(500).end();
+        },
+      );
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return { server, port: (server.address() as AddressInfo).port };
+}

@@ -1,0 +1,59 @@
+import type { sendUnaryData, ServerUnaryCall, status as Status } from '@grpc/grpc-js';
+import type { Logger } from '../log.ts';
+import type { Authenticator, Principal, Role } from './auth.ts';
+import type { Metrics } from './metrics.ts';
+import { toServiceError, toWireError } from './status.ts';
+
+/** What every handler wrapper needs. */
+export interface RpcContext {
+  auth: Authenticator;
+  metrics: Metrics;
+  log: Logger;
+}
+
+const OK = 0 as Status;
+
+/**
+ * Wraps a unary handler: checks the caller's role, runs `fn`, maps errors through the status table and
+ * records metrics. Handlers only throw SigilErrors and return plain values.
+ */
+export function unary<Req, Res>(
+  ctx: RpcContext,
+  rpc: string,
+  roles: readonly Role[],
+  fn: (req: Req, who: Principal) => Res | Promise<Res>,
+): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
+  const latency = ctx.metrics.latency.labels(rpc);
+  const inFlight = ctx.metrics.inFlight.labels(rpc);
+  const okCount = ctx.metrics.requests.labels(rpc, 'OK');
+  return (call, callback) => {
+    const start = performance.now();
+    inFlight.inc();
+    const done = (code: Status): void => {
+      inFlight.dec();
+      latency.observe((performance.now() - start) / 1000);
+      if (code === OK) okCount.inc();
+      else ctx.metrics.requests.inc({ rpc, code: String(code) });
+    };
+    let result: Res | Promise<Res>;
+    try {
+      result = fn(call.request, ctx.auth.require(call, roles));
+    } catch (err) {
+      const w = toWireError(err, ctx.log, rpc);
+      done(w.code);
+      callback(toServiceError(w), null);
+      return;
+    }
+    Promise.resolve(result).then(
+      (res) => {
+        done(OK);
+        callback(null, res);
+      },
+      (err: unknown) => {
+        const w = toWireError(err, ctx.log, rpc);
+        done(w.code);
+        callback(toServiceError(w), null);
+      },
+    );
+  };
+}

@@ -1,0 +1,123 @@
+import type { ServerDuplexStream } from '@grpc/grpc-js';
+import { createPublicKey } from 'node:crypto';
+import {
+  type SignerServer,
+  type SignRequest,
+  type SignResponse,
+  type SignResult,
+  type SignStreamRequest,
+  type SignStreamResponse,
+} from '../gen/sigil/v1/signer.ts';
+import { SigilError } from '../errors.ts';
+import type { KeyService, Signature } from '../keys/key-service.ts';
+import { algorithmToPb, keyToPb } from './convert.ts';
+import { unary, type RpcContext } from './rpc.ts';
+import { toServiceError, toWireError } from './status.ts';
+import type { Role } from './auth.ts';
+
+const SIGNERS: readonly Role[] = ['signer'];
+/** Requests a stream may have in flight before the server stops reading from it. */
+const STREAM_WINDOW = 256;
+
+/** The `sigil.v1.Signer` service: proto <-> domain conversion around the key service's hot path. */
+export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBatch: number }): SignerServer {
+  const perBackend = new Map<string, { inc(): void }>();
+  const count = (s: Signature): void => {
+    const k = `${s.backend}\0${s.algorithm}`;
+    let c = perBackend.get(k);
+    if (c === undefined) perBackend.set(k, (c = ctx.metrics.signatures.labels(s.backend, s.algorithm)));
+    c.inc();
+  };
+  const signOne = async (req: SignRequest | undefined): Promise<SignResponse> => {
+    if (req === undefined) throw new SigilError('INVALID_ARGUMENT', 'request is required');
+    try {
+      const s = await keys.sign(req.key, { digest: req.digest, message: req.message });
+      count(s);
+      return { signature: s.signature, keyVersion: s.keyVersion, algorithm: algorithmToPb(s.algorithm) };
+    } catch (err) {
+      ctx.metrics.signErrors.inc({ reason: err instanceof SigilError ? err.code : 'INTERNAL' });
+      throw err;
+    }
+  };
+  const result = (p: Promise<SignResponse>, rpc: string): Promise<SignResult> =>
+    p.then(
+      (signature) => ({ signature, error: undefined }),
+      (err: unknown) => {
+        const w = toWireError(err, ctx.log, rpc);
+        return { signature: undefined, error: { code: w.code, message: w.details, reason: w.reason } };
+      },
+    );
+
+  return {
+    sign: unary(ctx, 'Sign', SIGNERS, (req) => signOne(req)),
+
+    signBatch: unary(ctx, 'SignBatch', SIGNERS, async (req) => {
+      const n = req.requests.length;
+      if (n === 0) throw new SigilError('INVALID_ARGUMENT', 'requests is empty');
+      if (n > limits.maxBatch) throw new SigilError('INVALID_ARGUMENT', `a batch holds at most ${limits.maxBatch} requests, got ${n}`);
+      return { results: await Promise.all(req.requests.map((r) => result(signOne(r), 'SignBatch'))) };
+    }),
+
+    signStream: (call: ServerDuplexStream<SignStreamRequest, SignStreamResponse>) => {
+      const inFlight = ctx.metrics.inFlight.labels('SignStream');
+      try {
+        ctx.auth.require(call, SIGNERS);
+      } catch (err) {
+        const w = toWireError(err, ctx.log, 'SignStream');
+        ctx.metrics.requests.inc({ rpc: 'SignStream', code: String(w.code) });
+        call.emit('error', toServiceError(w));
+        return;
+      }
+      inFlight.inc();
+      let pending = 0;
+      let ended = false;
+      let closed = false;
+      let blocked = false;
+      const finish = (): void => {
+        if (closed) return;
+        closed = true;
+        inFlight.dec();
+        ctx.metrics.requests.inc({ rpc: 'SignStream', code: '0' });
+        call.end();
+      };
+      const settle = (): void => {
+        pending--;
+        if (blocked && pending < STREAM_WINDOW / 2) {
+          blocked = false;
+          call.resume();
+        }
+        if (ended && pending === 0) finish();
+      };
+      call.on('data', (msg: SignStreamRequest) => {
+        pending++;
+        if (pending >= STREAM_WINDOW && !blocked) {
+          blocked = true;
+          call.pause();
+        }
+        void result(signOne(msg.request), 'SignStream').then((r) => {
+          if (!closed && !call.cancelled) call.write({ id: msg.id, result: r });
+          settle();
+        });
+      });
+      call.on('end', () => {
+        ended = true;
+        if (pending === 0) finish();
+      });
+      call.on('error', () => {
+        // The client went away: nothing left to answer.
+        if (!closed) {
+          closed = true;
+          inFlight.dec();
+        }
+      });
+    },
+
+    getPublicKey: unary(ctx, 'GetPublicKey', SIGNERS, (req) => {
+      const pk = keys.publicKey(req.key);
+      const pem = createPublicKey({ key: pk.spki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
+      return { keyVersion: pk.keyVersion, algorithm: algorithmToPb(pk.algorithm), spkiDer: pk.spki, pem };
+    }),
+
+    listKeys: unary(ctx, 'ListKeys', SIGNERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
+  };
+}

@@ -1,0 +1,49 @@
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import type { ErrorCode } from '../errors.ts';
+import { SigilError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+
+/** The one table from sigil error codes to gRPC status codes. */
+export const STATUS_OF = {
+  INVALID_ARGUMENT: Status.INVALID_ARGUMENT,
+  KEY_NOT_FOUND: Status.NOT_FOUND,
+  KEY_EXISTS: Status.ALREADY_EXISTS,
+  UNSUPPORTED_ALGORITHM: Status.INVALID_ARGUMENT,
+  MESSAGE_TOO_LARGE: Status.RESOURCE_EXHAUSTED,
+  UNAUTHENTICATED: Status.UNAUTHENTICATED,
+  PERMISSION_DENIED: Status.PERMISSION_DENIED,
+  FAILED_PRECONDITION: Status.FAILED_PRECONDITION,
+  NOT_IMPLEMENTED: Status.UNIMPLEMENTED,
+  BACKEND_UNAVAILABLE: Status.UNAVAILABLE,
+  BACKEND_ERROR: Status.INTERNAL,
+  CONFIG_INVALID: Status.FAILED_PRECONDITION,
+  INTERNAL: Status.INTERNAL,
+} as const satisfies Record<ErrorCode, Status>;
+
+/** A status ready to send: code, a safe message and sigil's reason code. */
+export interface WireError {
+  code: Status;
+  details: string;
+  reason: ErrorCode;
+}
+
+/**
+ * Turns any thrown value into what the caller may see. A SigilError keeps its message (written to be
+ * safe); anything else becomes INTERNAL with a generic message while the cause goes to the log.
+ * Backend errors are logged with their cause too, since the cause is not sent.
+ */
+export function toWireError(err: unknown, log: Logger, rpc: string): WireError {
+  if (err instanceof SigilError) {
+    if (err.code === 'BACKEND_ERROR' || err.code === 'INTERNAL' || err.code === 'BACKEND_UNAVAILABLE') {
+      log.error({ err, rpc }, 'request failed in a backend');
+    }
+    return { code: STATUS_OF[err.code], details: err.message, reason: err.code };
+  }
+  log.error({ err, rpc }, 'unexpected error');
+  return { code: Status.INTERNAL, details: 'internal error', reason: 'INTERNAL' };
+}
+
+/** A grpc-js ServiceError for a callback or a stream's error event. */
+export function toServiceError(w: WireError): Partial<ServiceError> {
+  return { code: w.code, details: w.details, message: w.details };
+}

@@ -1,0 +1,149 @@
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { SigilError } from '../errors.ts';
+import type { Algorithm } from '../signers/signer.ts';
+import type { KeyRecord, KeyVersionRecord, KeyVersionState, Store } from './store.ts';
+
+// Numbered migrations; the store applies those above `PRAGMA user_version` in one transaction each.
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE keys (
+     name TEXT PRIMARY KEY,
+     algorithm TEXT NOT NULL,
+     backend TEXT NOT NULL,
+     primary_version INTEGER NOT NULL,
+     created_at INTEGER NOT NULL
+   ) STRICT;
+   CREATE TABLE key_versions (
+     name TEXT NOT NULL REFERENCES keys(name),
+     version INTEGER NOT NULL,
+     uri TEXT NOT NULL,
+     state TEXT NOT NULL,
+     generated INTEGER NOT NULL,
+     spki BLOB NOT NULL,
+     created_at INTEGER NOT NULL,
+     PRIMARY KEY (name, version)
+   ) STRICT;
+   CREATE INDEX key_versions_uri ON key_versions(uri);`,
+];
+
+interface KeyRow {
+  name: string;
+  algorithm: string;
+  backend: string;
+  primary_version: number;
+  created_at: number;
+}
+interface VersionRow {
+  name: string;
+  version: number;
+  uri: string;
+  state: string;
+  generated: number;
+  spki: Uint8Array;
+  created_at: number;
+}
+
+/** The embedded default store: one SQLite file in WAL mode, synchronous=FULL so a commit is durable. */
+export class SqliteStore implements Store {
+  readonly #db: DatabaseSync;
+  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse', StatementSync>;
+
+  constructor(path: string) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    this.#db = new DatabaseSync(path);
+    this.#db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;');
+    this.#migrate();
+    this.#q = {
+      insertKey: this.#db.prepare('INSERT INTO keys (name, algorithm, backend, primary_version, created_at) VALUES (?, ?, ?, ?, ?)'),
+      insertVersion: this.#db.prepare('INSERT INTO key_versions (name, version, uri, state, generated, spki, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      getKey: this.#db.prepare('SELECT * FROM keys WHERE name = ?'),
+      getVersions: this.#db.prepare('SELECT * FROM key_versions WHERE name = ? ORDER BY version'),
+      listKeys: this.#db.prepare("SELECT * FROM keys WHERE substr(name, 1, length(?)) = ? ORDER BY name"),
+      listVersions: this.#db.prepare("SELECT * FROM key_versions WHERE substr(name, 1, length(?)) = ? ORDER BY name, version"),
+      uriInUse: this.#db.prepare('SELECT 1 FROM key_versions kv JOIN keys k ON k.name = kv.name WHERE k.backend = ? AND kv.uri = ? LIMIT 1'),
+    };
+  }
+
+  #migrate(): void {
+    const { user_version: current } = this.#db.prepare('PRAGMA user_version').get() as { user_version: number };
+    if (current > MIGRATIONS.length) {
+      throw new SigilError('FAILED_PRECONDITION', `store schema version ${current} is newer than this sigild understands (${MIGRATIONS.length})`);
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      this.#tx(() => {
+        this.#db.exec(MIGRATIONS[v]!);
+        this.#db.exec(`PRAGMA user_version = ${v + 1}`);
+      });
+    }
+  }
+
+  #tx<T>(fn: () => T): T {
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      const out = fn();
+      this.#db.exec('COMMIT');
+      return out;
+    } catch (err) {
+      this.#db.exec('ROLLBACK');
+      throw err;
+    }
+  }
+
+  insertKey(key: Omit<KeyRecord, 'versions' | 'primaryVersion'>, first: Omit<KeyVersionRecord, 'name' | 'version'>): KeyRecord {
+    return this.#tx(() => {
+      if (this.#q.getKey.get(key.name)) throw new SigilError('KEY_EXISTS', `key ${key.name} already exists`);
+      this.#q.insertKey.run(key.name, key.algorithm, key.backend, 1, key.createdAt.getTime());
+      this.#q.insertVersion.run(key.name, 1, first.uri, first.state, first.generated ? 1 : 0, first.spki, first.createdAt.getTime());
+      return { ...key, primaryVersion: 1, versions: [{ ...first, name: key.name, version: 1 }] };
+    });
+  }
+
+  getKey(name: string): KeyRecord | null {
+    const row = this.#q.getKey.get(name) as KeyRow | undefined;
+    if (!row) return null;
+    return toKey(row, (this.#q.getVersions.all(name) as unknown as VersionRow[]).map(toVersion));
+  }
+
+  listKeys(prefix: string): KeyRecord[] {
+    const rows = this.#q.listKeys.all(prefix, prefix) as unknown as KeyRow[];
+    const versions = new Map<string, KeyVersionRecord[]>();
+    for (const v of this.#q.listVersions.all(prefix, prefix) as unknown as VersionRow[]) {
+      let list = versions.get(v.name);
+      if (!list) versions.set(v.name, (list = []));
+      list.push(toVersion(v));
+    }
+    return rows.map((r) => toKey(r, versions.get(r.name) ?? []));
+  }
+
+  uriInUse(backend: string, uri: string): boolean {
+    return this.#q.uriInUse.get(backend, uri) !== undefined;
+  }
+
+  close(): void {
+    if (this.#db.isOpen) this.#db.close();
+  }
+}
+
+function toKey(r: KeyRow, versions: KeyVersionRecord[]): KeyRecord {
+  return {
+    name: r.name,
+    algorithm: r.algorithm as Algorithm,
+    backend: r.backend,
+    primaryVersion: r.primary_version,
+    createdAt: new Date(r.created_at),
+    versions,
+  };
+}
+
+function toVersion(r: VersionRow): KeyVersionRecord {
+  return {
+    name: r.name,
+    version: r.version,
+    uri: r.uri,
+    state: r.state as KeyVersionState,
+    generated: r.generated === 1,
+    spki: Buffer.from(r.spki),
+    createdAt: new Date(r.created_at),
+  };
+}

@@ -1,0 +1,43 @@
+import type { Algorithm } from '../signers/signer.ts';
+
+/** Lifecycle state of a key version (more states join with rotation and retirement). */
+export type KeyVersionState = 'ENABLED';
+
+/** One stored key version. */
+export interface KeyVersionRecord {
+  name: string;
+  version: number;
+  uri: string;
+  state: KeyVersionState;
+  /** True when sigil generated the key, false when it was imported. */
+  generated: boolean;
+  /** DER SubjectPublicKeyInfo, kept so public keys need no backend call. */
+  spki: Buffer;
+  createdAt: Date;
+}
+
+/** One stored key with its versions, oldest first. */
+export interface KeyRecord {
+  name: string;
+  algorithm: Algorithm;
+  backend: string;
+  primaryVersion: number;
+  createdAt: Date;
+  versions: KeyVersionRecord[];
+}
+
+/**
+ * Where sigil keeps its state. Writes are atomic: a key and its first version appear together or not
+ * at all.
+ */
+export interface Store {
+  /** Inserts a key with its version 1; KEY_EXISTS when the name is taken. */
+  insertKey(key: Omit<KeyRecord, 'versions' | 'primaryVersion'>, first: Omit<KeyVersionRecord, 'name' | 'version'>): KeyRecord;
+  /** The key with its versions, or null. */
+  getKey(name: string): KeyRecord | null;
+  /** Keys whose names start with `prefix`, sorted by name. */
+  listKeys(prefix: string): KeyRecord[];
+  /** True when some key version already uses this backend URI. */
+  uriInUse(backend: string, uri: string): boolean;
+  close(): void;
+}

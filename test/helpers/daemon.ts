@@ -1,0 +1,95 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { createDevCa, issueLeaf, type PemPair } from '../../src/dev/pki.ts';
+import { parseConfig } from '../../src/config/load.ts';
+import { startDaemon, type Daemon } from '../../src/main.ts';
+import { connect, type Clients } from '../../src/cli/client.ts';
+import { silentLogger } from '../../src/log.ts';
+import { tempToken, type TempToken } from './softhsm.ts';
+
+/** Client credential files of one identity. */
+export interface Identity {
+  cert: string;
+  key: string;
+}
+
+/** A daemon on 127.0.0.1:0 over a fresh SoftHSM token, with admin, signer, no-role and outsider identities. */
+export interface TestDaemon {
+  dir: string;
+  daemon: Daemon;
+  address: string;
+  token: TempToken;
+  ca: string;
+  /** Files of each client identity: `admin` (role admin), `signer` (role signer), `nobody` (trusted, no role), `outsider` (another CA). */
+  ids: Record<'admin' | 'signer' | 'nobody' | 'outsider', Identity>;
+  /** The config file the daemon runs with, for starting it as a subprocess too. */
+  configFile: string;
+  /** Clients authenticated as an identity (or with no client certificate). */
+  client(who: keyof TestDaemon['ids'] | 'anonymous'): Clients;
+  stop(): Promise<void>;
+}
+
+async function writePair(dir: string, name: string, p: PemPair): Promise<Identity> {
+  const cert = join(dir, `${name}.pem`);
+  const key = join(dir, `${name}-key.pem`);
+  await writeFile(cert, p.cert);
+  await writeFile(key, p.key, { mode: 0o600 });
+  return { cert, key };
+}
+
+/** Starts sigild in this process on a free port; every test file makes its own. */
+export async function startTestDaemon(opts: { extraConfig?: Record<string, unknown>; start?: boolean } = {}): Promise<TestDaemon> {
+  const dir = await mkdtemp(join(tmpdir(), 'sigil-e2e-'));
+  const token = await tempToken('sigil');
+  const ca = await createDevCa('sigil test operator CA');
+  const other = await createDevCa('someone else');
+  const caFile = join(dir, 'ca.pem');
+  await writeFile(caFile, ca.cert);
+  const server = await writePair(dir, 'server', await issueLeaf(ca, { cn: 'sigild', usage: 'server', dns: ['localhost'], ips: ['127.0.0.1'] }));
+  const ids = {
+    admin: await writePair(dir, 'admin', await issueLeaf(ca, { cn: 'test-admin', usage: 'client' })),
+    signer: await writePair(dir, 'signer', await issueLeaf(ca, { cn: 'ci-signer-1', usage: 'client' })),
+    nobody: await writePair(dir, 'nobody', await issueLeaf(ca, { cn: 'nobody', usage: 'client' })),
+    outsider: await writePair(dir, 'outsider', await issueLeaf(other, { cn: 'test-admin', usage: 'client' })),
+  };
+  const config = {
+    mode: 'development',
+    listen: '127.0.0.1:0',
+    metrics: { listen: '127.0.0.1:0' },
+    tls: { certFile: server.cert, keyFile: server.key, clientCaFile: caFile },
+    auth: { roles: { admin: ['cn:test-admin'], signer: ['cn:ci-signer-*'] } },
+    store: { sqlite: { path: join(dir, 'sigil.db') } },
+    backends: { softhsm: token.config },
+    defaultBackend: 'softhsm',
+    log: { level: 'silent' },
+    ...opts.extraConfig,
+  };
+  const configFile = join(dir, 'config.yaml');
+  const text = stringify(config);
+  await writeFile(configFile, text);
+  const daemon = await startDaemon(parseConfig(text, configFile), { log: silentLogger() });
+  const opened: Clients[] = [];
+  return {
+    dir,
+    daemon,
+    address: daemon.address,
+    token,
+    ca: caFile,
+    ids,
+    configFile,
+    client: (who) => {
+      const id = who === 'anonymous' ? undefined : ids[who];
+      const c = connect({ addr: daemon.address, ca: caFile, cert: id?.cert, key: id?.key });
+      opened.push(c);
+      return c;
+    },
+    stop: async () => {
+      for (const c of opened) c.close();
+      await daemon.stop();
+      await token.cleanup();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
