@@ -40,8 +40,26 @@ export interface Clients {
   close(): void;
 }
 
+let warningFiltered = false;
+
+/**
+ * grpc-js passes the target host as TLS server name even when it is an IP address, and Node warns
+ * (DEP0123) on every connection; the certificate is still checked against the IP SAN, so drop that one warning.
+ */
+function filterServerNameWarning(): void {
+  if (warningFiltered) return;
+  warningFiltered = true;
+  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+  process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+    const code = typeof rest[0] === 'object' && rest[0] !== null ? (rest[0] as { code?: string }).code : rest[1];
+    if (code === 'DEP0123') return;
+    emit(warning, ...rest);
+  }) as typeof process.emitWarning;
+}
+
 /** Opens clients with TLS and, when given, a client certificate. */
 export function connect(o: ConnectOptions): Clients {
+  filterServerNameWarning();
   const creds = credentials.createSsl(
     readFileSync(o.ca),
     o.key ? readFileSync(o.key) : null,

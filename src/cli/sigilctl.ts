@@ -90,8 +90,14 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(new Option('--key <file>', 'client private key').env('SIGIL_CLIENT_KEY'))
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
     .showHelpAfterError()
+    // Global options go before the command: `sign --key` names a signing key, `--key` before it the client key file.
+    .enablePositionalOptions()
     .exitOverride();
 
+  let format: 'text' | 'json' = 'text';
+  program.hook('preAction', (_root, action) => {
+    format = (action.opts() as { output?: 'text' | 'json' }).output ?? g().output;
+  });
   let clients: Clients | null = null;
   const g = (): Globals => program.opts<Globals>();
   const open = (): Clients => {
@@ -101,7 +107,7 @@ export async function main(argv: string[]): Promise<void> {
     return (clients ??= connect({ addr: o.addr, ca: o.ca, cert: o.cert, key: o.key }));
   };
   const out = (json: unknown, text: string): void => {
-    process.stdout.write(g().output === 'json' ? `${JSON.stringify(json, null, 2)}\n` : `${text}\n`);
+    process.stdout.write(format === 'json' ? `${JSON.stringify(json, null, 2)}\n` : `${text}\n`);
   };
 
   const key = program.command('key').description('manage keys');
@@ -182,6 +188,12 @@ export async function main(argv: string[]): Promise<void> {
         `signed ${o.file} (${size} bytes) with ${res.keyVersion} (${algName(res.algorithm)}); signature written to ${o.out}`,
       );
     });
+
+  const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
+  for (const leaf of leaves(program)) {
+    leaf.addOption(new Option('-o, --output <format>', 'output format (also before the command)').choices(['text', 'json']));
+    leaf.exitOverride();
+  }
 
   try {
     await program.parseAsync(argv, { from: 'user' });

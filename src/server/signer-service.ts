@@ -16,6 +16,8 @@ import { toServiceError, toWireError } from './status.ts';
 import type { Role } from './auth.ts';
 
 const SIGNERS: readonly Role[] = ['signer'];
+/** Public keys and key lists are not secret: any role may read them. */
+const READERS: readonly Role[] = ['signer', 'admin'];
 /** Requests a stream may have in flight before the server stops reading from it. */
 const STREAM_WINDOW = 256;
 
@@ -112,12 +114,12 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
       });
     },
 
-    getPublicKey: unary(ctx, 'GetPublicKey', SIGNERS, (req) => {
+    getPublicKey: unary(ctx, 'GetPublicKey', READERS, (req) => {
       const pk = keys.publicKey(req.key);
       const pem = createPublicKey({ key: pk.spki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
       return { keyVersion: pk.keyVersion, algorithm: algorithmToPb(pk.algorithm), spkiDer: pk.spki, pem };
     }),
 
-    listKeys: unary(ctx, 'ListKeys', SIGNERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
+    listKeys: unary(ctx, 'ListKeys', READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
   };
 }

@@ -249,12 +249,12 @@ async function listServices(d: TestDaemon, who: 'admin' | 'anonymous' | 'signer'
   try {
     return await new Promise<string[]>((resolve, reject) => {
       const call = client.serverReflectionInfo(new Metadata());
-      call.on('data', (r: { listServicesResponse?: { service: Array<{ name: string }> } }) => {
-        resolve(r.listServicesResponse?.service.map((s) => s.name) ?? []);
+      call.on('data', (r: { list_services_response?: { service: Array<{ name: string }> } }) => {
+        resolve(r.list_services_response?.service.map((s) => s.name) ?? []);
         call.end();
       });
       call.on('error', reject);
-      call.write({ listServices: '' });
+      call.write({ list_services: '' });
     });
   } finally {
     client.close();

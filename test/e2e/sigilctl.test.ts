@@ -1,0 +1,126 @@
+import { test, before, after, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { missingTools } from '../helpers/hw.ts';
+import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
+
+const run = promisify(execFile);
+const skip = missingTools('softhsm', 'softhsm2-util', 'openssl', 'pkcs11-tool');
+const SIGILCTL = new URL('../../bin/sigilctl.js', import.meta.url).pathname;
+
+describe('sigilctl against a running sigild', { skip: skip ?? false }, () => {
+  let d: TestDaemon;
+  let env: NodeJS.ProcessEnv;
+
+  // The daemon runs in this process, so the CLI must run asynchronously (a sync spawn would block the server).
+  const ctl = async (args: string[], who: 'admin' | 'signer' = 'admin'): Promise<{ stdout: string; stderr: string; code: number }> => {
+    try {
+      const r = await run(process.execPath, [SIGILCTL, ...args], {
+        env: { ...env, SIGIL_CLIENT_CERT: d.ids[who].cert, SIGIL_CLIENT_KEY: d.ids[who].key },
+        maxBuffer: 16 * 1024 * 1024,
+      });
+      return { ...r, code: 0 };
+    } catch (err) {
+      const e = err as { stdout: string; stderr: string; code: number };
+      return { stdout: e.stdout, stderr: e.stderr, code: e.code };
+    }
+  };
+  const openssl = async (args: string[]): Promise<string> => (await run('openssl', args)).stdout;
+
+  before(async () => {
+    d = await startTestDaemon();
+    env = { ...process.env, SIGIL_ADDR: d.address, SIGIL_CACERT: d.ca };
+  });
+  after(async () => d?.stop());
+
+  test('create, sign a file and verify with the openssl command each algorithm documents', async () => {
+    const file = join(d.dir, 'artifact.bin');
+    writeFileSync(file, randomBytes(3 * 1024 * 1024 + 17));
+    const cases: Array<[string, string, string[]]> = [
+      ['p256', 'ECDSA_P256_SHA256', ['dgst', '-sha256']],
+      ['p384', 'ecdsa-p384-sha384', ['dgst', '-sha384']],
+      ['rsa', 'RSA_PKCS1_SHA256', ['dgst', '-sha256']],
+      ['pss', 'rsa-pss', ['dgst', '-sha256', '-sigopt', 'rsa_padding_mode:pss']],
+    ];
+    for (const [name, alg, verifyArgs] of cases) {
+      const c = await ctl(['key', 'create', `cli/${name}`, '--alg', alg]);
+      assert.equal(c.code, 0, c.stderr);
+      assert.match(c.stdout, new RegExp(`created cli/${name} `));
+      const pub = join(d.dir, `${name}.pem`);
+      { const pk = await ctl(["key", "pubkey", `cli/${name}`, "--out", pub]); assert.equal(pk.code, 0, pk.stderr); }
+      const sig = join(d.dir, `${name}.sig`);
+      const s = await ctl(['sign', '--key', `cli/${name}`, '--file', file, '--out', sig], 'signer');
+      assert.equal(s.code, 0, s.stderr);
+      assert.match(s.stdout, new RegExp(`with cli/${name}@1`));
+      assert.match(await openssl([...verifyArgs, '-verify', pub, '-signature', sig, file]), /Verified OK/);
+    }
+  });
+
+  test('Ed25519 sends the whole file and verifies with openssl pkeyutl -rawin', async () => {
+    const file = join(d.dir, 'firmware.img');
+    writeFileSync(file, randomBytes(200_000));
+    assert.equal((await ctl(['key', 'create', 'cli/ed', '--alg', 'ED25519'])).code, 0);
+    const pub = join(d.dir, 'ed.pem');
+    await ctl(['key', 'pubkey', 'cli/ed@1', '--out', pub]);
+    const sig = join(d.dir, 'ed.sig');
+    const s = await ctl(['--output', 'json', 'sign', '--key', 'cli/ed', '--file', file, '--out', sig], 'signer');
+    assert.equal(s.code, 0, s.stderr);
+    const j = JSON.parse(s.stdout) as { keyVersion: string; algorithm: string; bytes: number };
+    assert.deepEqual([j.keyVersion, j.algorithm, j.bytes], ['cli/ed@1', 'ED25519', 200_000]);
+    assert.equal(readFileSync(sig).length, 64);
+    assert.match(await openssl(['pkeyutl', '-verify', '-pubin', '-inkey', pub, '-rawin', '-in', file, '-sigfile', sig]), /Signature Verified Successfully/);
+  });
+
+  test('list, show and pubkey print text and json', async () => {
+    await ctl(['key', 'create', 'cli/listed', '--alg', 'p256']);
+    const list = await ctl(['--output', 'json', 'key', 'list', '--prefix', 'cli/listed']);
+    const keys = JSON.parse(list.stdout) as Array<{ name: string; algorithm: string; primaryVersion: number; versions: Array<{ uri: string; state: string }> }>;
+    assert.equal(keys.length, 1);
+    assert.equal(keys[0]!.algorithm, 'ECDSA_P256_SHA256');
+    assert.equal(keys[0]!.versions[0]!.state, 'ENABLED');
+    assert.match(keys[0]!.versions[0]!.uri, /^pkcs11:token=sigil;object=sigil-cli-listed-v1;id=/);
+    const show = await ctl(['key', 'show', 'cli/listed']);
+    assert.match(show.stdout, /^cli\/listed {2}ECDSA_P256_SHA256 {2}backend=softhsm {2}primary=cli\/listed@1\n {2}@1 {2}ENABLED {2}generated/);
+    const pem = await ctl(['key', 'pubkey', 'cli/listed']);
+    assert.match(pem.stdout, /^-----BEGIN PUBLIC KEY-----\n[\s\S]+-----END PUBLIC KEY-----\n$/);
+  });
+
+  test('a key made by pkcs11-tool is imported with key import and signs', async () => {
+    const pin = readFileSync(d.token.pinFile, 'utf8').trim();
+    await run('pkcs11-tool', ['--module', d.token.module, '--token-label', 'sigil', '--login', '--pin', pin, '--keypairgen', '--key-type', 'EC:secp384r1', '--label', 'ops-p384', '--id', '0102'], {
+      env: { ...process.env, SOFTHSM2_CONF: d.token.conf },
+    });
+    const imp = await ctl(['--output', 'json', 'key', 'import', 'ops/p384', '--uri', 'pkcs11:token=sigil;object=ops-p384']);
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.equal((JSON.parse(imp.stdout) as { algorithm: string }).algorithm, 'ECDSA_P384_SHA384');
+    const file = join(d.dir, 'imported.txt');
+    writeFileSync(file, 'signed with an imported key\n');
+    const pub = join(d.dir, 'ops.pem');
+    await ctl(['key', 'pubkey', 'ops/p384', '--out', pub]);
+    const sig = join(d.dir, 'ops.sig');
+    assert.equal((await ctl(['sign', '--key', 'ops/p384', '--file', file, '--out', sig], 'signer')).code, 0);
+    assert.match(await openssl(['dgst', '-sha384', '-verify', pub, '-signature', sig, file]), /Verified OK/);
+  });
+
+  test('errors are clear, name the status, and exit non-zero', async () => {
+    const nf = await ctl(['key', 'show', 'no/such']);
+    assert.equal(nf.code, 1);
+    assert.equal(nf.stderr, 'sigilctl: NOT_FOUND: no key named no/such\n');
+    const bad = await ctl(['key', 'create', 'x', '--alg', 'dsa']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /unknown algorithm dsa/);
+    const denied = await ctl(['key', 'create', 'x', '--alg', 'p256'], 'signer');
+    assert.equal(denied.code, 1);
+    assert.match(denied.stderr, /^sigilctl: PERMISSION_DENIED: CN=ci-signer-1 lacks the role admin\n$/);
+    const missing = await ctl(['sign', '--key', 'cli/p256', '--file', join(d.dir, 'absent'), '--out', join(d.dir, 'x.sig')], 'signer');
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /ENOENT/);
+    const noAddr = await run(process.execPath, [SIGILCTL, 'key', 'list'], { env: { PATH: process.env.PATH } }).catch((e: { code: number; stderr: string }) => e);
+    assert.equal((noAddr as { code: number }).code, 2);
+    assert.match((noAddr as { stderr: string }).stderr, /--addr \(or SIGIL_ADDR\) is required/);
+  });
+});
