@@ -29,15 +29,13 @@ export function parseConfig(text: string, file: string, opts: { checkFiles?: boo
   }
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigProblems(file, ['the config must be a yaml mapping']);
   const result = configSchema.safeParse(raw);
-  if (!result.success) {
-    throw new ConfigProblems(file, result.error.issues.map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`));
-  }
-  const cfg = result.data;
+  const problems = result.success ? [] : result.error.issues.map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`);
   const base = dirname(resolve(file));
-  const problems: string[] = [];
-  resolvePaths(cfg as unknown as Record<string, unknown>, [], base, opts.checkFiles ?? true, problems);
-  if (problems.length) throw new ConfigProblems(file, problems);
-  return cfg;
+  // Files are checked even when the schema failed, so one run reports every problem.
+  const target = (result.success ? result.data : structuredClone(raw)) as Record<string, unknown>;
+  resolvePaths(target, [], base, opts.checkFiles ?? true, problems);
+  if (!result.success || problems.length) throw new ConfigProblems(file, problems);
+  return result.data;
 }
 
 /** Reads and validates a config file. */
