@@ -1,0 +1,49 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { parseConfig, ConfigProblems } from '../../../src/config/load.ts';
+
+const base = `
+mode: development
+listen: 127.0.0.1:0
+tls: { certFile: /etc/hostname, keyFile: /etc/hostname, clientCaFile: /etc/hostname }
+auth: { roles: { admin: ["cn:admin"], signer: ["uri:spiffe://x/*"] } }
+store: { sqlite: { path: db/sigil.db } }
+backends:
+  hsm: { type: pkcs11, module: /etc/hostname, token: sigil, pinFile: /etc/hostname }
+defaultBackend: hsm
+`;
+
+test('defaults are filled and relative paths resolve against the config file', () => {
+  const c = parseConfig(base, '/srv/sigil/config.yaml');
+  assert.equal(c.limits.maxMessageBytes, 64 * 1024 * 1024);
+  assert.equal(c.limits.maxBatch, 1024);
+  assert.equal(c.store.sqlite.path, '/srv/sigil/db/sigil.db');
+  const hsm = c.backends.hsm!;
+  assert.equal(hsm.type === 'pkcs11' && hsm.sessions, 4);
+  assert.equal(c.log.level, 'info');
+});
+
+test('production is the default mode', () => {
+  const c = parseConfig(base.replace('mode: development\n', ''), '/x/c.yaml');
+  assert.equal(c.mode, 'production');
+});
+
+test('yaml errors, duplicate keys and non-mappings are config problems', () => {
+  assert.throws(() => parseConfig('listen: [', '/x/c.yaml'), ConfigProblems);
+  assert.throws(() => parseConfig(`${base}\nlisten: 127.0.0.1:1\n`, '/x/c.yaml'), ConfigProblems);
+  assert.throws(() => parseConfig('- a\n- b\n', '/x/c.yaml'), /must be a yaml mapping/);
+});
+
+test('fuzz: arbitrary text never crashes the loader, it is accepted or refused with ConfigProblems', () => {
+  fc.assert(
+    fc.property(fc.oneof(fc.string({ maxLength: 400 }), fc.jsonValue().map((v) => JSON.stringify(v))), (text) => {
+      try {
+        parseConfig(text, '/x/c.yaml', { checkFiles: false });
+      } catch (err) {
+        assert.ok(err instanceof ConfigProblems, String(err));
+      }
+    }),
+    { numRuns: 2000 },
+  );
+});

@@ -1,0 +1,69 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { SqliteStore } from '../../../src/store/sqlite.ts';
+import { SigilError } from '../../../src/errors.ts';
+
+const t0 = new Date('2026-01-02T03:04:05.678Z');
+const version = { uri: 'pkcs11:token=t;id=%01', state: 'ENABLED' as const, generated: true, spki: Buffer.from([1, 2, 3]), createdAt: t0 };
+
+test('a key and its first version are stored together and survive a reopen', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-store-'));
+  try {
+    const path = join(dir, 'sub', 'sigil.db');
+    const s = new SqliteStore(path);
+    s.insertKey({ name: 'b/key', algorithm: 'ED25519', backend: 'hsm', createdAt: t0 }, version);
+    s.insertKey({ name: 'a/key', algorithm: 'RSA_PSS_SHA256', backend: 'hsm', createdAt: t0 }, { ...version, uri: 'pkcs11:token=t;id=%02', generated: false });
+    s.close();
+    const r = new SqliteStore(path);
+    const k = r.getKey('b/key')!;
+    assert.deepEqual(k, {
+      name: 'b/key',
+      algorithm: 'ED25519',
+      backend: 'hsm',
+      primaryVersion: 1,
+      createdAt: t0,
+      versions: [{ name: 'b/key', version: 1, ...version }],
+    });
+    assert.deepEqual(r.listKeys('').map((x) => x.name), ['a/key', 'b/key']);
+    assert.deepEqual(r.listKeys('a/').map((x) => x.versions[0]!.generated), [false]);
+    assert.deepEqual(r.listKeys('%'), [], 'the prefix is literal, not a LIKE pattern');
+    assert.equal(r.uriInUse('hsm', 'pkcs11:token=t;id=%02'), true);
+    assert.equal(r.uriInUse('other', 'pkcs11:token=t;id=%02'), false);
+    assert.equal(r.getKey('nope'), null);
+    r.close();
+    const raw = new DatabaseSync(path);
+    assert.equal((raw.prepare('PRAGMA journal_mode').get() as { journal_mode: string }).journal_mode, 'wal');
+    raw.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a taken name is refused with KEY_EXISTS and nothing changes', () => {
+  const s = new SqliteStore(':memory:');
+  s.insertKey({ name: 'k', algorithm: 'ED25519', backend: 'hsm', createdAt: t0 }, version);
+  assert.throws(
+    () => s.insertKey({ name: 'k', algorithm: 'RSA_PKCS1_SHA256', backend: 'other', createdAt: t0 }, { ...version, uri: 'x:y=z' }),
+    (e: unknown) => e instanceof SigilError && e.code === 'KEY_EXISTS',
+  );
+  assert.equal(s.getKey('k')!.algorithm, 'ED25519');
+  assert.equal(s.uriInUse('other', 'x:y=z'), false);
+  s.close();
+});
+
+test('a store written by a newer sigild is refused', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-store-'));
+  try {
+    const path = join(dir, 'sigil.db');
+    const raw = new DatabaseSync(path);
+    raw.exec('PRAGMA user_version = 99');
+    raw.close();
+    assert.throws(() => new SqliteStore(path), /schema version 99 is newer/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
