@@ -1,0 +1,460 @@
+import { createPublicKey, randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import pkcs11js from 'pkcs11js';
+import { SigilError } from '../../errors.ts';
+import type { Logger } from '../../log.ts';
+import { attrText, formatKeyUri, parseKeyUri } from '../key-uri.ts';
+import {
+  ALGORITHM_INFO,
+  ALGORITHMS,
+  type Algorithm,
+  type Backend,
+  type BackendContext,
+  type BackendKey,
+  type KeyCreator,
+  type KeySigner,
+  type KeySpec,
+  type KeyType,
+} from '../signer.ts';
+import {
+  bool,
+  CKK_EC_EDWARDS,
+  CKM_EC_EDWARDS_KEY_PAIR_GEN,
+  CKM_EDDSA,
+  EC_PARAMS,
+  keyTypeOfEcParams,
+  spkiFromEcPoint,
+  spkiFromRsa,
+  ulong,
+} from './attrs.ts';
+import type { Pkcs11Config } from './config.ts';
+import { pkcs11Error } from './errors.ts';
+import { acquireLibrary, type Library } from './library.ts';
+import { SessionPool } from './pool.ts';
+import { EcdsaSigner, Ed25519Signer, RsaSigner, type SignerHost } from './signers.ts';
+
+/** A private key found on the token, with what signing and getKey need. */
+interface KeyEntry {
+  uri: string;
+  handle: Buffer;
+  keyType: KeyType;
+  spki: Buffer;
+  /** RSA only: bytes of the modulus, the signature length. */
+  modulusBytes: number;
+}
+
+// RFC 7512 section 2.3 attributes: sigil interprets token, object, id and type; the others are accepted and ignored.
+const URI_ATTRS = new Set([
+  'token', 'object', 'id', 'type', 'manufacturer', 'model', 'serial',
+  'library-manufacturer', 'library-description', 'library-version', 'slot-description', 'slot-manufacturer', 'slot-id',
+]);
+
+const RSA_BITS = 2048;
+const RSA_EXPONENT = Buffer.from([0x01, 0x00, 0x01]);
+
+/**
+ * Opens a PKCS#11 backend: loads and initializes the module, finds the token by label, opens the
+ * session pool and logs in once as CKU_USER with the PIN read from `pinFile`.
+ */
+export async function open(config: Pkcs11Config, ctx: BackendContext): Promise<Backend & KeyCreator> {
+  const pin = await readPin(config.pinFile);
+  const lib = acquireLibrary(config.module, config.softhsmConf);
+  const sessions: Buffer[] = [];
+  let slot: Buffer | undefined;
+  let loggedIn = false;
+  try {
+    slot = findSlot(lib.pk, config.token);
+    for (let i = 0; i < config.sessions; i++) sessions.push(openSession(lib.pk, slot));
+    lib.login(slot, sessions[0]!, pin);
+    loggedIn = true;
+    const algorithms = supportedAlgorithms(lib.pk, slot);
+    return new Pkcs11Backend(config, ctx.log, lib, slot, sessions, algorithms);
+  } catch (err) {
+    if (loggedIn) lib.logout(slot!, sessions[0]!);
+    for (const s of sessions) closeSession(lib.pk, s);
+    lib.release();
+    throw err;
+  }
+}
+
+async function readPin(path: string): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new SigilError('CONFIG_INVALID', `cannot read pkcs11 pin file ${path}: ${code}`);
+  }
+  const pin = text.replace(/\r?\n$/, '');
+  if (pin.length === 0) throw new SigilError('CONFIG_INVALID', `pkcs11 pin file ${path} is empty`);
+  return pin;
+}
+
+function findSlot(pk: pkcs11js.PKCS11, token: string): Buffer {
+  let slots: Buffer[];
+  try {
+    slots = pk.C_GetSlotList(true);
+  } catch (err) {
+    throw pkcs11Error('pkcs11 slot list', err, 'BACKEND_UNAVAILABLE');
+  }
+  const found = slots.filter((s) => {
+    try {
+      return pk.C_GetTokenInfo(s).label.trim() === token;
+    } catch {
+      // A slot whose token vanished between the two calls is simply not ours.
+      return false;
+    }
+  });
+  if (found.length === 0) throw new SigilError('BACKEND_UNAVAILABLE', `pkcs11 token ${JSON.stringify(token)} not found`);
+  if (found.length > 1) throw new SigilError('BACKEND_UNAVAILABLE', `pkcs11 token label ${JSON.stringify(token)} is not unique`);
+  return found[0]!;
+}
+
+function openSession(pk: pkcs11js.PKCS11, slot: Buffer): Buffer {
+  try {
+    return pk.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+  } catch (err) {
+    throw pkcs11Error('pkcs11 open session', err, 'BACKEND_UNAVAILABLE');
+  }
+}
+
+function closeSession(pk: pkcs11js.PKCS11, s: Buffer): void {
+  try {
+    pk.C_CloseSession(s);
+  } catch {
+    // A session that is already invalid needs no closing.
+  }
+}
+
+/** The algorithms whose mechanisms the token offers (p11-kit, for one, refuses CKM_EDDSA). */
+function supportedAlgorithms(pk: pkcs11js.PKCS11, slot: Buffer): Algorithm[] {
+  let mechs: Set<number>;
+  try {
+    mechs = new Set(pk.C_GetMechanismList(slot));
+  } catch {
+    return [...ALGORITHMS];
+  }
+  const ecdsaMaxBits = (): number => {
+    try {
+      return pk.C_GetMechanismInfo(slot, pkcs11js.CKM_ECDSA).maxKeySize;
+    } catch {
+      return 0;
+    }
+  };
+  const out: Algorithm[] = [];
+  if (mechs.has(pkcs11js.CKM_ECDSA)) {
+    out.push('ECDSA_P256_SHA256');
+    // Some modules report 0 for "no limit"; SoftHSM reports 521.
+    const max = ecdsaMaxBits();
+    if (max === 0 || max >= 384) out.push('ECDSA_P384_SHA384');
+  }
+  if (mechs.has(pkcs11js.CKM_RSA_PKCS)) out.push('RSA_PKCS1_SHA256');
+  if (mechs.has(pkcs11js.CKM_RSA_PKCS_PSS)) out.push('RSA_PSS_SHA256');
+  if (mechs.has(CKM_EDDSA)) out.push('ED25519');
+  return out;
+}
+
+class Pkcs11Backend implements Backend, KeyCreator, SignerHost {
+  readonly kind = 'pkcs11';
+  readonly algorithms: readonly Algorithm[];
+  readonly pk: pkcs11js.PKCS11;
+  readonly pool: SessionPool;
+  readonly #token: string;
+  readonly #log: Logger;
+  readonly #lib: Library;
+  readonly #slot: Buffer;
+  readonly #keys = new Map<string, KeyEntry>();
+  readonly #signers = new Map<string, KeySigner>();
+  #closing: Promise<void> | null = null;
+
+  constructor(config: Pkcs11Config, log: Logger, lib: Library, slot: Buffer, sessions: Buffer[], algorithms: Algorithm[]) {
+    this.#token = config.token;
+    this.#log = log;
+    this.#lib = lib;
+    this.pk = lib.pk;
+    this.#slot = slot;
+    this.pool = new SessionPool(sessions);
+    this.algorithms = algorithms;
+  }
+
+  failed(session: Buffer, err: unknown): SigilError {
+    // A failed C_Sign may leave the operation active (SoftHSM does on CKR_ARGUMENTS_BAD). Open the
+    // replacement first: closing the application's last session would log it out.
+    let next = session;
+    try {
+      next = this.pk.C_OpenSession(this.#slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+      closeSession(this.pk, session);
+    } catch {
+      // The token is gone or out of sessions: keep the old session, the next call reports the state.
+    }
+    this.pool.release(next);
+    return pkcs11Error('pkcs11 sign', err);
+  }
+
+  async getKey(uri: string): Promise<BackendKey> {
+    const k = await this.#lookup(uri);
+    return { uri: k.uri, spki: k.spki, keyType: k.keyType };
+  }
+
+  async signer(uri: string, algorithm: Algorithm): Promise<KeySigner> {
+    const info = ALGORITHM_INFO[algorithm];
+    if (info === undefined) throw new SigilError('UNSUPPORTED_ALGORITHM', `unknown algorithm ${JSON.stringify(String(algorithm))}`);
+    if (!this.algorithms.includes(algorithm)) {
+      throw new SigilError('UNSUPPORTED_ALGORITHM', `pkcs11 token ${JSON.stringify(this.#token)} does not offer ${algorithm}`);
+    }
+    const cacheKey = `${algorithm} ${uri}`;
+    const cached = this.#signers.get(cacheKey);
+    if (cached !== undefined) return cached;
+    const k = await this.#lookup(uri);
+    if (k.keyType !== info.keyType) {
+      throw new SigilError('INVALID_ARGUMENT', `key ${k.uri} is a ${k.keyType} key and cannot sign ${algorithm}`);
+    }
+    let s: KeySigner;
+    switch (algorithm) {
+      case 'ECDSA_P256_SHA256':
+      case 'ECDSA_P384_SHA384':
+        s = new EcdsaSigner(this, k.handle, algorithm);
+        break;
+      case 'RSA_PKCS1_SHA256':
+      case 'RSA_PSS_SHA256':
+        s = new RsaSigner(this, k.handle, algorithm, k.modulusBytes);
+        break;
+      case 'ED25519':
+        s = new Ed25519Signer(this, k.handle);
+        break;
+    }
+    this.#signers.set(cacheKey, s);
+    return s;
+  }
+
+  async createKey(spec: KeySpec): Promise<BackendKey> {
+    const { label, algorithm } = spec;
+    const info = ALGORITHM_INFO[algorithm];
+    if (info === undefined) throw new SigilError('UNSUPPORTED_ALGORITHM', `unknown algorithm ${JSON.stringify(String(algorithm))}`);
+    if (!this.algorithms.includes(algorithm)) {
+      throw new SigilError('UNSUPPORTED_ALGORITHM', `pkcs11 token ${JSON.stringify(this.#token)} does not offer ${algorithm}`);
+    }
+    const labelBytes = Buffer.from(label, 'utf8');
+    if (labelBytes.length === 0 || labelBytes.length > 128 || /[\x00-\x1f\x7f]/.test(label)) {
+      throw new SigilError('INVALID_ARGUMENT', 'pkcs11 key label must be 1 to 128 bytes of printable text');
+    }
+    const id = randomBytes(16);
+    const { mechanism, pub, priv } = keyTemplates(info.keyType, labelBytes, id);
+    const s = await this.pool.acquire();
+    let pair: pkcs11js.KeyPair;
+    try {
+      const same = this.#find(s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+        { type: pkcs11js.CKA_LABEL, value: labelBytes },
+      ], 1);
+      if (same.length > 0) {
+        throw new SigilError('KEY_EXISTS', `a pkcs11 key labelled ${JSON.stringify(label)} already exists on token ${JSON.stringify(this.#token)}`);
+      }
+      pair = await this.pk.C_GenerateKeyPairAsync(s, mechanism, pub, priv);
+    } catch (err) {
+      this.pool.release(s);
+      throw pkcs11Error('pkcs11 key generation', err);
+    }
+    try {
+      const uri = formatKeyUri('pkcs11', [['token', this.#token], ['object', label], ['id', id]]);
+      const entry = this.#entry(s, uri, pair.privateKey, info.keyType, [pair.publicKey]);
+      this.#keys.set(uri, entry);
+      this.#log.info({ uri, algorithm }, 'pkcs11 key created');
+      return { uri, spki: entry.spki, keyType: entry.keyType };
+    } catch (err) {
+      throw pkcs11Error('pkcs11 key generation', err);
+    } finally {
+      this.pool.release(s);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const sessions = await this.pool.drain();
+      this.#keys.clear();
+      this.#signers.clear();
+      if (sessions.length > 0) this.#lib.logout(this.#slot, sessions[0]!);
+      for (const s of sessions) closeSession(this.pk, s);
+      this.#lib.release();
+    })();
+    return this.#closing;
+  }
+
+  async #lookup(uri: string): Promise<KeyEntry> {
+    const cached = this.#keys.get(uri);
+    if (cached !== undefined) return cached;
+    const parsed = parseKeyUri(uri);
+    if (parsed.scheme !== 'pkcs11') throw new SigilError('INVALID_ARGUMENT', `not a pkcs11 key uri: scheme ${parsed.scheme}`);
+    if (parsed.path !== null) throw new SigilError('INVALID_ARGUMENT', 'a pkcs11 key uri needs attributes such as object= or id=');
+    for (const name of parsed.attrs.keys()) {
+      if (!URI_ATTRS.has(name)) throw new SigilError('INVALID_ARGUMENT', `pkcs11 key uri attribute ${name} is not supported`);
+    }
+    const token = attrText(parsed, 'token');
+    if (token !== undefined && token !== this.#token) {
+      throw new SigilError('INVALID_ARGUMENT', `key uri names token ${JSON.stringify(token)} but this backend serves ${JSON.stringify(this.#token)}`);
+    }
+    const type = attrText(parsed, 'type');
+    if (type !== undefined && type !== 'private') throw new SigilError('INVALID_ARGUMENT', `pkcs11 key uri type must be private, not ${JSON.stringify(type)}`);
+    const id = parsed.attrs.get('id');
+    const label = parsed.attrs.get('object');
+    if (id === undefined && label === undefined) throw new SigilError('INVALID_ARGUMENT', 'a pkcs11 key uri needs an id or object attribute');
+
+    const template: pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }];
+    if (id !== undefined) template.push({ type: pkcs11js.CKA_ID, value: id });
+    if (label !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: label });
+
+    const s = await this.pool.acquire();
+    try {
+      const found = this.#find(s, template, 2);
+      if (found.length === 0) throw new SigilError('KEY_NOT_FOUND', `no private key on token ${JSON.stringify(this.#token)} matches ${uri}`);
+      if (found.length > 1) throw new SigilError('INVALID_ARGUMENT', `key uri ${uri} is ambiguous: several private keys match`);
+      const entry = this.#entry(s, null, found[0]!, null, null);
+      this.#keys.set(uri, entry);
+      this.#keys.set(entry.uri, entry);
+      return entry;
+    } catch (err) {
+      throw pkcs11Error('pkcs11 key lookup', err);
+    } finally {
+      this.pool.release(s);
+    }
+  }
+
+  /**
+   * Reads a private key's attributes and its public key. `publics` are the public key candidates when
+   * known (a key just generated); otherwise they are searched by CKA_ID, then by label.
+   */
+  #entry(s: Buffer, knownUri: string | null, handle: Buffer, knownType: KeyType | null, publics: Buffer[] | null): KeyEntry {
+    const a = this.#attrs(s, handle, [
+      pkcs11js.CKA_KEY_TYPE, pkcs11js.CKA_ID, pkcs11js.CKA_LABEL, pkcs11js.CKA_SIGN, pkcs11js.CKA_SENSITIVE, pkcs11js.CKA_EXTRACTABLE,
+    ]);
+    const id = a.get(pkcs11js.CKA_ID) ?? Buffer.alloc(0);
+    const label = a.get(pkcs11js.CKA_LABEL) ?? Buffer.alloc(0);
+    const uriParts: Array<[string, string | Uint8Array]> = [['token', this.#token]];
+    // Labels are text (RFC 7512 `object` is UTF-8); a label that is not valid UTF-8 keeps its bytes.
+    const labelText = label.toString('utf8');
+    if (label.length > 0) uriParts.push(['object', Buffer.from(labelText, 'utf8').equals(label) ? labelText : label]);
+    if (id.length > 0) uriParts.push(['id', id]);
+    const uri = knownUri ?? formatKeyUri('pkcs11', uriParts);
+
+    const ckk = a.get(pkcs11js.CKA_KEY_TYPE);
+    let keyType = knownType;
+    if (keyType === null && ckk !== undefined) {
+      const kt = ulong(ckk);
+      if (kt === pkcs11js.CKK_RSA) keyType = 'RSA';
+      else if (kt === pkcs11js.CKK_EC || kt === CKK_EC_EDWARDS) {
+        const params = this.#attrs(s, handle, [pkcs11js.CKA_EC_PARAMS]).get(pkcs11js.CKA_EC_PARAMS);
+        const t = params === undefined ? null : keyTypeOfEcParams(params);
+        // A Weierstrass curve under CKK_EC_EDWARDS (or the reverse) is not a key sigil can use.
+        if (t !== null && (t === 'ED25519') === (kt === CKK_EC_EDWARDS)) keyType = t;
+      }
+    }
+    if (keyType === null) throw new SigilError('UNSUPPORTED_ALGORITHM', `key ${uri} has a key type or curve sigil does not sign with`);
+    if (!bool(a.get(pkcs11js.CKA_SIGN))) throw new SigilError('INVALID_ARGUMENT', `key ${uri} does not allow signing (CKA_SIGN is false)`);
+    if (!bool(a.get(pkcs11js.CKA_SENSITIVE)) || bool(a.get(pkcs11js.CKA_EXTRACTABLE))) {
+      this.#log.warn({ uri }, 'pkcs11 key is extractable or not sensitive: its private key can leave the token');
+    }
+
+    let candidates = publics;
+    if (candidates === null) {
+      const pubTemplate = (attr: number, v: Buffer): pkcs11js.Template => [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
+        { type: attr, value: v },
+      ];
+      candidates = id.length > 0 ? this.#find(s, pubTemplate(pkcs11js.CKA_ID, id), 16) : [];
+      if (candidates.length === 0 && label.length > 0) candidates = this.#find(s, pubTemplate(pkcs11js.CKA_LABEL, label), 16);
+    }
+    let spki: Buffer | null = null;
+    let modulusBytes = 0;
+    for (const p of candidates) {
+      if (keyType === 'RSA') {
+        const pa = this.#attrs(s, p, [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT]);
+        const n = pa.get(pkcs11js.CKA_MODULUS);
+        const e = pa.get(pkcs11js.CKA_PUBLIC_EXPONENT);
+        if (n !== undefined && e !== undefined) spki = spkiFromRsa(n, e);
+      } else {
+        const pa = this.#attrs(s, p, [pkcs11js.CKA_EC_PARAMS, pkcs11js.CKA_EC_POINT]);
+        const params = pa.get(pkcs11js.CKA_EC_PARAMS);
+        const point = pa.get(pkcs11js.CKA_EC_POINT);
+        if (params !== undefined && point !== undefined && keyTypeOfEcParams(params) === keyType) spki = spkiFromEcPoint(keyType, point);
+      }
+      if (spki !== null) break;
+    }
+    if (spki === null && keyType === 'RSA') {
+      // RSA private key objects usually carry the public half too (PKCS#11 v2.40 section 2.1.3).
+      const pa = this.#attrs(s, handle, [pkcs11js.CKA_MODULUS, pkcs11js.CKA_PUBLIC_EXPONENT]);
+      const n = pa.get(pkcs11js.CKA_MODULUS);
+      const e = pa.get(pkcs11js.CKA_PUBLIC_EXPONENT);
+      if (n !== undefined && e !== undefined) spki = spkiFromRsa(n, e);
+    }
+    if (spki === null) {
+      throw new SigilError('KEY_NOT_FOUND', `key ${uri} has no public key object (same id or label) to read its public key from`);
+    }
+    if (keyType === 'RSA') modulusBytes = rsaModulusBytes(spki);
+    return { uri, handle, keyType, spki, modulusBytes };
+  }
+
+  /** Attribute values; attributes the object lacks (or hides) are absent from the map. */
+  #attrs(s: Buffer, handle: Buffer, types: number[]): Map<number, Buffer> {
+    const out = new Map<number, Buffer>();
+    try {
+      for (const r of this.pk.C_GetAttributeValue(s, handle, types.map((type) => ({ type })))) out.set(r.type, r.value);
+      return out;
+    } catch {
+      // One missing attribute fails the whole call (CKR_ATTRIBUTE_TYPE_INVALID): read them one by one.
+    }
+    for (const type of types) {
+      try {
+        const [r] = this.pk.C_GetAttributeValue(s, handle, [{ type }]);
+        if (r !== undefined) out.set(type, r.value);
+      } catch {
+        // Absent or sensitive.
+      }
+    }
+    return out;
+  }
+
+  #find(s: Buffer, template: pkcs11js.Template, max: number): Buffer[] {
+    this.pk.C_FindObjectsInit(s, template);
+    try {
+      return this.pk.C_FindObjects(s, max);
+    } finally {
+      this.pk.C_FindObjectsFinal(s);
+    }
+  }
+}
+
+function rsaModulusBytes(spki: Buffer): number {
+  // The modulus length sizes the signature buffer; read it back from the key Node parsed.
+  const bits = createPublicKey({ key: spki, format: 'der', type: 'spki' }).asymmetricKeyDetails?.modulusLength ?? RSA_BITS;
+  return Math.ceil(bits / 8);
+}
+
+function keyTemplates(keyType: KeyType, label: Buffer, id: Buffer): { mechanism: pkcs11js.Mechanism; pub: pkcs11js.Template; priv: pkcs11js.Template } {
+  const pub: pkcs11js.Template = [
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_VERIFY, value: true },
+    { type: pkcs11js.CKA_LABEL, value: label },
+    { type: pkcs11js.CKA_ID, value: id },
+  ];
+  const priv: pkcs11js.Template = [
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11js.CKA_SIGN, value: true },
+    { type: pkcs11js.CKA_LABEL, value: label },
+    { type: pkcs11js.CKA_ID, value: id },
+  ];
+  switch (keyType) {
+    case 'RSA':
+      pub.push({ type: pkcs11js.CKA_MODULUS_BITS, value: RSA_BITS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: RSA_EXPONENT });
+      return { mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN }, pub, priv };
+    case 'ED25519':
+      pub.push({ type: pkcs11js.CKA_EC_PARAMS, value: EC_PARAMS.ED25519 });
+      return { mechanism: { mechanism: CKM_EC_EDWARDS_KEY_PAIR_GEN }, pub, priv };
+    case 'EC_P256':
+    case 'EC_P384':
+      pub.push({ type: pkcs11js.CKA_EC_PARAMS, value: EC_PARAMS[keyType] });
+      return { mechanism: { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN }, pub, priv };
+  }
+}
