@@ -1,0 +1,26 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { missingTools } from '../helpers/hw.ts';
+
+const run = promisify(execFile);
+const skip = missingTools('softhsm', 'softhsm2-util', 'openssl');
+const root = new URL('../..', import.meta.url).pathname;
+
+test("the README's first command runs the demo: create a key, sign README.md, openssl verifies", { skip: skip ?? false }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'sigil-quickstart-'));
+  try {
+    const r = await run('bash', [join(root, 'scripts/dev.sh'), '--exit'], { cwd: root, env: { ...process.env, SIGIL_DEV_DIR: dir }, timeout: 120_000 });
+    assert.match(r.stdout, /sigild is serving on 127\.0\.0\.1:\d+/);
+    assert.match(r.stdout, /signed README\.md \(\d+ bytes\) with demo\/readme@1 \(ECDSA_P256_SHA256\)/);
+    assert.match(r.stdout, /^Verified OK$/m);
+    assert.ok(!existsSync(join(dir, 'sigild.addr')), 'the daemon stopped and removed its address file');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
