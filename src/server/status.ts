@@ -36,6 +36,9 @@ export function toWireError(err: unknown, log: Logger, rpc: string): WireError {
   if (err instanceof SigilError) {
     if (err.code === 'BACKEND_ERROR' || err.code === 'INTERNAL' || err.code === 'BACKEND_UNAVAILABLE') {
       log.error({ err, rpc }, 'request failed in a backend');
+    } else if (err.code === 'UNAUTHENTICATED' || err.code === 'PERMISSION_DENIED') {
+      // Refusals are security events: always logged, with the reason (never with secrets).
+      log.warn({ rpc, reason: err.code, detail: err.message }, 'request refused');
     }
     return { code: STATUS_OF[err.code], details: err.message, reason: err.code };
   }
