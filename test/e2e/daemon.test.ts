@@ -131,6 +131,20 @@ describe('sigild end to end over gRPC and TLS', { skip: skip ?? false }, () => {
     assert.equal(Status[await code(rpc.adminListKeys(signer, { prefix: '' }))], 'PERMISSION_DENIED');
     assert.equal(Status[await code(rpc.sign(admin, req))], 'PERMISSION_DENIED', 'the admin role alone does not sign');
     await rejects(rpc.getKey(admin, { name: 'evil' }), Status.NOT_FOUND);
+    const refusals = d.logs().filter((l) => l.msg === 'request refused');
+    assert.ok(refusals.some((l) => l.reason === 'UNAUTHENTICATED' && l.rpc === 'Sign'));
+    assert.ok(refusals.some((l) => l.reason === 'PERMISSION_DENIED' && l.rpc === 'CreateKey' && /CN=ci-signer-1/.test(String(l.detail))));
+  });
+
+  test('the PIN never appears in any log line, and key creation is in the audit channel', () => {
+    const pin = readFileSync(d.token.pinFile, 'utf8').trim();
+    const all = d.logs();
+    assert.ok(all.length > 0);
+    for (const l of all) assert.ok(!JSON.stringify(l).includes(pin), 'a log line holds the pin');
+    const created = all.filter((l) => l.channel === 'audit' && l.msg === 'key created');
+    assert.equal(created.length, 5);
+    assert.equal(created[0]!.who, 'CN=test-admin');
+    assert.match(String(created[0]!.key), /^e2e\/.+@1$/);
   });
 
   test('health is open to anyone; reflection only to admins', async () => {

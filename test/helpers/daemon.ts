@@ -6,7 +6,8 @@ import { createDevCa, issueLeaf, type PemPair } from '../../src/dev/pki.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { startDaemon, type Daemon } from '../../src/main.ts';
 import { connect, type Clients } from '../../src/cli/client.ts';
-import { silentLogger } from '../../src/log.ts';
+import { pino } from 'pino';
+import { Writable } from 'node:stream';
 import { tempToken, type TempToken } from './softhsm.ts';
 
 /** Client credential files of one identity. */
@@ -24,6 +25,8 @@ export interface TestDaemon {
   ca: string;
   /** Files of each client identity: `admin` (role admin), `signer` (role signer), `nobody` (trusted, no role), `outsider` (another CA). */
   ids: Record<'admin' | 'signer' | 'nobody' | 'outsider', Identity>;
+  /** Every log line the daemon wrote so far, parsed. */
+  logs(): Array<Record<string, unknown>>;
   /** The config file the daemon runs with, for starting it as a subprocess too. */
   configFile: string;
   /** Clients authenticated as an identity (or with no client certificate). */
@@ -69,7 +72,14 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
   const configFile = join(dir, 'config.yaml');
   const text = stringify(config);
   await writeFile(configFile, text);
-  const daemon = await startDaemon(parseConfig(text, configFile), { log: silentLogger() });
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      lines.push(...chunk.toString().split('\n').filter(Boolean));
+      cb();
+    },
+  });
+  const daemon = await startDaemon(parseConfig(text, configFile), { log: pino({ level: 'debug' }, sink) });
   const opened: Clients[] = [];
   return {
     dir,
@@ -79,6 +89,7 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
     ca: caFile,
     ids,
     configFile,
+    logs: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>),
     client: (who) => {
       const id = who === 'anonymous' ? undefined : ids[who];
       const c = connect({ addr: daemon.address, ca: caFile, cert: id?.cert, key: id?.key });
