@@ -106,6 +106,23 @@ describe('sigilctl against a running sigild', { skip: skip ?? false }, () => {
     assert.match(await openssl(['dgst', '-sha384', '-verify', pub, '-signature', sig, file]), /Verified OK/);
   });
 
+  test('on a terminal, sign shows hashing progress on stderr and still writes a good signature', { skip: missingTools('script') ?? false }, async () => {
+    const file = join(d.dir, 'big.img');
+    writeFileSync(file, randomBytes(48 * 1024 * 1024));
+    const pub = join(d.dir, 'big.pem');
+    await ctl(['key', 'pubkey', 'cli/p256', '--out', pub]);
+    const sig = join(d.dir, 'big.sig');
+    // script(1) gives sigilctl a pseudo-terminal, as a person at a shell would have.
+    const cmd = [process.execPath, SIGILCTL, 'sign', '--key', 'cli/p256', '--file', file, '--out', sig].map((a) => `'${a}'`).join(' ');
+    const r = await run('script', ['-qec', cmd, '/dev/null'], {
+      env: { ...env, SIGIL_CLIENT_CERT: d.ids.signer.cert, SIGIL_CLIENT_KEY: d.ids.signer.key, TERM: 'xterm' },
+      maxBuffer: 16 * 1024 * 1024,
+    });
+    assert.match(r.stdout, /hashing \|[^|]*\| \d+% [\d.]+\/48 MiB/);
+    assert.match(r.stdout, /signed .*big\.img \(50331648 bytes\) with cli\/p256@1/);
+    assert.match(await openssl(['dgst', '-sha256', '-verify', pub, '-signature', sig, file]), /Verified OK/);
+  });
+
   test('errors are clear, name the status, and exit non-zero', async () => {
     const nf = await ctl(['key', 'show', 'no/such']);
     assert.equal(nf.code, 1);
