@@ -5,6 +5,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 echo "== buf lint" >&2
 node_modules/.bin/buf lint
+echo "== buf breaking (against the released contract snapshot)" >&2
+node_modules/.bin/buf breaking --against proto/snapshot/sigil-v1.json
 echo "== tsc (type check)" >&2
 node_modules/.bin/tsc -p .
 echo "== tests" >&2
