@@ -29,6 +29,10 @@ export class Authenticator {
   readonly #rules: Array<{ role: Role; match: Matcher }> = [];
   // Principals by certificate fingerprint: the role decision is made once per certificate.
   readonly #cache = new Map<string, Principal>();
+  // Principals by HTTP/2 session: getPeerCertificate() builds a fresh object (with three fingerprints)
+  // on every call, ~60 us, more than half the cost of an ECDSA signature. A session's peer certificate
+  // cannot change: Node's http2 disables TLS renegotiation on every session's socket.
+  readonly #bySession = new WeakMap<object, Principal>();
 
   constructor(roles: Record<Role, string[]>) {
     for (const role of Object.keys(roles) as Role[]) {
@@ -38,6 +42,17 @@ export class Authenticator {
 
   /** The principal of a call, or UNAUTHENTICATED when the call carries no trusted client certificate. */
   principal(call: AuthCall): Principal {
+    const session = sessionOf(call);
+    if (session !== undefined) {
+      const known = this.#bySession.get(session);
+      if (known !== undefined) return known;
+    }
+    const p = this.#principalOf(call);
+    if (session !== undefined) this.#bySession.set(session, p);
+    return p;
+  }
+
+  #principalOf(call: AuthCall): Principal {
     const cert = call.getAuthContext().sslPeerCertificate;
     if (!cert) throw new SigilError('UNAUTHENTICATED', 'a client certificate issued by the operator ca is required');
     const fp = cert.fingerprint256;
@@ -71,6 +86,24 @@ export class Authenticator {
     for (const rule of this.#rules) if (rule.match(cert, names)) roles.add(rule.role);
     return { subject, fingerprint, roles };
   }
+}
+
+/**
+ * The HTTP/2 session a grpc-js server call runs on, found through grpc-js internals (as of 1.14:
+ * call -> ServerInterceptingCall -> ... -> BaseServerInterceptingCall.stream.session), or undefined when
+ * that shape is not there, in which case every call reads its certificate through the public API.
+ */
+function sessionOf(call: AuthCall): object | undefined {
+  let c = (call as { call?: unknown }).call;
+  for (let depth = 0; depth < 16 && typeof c === 'object' && c !== null; depth++) {
+    const stream = (c as { stream?: { session?: unknown } }).stream;
+    if (stream !== undefined) {
+      const session = stream?.session;
+      return typeof session === 'object' && session !== null ? session : undefined;
+    }
+    c = (c as { nextCall?: unknown }).nextCall;
+  }
+  return undefined;
 }
 
 function compile(pattern: string): Matcher {
