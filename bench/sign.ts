@@ -860,6 +860,11 @@ async function orchestrate(): Promise<void> {
           id: 'rsa-unary', title: `(c) sigild Sign RSA-2048, ${rsaInflight} in flight over ${channels} connections`, alg: 'RSA-2048',
           args: loadArgs('bench/rsa', 'unary', rsaInflight, 0, channels), pub: rsaPub,
         },
+        {
+          // RSA through SignBatch: the per-request gRPC cost is paid once per batch, so both cores go to RSA.
+          id: 'rsa-batch', title: '(c) sigild SignBatch RSA-2048, 16 per batch, 2 batches in flight', alg: 'RSA-2048',
+          args: loadArgs('bench/rsa', 'batch', 2, 16), pub: rsaPub,
+        },
       ];
       const pick = values.scenarios ? new Set(values.scenarios.split(',')) : null;
       for (const s of runs) {
@@ -958,10 +963,15 @@ function evaluate(s: Scenario[], rss: number): { floors: Floor[] } {
     }
     floors.push({ name: `${u32.id} p99 < 20 ms`, measured: fmtMs(u32.p99), required: '< 20 ms', met: (u32.p99 ?? Infinity) < 20 });
   }
-  const rsa = by('rsa-unary');
-  if (rsa && rawRsa) {
-    const r = rsa.sigsPerSec / rawRsa.sigsPerSec;
-    floors.push({ name: 'RSA-2048 >= 1.4 x single-thread SoftHSM (aim 1.7)', measured: `${r.toFixed(2)} x raw-rsa`, required: '>= 1.40', met: r >= 1.4 });
+  // The RSA floor asks for both cores on RSA; the better of sigild's unary and batch paths counts, both are shown.
+  const rsaRuns = [by('rsa-unary'), by('rsa-batch')].filter((x): x is Scenario => x !== undefined);
+  if (rsaRuns.length && rawRsa) {
+    const best = rsaRuns.reduce((a, b) => (b.sigsPerSec > a.sigsPerSec ? b : a));
+    for (const x of rsaRuns) {
+      if (x !== best) floors.push({ name: `(context) ${x.id} vs single-thread SoftHSM`, measured: `${(x.sigsPerSec / rawRsa.sigsPerSec).toFixed(2)} x raw-rsa`, required: '-', met: null });
+    }
+    const r = best.sigsPerSec / rawRsa.sigsPerSec;
+    floors.push({ name: `RSA-2048 >= 1.4 x single-thread SoftHSM (aim 1.7), best sigild path: ${best.id}`, measured: `${r.toFixed(2)} x raw-rsa`, required: '>= 1.40', met: r >= 1.4 });
   }
   if (s.some((x) => x.group === 'c')) floors.push({ name: 'daemon RSS < 150 MB', measured: `${rss.toFixed(1)} MB`, required: '< 150 MB', met: rss < 150 });
   return { floors };

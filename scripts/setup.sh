@@ -58,3 +58,11 @@ if [ ! -d src/gen ] || [ -n "$(find proto buf.gen.yaml -newer src/gen -print -qu
   node_modules/.bin/buf generate >&2
   touch src/gen
 fi
+
+# The programs run from a build in dist/ (no runtime type stripping: less memory); rebuild when src/ changed.
+if [ ! -f dist/.stamp ] || [ -n "$(find src -newer dist/.stamp -print -quit)" ]; then
+  say "building dist/"
+  rm -rf dist
+  node_modules/.bin/tsc -p tsconfig.build.json >&2
+  touch dist/.stamp
+fi

@@ -45,6 +45,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     'grpc.max_receive_message_length': o.limits.maxMessageBytes + 1024 * 1024,
     'grpc.max_send_message_length': 16 * 1024 * 1024,
     'grpc.keepalive_permit_without_calls': 1,
+    // channelz keeps per-call bookkeeping nobody reads here; off saves CPU and garbage per request.
+    'grpc.enable_channelz': 0,
   });
   const auth = new Authenticator(o.roles);
   const ctx = { auth, metrics: o.metrics, log: o.log };
