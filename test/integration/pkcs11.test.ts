@@ -258,6 +258,20 @@ describe('pkcs11 backend on SoftHSM', { skip: skip ?? false }, () => {
     assert.equal((await backend.getKey('pkcs11:object=legacy')).keyType, 'EC_P256');
   });
 
+  it('warns when the pin file is readable by group or others, without logging the pin', async () => {
+    const loose = join(token.dir, 'loose.pin');
+    await writeFile(loose, `${pin}\n`, { mode: 0o644 });
+    const lines: string[] = [];
+    const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const b = await open({ ...token.config, pinFile: loose }, ctx(log));
+    await b.close();
+    const warn = lines.map((l) => JSON.parse(l) as { level: number; msg: string; mode?: string }).find((l) => /pin file is readable/.test(l.msg));
+    assert.ok(warn, 'a warning was logged');
+    assert.equal(warn.level, 40);
+    assert.equal(warn.mode, '644');
+    assert.ok(!lines.join('').includes(pin));
+  });
+
   it('refuses an unknown token label and a missing pin file', async () => {
     await assertCode(open({ ...token.config, token: 'no-such-token' }, ctx()), 'BACKEND_UNAVAILABLE', (m) => assert.match(m, /no-such-token/));
     await assertCode(open({ ...token.config, pinFile: join(token.dir, 'absent.pin') }, ctx()), 'CONFIG_INVALID');

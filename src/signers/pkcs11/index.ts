@@ -1,5 +1,5 @@
 import { createPublicKey, randomBytes } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import pkcs11js from 'pkcs11js';
 import { SigilError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
@@ -58,6 +58,8 @@ const RSA_EXPONENT = Buffer.from([0x01, 0x00, 0x01]);
  */
 export async function open(config: Pkcs11Config, ctx: BackendContext): Promise<Backend & KeyCreator> {
   const pin = await readPin(config.pinFile);
+  const mode = (await stat(config.pinFile)).mode & 0o777;
+  if (mode & 0o077) ctx.log.warn({ pinFile: config.pinFile, mode: mode.toString(8) }, 'pin file is readable by group or others; chmod 600 it');
   const lib = acquireLibrary(config.module, config.softhsmConf);
   const sessions: Buffer[] = [];
   let slot: Buffer | undefined;
