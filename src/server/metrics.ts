@@ -20,6 +20,13 @@ export class Metrics {
     labelNames: ['backend', 'algorithm'],
     registers: [this.registry],
   });
+  readonly backendLatency = new Histogram({
+    name: 'sigil_backend_sign_duration_seconds',
+    help: 'Time from a validated request to its signature, by backend (includes waiting for a session)',
+    labelNames: ['backend'],
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1],
+    registers: [this.registry],
+  });
   readonly signErrors = new Counter({
     name: 'sigil_sign_errors_total',
     help: 'Signatures refused or failed, by sigil error reason',

@@ -24,17 +24,22 @@ const STREAM_WINDOW = 256;
 /** The `sigil.v1.Signer` service: proto <-> domain conversion around the key service's hot path. */
 export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBatch: number }): SignerServer {
   const perBackend = new Map<string, { inc(): void }>();
-  const count = (s: Signature): void => {
+  const backendLatency = new Map<string, { observe(v: number): void }>();
+  const count = (s: Signature, seconds: number): void => {
     const k = `${s.backend}\0${s.algorithm}`;
     let c = perBackend.get(k);
     if (c === undefined) perBackend.set(k, (c = ctx.metrics.signatures.labels(s.backend, s.algorithm)));
     c.inc();
+    let h = backendLatency.get(s.backend);
+    if (h === undefined) backendLatency.set(s.backend, (h = ctx.metrics.backendLatency.labels(s.backend)));
+    h.observe(seconds);
   };
   const signOne = async (req: SignRequest | undefined): Promise<SignResponse> => {
     if (req === undefined) throw new SigilError('INVALID_ARGUMENT', 'request is required');
     try {
+      const t0 = performance.now();
       const s = await keys.sign(req.key, { digest: req.digest, message: req.message });
-      count(s);
+      count(s, (performance.now() - t0) / 1000);
       return { signature: s.signature, keyVersion: s.keyVersion, algorithm: algorithmToPb(s.algorithm) };
     } catch (err) {
       ctx.metrics.signErrors.inc({ reason: err instanceof SigilError ? err.code : 'INTERNAL' });

@@ -252,6 +252,7 @@ describe('sigild end to end over gRPC and TLS', { skip: skip ?? false }, () => {
     assert.match(body, /sigil_signatures_total\{backend="softhsm",algorithm="ECDSA_P256_SHA256"\} \d+/);
     assert.match(body, /sigil_request_duration_seconds_bucket\{le="0.005",rpc="Sign"\}/);
     assert.match(body, /sigil_requests_in_flight\{rpc="Sign"\} 0/);
+    assert.match(body, /sigil_backend_sign_duration_seconds_count\{backend="softhsm"\} [1-9]\d*/);
   });
 });
 
