@@ -49,8 +49,22 @@ export function loadConfig(file: string, opts: { checkFiles?: boolean } = {}): C
   return parseConfig(text, file, opts);
 }
 
+// The one variable a path may name: systemd's directory of credentials (LoadCredential=), so a PIN file
+// can be a credential that only the service sees.
+const CREDENTIALS = /\$\{CREDENTIALS_DIRECTORY\}|\$CREDENTIALS_DIRECTORY\b/g;
+
 function resolvePaths(node: Record<string, unknown>, path: string[], base: string, check: boolean, problems: string[]): void {
-  for (const [k, v] of Object.entries(node)) {
+  for (const [k, raw] of Object.entries(node)) {
+    let v = raw;
+    if (typeof v === 'string' && PATH_KEYS.has(k) && CREDENTIALS.test(v)) {
+      CREDENTIALS.lastIndex = 0;
+      const dir = process.env.CREDENTIALS_DIRECTORY;
+      if (!dir) {
+        problems.push(`${[...path, k].join('.')}: names $CREDENTIALS_DIRECTORY, which is not set (run under systemd with LoadCredential=)`);
+        continue;
+      }
+      v = v.replace(CREDENTIALS, dir);
+    }
     if (typeof v === 'string' && PATH_KEYS.has(k)) {
       const abs = isAbsolute(v) ? v : resolve(base, v);
       node[k] = abs;

@@ -2,6 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { parseConfig, ConfigProblems } from '../../../src/config/load.ts';
+import { existsSync } from 'node:fs';
+
+const missing = (cmd: string): string | false => (['/usr/bin', '/bin', '/usr/sbin'].some((d) => existsSync(`${d}/${cmd}`)) ? false : `${cmd} not installed`);
 
 const base = `
 mode: development
@@ -46,4 +49,28 @@ test('fuzz: arbitrary text never crashes the loader, it is accepted or refused w
     }),
     { numRuns: 2000 },
   );
+});
+
+test('a path may name systemd\'s $CREDENTIALS_DIRECTORY, and its absence is a clear problem', () => {
+  const text = base.replace('pinFile: /etc/hostname', 'pinFile: "${CREDENTIALS_DIRECTORY}/hsm-pin"');
+  const saved = process.env.CREDENTIALS_DIRECTORY;
+  try {
+    process.env.CREDENTIALS_DIRECTORY = '/run/credentials/sigild.service';
+    const c = parseConfig(text, '/x/c.yaml', { checkFiles: false });
+    const hsm = c.backends.hsm!;
+    assert.equal(hsm.type === 'pkcs11' && hsm.pinFile, '/run/credentials/sigild.service/hsm-pin');
+    delete process.env.CREDENTIALS_DIRECTORY;
+    assert.throws(() => parseConfig(text, '/x/c.yaml', { checkFiles: false }), /backends\.hsm\.pinFile: names \$CREDENTIALS_DIRECTORY, which is not set/);
+  } finally {
+    if (saved === undefined) delete process.env.CREDENTIALS_DIRECTORY;
+    else process.env.CREDENTIALS_DIRECTORY = saved;
+  }
+});
+
+test('the shipped systemd unit passes systemd-analyze verify', { skip: missing('systemd-analyze') }, async () => {
+  const { execFile } = await import('node:child_process');
+  const { promisify } = await import('node:util');
+  const unit = new URL('../../../systemd/sigild.service', import.meta.url).pathname;
+  const r = await promisify(execFile)('systemd-analyze', ['verify', unit]);
+  assert.equal(r.stderr, '');
 });
