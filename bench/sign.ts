@@ -282,8 +282,15 @@ async function run(c: Clients, signers: SignerClient[], a: LoadArgs, reqs: SignR
   }
 }
 
-function runUnary(signers: SignerClient[], inflight: number, reqs: SignRequest[], seconds: number, record: boolean): Promise<WorkerResult> {
-  return new Promise((done) => {
+/** One call's outcome in a closed loop: an error text, or the signature (base64) when it is to be sampled. */
+type Outcome = { error: string } | { signature: () => string };
+
+/**
+ * A closed loop of single-signature calls: `inflight` lanes each issue a call as soon as the previous one
+ * answered, until `seconds` have passed; latency per call, a sample of signatures every 499th call.
+ */
+function closedLoop(inflight: number, seconds: number, record: boolean, call: (i: number, lane: number, done: (o: Outcome) => void) => void, onEnd = (): void => {}): Promise<WorkerResult> {
+  return new Promise((resolve) => {
     const lat = new Latencies();
     const samples: Sample[] = [];
     let seq = 0;
@@ -298,26 +305,35 @@ function runUnary(signers: SignerClient[], inflight: number, reqs: SignRequest[]
       const i = seq++;
       const t0 = performance.now();
       active++;
-      signers[lane % signers.length]!.sign(reqs[i & (POOL - 1)]!, (err: ServiceError | null, res: SignResponse) => {
+      call(i, lane, (o) => {
         const t1 = performance.now();
         active--;
         last = t1;
-        if (err) {
+        if ('error' in o) {
           errors++;
-          firstError ??= `${err.code} ${err.details}`;
+          firstError ??= o.error;
         } else {
           sigs++;
           lat.push(t1 - t0);
-          if (record && i % 499 === 0 && samples.length < 64) samples.push([i & (POOL - 1), Buffer.from(res.signature).toString('base64')]);
+          if (record && i % 499 === 0 && samples.length < 64) samples.push([i & (POOL - 1), o.signature()]);
         }
         if (t1 < end) issue(lane);
         else if (active === 0) {
+          onEnd();
           const st = stats(lat.values());
-          done({ sigs, seconds: (last - start) / 1000, p50: st.p50, p99: st.p99, errors, firstError, samples, encoding: 'der' });
+          resolve({ sigs, seconds: (last - start) / 1000, p50: st.p50, p99: st.p99, errors, firstError, samples, encoding: 'der' });
         }
       });
     };
     for (let k = 0; k < inflight; k++) issue(k);
+  });
+}
+
+function runUnary(signers: SignerClient[], inflight: number, reqs: SignRequest[], seconds: number, record: boolean): Promise<WorkerResult> {
+  return closedLoop(inflight, seconds, record, (i, lane, done) => {
+    signers[lane % signers.length]!.sign(reqs[i & (POOL - 1)]!, (err: ServiceError | null, res: SignResponse) =>
+      done(err ? { error: `${err.code} ${err.details}` } : { signature: () => Buffer.from(res.signature).toString('base64') }),
+    );
   });
 }
 
@@ -337,56 +353,25 @@ function runH2Unary(a: LoadArgs, reqs: SignRequest[], seconds: number, record: b
     return f;
   });
   const headers = { ':method': 'POST', ':path': '/sigil.v1.Signer/Sign', 'content-type': 'application/grpc', te: 'trailers' };
-  return new Promise((done) => {
-    const lat = new Latencies();
-    const samples: Sample[] = [];
-    let seq = 0;
-    let sigs = 0;
-    let errors = 0;
-    let firstError: string | undefined;
-    let active = 0;
-    let last = 0;
-    const start = performance.now();
-    const end = start + seconds * 1000;
-    const issue = (lane: number): void => {
-      const i = seq++;
-      const t0 = performance.now();
-      active++;
-      const st = sessions[lane % sessions.length]!.request(headers);
-      const chunks: Buffer[] = [];
-      let grpcStatus = '';
-      let message = '';
-      st.on('data', (b: Buffer) => chunks.push(b));
-      st.on('trailers', (t) => {
-        grpcStatus = String(t['grpc-status'] ?? '');
-        message = String(t['grpc-message'] ?? '');
-      });
-      st.on('close', () => {
-        const t1 = performance.now();
-        active--;
-        last = t1;
-        const body = Buffer.concat(chunks);
-        if (grpcStatus !== '0' || body.length < 5) {
-          errors++;
-          firstError ??= `${grpcStatus} ${decodeURIComponent(message)}`;
-        } else {
-          sigs++;
-          lat.push(t1 - t0);
-          if (record && i % 499 === 0 && samples.length < 64) {
-            const res = SignResponse.decode(body.subarray(5, 5 + body.readUInt32BE(1)));
-            samples.push([i & (POOL - 1), Buffer.from(res.signature).toString('base64')]);
-          }
-        }
-        if (t1 < end) issue(lane);
-        else if (active === 0) {
-          for (const x of sessions) x.close();
-          const stt = stats(lat.values());
-          done({ sigs, seconds: (last - start) / 1000, p50: stt.p50, p99: stt.p99, errors, firstError, samples, encoding: 'der' });
-        }
-      });
-      st.end(frames[i & (POOL - 1)]);
-    };
-    for (let k = 0; k < a.inflight; k++) issue(k);
+  const call = (i: number, lane: number, done: (o: Outcome) => void): void => {
+    const st = sessions[lane % sessions.length]!.request(headers);
+    const chunks: Buffer[] = [];
+    let grpcStatus = '';
+    let message = '';
+    st.on('data', (b: Buffer) => chunks.push(b));
+    st.on('trailers', (t) => {
+      grpcStatus = String(t['grpc-status'] ?? '');
+      message = String(t['grpc-message'] ?? '');
+    });
+    st.on('close', () => {
+      const body = Buffer.concat(chunks);
+      if (grpcStatus !== '0' || body.length < 5) done({ error: `${grpcStatus} ${decodeURIComponent(message)}` });
+      else done({ signature: () => Buffer.from(SignResponse.decode(body.subarray(5, 5 + body.readUInt32BE(1))).signature).toString('base64') });
+    });
+    st.end(frames[i & (POOL - 1)]);
+  };
+  return closedLoop(a.inflight, seconds, record, call, () => {
+    for (const x of sessions) x.close();
   });
 }
 
