@@ -13,7 +13,7 @@ export interface Principal {
   roles: ReadonlySet<Role>;
 }
 
-/** What auth needs of a grpc-js call. */
+/** What auth needs of a call. */
 export interface AuthCall {
   getAuthContext(): { sslPeerCertificate?: PeerCertificate | undefined };
 }
@@ -21,7 +21,7 @@ export interface AuthCall {
 type Matcher = (c: PeerCertificate, names: { dns: string[]; uri: string[]; subject: string; fingerprint: string }) => boolean;
 
 /**
- * Maps verified client certificates to roles. grpc-js only hands over a peer certificate that chained
+ * Maps verified client certificates to roles. The server only hands over a peer certificate that chained
  * to the configured client CA (the socket is `authorized`), so a missing or untrusted certificate
  * reaches here as none at all.
  */
@@ -29,10 +29,9 @@ export class Authenticator {
   readonly #rules: Array<{ role: Role; match: Matcher }> = [];
   // Principals by certificate fingerprint: the role decision is made once per certificate.
   readonly #cache = new Map<string, Principal>();
-  // Principals by HTTP/2 session: getPeerCertificate() builds a fresh object (with three fingerprints)
-  // on every call, ~60 us, more than half the cost of an ECDSA signature. A session's peer certificate
-  // cannot change: Node's http2 disables TLS renegotiation on every session's socket.
-  readonly #bySession = new WeakMap<object, Principal>();
+  // Principals by certificate object: the server builds one auth context per HTTP/2 session, so every
+  // call on a session hands over the same certificate object and skips the fingerprint lookup.
+  readonly #byCert = new WeakMap<PeerCertificate, Principal>();
 
   constructor(roles: Record<Role, string[]>) {
     for (const role of Object.keys(roles) as Role[]) {
@@ -42,26 +41,18 @@ export class Authenticator {
 
   /** The principal of a call, or UNAUTHENTICATED when the call carries no trusted client certificate. */
   principal(call: AuthCall): Principal {
-    const session = sessionOf(call);
-    if (session !== undefined) {
-      const known = this.#bySession.get(session);
-      if (known !== undefined) return known;
-    }
-    const p = this.#principalOf(call);
-    if (session !== undefined) this.#bySession.set(session, p);
-    return p;
-  }
-
-  #principalOf(call: AuthCall): Principal {
     const cert = call.getAuthContext().sslPeerCertificate;
     if (!cert) throw new SigilError('UNAUTHENTICATED', 'a client certificate issued by the operator ca is required');
+    let p = this.#byCert.get(cert);
+    if (p !== undefined) return p;
     const fp = cert.fingerprint256;
-    let p = this.#cache.get(fp);
+    p = this.#cache.get(fp);
     if (p === undefined) {
       p = this.#evaluate(cert);
       if (this.#cache.size > 10_000) this.#cache.clear();
       this.#cache.set(fp, p);
     }
+    this.#byCert.set(cert, p);
     return p;
   }
 
@@ -86,24 +77,6 @@ export class Authenticator {
     for (const rule of this.#rules) if (rule.match(cert, names)) roles.add(rule.role);
     return { subject, fingerprint, roles };
   }
-}
-
-/**
- * The HTTP/2 session a grpc-js server call runs on, found through grpc-js internals (as of 1.14:
- * call -> ServerInterceptingCall -> ... -> BaseServerInterceptingCall.stream.session), or undefined when
- * that shape is not there, in which case every call reads its certificate through the public API.
- */
-function sessionOf(call: AuthCall): object | undefined {
-  let c = (call as { call?: unknown }).call;
-  for (let depth = 0; depth < 16 && typeof c === 'object' && c !== null; depth++) {
-    const stream = (c as { stream?: { session?: unknown } }).stream;
-    if (stream !== undefined) {
-      const session = stream?.session;
-      return typeof session === 'object' && session !== null ? session : undefined;
-    }
-    c = (c as { nextCall?: unknown }).nextCall;
-  }
-  return undefined;
 }
 
 function compile(pattern: string): Matcher {

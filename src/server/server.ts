@@ -1,4 +1,4 @@
-import { Server, status as Status, type ServiceDefinition, type UntypedServiceImplementation, type ServerDuplexStream } from '@grpc/grpc-js';
+import { status as Status, type Server, type ServiceDefinition, type UntypedServiceImplementation, type ServerDuplexStream } from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { loadSync } from '@grpc/proto-loader';
@@ -12,7 +12,7 @@ import { Authenticator, type Role } from './auth.ts';
 import { Metrics } from './metrics.ts';
 import { signerService } from './signer-service.ts';
 import { adminService } from './admin-service.ts';
-import { serverCredentials } from './tls.ts';
+import { GrpcH2Server } from './h2/server.ts';
 import { toServiceError, toWireError } from './status.ts';
 
 const PROTO_DIR = fileURLToPath(new URL('../../proto', import.meta.url));
@@ -31,7 +31,7 @@ export interface ServerOptions {
 
 /** A running gRPC server. */
 export interface RunningServer {
-  server: Server;
+  server: GrpcH2Server;
   port: number;
   health: HealthImplementation;
   /** Stops accepting calls, lets running ones finish for up to `graceMs`, then cuts them. */
@@ -40,13 +40,14 @@ export interface RunningServer {
 
 /** Builds and binds sigild's gRPC server: Signer, Admin, health (open) and reflection (admin only). */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
-  const server = new Server({
+  const server = new GrpcH2Server({
+    cert: o.tls.cert,
+    key: o.tls.key,
+    clientCa: o.tls.clientCa,
     // Room for a whole Ed25519 message at the configured cap plus framing; sigil's own check answers first.
-    'grpc.max_receive_message_length': o.limits.maxMessageBytes + 1024 * 1024,
-    'grpc.max_send_message_length': 16 * 1024 * 1024,
-    'grpc.keepalive_permit_without_calls': 1,
-    // channelz keeps per-call bookkeeping nobody reads here; off saves CPU and garbage per request.
-    'grpc.enable_channelz': 0,
+    maxReceiveMessageBytes: o.limits.maxMessageBytes + 1024 * 1024,
+    maxSendMessageBytes: 16 * 1024 * 1024,
+    onError: (err) => o.log.error({ err }, 'grpc server error'),
   });
   const auth = new Authenticator(o.roles);
   const ctx = { auth, metrics: o.metrics, log: o.log };
@@ -54,19 +55,21 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   server.addService(AdminService, adminService(ctx, o.keys, o.audit) as unknown as UntypedServiceImplementation);
 
   const health = new HealthImplementation({ '': 'SERVING', 'sigil.v1.Signer': 'SERVING', 'sigil.v1.Admin': 'SERVING' });
-  health.addToServer(server);
+  // HealthImplementation only calls addService, which GrpcH2Server provides with grpc-js's signature.
+  health.addToServer(server as unknown as Server);
 
   const pkg = loadSync(['sigil/v1/signer.proto', 'sigil/v1/admin.proto'], { includeDirs: [PROTO_DIR] });
   new ReflectionService(pkg).addToServer({
     addService: (def: ServiceDefinition, impl: UntypedServiceImplementation) => server.addService(def, adminOnlyStreams(impl, auth, o.log)),
   });
 
-  const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(o.listen, serverCredentials(o.tls), (err, p) => {
-      if (err) reject(new SigilError('FAILED_PRECONDITION', `cannot listen on ${o.listen}: ${err.message}`, { cause: err }));
-      else resolve(p);
-    });
-  });
+  const [host, wanted] = splitListen(o.listen);
+  let port: number;
+  try {
+    port = await server.bind(host, wanted);
+  } catch (err) {
+    throw new SigilError('FAILED_PRECONDITION', `cannot listen on ${o.listen}: ${(err as Error).message}`, { cause: err });
+  }
 
   return {
     server,
@@ -99,6 +102,12 @@ function adminOnlyStreams(impl: UntypedServiceImplementation, auth: Authenticato
     }) as UntypedServiceImplementation[string];
   }
   return out;
+}
+
+/** Splits `host:port` (IPv6 in brackets) into its parts. */
+function splitListen(s: string): [string, number] {
+  const i = s.lastIndexOf(':');
+  return [s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), Number(s.slice(i + 1))];
 }
 
 export { Status };
