@@ -258,6 +258,26 @@ describe('pkcs11 backend on SoftHSM', { skip: skip ?? false }, () => {
     assert.equal((await backend.getKey('pkcs11:object=legacy')).keyType, 'EC_P256');
   });
 
+  it('signs a burst of ECDSA requests together; a key deleted underneath fails them all cleanly and the pool recovers', async () => {
+    const k = await backend.createKey({ label: 'burst', algorithm: 'ECDSA_P256_SHA256' });
+    const signer = await backend.signer(k.uri, 'ECDSA_P256_SHA256');
+    const key = createPublicKey({ key: k.spki, format: 'der', type: 'spki' });
+    const msgs = Array.from({ length: 50 }, (_, i) => Buffer.from(`burst ${i}`));
+    // Issued in one turn of the event loop: signed back to back in one drain.
+    const sigs = await Promise.all(msgs.map((m) => signer.sign(createHash('sha256').update(m).digest())));
+    sigs.forEach((sig, i) => assert.ok(verify('sha256', msgs[i]!, { key, dsaEncoding: 'der' }, sig), `burst signature ${i}`));
+    // Delete the private key behind the backend's cached handle: every queued request fails with a clear
+    // BACKEND_ERROR, none hangs, and the session pool keeps serving other keys.
+    raw.C_DestroyObject(rawSession, findOne([{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }, { type: pkcs11js.CKA_LABEL, value: 'burst' }]));
+    const results = await Promise.allSettled(msgs.slice(0, 10).map((m) => signer.sign(createHash('sha256').update(m).digest())));
+    for (const r of results) {
+      assert.equal(r.status, 'rejected');
+      assert.ok(isSigilError(r.reason, 'BACKEND_ERROR'), String(r.reason));
+      assert.match((r.reason as Error).message, /CKR_(KEY_HANDLE_INVALID|OBJECT_HANDLE_INVALID)/);
+    }
+    for (let i = 0; i < 3; i++) await signAndVerify(await backend.getKey('pkcs11:object=legacy'), 'ECDSA_P256_SHA256');
+  });
+
   it('warns when the pin file is readable by group or others, without logging the pin', async () => {
     const loose = join(token.dir, 'loose.pin');
     await writeFile(loose, `${pin}\n`, { mode: 0o644 });
