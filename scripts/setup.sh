@@ -62,7 +62,10 @@ fi
 # The programs run from a build in dist/ (no runtime type stripping: less memory); rebuild when src/ changed.
 if [ ! -f dist/.stamp ] || [ -n "$(find src -newer dist/.stamp -print -quit)" ]; then
   say "building dist/"
+  # Build beside it and swap, so a program starting meanwhile never sees half a build.
+  rm -rf dist.new
+  node_modules/.bin/tsc -p tsconfig.build.json --outDir dist.new >&2
+  touch dist.new/.stamp
   rm -rf dist
-  node_modules/.bin/tsc -p tsconfig.build.json >&2
-  touch dist/.stamp
+  mv dist.new dist
 fi
