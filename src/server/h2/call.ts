@@ -78,6 +78,42 @@ function serialize(method: AnyMethod, res: unknown, max: number): Buffer | CallS
   return encodeFrame(body);
 }
 
+/** What unary and streaming calls share: the stream, its request headers and method, and the grpc-js accessors. */
+abstract class CallBase extends EventEmitter {
+  request: unknown = undefined;
+  cancelled = false;
+  protected readonly stream: ServerHttp2Stream;
+  protected readonly session: Http2Session | undefined;
+  protected readonly headers: IncomingHttpHeaders;
+  protected readonly method: AnyMethod;
+  protected readonly maxSend: number;
+  #metadata: Metadata | undefined = undefined;
+
+  constructor(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, method: AnyMethod, maxSend: number) {
+    super();
+    this.stream = stream;
+    this.session = stream.session;
+    this.headers = headers;
+    this.method = method;
+    this.maxSend = maxSend;
+  }
+
+  /** The request headers as grpc-js Metadata, built on first use. */
+  get metadata(): Metadata {
+    return (this.#metadata ??= Metadata.fromHttp2Headers(this.headers));
+  }
+
+  /** The verified client certificate, if any; one object per connection. */
+  getAuthContext(): AuthContext {
+    return authContextOf(this.session);
+  }
+
+  /** The method's path, `/package.Service/Method`. */
+  getPath(): string {
+    return this.method.path;
+  }
+}
+
 const READING = 0;
 const HANDLING = 1;
 const DONE = 2;
@@ -86,30 +122,17 @@ const DONE = 2;
  * A unary call, shaped like grpc-js's ServerUnaryCall: `request`, `metadata`, `cancelled`, a
  * 'cancelled' event and `getAuthContext()`. The handler runs once the request is complete.
  */
-export class UnaryCall extends EventEmitter {
-  request: unknown = undefined;
-  cancelled = false;
-  readonly #stream: ServerHttp2Stream;
-  readonly #session: Http2Session | undefined;
-  readonly #headers: IncomingHttpHeaders;
-  readonly #method: AnyMethod;
+export class UnaryCall extends CallBase {
   readonly #handler: (call: UnaryCall, cb: Callback) => void;
-  readonly #maxSend: number;
   readonly #decoder: FrameDecoder;
   #msg: Buffer | undefined = undefined;
   #count = 0;
   #state = READING;
   #timer: NodeJS.Timeout | undefined = undefined;
-  #metadata: Metadata | undefined = undefined;
 
   constructor(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, method: AnyMethod, handler: (call: UnaryCall, cb: Callback) => void, o: CallOptions) {
-    super();
-    this.#stream = stream;
-    this.#session = stream.session;
-    this.#headers = headers;
-    this.#method = method;
+    super(stream, headers, method, o.maxSendBytes);
     this.#handler = handler;
-    this.#maxSend = o.maxSendBytes;
     this.#decoder = new FrameDecoder(o.maxReceiveBytes, headers['grpc-encoding'] as string | undefined, (msg) => {
       if (++this.#count === 1) this.#msg = msg;
     });
@@ -117,21 +140,6 @@ export class UnaryCall extends EventEmitter {
     stream.on('end', () => this.#onEnd());
     stream.on('close', () => this.#onClose());
     if (o.timeoutMs !== undefined) this.#timer = setTimeout(() => this.#expire(), o.timeoutMs);
-  }
-
-  /** The request headers as grpc-js Metadata, built on first use. */
-  get metadata(): Metadata {
-    return (this.#metadata ??= Metadata.fromHttp2Headers(this.#headers));
-  }
-
-  /** The verified client certificate, if any; one object per connection. */
-  getAuthContext(): AuthContext {
-    return authContextOf(this.#session);
-  }
-
-  /** The method's path, `/package.Service/Method`. */
-  getPath(): string {
-    return this.#method.path;
   }
 
   #onData(chunk: Buffer): void {
@@ -146,7 +154,7 @@ export class UnaryCall extends EventEmitter {
     if (this.#decoder.partial) return this.#fail({ code: Status.INTERNAL, details: 'incomplete request message' });
     if (this.#msg === undefined) return this.#fail({ code: Status.UNIMPLEMENTED, details: 'received no request message for a unary method' });
     try {
-      this.request = this.#method.requestDeserialize(this.#msg);
+      this.request = this.method.requestDeserialize(this.#msg);
     } catch {
       return this.#fail({ code: Status.INTERNAL, details: 'error deserializing request' });
     }
@@ -163,10 +171,10 @@ export class UnaryCall extends EventEmitter {
     if (this.#state === DONE) return;
     this.#state = DONE;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
-    const stream = this.#stream;
+    const stream = this.stream;
     if (stream.destroyed || stream.closed) return;
     if (err) return sendTrailersOnly(stream, statusOf(err));
-    const frame = serialize(this.#method, res, this.#maxSend);
+    const frame = serialize(this.method, res, this.maxSend);
     if (!Buffer.isBuffer(frame)) return sendTrailersOnly(stream, frame);
     stream.respond(RESPONSE_HEADERS, RESPOND_WITH_TRAILERS);
     stream.once('wantTrailers', sendOkTrailers);
@@ -176,7 +184,7 @@ export class UnaryCall extends EventEmitter {
   #fail(s: CallStatus): void {
     this.#state = DONE;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
-    sendTrailersOnly(this.#stream, s);
+    sendTrailersOnly(this.stream, s);
   }
 
   #expire(): void {
@@ -207,15 +215,8 @@ export class UnaryCall extends EventEmitter {
  * to end the call with that status. When the call ends without the handler ending it (the client
  * cancelled, a deadline passed, the input broke the protocol) it emits 'cancelled' and then 'error'.
  */
-export class StreamCall extends EventEmitter {
-  request: unknown = undefined;
-  cancelled = false;
-  readonly #stream: ServerHttp2Stream;
-  readonly #session: Http2Session | undefined;
-  readonly #headers: IncomingHttpHeaders;
-  readonly #method: AnyMethod;
+export class StreamCall extends CallBase {
   readonly #handler: (call: StreamCall, cb?: Callback) => void;
-  readonly #maxSend: number;
   readonly #decoder: FrameDecoder;
   // Server streaming reads its one request before the handler runs.
   readonly #single: boolean;
@@ -229,16 +230,10 @@ export class StreamCall extends EventEmitter {
   #ended = false;
   #trailers: Record<string, string> = OK_TRAILERS;
   #timer: NodeJS.Timeout | undefined = undefined;
-  #metadata: Metadata | undefined = undefined;
 
   constructor(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, method: AnyMethod, handler: (call: StreamCall, cb?: Callback) => void, o: CallOptions) {
-    super();
-    this.#stream = stream;
-    this.#session = stream.session;
-    this.#headers = headers;
-    this.#method = method;
+    super(stream, headers, method, o.maxSendBytes);
     this.#handler = handler;
-    this.#maxSend = o.maxSendBytes;
     this.#single = !method.requestStream;
     this.#decoder = new FrameDecoder(o.maxReceiveBytes, headers['grpc-encoding'] as string | undefined, (msg) => this.#onMessage(msg));
     // grpc-js semantics: a handler emits 'error' to end the call with that status.
@@ -260,30 +255,15 @@ export class StreamCall extends EventEmitter {
     if (!this.#single) this.#run();
   }
 
-  /** The request headers as grpc-js Metadata, built on first use. */
-  get metadata(): Metadata {
-    return (this.#metadata ??= Metadata.fromHttp2Headers(this.#headers));
-  }
-
-  /** The verified client certificate, if any; one object per connection. */
-  getAuthContext(): AuthContext {
-    return authContextOf(this.#session);
-  }
-
-  /** The method's path, `/package.Service/Method`. */
-  getPath(): string {
-    return this.#method.path;
-  }
-
   /** Sends one response message; false when the transport's buffer is full ('drain' follows). */
   write(msg: unknown, cb?: (err?: Error | null) => void): boolean {
     if (this.#ended || this.cancelled) return false;
-    const frame = serialize(this.#method, msg, this.#maxSend);
+    const frame = serialize(this.method, msg, this.maxSend);
     if (!Buffer.isBuffer(frame)) {
       this.#abort(frame);
       return false;
     }
-    const stream = this.#stream;
+    const stream = this.stream;
     // Destroyed but its 'close' (which cancels the call) not emitted yet.
     if (stream.destroyed || stream.closed) return false;
     if (!stream.headersSent) stream.respond(RESPONSE_HEADERS, RESPOND_WITH_TRAILERS);
@@ -299,7 +279,7 @@ export class StreamCall extends EventEmitter {
   /** Stops delivering requests until resume(); the transport stops reading too. */
   pause(): this {
     this.#paused = true;
-    this.#stream.pause();
+    this.stream.pause();
     return this;
   }
 
@@ -309,14 +289,14 @@ export class StreamCall extends EventEmitter {
     while (!this.#paused && this.#queue.length > 0 && !this.#ended) this.emit('data', this.#queue.shift());
     if (this.#paused) return this;
     if (this.#inputEnded) this.#emitEnd();
-    else this.#stream.resume();
+    else this.stream.resume();
     return this;
   }
 
   #run(): void {
     this.#started = true;
     try {
-      if (this.#method.requestStream && !this.#method.responseStream) this.#handler(this, (err, res) => (err ? this.#finish(statusOf(err)) : (this.write(res), this.end())));
+      if (this.method.requestStream && !this.method.responseStream) this.#handler(this, (err, res) => (err ? this.#finish(statusOf(err)) : (this.write(res), this.end())));
       else this.#handler(this);
     } catch {
       this.#abort({ code: Status.INTERNAL, details: 'internal error' });
@@ -332,7 +312,7 @@ export class StreamCall extends EventEmitter {
     }
     let req: unknown;
     try {
-      req = this.#method.requestDeserialize(msg);
+      req = this.method.requestDeserialize(msg);
     } catch {
       return this.#abort({ code: Status.INTERNAL, details: 'error deserializing request' });
     }
@@ -347,7 +327,7 @@ export class StreamCall extends EventEmitter {
     if (this.#single) {
       if (this.#first === undefined) return this.#abort({ code: Status.UNIMPLEMENTED, details: 'received no request message for a server streaming method' });
       try {
-        this.request = this.#method.requestDeserialize(this.#first);
+        this.request = this.method.requestDeserialize(this.#first);
       } catch {
         return this.#abort({ code: Status.INTERNAL, details: 'error deserializing request' });
       }
@@ -370,7 +350,7 @@ export class StreamCall extends EventEmitter {
     this.#ended = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#queue.length = 0;
-    const stream = this.#stream;
+    const stream = this.stream;
     if (stream.destroyed || stream.closed) return;
     if (!stream.headersSent) return sendTrailersOnly(stream, s);
     if (s.code !== Status.OK) this.#trailers = { 'grpc-status': String(s.code), 'grpc-message': percentEncode(s.details) };
