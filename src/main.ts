@@ -7,7 +7,7 @@ import { KeyService } from './keys/key-service.ts';
 import { startServer, type RunningServer } from './server/server.ts';
 import { Metrics, serveMetrics } from './server/metrics.ts';
 import { systemClock, type Clock } from './clock.ts';
-import { SigilError } from './errors.ts';
+import { splitHostPort } from './config/host-port.ts';
 
 /** A running sigild: its address, and how to stop it. */
 export interface Daemon {
@@ -61,12 +61,13 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     throw err;
   }
   let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | null = null;
+  let metricsAddress: string | null = null;
   if (cfg.metrics) {
     const [mh, mp] = splitHostPort(cfg.metrics.listen);
     metricsServer = await serveMetrics(metrics, mh, mp);
+    metricsAddress = `${mh}:${metricsServer.port}`;
   }
   const address = `${host}:${grpc.port}`;
-  const metricsAddress = metricsServer ? `${splitHostPort(cfg.metrics!.listen)[0]}:${metricsServer.port}` : null;
   log.info({ address, metrics: metricsAddress, mode: cfg.mode, backends: backends.names() }, 'sigild serving');
   let stopping: Promise<void> | null = null;
   return {
@@ -83,11 +84,4 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
         log.flush();
       })()),
   };
-}
-
-/** Splits `host:port` (IPv6 in brackets) into its parts. */
-export function splitHostPort(s: string): [string, number] {
-  const i = s.lastIndexOf(':');
-  if (i < 0) throw new SigilError('CONFIG_INVALID', `expected host:port, got ${s}`);
-  return [s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), Number(s.slice(i + 1))];
 }

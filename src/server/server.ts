@@ -13,6 +13,7 @@ import { Metrics } from './metrics.ts';
 import { signerService } from './signer-service.ts';
 import { adminService } from './admin-service.ts';
 import { GrpcH2Server } from './h2/server.ts';
+import { splitHostPort } from '../config/host-port.ts';
 import { toServiceError, toWireError } from './status.ts';
 
 const PROTO_DIR = fileURLToPath(new URL('../../proto', import.meta.url));
@@ -63,7 +64,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     addService: (def: ServiceDefinition, impl: UntypedServiceImplementation) => server.addService(def, adminOnlyStreams(impl, auth, o.log)),
   });
 
-  const [host, wanted] = splitListen(o.listen);
+  const [host, wanted] = splitHostPort(o.listen);
   let port: number;
   try {
     port = await server.bind(host, wanted);
@@ -102,12 +103,6 @@ function adminOnlyStreams(impl: UntypedServiceImplementation, auth: Authenticato
     }) as UntypedServiceImplementation[string];
   }
   return out;
-}
-
-/** Splits `host:port` (IPv6 in brackets) into its parts. */
-function splitListen(s: string): [string, number] {
-  const i = s.lastIndexOf(':');
-  return [s.slice(0, i).replace(/^\[(.*)\]$/, '$1'), Number(s.slice(i + 1))];
 }
 
 export { Status };
