@@ -29,9 +29,6 @@ export class Authenticator {
   readonly #rules: Array<{ role: Role; match: Matcher }> = [];
   // Principals by certificate fingerprint: the role decision is made once per certificate.
   readonly #cache = new Map<string, Principal>();
-  // Principals by certificate object: the server builds one auth context per HTTP/2 session, so every
-  // call on a session hands over the same certificate object and skips the fingerprint lookup.
-  readonly #byCert = new WeakMap<PeerCertificate, Principal>();
 
   constructor(roles: Record<Role, string[]>) {
     for (const role of Object.keys(roles) as Role[]) {
@@ -43,16 +40,13 @@ export class Authenticator {
   principal(call: AuthCall): Principal {
     const cert = call.getAuthContext().sslPeerCertificate;
     if (!cert) throw new SigilError('UNAUTHENTICATED', 'a client certificate issued by the operator ca is required');
-    let p = this.#byCert.get(cert);
-    if (p !== undefined) return p;
     const fp = cert.fingerprint256;
-    p = this.#cache.get(fp);
+    let p = this.#cache.get(fp);
     if (p === undefined) {
       p = this.#evaluate(cert);
       if (this.#cache.size > 10_000) this.#cache.clear();
       this.#cache.set(fp, p);
     }
-    this.#byCert.set(cert, p);
     return p;
   }
 

@@ -23,16 +23,15 @@ const STREAM_WINDOW = 256;
 
 /** The `sigil.v1.Signer` service: proto <-> domain conversion around the key service's hot path. */
 export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBatch: number }): SignerServer {
-  const perBackend = new Map<string, { inc(): void }>();
-  const backendLatency = new Map<string, { observe(v: number): void }>();
+  // Metric children per backend, then algorithm: looked up on the hot path without building a label key.
+  const perBackend = new Map<string, { latency: { observe(v: number): void }; byAlg: Map<string, { inc(): void }> }>();
   const count = (s: Signature, seconds: number): void => {
-    const k = `${s.backend}\0${s.algorithm}`;
-    let c = perBackend.get(k);
-    if (c === undefined) perBackend.set(k, (c = ctx.metrics.signatures.labels(s.backend, s.algorithm)));
+    let b = perBackend.get(s.backend);
+    if (b === undefined) perBackend.set(s.backend, (b = { latency: ctx.metrics.backendLatency.labels(s.backend), byAlg: new Map() }));
+    let c = b.byAlg.get(s.algorithm);
+    if (c === undefined) b.byAlg.set(s.algorithm, (c = ctx.metrics.signatures.labels(s.backend, s.algorithm)));
     c.inc();
-    let h = backendLatency.get(s.backend);
-    if (h === undefined) backendLatency.set(s.backend, (h = ctx.metrics.backendLatency.labels(s.backend)));
-    h.observe(seconds);
+    b.latency.observe(seconds);
   };
   const signOne = async (req: SignRequest | undefined): Promise<SignResponse> => {
     if (req === undefined) throw new SigilError('INVALID_ARGUMENT', 'request is required');
