@@ -106,7 +106,6 @@ interface WorkerResult {
   samples: Sample[];
   /** Encoding of the sampled signatures. */
   encoding: 'der' | 'ieee-p1363' | 'rsa';
-  extra?: Record<string, unknown>;
 }
 
 function send(obj: unknown): void {
@@ -282,14 +281,24 @@ async function run(c: Clients, signers: SignerClient[], a: LoadArgs, reqs: SignR
   }
 }
 
-/** One call's outcome in a closed loop: an error text, or the signature (base64) when it is to be sampled. */
-type Outcome = { error: string } | { signature: () => string };
+/**
+ * One call's outcome in a closed loop: an error that failed `failed` signatures (1 by default), or `ok` signatures
+ * (plus per-item errors) and a way to take a sample when the call is one to be sampled.
+ */
+type Outcome = { error: string; failed?: number } | { ok: number; errors?: number; firstError?: string; sample: () => Sample | undefined };
 
 /**
- * A closed loop of single-signature calls: `inflight` lanes each issue a call as soon as the previous one
- * answered, until `seconds` have passed; latency per call, a sample of signatures every 499th call.
+ * A closed loop of calls: `inflight` lanes each issue a call as soon as the previous one answered, until
+ * `seconds` have passed; latency per call, a sample from every `sampleEvery`-th call (up to 64).
  */
-function closedLoop(inflight: number, seconds: number, record: boolean, call: (i: number, lane: number, done: (o: Outcome) => void) => void, onEnd = (): void => {}): Promise<WorkerResult> {
+function closedLoop(
+  inflight: number,
+  seconds: number,
+  record: boolean,
+  sampleEvery: number,
+  call: (i: number, lane: number, done: (o: Outcome) => void) => void,
+  onEnd = (): void => {},
+): Promise<WorkerResult> {
   return new Promise((resolve) => {
     const lat = new Latencies();
     const samples: Sample[] = [];
@@ -310,12 +319,17 @@ function closedLoop(inflight: number, seconds: number, record: boolean, call: (i
         active--;
         last = t1;
         if ('error' in o) {
-          errors++;
+          errors += o.failed ?? 1;
           firstError ??= o.error;
         } else {
-          sigs++;
+          sigs += o.ok;
+          errors += o.errors ?? 0;
+          firstError ??= o.firstError;
           lat.push(t1 - t0);
-          if (record && i % 499 === 0 && samples.length < 64) samples.push([i & (POOL - 1), o.signature()]);
+          if (record && i % sampleEvery === 0 && samples.length < 64) {
+            const smp = o.sample();
+            if (smp) samples.push(smp);
+          }
         }
         if (t1 < end) issue(lane);
         else if (active === 0) {
@@ -330,9 +344,9 @@ function closedLoop(inflight: number, seconds: number, record: boolean, call: (i
 }
 
 function runUnary(signers: SignerClient[], inflight: number, reqs: SignRequest[], seconds: number, record: boolean): Promise<WorkerResult> {
-  return closedLoop(inflight, seconds, record, (i, lane, done) => {
+  return closedLoop(inflight, seconds, record, 499, (i, lane, done) => {
     signers[lane % signers.length]!.sign(reqs[i & (POOL - 1)]!, (err: ServiceError | null, res: SignResponse) =>
-      done(err ? { error: `${err.code} ${err.details}` } : { signature: () => Buffer.from(res.signature).toString('base64') }),
+      done(err ? { error: `${err.code} ${err.details}` } : { ok: 1, sample: () => [i & (POOL - 1), Buffer.from(res.signature).toString('base64')] }),
     );
   });
 }
@@ -366,11 +380,11 @@ function runH2Unary(a: LoadArgs, reqs: SignRequest[], seconds: number, record: b
     st.on('close', () => {
       const body = Buffer.concat(chunks);
       if (grpcStatus !== '0' || body.length < 5) done({ error: `${grpcStatus} ${decodeURIComponent(message)}` });
-      else done({ signature: () => Buffer.from(SignResponse.decode(body.subarray(5, 5 + body.readUInt32BE(1))).signature).toString('base64') });
+      else done({ ok: 1, sample: () => [i & (POOL - 1), Buffer.from(SignResponse.decode(body.subarray(5, 5 + body.readUInt32BE(1))).signature).toString('base64')] });
     });
     st.end(frames[i & (POOL - 1)]);
   };
-  return closedLoop(a.inflight, seconds, record, call, () => {
+  return closedLoop(a.inflight, seconds, record, 499, call, () => {
     for (const x of sessions) x.close();
   });
 }
@@ -379,52 +393,27 @@ function runBatch(c: Clients, inflight: number, size: number, reqs: SignRequest[
   // A few fixed batches, cycled: request building is not what is measured.
   const batches = Array.from({ length: 4 }, (_, b) => ({ requests: Array.from({ length: size }, (_, j) => reqs[(b * size + j) & (POOL - 1)]!) }));
   const firstIndex = (b: number): number => (b * size) & (POOL - 1);
-  return new Promise((done) => {
-    const lat = new Latencies();
-    const samples: Sample[] = [];
-    let seq = 0;
-    let sigs = 0;
-    let errors = 0;
-    let firstError: string | undefined;
-    let active = 0;
-    let last = 0;
-    const start = performance.now();
-    const end = start + seconds * 1000;
-    const issue = (): void => {
-      const i = seq++;
-      const b = i & 3;
-      const t0 = performance.now();
-      active++;
-      c.signer.signBatch(batches[b]!, (err: ServiceError | null, res: SignBatchResponse) => {
-        const t1 = performance.now();
-        active--;
-        last = t1;
-        if (err) {
-          errors += size;
-          firstError ??= `${err.code} ${err.details}`;
-        } else {
-          lat.push(t1 - t0);
-          for (const r of res.results) {
-            if (r.signature) sigs++;
-            else {
-              errors++;
-              firstError ??= `${r.error?.code} ${r.error?.message}`;
-            }
-          }
-          if (record && i % 7 === 0 && samples.length < 64) {
-            const j = i % size;
-            const s = res.results[j]?.signature;
-            if (s) samples.push([(firstIndex(b) + j) & (POOL - 1), Buffer.from(s.signature).toString('base64')]);
-          }
-        }
-        if (t1 < end) issue();
-        else if (active === 0) {
-          const st = stats(lat.values());
-          done({ sigs, seconds: (last - start) / 1000, p50: st.p50, p99: st.p99, errors, firstError, samples, encoding: 'der', extra: { batches: lat.n } });
-        }
+  return closedLoop(inflight, seconds, record, 7, (i, _lane, done) => {
+    const b = i & 3;
+    c.signer.signBatch(batches[b]!, (err: ServiceError | null, res: SignBatchResponse) => {
+      if (err) return done({ error: `${err.code} ${err.details}`, failed: size });
+      let ok = 0;
+      let firstError: string | undefined;
+      for (const r of res.results) {
+        if (r.signature) ok++;
+        else firstError ??= `${r.error?.code} ${r.error?.message}`;
+      }
+      done({
+        ok,
+        errors: res.results.length - ok,
+        firstError,
+        sample: () => {
+          const j = i % size;
+          const s = res.results[j]?.signature;
+          return s ? [(firstIndex(b) + j) & (POOL - 1), Buffer.from(s.signature).toString('base64')] : undefined;
+        },
       });
-    };
-    for (let k = 0; k < inflight; k++) issue();
+    });
   });
 }
 
