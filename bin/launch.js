@@ -55,6 +55,8 @@ function relaunch(node, script, extraFlags) {
 
 /** Runs `name` (sigild, sigilctl) from dist/ or src/, relaunching first where the Node or its flags need it. */
 export async function launch(name, script) {
+  // Only a serving daemon needs the heap flags; `config validate` and `--help` are not worth a re-exec.
+  const serving = name === 'sigild' && ['serve', 'dev'].includes(process.argv[2]) && !process.env.SIGIL_NO_HEAP_FLAGS;
   const distEntry = join(root, 'dist', 'cli', `${name}.js`);
   const fresh = distIsFresh(distEntry);
   const usable = nodeMajor() >= 22 && (fresh || runsTypeScript());
@@ -63,10 +65,10 @@ export async function launch(name, script) {
       process.stderr.write(`${name}: needs Node >= 22.18 (this is ${process.version}); run \`bash scripts/setup.sh\` once to install Node 24 under .tools/\n`);
       process.exit(2);
     }
-    relaunch(localNode, script, name === 'sigild' ? DAEMON_V8_FLAGS : []);
+    relaunch(localNode, script, serving ? DAEMON_V8_FLAGS : []);
     return;
   }
-  if (name === 'sigild' && !process.env.SIGIL_NO_HEAP_FLAGS) {
+  if (serving) {
     const given = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? '').split(/\s+/)].join(' ');
     if (!/--max-(semi|old)-space-size/.test(given)) {
       relaunch(process.execPath, script, DAEMON_V8_FLAGS);
