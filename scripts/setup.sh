@@ -19,6 +19,10 @@ want pkcs11-tool opensc
 want p11-kit p11-kit
 want /usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so p11-kit-modules
 want openssl openssl
+want swtpm swtpm
+want swtpm_setup swtpm-tools
+want tpm2_quote tpm2-tools
+want /usr/lib/x86_64-linux-gnu/libtss2-tctildr.so.0 libtss2-tctildr0
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   SUDO=""

@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'NOT_IMPLEMENTED'
   | 'BACKEND_UNAVAILABLE'
   | 'BACKEND_ERROR'
+  | 'TPM_ERROR'
   | 'CONFIG_INVALID'
   | 'INTERNAL';
 
