@@ -22,21 +22,33 @@ import {
   type ImportKeyRequest,
   type ImportKeyResponse,
 } from '../gen/sigil/v1/admin.ts';
+import {
+  AttestationClient,
+  type BeginEnrollmentRequest,
+  type BeginEnrollmentResponse,
+  type FinishEnrollmentRequest,
+  type FinishEnrollmentResponse,
+  type RenewRequest,
+  type RenewResponse,
+} from '../gen/sigil/v1/attestation.ts';
 
 /** Where and how to reach sigild. */
 export interface ConnectOptions {
   addr: string;
   ca: string;
-  cert?: string | undefined;
-  key?: string | undefined;
+  /** Client certificate: a PEM file path, or the PEM itself (the agent keeps its identity in memory). */
+  cert?: string | Buffer | undefined;
+  /** Client private key: a PEM file path, or the PEM itself. */
+  key?: string | Buffer | undefined;
   /** Largest message this client may send, for Ed25519 messages. */
   maxSendBytes?: number;
 }
 
-/** Both sigil clients over one TLS channel configuration. */
+/** The sigil clients over one TLS channel configuration. */
 export interface Clients {
   signer: SignerClient;
   admin: AdminClient;
+  attestation: AttestationClient;
   close(): void;
 }
 
@@ -62,8 +74,8 @@ export function connect(o: ConnectOptions): Clients {
   filterServerNameWarning();
   const creds = credentials.createSsl(
     readFileSync(o.ca),
-    o.key ? readFileSync(o.key) : null,
-    o.cert ? readFileSync(o.cert) : null,
+    pem(o.key),
+    pem(o.cert),
   );
   const options: ChannelOptions = {
     'grpc.max_send_message_length': o.maxSendBytes ?? 80 * 1024 * 1024,
@@ -71,14 +83,22 @@ export function connect(o: ConnectOptions): Clients {
   };
   const signer = new SignerClient(o.addr, creds, options);
   const admin = new AdminClient(o.addr, creds, options);
+  const attestation = new AttestationClient(o.addr, creds, options);
   return {
     signer,
     admin,
+    attestation,
     close: () => {
       signer.close();
       admin.close();
+      attestation.close();
     },
   };
+}
+
+function pem(v: string | Buffer | undefined): Buffer | null {
+  if (v === undefined || v === '') return null;
+  return Buffer.isBuffer(v) ? v : readFileSync(v);
 }
 
 type Callback<Res> = (err: ServiceError | null, res: Res) => void;
@@ -99,4 +119,7 @@ export const rpc = {
   importKey: (c: Clients, r: ImportKeyRequest) => promised<ImportKeyResponse>((md, cb) => c.admin.importKey(r, md, cb)),
   getKey: (c: Clients, r: GetKeyRequest) => promised<GetKeyResponse>((md, cb) => c.admin.getKey(r, md, cb)),
   adminListKeys: (c: Clients, r: AdminListKeysRequest) => promised<AdminListKeysResponse>((md, cb) => c.admin.listKeys(r, md, cb)),
+  beginEnrollment: (c: Clients, r: BeginEnrollmentRequest) => promised<BeginEnrollmentResponse>((md, cb) => c.attestation.beginEnrollment(r, md, cb)),
+  finishEnrollment: (c: Clients, r: FinishEnrollmentRequest) => promised<FinishEnrollmentResponse>((md, cb) => c.attestation.finishEnrollment(r, md, cb)),
+  renew: (c: Clients, r: RenewRequest) => promised<RenewResponse>((md, cb) => c.attestation.renew(r, md, cb)),
 };

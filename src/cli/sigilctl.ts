@@ -1,10 +1,9 @@
 import { Command, Option } from 'commander';
-import { createReadStream, statSync, writeFileSync, readFileSync } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { statSync, writeFileSync, readFileSync } from 'node:fs';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
-import { SingleBar, Presets } from 'cli-progress';
 import { Algorithm, type Key } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
+import { HASH_OF, hashFile } from './files.ts';
 
 const ALG_NAMES = Object.keys(Algorithm).filter((a) => a !== 'UNSPECIFIED') as Array<keyof typeof Algorithm>;
 const ALIASES: Partial<Record<string, keyof typeof Algorithm>> = {
@@ -17,14 +16,6 @@ const ALIASES: Partial<Record<string, keyof typeof Algorithm>> = {
   RSA_PSS: 'RSA_PSS_SHA256',
   PSS: 'RSA_PSS_SHA256',
 };
-const HASH_OF: Record<number, 'sha256' | 'sha384' | null> = {
-  [Algorithm.ECDSA_P256_SHA256]: 'sha256',
-  [Algorithm.ECDSA_P384_SHA384]: 'sha384',
-  [Algorithm.RSA_PKCS1_SHA256]: 'sha256',
-  [Algorithm.RSA_PSS_SHA256]: 'sha256',
-  [Algorithm.ED25519]: null,
-};
-
 class UsageError extends Error {}
 
 function parseAlg(s: string): Algorithm {
@@ -61,23 +52,6 @@ function keyText(k: Key): string {
   const lines = [`${k.name}  ${algName(k.algorithm)}  backend=${k.backend}  primary=${k.name}@${k.primaryVersion}`];
   for (const v of k.versions) lines.push(`  @${v.version}  ${v.state === 1 ? 'ENABLED' : v.state}  ${v.generated ? 'generated' : 'imported'}  ${v.createTime?.toISOString() ?? ''}  ${v.uri}`);
   return lines.join('\n');
-}
-
-/** Hashes a file while streaming it from disk, with a progress bar on a terminal. */
-async function hashFile(path: string, hash: 'sha256' | 'sha384', showProgress: boolean): Promise<Buffer> {
-  const size = statSync(path).size;
-  const h = createHash(hash);
-  const bar = showProgress ? new SingleBar({ format: 'hashing |{bar}| {percentage}% {value}/{total} MiB', stream: process.stderr, clearOnComplete: true, hideCursor: true }, Presets.shades_classic) : null;
-  const mib = (n: number): number => Math.round((n / 1048576) * 10) / 10;
-  bar?.start(mib(size), 0);
-  let done = 0;
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
-    h.update(chunk as Buffer);
-    done += (chunk as Buffer).length;
-    bar?.update(mib(done));
-  }
-  bar?.stop();
-  return h.digest();
 }
 
 /** The `sigilctl` command line. */
