@@ -8,6 +8,7 @@ import { startServer, type RunningServer } from './server/server.ts';
 import { Metrics, serveMetrics } from './server/metrics.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { splitHostPort } from './config/host-port.ts';
+import { IdentityCa } from './identity/identity-ca.ts';
 
 /** A running sigild: its address, and how to stop it. */
 export interface Daemon {
@@ -16,6 +17,8 @@ export interface Daemon {
   /** The metrics endpoint's `host:port`, when configured. */
   metricsAddress: string | null;
   keys: KeyService;
+  /** The identity CA, when the config has an `identity` section (the attestation service issues through it). */
+  identity: IdentityCa | null;
   stop(): Promise<void>;
 }
 
@@ -26,18 +29,36 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   const production = cfg.mode === 'production';
   const store = new SqliteStore(cfg.store.sqlite.path);
   const backends = new BackendRegistry(cfg.backends, { log, production });
+  const clock = opts.clock ?? systemClock;
   const keys = new KeyService({
     store,
     backends,
     defaultBackend: cfg.defaultBackend,
     maxMessageBytes: cfg.limits.maxMessageBytes,
     log: log.child({ module: 'keys' }),
-    clock: opts.clock ?? systemClock,
+    clock,
   });
-  // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
+  let identity: IdentityCa | null = null;
   try {
+    // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
     await backends.get(cfg.defaultBackend);
+    if (cfg.identity) {
+      identity = await IdentityCa.open({
+        keys,
+        store,
+        clock,
+        log: log.child({ module: 'identity' }),
+        audit,
+        trustDomain: cfg.identity.trustDomain,
+        caKey: cfg.identity.caKey,
+        algorithm: cfg.identity.algorithm,
+        backend: cfg.identity.backend,
+        lifetimeMs: cfg.identity.lifetime,
+        maxLifetimeMs: cfg.identity.maxLifetime,
+      });
+    }
   } catch (err) {
+    await backends.closeAll();
     store.close();
     throw err;
   }
@@ -49,6 +70,10 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       listen: cfg.listen,
       tls: { cert: readFileSync(cfg.tls.certFile), key: readFileSync(cfg.tls.keyFile), clientCa: readFileSync(cfg.tls.clientCaFile) },
       roles: cfg.auth.roles,
+      identityCaPem: identity?.caCertificatePem() ?? null,
+      builders: cfg.authorization.builders,
+      reservedKeys: identity ? [identity.keyName] : [],
+      clock,
       keys,
       log: log.child({ module: 'server' }),
       audit,
@@ -74,6 +99,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     address,
     metricsAddress,
     keys,
+    identity,
     stop: () =>
       (stopping ??= (async () => {
         await grpc.stop();

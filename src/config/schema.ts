@@ -1,5 +1,62 @@
 import { z } from 'zod';
 import { backendConfigSchema } from '../signers/config.ts';
+import { checkKeyName } from '../keys/names.ts';
+import { parseDuration } from './duration.ts';
+
+/** A duration such as `90s`, `15m` or `24h`, parsed to milliseconds. */
+const duration = z.string().transform((text, ctx) => {
+  try {
+    return parseDuration(text);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+const HOUR = 3_600_000;
+
+const keyName = z.string().superRefine((name, ctx) => {
+  try {
+    checkKeyName(name);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+  }
+});
+
+/** A SPIFFE trust domain: lower-case letters, digits, `.`, `-` and `_` (SPIFFE ID spec, 2.1). */
+const trustDomain = z.string().regex(/^[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?$/, 'must be a spiffe trust domain: lower-case letters, digits, . - _');
+
+/** The identity CA: issues short-lived builder certificates, signing with a sigil key. */
+const identitySchema = z.strictObject({
+  trustDomain,
+  /** The name of the CA's key; created on first start. */
+  caKey: keyName.default('sigil/identity-ca'),
+  algorithm: z.enum(['ECDSA_P256_SHA256', 'ECDSA_P384_SHA384', 'RSA_PKCS1_SHA256', 'ED25519']).default('ECDSA_P256_SHA256'),
+  /** The backend that holds the CA key; the default backend when absent. */
+  backend: z.string().min(1).optional(),
+  /** Default lifetime of a builder certificate. */
+  lifetime: duration.default(15 * 60_000),
+  /** The longest lifetime a builder certificate may get (at most 24h). */
+  maxLifetime: duration.default(24 * HOUR),
+});
+
+/** Which builder identities may use which keys: a rule grants its keys to any identity it lists. */
+const builderRuleSchema = z.strictObject({
+  /** Key-name globs; `*` matches any run of characters. */
+  keys: z.array(z.string().regex(/^[a-z0-9*][a-z0-9._/*-]{0,127}$/, 'must be a key-name glob: lower-case letters, digits, -_./ and *')).min(1),
+  identities: z
+    .array(
+      z.strictObject({
+        /** A glob over the certificate's SPIFFE id, e.g. `spiffe://sigil.example/builder/tpm/*`. */
+        san: z.string().min(1).max(512),
+        /** When set, the attestation policy named in the certificate must equal it. */
+        policy: z.string().min(1).max(64).optional(),
+        /** When set, every claim must be present and match its glob. */
+        claims: z.record(z.string().min(1).max(64), z.string().max(256)).optional(),
+      }),
+    )
+    .min(1),
+});
 
 const hostPort = z
   .string()
@@ -43,10 +100,24 @@ export const configSchema = z.strictObject({
       maxBatch: z.number().int().min(1).max(1024).default(1024),
     })
     .prefault({}),
+  identity: identitySchema.optional(),
+  authorization: z.strictObject({ builders: z.array(builderRuleSchema).default([]) }).prefault({}),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
 }).superRefine((cfg, ctx) => {
   if (!(cfg.defaultBackend in cfg.backends)) {
     ctx.addIssue({ code: 'custom', path: ['defaultBackend'], message: `names no configured backend (have: ${Object.keys(cfg.backends).join(', ') || 'none'})` });
+  }
+  if (cfg.identity) {
+    const id = cfg.identity;
+    if (id.maxLifetime > 24 * HOUR) ctx.addIssue({ code: 'custom', path: ['identity', 'maxLifetime'], message: 'must be at most 24h' });
+    if (id.maxLifetime < 1000) ctx.addIssue({ code: 'custom', path: ['identity', 'maxLifetime'], message: 'must be at least 1s' });
+    if (id.lifetime > id.maxLifetime) ctx.addIssue({ code: 'custom', path: ['identity', 'lifetime'], message: 'must not exceed identity.maxLifetime' });
+    if (id.lifetime < 1000) ctx.addIssue({ code: 'custom', path: ['identity', 'lifetime'], message: 'must be at least 1s' });
+    if (id.backend !== undefined && !(id.backend in cfg.backends)) {
+      ctx.addIssue({ code: 'custom', path: ['identity', 'backend'], message: `names no configured backend (have: ${Object.keys(cfg.backends).join(', ') || 'none'})` });
+    }
+  } else if (cfg.authorization.builders.length > 0) {
+    ctx.addIssue({ code: 'custom', path: ['authorization', 'builders'], message: 'builder rules need the identity section (identity.trustDomain)' });
   }
   if (cfg.mode === 'production') {
     for (const [name, b] of Object.entries(cfg.backends)) {
@@ -57,3 +128,9 @@ export const configSchema = z.strictObject({
 
 /** A parsed, validated config. */
 export type Config = z.infer<typeof configSchema>;
+
+/** The parsed `identity` section: durations in milliseconds. */
+export type IdentityConfig = z.infer<typeof identitySchema>;
+
+/** One parsed `authorization.builders` rule. */
+export type BuilderRuleConfig = z.infer<typeof builderRuleSchema>;

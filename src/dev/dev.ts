@@ -46,6 +46,9 @@ export async function prepareDevDir(dirArg: string, listen: string): Promise<Dev
       softhsm: { type: 'pkcs11', module: hsm.module, token: hsm.label, pinFile: hsm.pinFile, softhsmConf: hsm.conf, sessions: 4 },
     },
     defaultBackend: 'softhsm',
+    // The identity CA's key is created in the token on first start; any attested dev builder may use dev/* keys.
+    identity: { trustDomain: 'sigil.dev' },
+    authorization: { builders: [{ keys: ['dev/*'], identities: [{ san: 'spiffe://sigil.dev/builder/tpm/*' }] }] },
   };
   const configPath = join(dir, 'config.yaml');
   writeFileSync(configPath, `# written by sigild dev; edit freely, it is rewritten on the next start\n${stringify(config)}`, { mode: 0o600 });

@@ -1,8 +1,15 @@
+import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
 import { SigilError } from '../errors.ts';
+import { systemClock, type Clock } from '../clock.ts';
+import { parseBuilderExtensions, type BuilderIdentity } from '../identity/builder-extensions.ts';
+import { globToRegExp } from '../identity/glob.ts';
 
 /** The roles a client certificate can carry. */
-export type Role = 'admin' | 'signer';
+export type Role = 'admin' | 'signer' | 'builder';
+
+/** The roles that config maps from operator-CA certificates; `builder` comes only from the identity CA. */
+export type OperatorRole = Exclude<Role, 'builder'>;
 
 /** A client authenticated by its certificate. */
 export interface Principal {
@@ -11,35 +18,62 @@ export interface Principal {
   /** SHA-256 fingerprint of the certificate, lower-case hex. */
   fingerprint: string;
   roles: ReadonlySet<Role>;
+  /** The end of the certificate's validity, ms since the epoch: a connection may outlive it. */
+  notAfter: number;
+  /** What the identity CA certified, for a builder certificate. */
+  builder?: BuilderIdentity;
 }
 
-/** What auth needs of a call. */
+/** What auth needs of a call: the verified peer certificate, or why there is none. */
 export interface AuthCall {
-  getAuthContext(): { sslPeerCertificate?: PeerCertificate | undefined };
+  getAuthContext(): { sslPeerCertificate?: PeerCertificate | undefined; authorizationError?: string | undefined };
+}
+
+/** Who may sign builder certificates, and the clock that says when a certificate has expired. */
+export interface AuthOptions {
+  /** The identity CA certificate (DER); without it no certificate gets the builder role. */
+  identityCa?: Buffer | undefined;
+  clock?: Clock;
 }
 
 type Matcher = (c: PeerCertificate, names: { dns: string[]; uri: string[]; subject: string; fingerprint: string }) => boolean;
 
+// OpenSSL verify codes (as Node's authorizationError spells them) that deserve their own message.
+const WHY: Readonly<Record<string, string>> = {
+  CERT_HAS_EXPIRED: 'client certificate expired',
+  CERT_NOT_YET_VALID: 'client certificate not yet valid',
+};
+
 /**
- * Maps verified client certificates to roles. The server only hands over a peer certificate that chained
- * to the configured client CA (the socket is `authorized`), so a missing or untrusted certificate
- * reaches here as none at all.
+ * Maps verified client certificates to roles. The server hands over a peer certificate only when it
+ * chained to a trusted CA (the socket is `authorized`); otherwise the call carries the reason.
+ * Certificates signed by the identity CA get the builder role and nothing else; the admin and signer
+ * patterns apply to the other (operator CA) certificates only.
  */
 export class Authenticator {
-  readonly #rules: Array<{ role: Role; match: Matcher }> = [];
+  readonly #rules: Array<{ role: OperatorRole; match: Matcher }> = [];
   // Principals by certificate fingerprint: the role decision is made once per certificate.
   readonly #cache = new Map<string, Principal>();
+  readonly #identityCa: X509Certificate | null;
+  readonly #clock: Clock;
 
-  constructor(roles: Record<Role, string[]>) {
-    for (const role of Object.keys(roles) as Role[]) {
-      for (const pattern of roles[role]) this.#rules.push({ role, match: compile(pattern) });
+  constructor(roles: Partial<Record<OperatorRole, readonly string[]>>, opts: AuthOptions = {}) {
+    for (const role of Object.keys(roles) as OperatorRole[]) {
+      for (const pattern of roles[role] ?? []) this.#rules.push({ role, match: compile(pattern) });
     }
+    this.#identityCa = opts.identityCa ? new X509Certificate(opts.identityCa) : null;
+    this.#clock = opts.clock ?? systemClock;
   }
 
-  /** The principal of a call, or UNAUTHENTICATED when the call carries no trusted client certificate. */
+  /** The principal of a call, or UNAUTHENTICATED when the call carries no trusted, valid client certificate. */
   principal(call: AuthCall): Principal {
-    const cert = call.getAuthContext().sslPeerCertificate;
-    if (!cert) throw new SigilError('UNAUTHENTICATED', 'a client certificate issued by the operator ca is required');
+    const ctx = call.getAuthContext();
+    const cert = ctx.sslPeerCertificate;
+    if (!cert) {
+      const why = ctx.authorizationError;
+      if (why === undefined) throw new SigilError('UNAUTHENTICATED', 'a client certificate issued by the operator ca or the identity ca is required');
+      throw new SigilError('UNAUTHENTICATED', WHY[why] ?? `client certificate not trusted (${why.toLowerCase()})`);
+    }
     const fp = cert.fingerprint256;
     let p = this.#cache.get(fp);
     if (p === undefined) {
@@ -47,6 +81,8 @@ export class Authenticator {
       if (this.#cache.size > 10_000) this.#cache.clear();
       this.#cache.set(fp, p);
     }
+    // TLS checked the validity at the handshake; a long-lived connection may outlast the certificate.
+    if (this.#clock.now().getTime() > p.notAfter) throw new SigilError('UNAUTHENTICATED', 'client certificate expired');
     return p;
   }
 
@@ -62,6 +98,15 @@ export class Authenticator {
       .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : v}`)
       .join(',');
     const fingerprint = cert.fingerprint256.replaceAll(':', '').toLowerCase();
+    const notAfter = Date.parse(cert.valid_to);
+    if (this.#issuedByIdentityCa(cert)) {
+      try {
+        return { subject, fingerprint, notAfter, roles: new Set<Role>(['builder']), builder: parseBuilderExtensions(cert.raw) };
+      } catch {
+        // Only sigil issues from this CA, so this cannot happen short of a bug: no role at all.
+        return { subject, fingerprint, notAfter, roles: new Set<Role>() };
+      }
+    }
     const names = { dns: [] as string[], uri: [] as string[], subject, fingerprint };
     for (const part of (cert.subjectaltname ?? '').split(', ')) {
       if (part.startsWith('DNS:')) names.dns.push(part.slice(4));
@@ -69,7 +114,23 @@ export class Authenticator {
     }
     const roles = new Set<Role>();
     for (const rule of this.#rules) if (rule.match(cert, names)) roles.add(rule.role);
-    return { subject, fingerprint, roles };
+    return { subject, fingerprint, notAfter, roles };
+  }
+
+  /**
+   * True when the identity CA's key signed this certificate. The signature is checked, not the issuer
+   * name, so an operator-CA certificate that copies the identity CA's name or a builder's SAN does not
+   * pass, and no builder certificate reaches the admin and signer patterns.
+   */
+  #issuedByIdentityCa(cert: PeerCertificate): boolean {
+    const ca = this.#identityCa;
+    if (ca === null) return false;
+    try {
+      const x = new X509Certificate(cert.raw);
+      return x.checkIssued(ca) && x.verify(ca.publicKey);
+    } catch {
+      return false;
+    }
   }
 }
 
@@ -94,9 +155,4 @@ function compile(pattern: string): Matcher {
     default:
       throw new SigilError('CONFIG_INVALID', `unknown principal pattern kind ${kind}`);
   }
-}
-
-function globToRegExp(glob: string): RegExp {
-  const body = glob.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*');
-  return new RegExp(`^${body}$`);
 }

@@ -3,12 +3,16 @@ import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { loadSync } from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
+import { X509Certificate } from 'node:crypto';
+import { BuilderPolicy } from '../identity/builder-policy.ts';
 import { SignerService } from '../gen/sigil/v1/signer.ts';
 import { AdminService } from '../gen/sigil/v1/admin.ts';
 import { SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { KeyService } from '../keys/key-service.ts';
-import { Authenticator, type Role } from './auth.ts';
+import { Authenticator, type OperatorRole } from './auth.ts';
+import type { Clock } from '../clock.ts';
+import type { BuilderRule } from '../identity/builder-policy.ts';
 import { Metrics } from './metrics.ts';
 import { signerService } from './signer-service.ts';
 import { adminService } from './admin-service.ts';
@@ -22,7 +26,14 @@ const PROTO_DIR = fileURLToPath(new URL('../../proto', import.meta.url));
 export interface ServerOptions {
   listen: string;
   tls: { cert: Buffer; key: Buffer; clientCa: Buffer };
-  roles: Record<Role, string[]>;
+  roles: Record<OperatorRole, string[]>;
+  /** The identity CA certificate (PEM): trusted for client certificates, which get the builder role only. */
+  identityCaPem?: string | null;
+  /** Which builders may use which keys. */
+  builders?: readonly BuilderRule[];
+  /** Keys no RPC may sign with (the identity CA's). */
+  reservedKeys?: readonly string[];
+  clock?: Clock;
   keys: KeyService;
   log: Logger;
   audit: Logger;
@@ -41,18 +52,21 @@ export interface RunningServer {
 
 /** Builds and binds sigild's gRPC server: Signer, Admin, health (open) and reflection (admin only). */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
+  const identityCa = o.identityCaPem ? Buffer.from(o.identityCaPem) : null;
   const server = new GrpcH2Server({
     cert: o.tls.cert,
     key: o.tls.key,
-    clientCa: o.tls.clientCa,
+    // One trust store for both CAs; which one signed a client certificate is decided again in auth.
+    clientCa: identityCa ? Buffer.concat([o.tls.clientCa, Buffer.from('\n'), identityCa]) : o.tls.clientCa,
     // Room for a whole Ed25519 message at the configured cap plus framing; sigil's own check answers first.
     maxReceiveMessageBytes: o.limits.maxMessageBytes + 1024 * 1024,
     maxSendMessageBytes: 16 * 1024 * 1024,
     onError: (err) => o.log.error({ err }, 'grpc server error'),
   });
-  const auth = new Authenticator(o.roles);
+  const auth = new Authenticator(o.roles, { identityCa: identityCa ? new X509Certificate(identityCa).raw : undefined, clock: o.clock });
   const ctx = { auth, metrics: o.metrics, log: o.log };
-  server.addService(SignerService, signerService(ctx, o.keys, o.limits) as unknown as UntypedServiceImplementation);
+  const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys: o.reservedKeys ?? [] };
+  server.addService(SignerService, signerService(ctx, o.keys, o.limits, access) as unknown as UntypedServiceImplementation);
   server.addService(AdminService, adminService(ctx, o.keys, o.audit) as unknown as UntypedServiceImplementation);
 
   const health = new HealthImplementation({ '': 'SERVING', 'sigil.v1.Signer': 'SERVING', 'sigil.v1.Admin': 'SERVING' });

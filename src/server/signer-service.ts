@@ -13,16 +13,41 @@ import type { KeyService, Signature } from '../keys/key-service.ts';
 import { algorithmToPb, keyToPb } from './convert.ts';
 import { unary, type RpcContext } from './rpc.ts';
 import { toServiceError, toWireError } from './status.ts';
-import type { Role } from './auth.ts';
+import type { Principal, Role } from './auth.ts';
+import type { BuilderPolicy } from '../identity/builder-policy.ts';
 
-const SIGNERS: readonly Role[] = ['signer'];
-/** Public keys and key lists are not secret: any role may read them. */
-const READERS: readonly Role[] = ['signer', 'admin'];
+/** Builders sign too, but only with the keys a rule grants them. */
+const SIGNERS: readonly Role[] = ['signer', 'builder'];
+/** Public keys are not secret: any role may read them (a builder those of its keys). */
+const KEY_READERS: readonly Role[] = ['signer', 'admin', 'builder'];
+/** Key lists name every key: not for builders. */
+const LIST_READERS: readonly Role[] = ['signer', 'admin'];
 /** Requests a stream may have in flight before the server stops reading from it. */
 const STREAM_WINDOW = 256;
 
+/** Which keys a caller may sign with beyond its role. */
+export interface KeyAccess {
+  builders: BuilderPolicy;
+  /** Keys no caller may sign with through the API (the identity CA's: a signature is a certificate). */
+  reservedKeys: readonly string[];
+}
+
 /** The `sigil.v1.Signer` service: proto <-> domain conversion around the key service's hot path. */
-export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBatch: number }): SignerServer {
+export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBatch: number }, access: KeyAccess): SignerServer {
+  const reserved = access.reservedKeys;
+  /** Throws unless `who` may sign with `ref`: signers with any key but the reserved ones, builders with the keys granted them. */
+  const mayUse = (who: Principal, ref: string, signing: boolean): void => {
+    if (signing && reserved.length > 0) {
+      for (const r of reserved) {
+        if (ref.startsWith(r) && (ref.length === r.length || ref.charCodeAt(r.length) === 0x40 /* @ */)) {
+          throw new SigilError('PERMISSION_DENIED', `key ${r} is reserved for the identity ca`);
+        }
+      }
+    }
+    if (who.roles.has('signer') || (!signing && who.roles.has('admin'))) return;
+    if (who.builder !== undefined) return access.builders.check(who.fingerprint, who.builder, ref);
+    throw new SigilError('PERMISSION_DENIED', `${who.subject} may not use key ${ref}`);
+  };
   // Metric children per backend, then algorithm: looked up on the hot path without building a label key.
   const perBackend = new Map<string, { latency: { observe(v: number): void }; byAlg: Map<string, { inc(): void }> }>();
   const count = (s: Signature, seconds: number): void => {
@@ -33,9 +58,10 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
     c.inc();
     b.latency.observe(seconds);
   };
-  const signOne = async (req: SignRequest | undefined): Promise<SignResponse> => {
+  const signOne = async (req: SignRequest | undefined, who: Principal): Promise<SignResponse> => {
     if (req === undefined) throw new SigilError('INVALID_ARGUMENT', 'request is required');
     try {
+      mayUse(who, req.key, true);
       const t0 = performance.now();
       const s = await keys.sign(req.key, { digest: req.digest, message: req.message });
       count(s, (performance.now() - t0) / 1000);
@@ -55,19 +81,20 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
     );
 
   return {
-    sign: unary(ctx, 'Sign', SIGNERS, (req) => signOne(req)),
+    sign: unary(ctx, 'Sign', SIGNERS, (req, who) => signOne(req, who)),
 
-    signBatch: unary(ctx, 'SignBatch', SIGNERS, async (req) => {
+    signBatch: unary(ctx, 'SignBatch', SIGNERS, async (req, who) => {
       const n = req.requests.length;
       if (n === 0) throw new SigilError('INVALID_ARGUMENT', 'requests is empty');
       if (n > limits.maxBatch) throw new SigilError('INVALID_ARGUMENT', `a batch holds at most ${limits.maxBatch} requests, got ${n}`);
-      return { results: await Promise.all(req.requests.map((r) => result(signOne(r), 'SignBatch'))) };
+      return { results: await Promise.all(req.requests.map((r) => result(signOne(r, who), 'SignBatch'))) };
     }),
 
     signStream: (call: ServerDuplexStream<SignStreamRequest, SignStreamResponse>) => {
       const inFlight = ctx.metrics.inFlight.labels('SignStream');
+      let who: Principal;
       try {
-        ctx.auth.require(call, SIGNERS);
+        who = ctx.auth.require(call, SIGNERS);
       } catch (err) {
         const w = toWireError(err, ctx.log, 'SignStream');
         ctx.metrics.requests.inc({ rpc: 'SignStream', code: String(w.code) });
@@ -100,7 +127,7 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
           blocked = true;
           call.pause();
         }
-        void result(signOne(msg.request), 'SignStream').then((r) => {
+        void result(signOne(msg.request, who), 'SignStream').then((r) => {
           if (!closed && !call.cancelled) call.write({ id: msg.id, result: r });
           settle();
         });
@@ -118,12 +145,13 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
       });
     },
 
-    getPublicKey: unary(ctx, 'GetPublicKey', READERS, (req) => {
+    getPublicKey: unary(ctx, 'GetPublicKey', KEY_READERS, (req, who) => {
+      mayUse(who, req.key, false);
       const pk = keys.publicKey(req.key);
       const pem = createPublicKey({ key: pk.spki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
       return { keyVersion: pk.keyVersion, algorithm: algorithmToPb(pk.algorithm), spkiDer: pk.spki, pem };
     }),
 
-    listKeys: unary(ctx, 'ListKeys', READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
+    listKeys: unary(ctx, 'ListKeys', LIST_READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
   };
 }

@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.ts';
 import type { Algorithm } from '../signers/signer.ts';
-import type { KeyRecord, KeyVersionRecord, KeyVersionState, Store } from './store.ts';
+import type { CaCertificateRecord, KeyRecord, KeyVersionRecord, KeyVersionState, Store } from './store.ts';
 
 // Numbered migrations; the store applies those above `PRAGMA user_version` in one transaction each.
 const MIGRATIONS: readonly string[] = [
@@ -25,6 +25,14 @@ const MIGRATIONS: readonly string[] = [
      PRIMARY KEY (name, version)
    ) STRICT;
    CREATE INDEX key_versions_uri ON key_versions(uri);`,
+  `CREATE TABLE ca_certificates (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     key_version TEXT NOT NULL,
+     der BLOB NOT NULL,
+     not_after INTEGER NOT NULL,
+     created_at INTEGER NOT NULL
+   ) STRICT;
+   CREATE INDEX ca_certificates_key_version ON ca_certificates(key_version, id);`,
 ];
 
 interface KeyRow {
@@ -43,11 +51,17 @@ interface VersionRow {
   spki: Uint8Array;
   created_at: number;
 }
+interface CaRow {
+  key_version: string;
+  der: Uint8Array;
+  not_after: number;
+  created_at: number;
+}
 
 /** The embedded default store: one SQLite file in WAL mode, synchronous=FULL so a commit is durable. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync;
-  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse', StatementSync>;
+  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa', StatementSync>;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
@@ -62,6 +76,8 @@ export class SqliteStore implements Store {
       listKeys: this.#db.prepare("SELECT * FROM keys WHERE substr(name, 1, length(?)) = ? ORDER BY name"),
       listVersions: this.#db.prepare("SELECT * FROM key_versions WHERE substr(name, 1, length(?)) = ? ORDER BY name, version"),
       uriInUse: this.#db.prepare('SELECT 1 FROM key_versions kv JOIN keys k ON k.name = kv.name WHERE k.backend = ? AND kv.uri = ? LIMIT 1'),
+      insertCa: this.#db.prepare('INSERT INTO ca_certificates (key_version, der, not_after, created_at) VALUES (?, ?, ?, ?)'),
+      latestCa: this.#db.prepare('SELECT * FROM ca_certificates WHERE key_version = ? ORDER BY id DESC LIMIT 1'),
     };
   }
 
@@ -118,6 +134,16 @@ export class SqliteStore implements Store {
 
   uriInUse(backend: string, uri: string): boolean {
     return this.#q.uriInUse.get(backend, uri) !== undefined;
+  }
+
+  insertCaCertificate(rec: CaCertificateRecord): void {
+    this.#q.insertCa.run(rec.keyVersion, rec.der, rec.notAfter.getTime(), rec.createdAt.getTime());
+  }
+
+  latestCaCertificate(keyVersion: string): CaCertificateRecord | null {
+    const r = this.#q.latestCa.get(keyVersion) as CaRow | undefined;
+    if (!r) return null;
+    return { keyVersion: r.key_version, der: Buffer.from(r.der), notAfter: new Date(r.not_after), createdAt: new Date(r.created_at) };
   }
 
   close(): void {

@@ -26,6 +26,15 @@ export interface KeyRecord {
   versions: KeyVersionRecord[];
 }
 
+/** A CA certificate that sigil made for one of its own key versions (the identity CA's, for now). */
+export interface CaCertificateRecord {
+  /** The key version that signs with the certificate's key, `name@N`. */
+  keyVersion: string;
+  der: Buffer;
+  notAfter: Date;
+  createdAt: Date;
+}
+
 /**
  * Where sigil keeps its state. Writes are atomic: a key and its first version appear together or not
  * at all.
@@ -39,5 +48,9 @@ export interface Store {
   listKeys(prefix: string): KeyRecord[];
   /** True when some key version already uses this backend URI. */
   uriInUse(backend: string, uri: string): boolean;
+  /** Records a CA certificate; several may exist for one key version (a renewal adds one). */
+  insertCaCertificate(rec: CaCertificateRecord): void;
+  /** The most recently recorded CA certificate of a key version, or null. */
+  latestCaCertificate(keyVersion: string): CaCertificateRecord | null;
   close(): void;
 }

@@ -9,6 +9,7 @@ import { connect, type Clients } from '../../src/cli/client.ts';
 import { pino } from 'pino';
 import { Writable } from 'node:stream';
 import { tempToken, type TempToken } from './softhsm.ts';
+import type { Clock } from '../../src/clock.ts';
 
 /** Client credential files of one identity. */
 export interface Identity {
@@ -42,8 +43,8 @@ async function writePair(dir: string, name: string, p: PemPair): Promise<Identit
   return { cert, key };
 }
 
-/** Starts sigild in this process on a free port; every test file makes its own. */
-export async function startTestDaemon(opts: { extraConfig?: Record<string, unknown>; start?: boolean } = {}): Promise<TestDaemon> {
+/** Starts sigild in this process on a free port; every test file makes its own. `clock` replaces the wall clock. */
+export async function startTestDaemon(opts: { extraConfig?: Record<string, unknown>; start?: boolean; clock?: Clock } = {}): Promise<TestDaemon> {
   const dir = await mkdtemp(join(tmpdir(), 'sigil-e2e-'));
   const token = await tempToken('sigil');
   const ca = await createDevCa('sigil test operator CA');
@@ -79,7 +80,7 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
       cb();
     },
   });
-  const daemon = await startDaemon(parseConfig(text, configFile), { log: pino({ level: 'debug' }, sink) });
+  const daemon = await startDaemon(parseConfig(text, configFile), { log: pino({ level: 'debug' }, sink), ...(opts.clock ? { clock: opts.clock } : {}) });
   const opened: Clients[] = [];
   return {
     dir,

@@ -8,6 +8,8 @@ import { encodeFrame, FrameDecoder, percentEncode, type CallStatus } from './fra
 export interface AuthContext {
   transportSecurityType?: string;
   sslPeerCertificate?: PeerCertificate;
+  /** Why a presented client certificate was not trusted, as OpenSSL's verify code (`CERT_HAS_EXPIRED`). */
+  authorizationError?: string;
 }
 
 /** Per-call settings from the server and the request headers. */
@@ -35,18 +37,28 @@ const authContexts = new WeakMap<Http2Session, AuthContext>();
 const NO_PEER: AuthContext = Object.freeze({ transportSecurityType: 'ssl' });
 
 /**
- * The auth context of a session: the peer certificate only when it chained to the client CA (the socket
- * is `authorized`), so an untrusted or missing certificate looks like none, as in grpc-js.
+ * The auth context of a session: the peer certificate only when it chained to a trusted CA (the socket
+ * is `authorized`), so an untrusted or missing certificate looks like none, as in grpc-js; a presented
+ * but refused certificate leaves its reason in `authorizationError`.
  */
 export function authContextOf(session: Http2Session | undefined): AuthContext {
   if (session === undefined) return NO_PEER;
   let ctx = authContexts.get(session);
   if (ctx === undefined) {
-    const socket = session.socket as TLSSocket;
-    ctx = socket.authorized ? Object.freeze({ transportSecurityType: 'ssl', sslPeerCertificate: socket.getPeerCertificate() }) : NO_PEER;
+    ctx = buildAuthContext(session.socket as TLSSocket);
     authContexts.set(session, ctx);
   }
   return ctx;
+}
+
+function buildAuthContext(socket: TLSSocket): AuthContext {
+  if (socket.authorized) return Object.freeze({ transportSecurityType: 'ssl', sslPeerCertificate: socket.getPeerCertificate() });
+  // Without a certificate Node still sets a verify error; only a presented certificate has a reason worth telling.
+  const presented = Object.keys(socket.getPeerCertificate()).length > 0;
+  const why = socket.authorizationError as unknown;
+  if (!presented || why === undefined || why === null) return NO_PEER;
+  const code = typeof why === 'string' ? why : ((why as { code?: string }).code ?? String((why as Error).message ?? why));
+  return Object.freeze({ transportSecurityType: 'ssl', authorizationError: code });
 }
 
 /** Answers a call with a status and nothing else: a Trailers-Only response, or trailers after sent headers. */

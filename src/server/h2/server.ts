@@ -1,5 +1,7 @@
 import { createSecureServer, type Http2SecureServer, type IncomingHttpHeaders, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
 import { status as Status, type MethodDefinition, type ServiceDefinition, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { parseTimeout } from './frames.ts';
 import { sendTrailersOnly, StreamCall, UnaryCall, type CallOptions } from './call.ts';
@@ -8,7 +10,7 @@ import { sendTrailersOnly, StreamCall, UnaryCall, type CallOptions } from './cal
 export interface H2ServerOptions {
   cert: Buffer;
   key: Buffer;
-  /** Client certificates are asked for, optional, and trusted only when they chain to this CA. */
+  /** Client certificates are asked for, optional, and trusted only when they chain to a CA of this bundle. */
   clientCa: Buffer;
   maxReceiveMessageBytes: number;
   maxSendMessageBytes: number;
@@ -39,6 +41,7 @@ export class GrpcH2Server {
   readonly #sessions = new Set<ServerHttp2Session>();
   readonly #limits: { maxReceiveBytes: number; maxSendBytes: number };
   readonly #onError: (err: Error) => void;
+  readonly #probe: X509Certificate;
   #closing = false;
 
   constructor(o: H2ServerOptions) {
@@ -55,7 +58,12 @@ export class GrpcH2Server {
       maxSessionMemory: 64,
       settings: { maxConcurrentStreams: o.maxConcurrentStreams ?? 1000 },
     });
+    this.#probe = new X509Certificate(o.cert);
     this.#server.on('session', (session: ServerHttp2Session) => {
+      // A client certificate whose signature does not verify leaves an error on OpenSSL's per-thread queue,
+      // and the next TLS write (of any session) takes it for its own and resets its stream (Node 24.21).
+      // X509Certificate's methods clear that queue on return; this runs before any write of the tick.
+      if (!(session.socket as TLSSocket).authorized) this.#probe.checkIssued(this.#probe);
       this.#sessions.add(session);
       session.once('close', () => this.#sessions.delete(session));
       if (this.#closing) session.close();

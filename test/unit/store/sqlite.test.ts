@@ -67,3 +67,25 @@ test('a store written by a newer sigild is refused', () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('ca certificates are kept per key version, newest first, and survive a reopen', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-store-'));
+  try {
+    const path = join(dir, 'sigil.db');
+    const s = new SqliteStore(path);
+    assert.equal(s.latestCaCertificate('sigil/identity-ca@1'), null);
+    const first = { keyVersion: 'sigil/identity-ca@1', der: Buffer.from([0x30, 1]), notAfter: new Date('2036-01-01T00:00:00Z'), createdAt: t0 };
+    s.insertCaCertificate(first);
+    s.insertCaCertificate({ ...first, keyVersion: 'other/ca@1', der: Buffer.from([0x30, 9]) });
+    s.close();
+    const r = new SqliteStore(path);
+    assert.deepEqual(r.latestCaCertificate('sigil/identity-ca@1'), first);
+    const second = { ...first, der: Buffer.from([0x30, 2]), notAfter: new Date('2046-01-01T00:00:00Z') };
+    r.insertCaCertificate(second);
+    assert.deepEqual(r.latestCaCertificate('sigil/identity-ca@1'), second);
+    assert.equal(r.latestCaCertificate('sigil/identity-ca@2'), null);
+    r.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,92 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { PeerCertificate } from 'node:tls';
+import { Authenticator } from '../../../src/server/auth.ts';
+import { IdentityCa } from '../../../src/identity/identity-ca.ts';
+import { SqliteStore } from '../../../src/store/sqlite.ts';
+import { BackendRegistry } from '../../../src/signers/registry.ts';
+import { KeyService } from '../../../src/keys/key-service.ts';
+import { silentLogger } from '../../../src/log.ts';
+import { systemClock } from '../../../src/clock.ts';
+import { isSigilError } from '../../../src/errors.ts';
+
+/** What Node's getPeerCertificate() gives for a certificate, as far as auth reads it. */
+function peer(der: Buffer): PeerCertificate {
+  const x = new X509Certificate(der);
+  const subject = Object.fromEntries(x.subject.split('\n').map((l) => l.split('=') as [string, string]));
+  return { raw: x.raw, fingerprint256: x.fingerprint256, subject, subjectaltname: x.subjectAltName, valid_to: x.validTo } as unknown as PeerCertificate;
+}
+
+const call = (cert?: PeerCertificate, authorizationError?: string) => ({ getAuthContext: () => ({ sslPeerCertificate: cert, authorizationError }) });
+const unauthenticated = (fn: () => unknown, re: RegExp): void =>
+  assert.throws(fn, (e: unknown) => isSigilError(e, 'UNAUTHENTICATED') && re.test((e as Error).message));
+
+const ekHash = 'ab'.repeat(32);
+const SAN = `spiffe://sigil.test/builder/tpm/${ekHash}`;
+// Patterns so wide they match any certificate: builders must still get nothing but the builder role.
+const roles = { admin: ['cn:*'], signer: [`uri:${SAN}`] };
+
+let dir: string;
+let store: SqliteStore;
+let backends: BackendRegistry;
+let real: IdentityCa;
+let builder: Buffer;
+let impostor: Buffer;
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'sigil-auth-'));
+  const log = silentLogger();
+  store = new SqliteStore(':memory:');
+  backends = new BackendRegistry({ soft: { type: 'soft', dir } }, { log, production: false });
+  const keys = new KeyService({ store, backends, defaultBackend: 'soft', maxMessageBytes: 1 << 20, log, clock: systemClock });
+  real = await IdentityCa.open({ keys, store, clock: systemClock, log, trustDomain: 'sigil.test' });
+  // Another CA with the same name ("sigil identity CA") and the same kind of certificates: not the identity CA.
+  const other = await IdentityCa.open({ keys, store, clock: systemClock, log, trustDomain: 'sigil.test', caKey: 'other/ca' });
+  const req = (spki: Buffer) => ({ spki, ekHash, akName: '000b' + 'cd'.repeat(32), pcrSelection: 'sha256:0,7', pcrDigest: 'ef'.repeat(32), policy: 'ci-linux', claims: { repository: 'acme/app' } });
+  const spki = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'der', type: 'spki' });
+  builder = (await real.issue(req(spki()))).certificateDer;
+  impostor = (await other.issue(req(spki()))).certificateDer;
+  assert.equal(new X509Certificate(impostor).issuer, new X509Certificate(builder).issuer, 'same issuer name');
+});
+after(async () => {
+  await backends?.closeAll();
+  store?.close();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test('a certificate signed by the identity ca gets the builder role only, with what it certifies', () => {
+  const auth = new Authenticator(roles, { identityCa: real.caCertificateDer() });
+  const p = auth.principal(call(peer(builder)));
+  assert.deepEqual([...p.roles], ['builder']);
+  assert.equal(p.builder!.san, SAN);
+  assert.equal(p.builder!.ekHash, ekHash);
+  assert.equal(p.builder!.policy, 'ci-linux');
+  assert.deepEqual(p.builder!.claims, { repository: 'acme/app' });
+  assert.equal(p.builder!.pcrSelection, 'sha256:0,7');
+  assert.equal(p.notAfter, Date.parse(new X509Certificate(builder).validTo));
+  assert.throws(() => auth.require(call(peer(builder)), ['admin']), (e: unknown) => isSigilError(e, 'PERMISSION_DENIED') && /lacks the role admin/.test((e as Error).message));
+});
+
+test('a certificate from another ca with the same issuer name, san and extensions is never a builder', () => {
+  const auth = new Authenticator(roles, { identityCa: real.caCertificateDer() });
+  const p = auth.principal(call(peer(impostor)));
+  assert.deepEqual([...p.roles].sort(), ['admin', 'signer'], 'the operator patterns apply to it');
+  assert.equal(p.builder, undefined);
+  const none = new Authenticator(roles);
+  assert.ok(!none.principal(call(peer(builder))).roles.has('builder'), 'without an identity ca nothing is a builder');
+});
+
+test('a missing, refused or outlived certificate is UNAUTHENTICATED with the reason', () => {
+  const later = new Authenticator(roles, { identityCa: real.caCertificateDer(), clock: { now: () => new Date(Date.now() + 2 * 3_600_000) } });
+  unauthenticated(() => later.principal(call()), /client certificate issued by the operator ca or the identity ca is required/);
+  unauthenticated(() => later.principal(call(undefined, 'CERT_HAS_EXPIRED')), /^client certificate expired$/);
+  unauthenticated(() => later.principal(call(undefined, 'CERT_NOT_YET_VALID')), /^client certificate not yet valid$/);
+  unauthenticated(() => later.principal(call(undefined, 'CERT_SIGNATURE_FAILURE')), /^client certificate not trusted \(cert_signature_failure\)$/);
+  unauthenticated(() => later.principal(call(peer(builder))), /^client certificate expired$/);
+  const now = new Authenticator(roles, { identityCa: real.caCertificateDer() });
+  assert.ok(now.principal(call(peer(builder))).roles.has('builder'), 'valid under the wall clock');
+});
