@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.ts';
 import type { Algorithm } from '../signers/signer.ts';
-import type { CaCertificateRecord, KeyRecord, KeyVersionRecord, KeyVersionState, Store } from './store.ts';
+import type { CaCertificateRecord, EnrollmentRecord, KeyRecord, KeyVersionRecord, KeyVersionState, Store } from './store.ts';
 
 // Numbered migrations; the store applies those above `PRAGMA user_version` in one transaction each.
 const MIGRATIONS: readonly string[] = [
@@ -33,8 +33,28 @@ const MIGRATIONS: readonly string[] = [
      created_at INTEGER NOT NULL
    ) STRICT;
    CREATE INDEX ca_certificates_key_version ON ca_certificates(key_version, id);`,
+  `CREATE TABLE enrollments (
+     ek_hash TEXT PRIMARY KEY,
+     ak_name TEXT NOT NULL,
+     ak_public BLOB NOT NULL,
+     policy TEXT NOT NULL,
+     reset_count INTEGER NOT NULL,
+     restart_count INTEGER NOT NULL,
+     clock TEXT NOT NULL,
+     updated_at INTEGER NOT NULL
+   ) STRICT;`,
 ];
 
+interface EnrollmentRow {
+  ek_hash: string;
+  ak_name: string;
+  ak_public: Uint8Array;
+  policy: string;
+  reset_count: number;
+  restart_count: number;
+  clock: string;
+  updated_at: number;
+}
 interface KeyRow {
   name: string;
   algorithm: string;
@@ -61,7 +81,7 @@ interface CaRow {
 /** The embedded default store: one SQLite file in WAL mode, synchronous=FULL so a commit is durable. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync;
-  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa', StatementSync>;
+  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'getEnrollment' | 'putEnrollment', StatementSync>;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
@@ -78,6 +98,12 @@ export class SqliteStore implements Store {
       uriInUse: this.#db.prepare('SELECT 1 FROM key_versions kv JOIN keys k ON k.name = kv.name WHERE k.backend = ? AND kv.uri = ? LIMIT 1'),
       insertCa: this.#db.prepare('INSERT INTO ca_certificates (key_version, der, not_after, created_at) VALUES (?, ?, ?, ?)'),
       latestCa: this.#db.prepare('SELECT * FROM ca_certificates WHERE key_version = ? ORDER BY id DESC LIMIT 1'),
+      getEnrollment: this.#db.prepare('SELECT * FROM enrollments WHERE ek_hash = ?'),
+      putEnrollment: this.#db.prepare(
+        `INSERT INTO enrollments (ek_hash, ak_name, ak_public, policy, reset_count, restart_count, clock, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (ek_hash) DO UPDATE SET ak_name = excluded.ak_name, ak_public = excluded.ak_public, policy = excluded.policy,
+           reset_count = excluded.reset_count, restart_count = excluded.restart_count, clock = excluded.clock, updated_at = excluded.updated_at`,
+      ),
     };
   }
 
@@ -144,6 +170,25 @@ export class SqliteStore implements Store {
     const r = this.#q.latestCa.get(keyVersion) as CaRow | undefined;
     if (!r) return null;
     return { keyVersion: r.key_version, der: Buffer.from(r.der), notAfter: new Date(r.not_after), createdAt: new Date(r.created_at) };
+  }
+
+  getEnrollment(ekHash: string): EnrollmentRecord | null {
+    const r = this.#q.getEnrollment.get(ekHash) as EnrollmentRow | undefined;
+    if (!r) return null;
+    return {
+      ekHash: r.ek_hash,
+      akName: r.ak_name,
+      akPublic: Buffer.from(r.ak_public),
+      policy: r.policy,
+      resetCount: r.reset_count,
+      restartCount: r.restart_count,
+      clock: BigInt(r.clock),
+      updatedAt: new Date(r.updated_at),
+    };
+  }
+
+  putEnrollment(rec: EnrollmentRecord): void {
+    this.#q.putEnrollment.run(rec.ekHash, rec.akName, rec.akPublic, rec.policy, rec.resetCount, rec.restartCount, rec.clock.toString(), rec.updatedAt.getTime());
   }
 
   close(): void {

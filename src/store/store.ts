@@ -35,6 +35,21 @@ export interface CaCertificateRecord {
   createdAt: Date;
 }
 
+/** An enrolled TPM: the AK it proved and the counters of its last quote (for monotonicity). */
+export interface EnrollmentRecord {
+  /** SHA-256 of the EK's SubjectPublicKeyInfo, lower-case hex. */
+  ekHash: string;
+  /** The AK's TPM name, lower-case hex. */
+  akName: string;
+  /** The AK's TPMT_PUBLIC bytes. */
+  akPublic: Buffer;
+  policy: string;
+  resetCount: number;
+  restartCount: number;
+  clock: bigint;
+  updatedAt: Date;
+}
+
 /**
  * Where sigil keeps its state. Writes are atomic: a key and its first version appear together or not
  * at all.
@@ -52,5 +67,9 @@ export interface Store {
   insertCaCertificate(rec: CaCertificateRecord): void;
   /** The most recently recorded CA certificate of a key version, or null. */
   latestCaCertificate(keyVersion: string): CaCertificateRecord | null;
+  /** What this EK last proved at enrollment or renewal, or null when it never enrolled. */
+  getEnrollment(ekHash: string): EnrollmentRecord | null;
+  /** Records (or replaces) an EK's enrollment state; durable when it returns. */
+  putEnrollment(rec: EnrollmentRecord): void;
   close(): void;
 }
