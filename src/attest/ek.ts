@@ -1,0 +1,150 @@
+import { createHash, X509Certificate, type KeyObject } from 'node:crypto';
+import { SigilError } from '../errors.ts';
+import { TPM_ALG, TPM_ECC, TPMA_OBJECT } from '../tpm/constants.ts';
+import { marshalPublic, parsePublic, spkiOf, type PublicArea, type TpmPublic } from '../tpm/structures.ts';
+
+/** The project's EK hash: lower-case hex SHA-256 of the EK's DER SubjectPublicKeyInfo. */
+export function ekHash(spki: Uint8Array): string {
+  return createHash('sha256').update(spki).digest('hex');
+}
+
+/** What a policy trusts EKs by. */
+export interface EkTrustAnchors {
+  /** CA certificates (roots and intermediates); each one is a trust anchor. */
+  ekCas: readonly X509Certificate[];
+  /** Allowlisted EK hashes. */
+  ekHashes: ReadonlySet<string>;
+}
+
+/** An EK the verifier trusts, with the public area MakeCredential encrypts to. */
+export interface TrustedEk {
+  ekHash: string;
+  ekPublic: TpmPublic;
+  /** What made it trusted. */
+  via: 'certificate' | 'allowlist';
+}
+
+const MAX_CHAIN = 8;
+
+function subjectOf(c: X509Certificate): string {
+  return c.subject.replace(/\n/g, ', ') || `serial ${c.serialNumber}`;
+}
+
+function validAt(c: X509Certificate, now: Date): string | null {
+  if (now < c.validFromDate) return `${subjectOf(c)} is not valid before ${c.validFromDate.toISOString()}`;
+  if (now > c.validToDate) return `${subjectOf(c)} expired ${c.validToDate.toISOString()}`;
+  return null;
+}
+
+/**
+ * Why `leaf` does not chain to one of `cas` at time `now`, or null when it does: each link is a CA
+ * of the bundle whose key verifies the certificate below, every certificate on the path is valid at
+ * `now`, and every issuer carries basicConstraints CA. The walk continues up the bundle to a
+ * self-signed root when the bundle has one.
+ */
+export function chainProblem(leaf: X509Certificate, cas: readonly X509Certificate[], now: Date): string | null {
+  const bad = validAt(leaf, now);
+  if (bad !== null) return bad;
+  let cur = leaf;
+  const seen = new Set<X509Certificate>();
+  for (let depth = 0; depth < MAX_CHAIN; depth++) {
+    const issuers = cas.filter((c) => !seen.has(c) && cur.checkIssued(c));
+    const issuer = issuers.find((c) => cur.verify(c.publicKey));
+    if (issuer === undefined) {
+      if (depth > 0) return null; // cur is itself a CA of the bundle: a trust anchor
+      return issuers.length > 0 ? `the signature of ${subjectOf(cur)} does not verify` : `no trusted ca issued ${subjectOf(cur)}`;
+    }
+    if (!issuer.ca) return `issuer ${subjectOf(issuer)} is not a ca`;
+    const expired = validAt(issuer, now);
+    if (expired !== null) return expired;
+    if (issuer.checkIssued(issuer) && issuer.verify(issuer.publicKey)) return null; // self-signed root
+    seen.add(issuer);
+    cur = issuer;
+  }
+  return `chain longer than ${MAX_CHAIN}`;
+}
+
+// TCG EK Credential Profile 2.x default templates (L-1, L-2 and the high-range H-4/H-6 forms): the
+// parts MakeCredential needs when a runner sends only its certificate.
+function defaultEkPublic(key: KeyObject): TpmPublic {
+  const jwk = key.export({ format: 'jwk' });
+  const attrs = TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.sensitiveDataOrigin | TPMA_OBJECT.adminWithPolicy | TPMA_OBJECT.restricted | TPMA_OBJECT.decrypt;
+  let area: PublicArea;
+  if (jwk.kty === 'RSA' && jwk.n !== undefined && jwk.e !== undefined) {
+    const modulus = Buffer.from(jwk.n, 'base64url');
+    const high = modulus.length > 256;
+    const e = Buffer.from(jwk.e, 'base64url');
+    const exponent = e.length <= 4 ? e.readUIntBE(0, e.length) : -1;
+    if (exponent < 0) throw new SigilError('INVALID_ARGUMENT', 'ek certificate rsa exponent is too large');
+    area = {
+      type: TPM_ALG.RSA,
+      nameAlg: high ? TPM_ALG.SHA384 : TPM_ALG.SHA256,
+      objectAttributes: attrs,
+      authPolicy: Buffer.alloc(0),
+      rsa: {
+        symmetric: TPM_ALG.AES, symKeyBits: high ? 256 : 128, symMode: TPM_ALG.CFB, scheme: TPM_ALG.NULL, schemeHash: TPM_ALG.NULL,
+        keyBits: modulus.length * 8, exponent: exponent === 65537 ? 0 : exponent, modulus,
+      },
+    };
+  } else if (jwk.kty === 'EC' && (jwk.crv === 'P-256' || jwk.crv === 'P-384') && jwk.x !== undefined && jwk.y !== undefined) {
+    const high = jwk.crv === 'P-384';
+    area = {
+      type: TPM_ALG.ECC,
+      nameAlg: high ? TPM_ALG.SHA384 : TPM_ALG.SHA256,
+      objectAttributes: attrs,
+      authPolicy: Buffer.alloc(0),
+      ecc: {
+        symmetric: TPM_ALG.AES, symKeyBits: high ? 256 : 128, symMode: TPM_ALG.CFB, scheme: TPM_ALG.NULL, schemeHash: TPM_ALG.NULL,
+        curve: high ? TPM_ECC.NIST_P384 : TPM_ECC.NIST_P256, kdf: TPM_ALG.NULL,
+        x: Buffer.from(jwk.x, 'base64url'), y: Buffer.from(jwk.y, 'base64url'),
+      },
+    };
+  } else {
+    throw new SigilError('INVALID_ARGUMENT', 'ek certificate key is not rsa or ecc p-256/p-384; send the ek public area too');
+  }
+  return parsePublic(marshalPublic(area));
+}
+
+function parseEkPublic(b: Uint8Array): TpmPublic {
+  const p = parsePublic(b);
+  if (p.type !== TPM_ALG.RSA && p.type !== TPM_ALG.ECC) throw new SigilError('INVALID_ARGUMENT', 'ek public area is not an rsa or ecc key');
+  return p;
+}
+
+/**
+ * Decides whether the EK is trusted under `anchors` at `now`: an EK certificate chaining to a CA of
+ * the bundle (and carrying the same key as the EK public area when both are sent), otherwise the
+ * EK hash on the allowlist. Throws PERMISSION_DENIED `untrusted ek certificate: ...` or `ek not on the
+ * allowlist`, INVALID_ARGUMENT for malformed input.
+ */
+export function trustEk(input: { ekCert?: Uint8Array; ekPublic?: Uint8Array }, anchors: EkTrustAnchors, now: Date): TrustedEk {
+  if (!input.ekCert?.length && !input.ekPublic?.length) throw new SigilError('INVALID_ARGUMENT', 'give an ek certificate or an ek public area');
+  const pub = input.ekPublic?.length ? parseEkPublic(input.ekPublic) : undefined;
+  const pubSpki = pub !== undefined ? spkiOf(pub) : undefined;
+  let certProblem: string | undefined;
+  let spki: Buffer;
+  let ekPublic: TpmPublic;
+  if (input.ekCert?.length) {
+    let cert: X509Certificate;
+    try {
+      cert = new X509Certificate(Buffer.from(input.ekCert));
+    } catch (err) {
+      throw new SigilError('INVALID_ARGUMENT', 'ek certificate does not parse', { cause: err });
+    }
+    spki = cert.publicKey.export({ type: 'spki', format: 'der' });
+    if (pubSpki !== undefined && !pubSpki.equals(spki)) throw new SigilError('PERMISSION_DENIED', 'ek certificate and ek public area carry different keys');
+    ekPublic = pub ?? defaultEkPublic(cert.publicKey);
+    const problem = anchors.ekCas.length === 0 ? 'the policy trusts no ek ca' : chainProblem(cert, anchors.ekCas, now);
+    if (problem === null) return { ekHash: ekHash(spki), ekPublic, via: 'certificate' };
+    certProblem = problem;
+  } else {
+    spki = pubSpki!;
+    ekPublic = pub!;
+  }
+  const hash = ekHash(spki);
+  if (anchors.ekHashes.has(hash)) return { ekHash: hash, ekPublic, via: 'allowlist' };
+  if (certProblem !== undefined) {
+    throw new SigilError('PERMISSION_DENIED', `untrusted ek certificate: ${certProblem}${anchors.ekHashes.size > 0 ? '; ek not on the allowlist' : ''}`);
+  }
+  throw new SigilError('PERMISSION_DENIED', 'ek not on the allowlist');
+}

@@ -1,0 +1,215 @@
+import { createHash, createPublicKey, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Clock } from '../clock.ts';
+import { SigilError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { objectName, parsePublic, type ClockInfo, type PcrSelection, type TpmPublic } from '../tpm/structures.ts';
+import { checkAk } from './ak.ts';
+import { makeCredential } from './credential.ts';
+import { trustEk } from './ek.ts';
+import type { EnrollmentRecord, EnrollmentRecords } from './enrollment-records.ts';
+import { checkEventLog, parseEventLog } from './eventlog.ts';
+import { NonceStore } from './nonce.ts';
+import type { AttestationPolicy } from './policy.ts';
+import { verifyQuote } from './quote.ts';
+
+export type { EnrollmentRecord, EnrollmentRecords };
+
+/** What a successful enrollment or renewal proves about a builder. */
+export interface Attestation {
+  ekHash: string;
+  /** Hex TPM name of the AK. */
+  akName: string;
+  /** The AK's TPMT_PUBLIC bytes. */
+  akPublic: Buffer;
+  policy: string;
+  pcrSelection: PcrSelection;
+  /** Hex PCR digest of the quote. */
+  pcrDigest: string;
+  clockInfo: ClockInfo;
+}
+
+/** Options of a Verifier. */
+export interface VerifierOptions {
+  policies: ReadonlyMap<string, AttestationPolicy>;
+  clock: Clock;
+  /** Lifetime of an issued nonce (default 60 s). */
+  nonceTtlMs?: number;
+  /** Most challenges pending at once (default 10000). */
+  maxPending?: number;
+  records: EnrollmentRecords;
+  log?: Logger;
+}
+
+/** Input of `Verifier.begin`: the EK (certificate DER and/or TPMT_PUBLIC) and the AK TPMT_PUBLIC. */
+export interface BeginRequest {
+  policy: string;
+  ekCert?: Uint8Array;
+  ekPublic?: Uint8Array;
+  akPublic: Uint8Array;
+}
+
+/** The challenge `begin` returns: the runner activates the credential and quotes over the nonce. */
+export interface BeginResponse {
+  nonce: Buffer;
+  credentialBlob: Buffer;
+  encryptedSecret: Buffer;
+}
+
+/** The evidence of a quote, common to `finish` and `renew`. */
+export interface QuoteEvidence {
+  nonce: Uint8Array;
+  /** TPMS_ATTEST bytes. */
+  quote: Uint8Array;
+  /** TPMT_SIGNATURE bytes. */
+  quoteSignature: Uint8Array;
+  /** PCR values of the policy's bank, by index. */
+  pcrValues: Map<number, Buffer>;
+  /** TCG crypto-agile event log, when the policy checks one. */
+  eventLog?: Uint8Array;
+  /** DER SPKI of the runner's ephemeral identity key; the quote's extraData binds it. */
+  identitySpki: Uint8Array;
+}
+
+/** Input of `Verifier.finish`. */
+export interface FinishRequest extends QuoteEvidence {
+  /** What TPM2_ActivateCredential released. */
+  activatedSecret: Uint8Array;
+}
+
+type Pending =
+  | { kind: 'enroll'; policy: string; ekHash: string; ak: TpmPublic; secret: Buffer }
+  | { kind: 'renew'; policy: string; ekHash: string; ak: TpmPublic };
+
+const SECRET_BYTES = 32;
+
+function deny(message: string): never {
+  throw new SigilError('PERMISSION_DENIED', message);
+}
+
+/**
+ * The enrollment verifier (DESIGN "Enrollment and builder identity"): `begin` trusts the EK, checks
+ * the AK and returns a credential plus nonce; `finish` checks the activated secret and a quote bound
+ * to the nonce and the identity key, then records the builder. `renewChallenge`/`renew` repeat the
+ * quote for an enrolled builder. Nothing is recorded until every check passed.
+ */
+export class Verifier {
+  readonly #policies: ReadonlyMap<string, AttestationPolicy>;
+  readonly #clock: Clock;
+  readonly #records: EnrollmentRecords;
+  readonly #nonces: NonceStore<Pending>;
+  readonly #log: Logger | undefined;
+
+  constructor(opts: VerifierOptions) {
+    this.#policies = opts.policies;
+    this.#clock = opts.clock;
+    this.#records = opts.records;
+    this.#log = opts.log;
+    this.#nonces = new NonceStore<Pending>({ clock: opts.clock, ttlMs: opts.nonceTtlMs ?? 60_000, ...(opts.maxPending !== undefined ? { maxPending: opts.maxPending } : {}) });
+  }
+
+  #policy(name: string): AttestationPolicy {
+    const p = this.#policies.get(name);
+    if (p === undefined) throw new SigilError('FAILED_PRECONDITION', `no attestation policy ${name}`);
+    return p;
+  }
+
+  /** Step 1 of enrollment: trust the EK, check the AK, return a credential for the AK and a nonce. */
+  async begin(req: BeginRequest): Promise<BeginResponse> {
+    const policy = this.#policy(req.policy);
+    const ek = trustEk({ ...(req.ekCert ? { ekCert: req.ekCert } : {}), ...(req.ekPublic ? { ekPublic: req.ekPublic } : {}) }, policy, this.#clock.now());
+    const ak = parsePublic(req.akPublic);
+    checkAk(ak, policy.akAlgorithms);
+    const secret = randomBytes(SECRET_BYTES);
+    const cred = makeCredential(ek.ekPublic, objectName(ak), secret);
+    const nonce = this.#nonces.issue({ kind: 'enroll', policy: policy.name, ekHash: ek.ekHash, ak, secret });
+    this.#log?.debug({ ekHash: ek.ekHash, akName: objectName(ak).toString('hex'), policy: policy.name, ekTrust: ek.via }, 'enrollment begun');
+    return { nonce, ...cred };
+  }
+
+  /** Step 2 of enrollment: the activated secret and a quote bound to the nonce and identity key. */
+  async finish(req: FinishRequest): Promise<Attestation> {
+    const p = this.#nonces.take(req.nonce);
+    if (p.kind !== 'enroll') throw new SigilError('FAILED_PRECONDITION', 'unknown or already used nonce');
+    const got = Buffer.from(req.activatedSecret);
+    if (got.length !== p.secret.length || !timingSafeEqual(got, p.secret)) deny('activated secret does not match the credential');
+    return this.#accept(p, req, undefined);
+  }
+
+  /** A renewal challenge for a builder that enrolled with this EK and AK. */
+  async renewChallenge(req: { ekHash: string; akName: string }): Promise<Buffer> {
+    const rec = await this.#records.get(req.ekHash);
+    if (rec === undefined || rec.akName !== req.akName.toLowerCase()) deny('no enrollment for this ek and ak');
+    const policy = this.#policy(rec.policy);
+    const ak = parsePublic(rec.akPublic);
+    // The policy may have changed since enrollment; the AK must still pass it.
+    checkAk(ak, policy.akAlgorithms);
+    return this.#nonces.issue({ kind: 'renew', policy: policy.name, ekHash: rec.ekHash, ak });
+  }
+
+  /** Renewal: a fresh quote over the challenge nonce with the enrolled AK. */
+  async renew(req: QuoteEvidence): Promise<Attestation> {
+    const p = this.#nonces.take(req.nonce);
+    if (p.kind !== 'renew') throw new SigilError('FAILED_PRECONDITION', 'unknown or already used nonce');
+    const rec = await this.#records.get(p.ekHash);
+    if (rec === undefined || rec.akName !== objectName(p.ak).toString('hex')) deny('no enrollment for this ek and ak');
+    return this.#accept(p, req, rec);
+  }
+
+  async #accept(p: Pending, ev: QuoteEvidence, known: EnrollmentRecord | undefined): Promise<Attestation> {
+    const policy = this.#policy(p.policy);
+    const spki = Buffer.from(ev.identitySpki);
+    try {
+      createPublicKey({ key: spki, format: 'der', type: 'spki' });
+    } catch (err) {
+      throw new SigilError('INVALID_ARGUMENT', 'identity key is not a der subjectpublickeyinfo', { cause: err });
+    }
+    const selection: PcrSelection = { hash: policy.pcrs.hashAlg, pcrs: policy.pcrs.select };
+    const q = verifyQuote({
+      akPublic: p.ak,
+      attest: ev.quote,
+      signature: ev.quoteSignature,
+      expectedExtraData: createHash('sha256').update(ev.nonce).update(spki).digest(),
+      selection,
+      pcrValues: ev.pcrValues,
+    });
+    if (policy.golden !== undefined) {
+      const ok = policy.golden.some((set) => [...set].every(([pcr, v]) => ev.pcrValues.get(pcr)?.equals(v) === true));
+      if (!ok) {
+        const differ = policy.pcrs.select.filter((pcr) => policy.golden!.every((set) => !set.get(pcr)!.equals(ev.pcrValues.get(pcr)!)));
+        deny(`pcr values match none of the policy's golden sets${differ.length ? ` (pcr ${differ.join(', ')} match no set)` : ''}`);
+      }
+    }
+    if (policy.eventLog !== undefined) {
+      if (ev.eventLog === undefined || ev.eventLog.length === 0) deny(`policy ${policy.name} requires an event log`);
+      const log = parseEventLog(ev.eventLog);
+      checkEventLog(log, { bank: policy.pcrs.hashAlg, selection: policy.pcrs.select, quoted: ev.pcrValues, rules: policy.eventLog.rules });
+    }
+    const c = q.clockInfo;
+    const prev = known ?? (await this.#records.get(p.ekHash));
+    if (prev !== undefined) {
+      if (c.resetCount < prev.resetCount) deny('tpm resetCount went backwards');
+      if (c.resetCount === prev.resetCount && c.restartCount < prev.restartCount) deny('tpm restartCount went backwards');
+    }
+    const akName = objectName(p.ak).toString('hex');
+    await this.#records.put({
+      ekHash: p.ekHash,
+      akName,
+      akPublic: p.ak.raw,
+      policy: policy.name,
+      resetCount: c.resetCount,
+      restartCount: c.restartCount,
+      clock: c.clock,
+      updatedAt: this.#clock.now(),
+    });
+    this.#log?.info({ ekHash: p.ekHash, akName, policy: policy.name, kind: p.kind, resetCount: c.resetCount, restartCount: c.restartCount }, p.kind === 'enroll' ? 'builder enrolled' : 'builder attestation renewed');
+    return {
+      ekHash: p.ekHash,
+      akName,
+      akPublic: p.ak.raw,
+      policy: policy.name,
+      pcrSelection: selection,
+      pcrDigest: q.pcrDigest.toString('hex'),
+      clockInfo: c,
+    };
+  }
+}

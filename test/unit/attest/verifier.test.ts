@@ -1,0 +1,166 @@
+import assert from 'node:assert/strict';
+import { createHash, generateKeyPairSync } from 'node:crypto';
+import { test } from 'node:test';
+import { ekHash } from '../../../src/attest/ek.ts';
+import { MemoryEnrollmentRecords } from '../../../src/attest/enrollment-records.ts';
+import type { AttestationPolicy } from '../../../src/attest/policy.ts';
+import { Verifier } from '../../../src/attest/verifier.ts';
+import { isSigilError } from '../../../src/errors.ts';
+import { TPM_ALG, TPMA_OBJECT } from '../../../src/tpm/constants.ts';
+import { objectName, spkiOf } from '../../../src/tpm/structures.ts';
+import { softActivate, softAk, softEk, softQuote, type SoftKey } from './soft-tpm.ts';
+
+const SELECT = [0, 1, 2, 3, 4, 5, 6, 7];
+const SEL = { hash: TPM_ALG.SHA256, pcrs: SELECT };
+const values = (fill: number) => new Map(SELECT.map((p) => [p, Buffer.alloc(32, fill)]));
+
+function clock() {
+  let t = Date.UTC(2030, 0, 1);
+  return { now: () => new Date(t), advance: (ms: number) => (t += ms) };
+}
+
+/** A software TPM: EK, AK, and the quote it makes for a nonce. */
+class SoftTpm {
+  ek = softEk('rsa');
+  ak: SoftKey = softAk('ecdsa');
+  pcrs = values(0);
+  resetCount = 5;
+  restartCount = 1;
+
+  quote(nonce: Buffer, spki: Buffer) {
+    const sorted = SELECT.map((p) => this.pcrs.get(p)!);
+    const q = softQuote(this.ak, {
+      extraData: createHash('sha256').update(nonce).update(spki).digest(),
+      selection: [SEL],
+      values: sorted,
+      resetCount: this.resetCount,
+      restartCount: this.restartCount,
+    });
+    return { quote: q.attest, quoteSignature: q.signature, pcrValues: new Map(this.pcrs) };
+  }
+}
+
+function setup(tpm: SoftTpm, over: Partial<AttestationPolicy> = {}) {
+  const c = clock();
+  const records = new MemoryEnrollmentRecords();
+  const p: AttestationPolicy = {
+    name: 'ci',
+    ekCas: [],
+    ekHashes: new Set([ekHash(spkiOf(tpm.ek.pub))]),
+    pcrs: { bank: 'sha256', hashAlg: TPM_ALG.SHA256, select: SELECT },
+    golden: [values(9), values(0)],
+    akAlgorithms: new Set(['rsa', 'ecc']),
+    ...over,
+  };
+  const v = new Verifier({ policies: new Map([['ci', p]]), clock: c, nonceTtlMs: 60_000, records });
+  return { v, c, records };
+}
+
+const spki = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
+const denied = (m: string) => (e: unknown) => isSigilError(e, 'PERMISSION_DENIED') && e.message === m;
+
+async function enroll(v: Verifier, tpm: SoftTpm, tamper: (ev: Parameters<Verifier['finish']>[0]) => void = () => {}) {
+  const ch = await v.begin({ policy: 'ci', ekPublic: tpm.ek.pub.raw, akPublic: tpm.ak.pub.raw });
+  const id = spki();
+  const ev = { nonce: ch.nonce, activatedSecret: softActivate(tpm.ek, objectName(tpm.ak.pub), ch), identitySpki: id, ...tpm.quote(ch.nonce, id) };
+  tamper(ev);
+  return v.finish(ev);
+}
+
+test('a software enrollment passes (second golden set) and is recorded', async () => {
+  const tpm = new SoftTpm();
+  const { v, records } = setup(tpm);
+  const a = await enroll(v, tpm);
+  assert.equal(a.ekHash, ekHash(spkiOf(tpm.ek.pub)));
+  assert.equal(a.akName, objectName(tpm.ak.pub).toString('hex'));
+  assert.deepEqual(a.akPublic, tpm.ak.pub.raw);
+  const rec = await records.get(a.ekHash);
+  assert.equal(rec?.resetCount, 5);
+  assert.equal(rec?.restartCount, 1);
+  assert.equal(rec?.updatedAt.getTime(), Date.UTC(2030, 0, 1));
+});
+
+test('begin checks the policy, then the ek, then the ak', async () => {
+  const tpm = new SoftTpm();
+  const { v } = setup(tpm);
+  const badAk = softAk('ecdsa', (a) => void (a.objectAttributes &= ~TPMA_OBJECT.restricted)).pub.raw;
+  await assert.rejects(v.begin({ policy: 'none', ekPublic: softEk().pub.raw, akPublic: badAk }), (e: unknown) => isSigilError(e, 'FAILED_PRECONDITION') && e.message === 'no attestation policy none');
+  await assert.rejects(v.begin({ policy: 'ci', ekPublic: softEk().pub.raw, akPublic: badAk }), denied('ek not on the allowlist'));
+  await assert.rejects(v.begin({ policy: 'ci', ekPublic: tpm.ek.pub.raw, akPublic: badAk }), denied('ak is not restricted'));
+  await assert.rejects(v.begin({ policy: 'ci', ekPublic: tpm.ek.pub.raw, akPublic: Buffer.from([1, 2, 3]) }), (e: unknown) => isSigilError(e, 'INVALID_ARGUMENT'));
+});
+
+test('refusals record nothing: wrong secret, expired nonce, golden mismatch', async () => {
+  const tpm = new SoftTpm();
+  const { v, c, records } = setup(tpm);
+  const hash = ekHash(spkiOf(tpm.ek.pub));
+  await assert.rejects(enroll(v, tpm, (ev) => void (ev.activatedSecret = Buffer.alloc(32))), denied('activated secret does not match the credential'));
+  await assert.rejects(enroll(v, tpm, (ev) => void (ev.activatedSecret = Buffer.alloc(0))), denied('activated secret does not match the credential'));
+  await assert.rejects(enroll(v, tpm, () => c.advance(60_000)), (e: unknown) => isSigilError(e, 'FAILED_PRECONDITION') && e.message === 'nonce expired');
+  tpm.pcrs.set(3, Buffer.alloc(32, 9));
+  await assert.rejects(enroll(v, tpm), denied("pcr values match none of the policy's golden sets"));
+  tpm.pcrs.set(3, Buffer.alloc(32, 7));
+  await assert.rejects(enroll(v, tpm), denied("pcr values match none of the policy's golden sets (pcr 3 match no set)"));
+  await assert.rejects(enroll(v, tpm, (ev) => void (ev.identitySpki = Buffer.from('not a key'))), (e: unknown) => isSigilError(e, 'INVALID_ARGUMENT'));
+  assert.equal(await records.get(hash), undefined);
+});
+
+test('monotonicity per ek; renewal with the enrolled ak only', async () => {
+  const tpm = new SoftTpm();
+  const { v, records } = setup(tpm);
+  const a = await enroll(v, tpm);
+  // Equal counters pass; restartCount may grow; a new resetCount resets the restart counter.
+  await enroll(v, tpm);
+  tpm.restartCount = 4;
+  await enroll(v, tpm);
+  tpm.resetCount = 6;
+  tpm.restartCount = 0;
+  await enroll(v, tpm);
+  tpm.restartCount = 0;
+  tpm.resetCount = 5;
+  await assert.rejects(enroll(v, tpm), denied('tpm resetCount went backwards'));
+  assert.equal((await records.get(a.ekHash))!.resetCount, 6);
+
+  tpm.resetCount = 6;
+  const nonce = await v.renewChallenge({ ekHash: a.ekHash, akName: a.akName });
+  const id = spki();
+  const r = await v.renew({ nonce, identitySpki: id, ...tpm.quote(nonce, id) });
+  assert.equal(r.akName, a.akName);
+  // A renewal nonce does not finish an enrollment, and the reverse.
+  const n2 = await v.renewChallenge({ ekHash: a.ekHash, akName: a.akName });
+  await assert.rejects(v.finish({ nonce: n2, activatedSecret: Buffer.alloc(32), identitySpki: id, ...tpm.quote(n2, id) }), (e: unknown) => isSigilError(e, 'FAILED_PRECONDITION'));
+  // Re-enrolling with a new AK replaces the record; the old AK gets no challenge.
+  tpm.ak = softAk('rsassa');
+  const b = await enroll(v, tpm);
+  assert.notEqual(b.akName, a.akName);
+  await assert.rejects(v.renewChallenge({ ekHash: a.ekHash, akName: a.akName }), denied('no enrollment for this ek and ak'));
+  await assert.rejects(v.renewChallenge({ ekHash: '00'.repeat(32), akName: a.akName }), denied('no enrollment for this ek and ak'));
+  // A quote by another key over a renewal nonce fails the signature.
+  const n3 = await v.renewChallenge({ ekHash: b.ekHash, akName: b.akName });
+  const wrong = new SoftTpm();
+  wrong.ak = softAk('rsassa');
+  await assert.rejects(v.renew({ nonce: n3, identitySpki: id, ...wrong.quote(n3, id) }), denied('quote signature does not verify'));
+});
+
+test('logs name the builder, never the secret or the nonce', async () => {
+  const { pino } = await import('pino');
+  const lines: string[] = [];
+  const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(s) });
+  const tpm = new SoftTpm();
+  const v = new Verifier({
+    policies: new Map([['ci', { name: 'ci', ekCas: [], ekHashes: new Set([ekHash(spkiOf(tpm.ek.pub))]), pcrs: { bank: 'sha256', hashAlg: TPM_ALG.SHA256, select: SELECT }, golden: [values(0)], akAlgorithms: new Set(['ecc']) } as AttestationPolicy]]),
+    clock: clock(),
+    records: new MemoryEnrollmentRecords(),
+    log,
+  });
+  const ch = await v.begin({ policy: 'ci', ekPublic: tpm.ek.pub.raw, akPublic: tpm.ak.pub.raw });
+  const secret = softActivate(tpm.ek, objectName(tpm.ak.pub), ch);
+  const id = spki();
+  await v.finish({ nonce: ch.nonce, activatedSecret: secret, identitySpki: id, ...tpm.quote(ch.nonce, id) });
+  const out = lines.join('');
+  assert.match(out, /builder enrolled/);
+  assert.match(out, new RegExp(ekHash(spkiOf(tpm.ek.pub))));
+  for (const b of [secret, ch.nonce, ch.encryptedSecret, ch.credentialBlob]) {
+    assert.ok(!out.includes(b.toString('hex')) && !out.includes(b.toString('base64')), 'a secret reached the log');
+  }
+});
