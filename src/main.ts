@@ -5,10 +5,15 @@ import { SqliteStore } from './store/sqlite.ts';
 import { BackendRegistry } from './signers/registry.ts';
 import { KeyService } from './keys/key-service.ts';
 import { startServer, type RunningServer } from './server/server.ts';
+import type { AttestationDeps } from './server/attestation-service.ts';
 import { Metrics, serveMetrics } from './server/metrics.ts';
 import { systemClock, type Clock } from './clock.ts';
 import { splitHostPort } from './config/host-port.ts';
 import { IdentityCa } from './identity/identity-ca.ts';
+import { Verifier } from './attest/verifier.ts';
+import { loadPolicies } from './attest/policy.ts';
+import type { EnrollmentRecords } from './attest/enrollment-records.ts';
+import type { Store } from './store/store.ts';
 
 /** A running sigild: its address, and how to stop it. */
 export interface Daemon {
@@ -64,6 +69,12 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   }
   const metrics = new Metrics();
   const [host] = splitHostPort(cfg.listen);
+  let attestation: AttestationDeps | null = null;
+  if (cfg.attestation && identity) {
+    const policies = loadPolicies(cfg.attestation.policies, (f) => readFileSync(f));
+    const verifier = new Verifier({ policies, clock, nonceTtlMs: cfg.attestation.nonceTtl, records: enrollmentRecords(store), log: log.child({ module: 'attest' }) });
+    attestation = { verifier, ca: identity, policies, nonceTtlMs: cfg.attestation.nonceTtl, clock, audit, metrics };
+  }
   let grpc: RunningServer;
   try {
     grpc = await startServer({
@@ -73,6 +84,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       identityCaPem: identity?.caCertificatePem() ?? null,
       builders: cfg.authorization.builders,
       reservedKeys: identity ? [identity.keyName] : [],
+      attestation,
       clock,
       keys,
       log: log.child({ module: 'server' }),
@@ -109,5 +121,13 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
         log.info('sigild stopped');
         log.flush();
       })()),
+  };
+}
+
+/** The verifier's view of the store's enrollment table. */
+function enrollmentRecords(store: Store): EnrollmentRecords {
+  return {
+    get: async (ekHash) => store.getEnrollment(ekHash) ?? undefined,
+    put: async (rec) => store.putEnrollment(rec),
   };
 }

@@ -3,9 +3,12 @@ import { dirname, resolve, isAbsolute } from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { SigilError } from '../errors.ts';
 import { configSchema, type Config } from './schema.ts';
+import { loadPolicies, PolicyProblems } from '../attest/policy.ts';
 
 /** Keys anywhere in the config whose values are file paths, resolved against the config file's directory. */
 const PATH_KEYS = new Set(['certFile', 'keyFile', 'clientCaFile', 'path', 'module', 'pinFile', 'softhsmConf', 'dir']);
+/** Keys whose values are lists of file paths (resolved and checked like the single ones). */
+const PATH_LIST_KEYS = new Set(['ekCaFiles']);
 /** Of those, the files that must already exist and be readable when the daemon starts. */
 const MUST_EXIST = new Set(['certFile', 'keyFile', 'clientCaFile', 'module', 'pinFile', 'softhsmConf']);
 
@@ -34,6 +37,15 @@ export function parseConfig(text: string, file: string, opts: { checkFiles?: boo
   // Files are checked even when the schema failed, so one run reports every problem.
   const target = (result.success ? result.data : structuredClone(raw)) as Record<string, unknown>;
   resolvePaths(target, [], base, opts.checkFiles ?? true, problems);
+  // Attestation policies: the EK CA bundles must hold usable CA certificates.
+  if (result.success && problems.length === 0 && result.data.attestation && (opts.checkFiles ?? true)) {
+    try {
+      loadPolicies(result.data.attestation.policies, (f) => readFileSync(f));
+    } catch (err) {
+      if (!(err instanceof PolicyProblems)) throw err;
+      problems.push(...err.problems.map((p) => `attestation.policies.${p}`));
+    }
+  }
   if (!result.success || problems.length) throw new ConfigProblems(file, problems);
   return result.data;
 }
@@ -75,6 +87,18 @@ function resolvePaths(node: Record<string, unknown>, path: string[], base: strin
           problems.push(`${[...path, k].join('.')}: cannot read ${abs}`);
         }
       }
+    } else if (Array.isArray(v) && PATH_LIST_KEYS.has(k)) {
+      v.forEach((item: unknown, i) => {
+        if (typeof item !== 'string') return;
+        const abs = isAbsolute(item) ? item : resolve(base, item);
+        v[i] = abs;
+        if (!check) return;
+        try {
+          accessSync(abs, constants.R_OK);
+        } catch {
+          problems.push(`${[...path, k, String(i)].join('.')}: cannot read ${abs}`);
+        }
+      });
     } else if (v && typeof v === 'object' && !Array.isArray(v)) {
       resolvePaths(v as Record<string, unknown>, [...path, k], base, check, problems);
     }

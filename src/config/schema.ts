@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { backendConfigSchema } from '../signers/config.ts';
 import { checkKeyName } from '../keys/names.ts';
 import { parseDuration } from './duration.ts';
+import { attestationPoliciesSchema } from '../attest/policy.ts';
 
 /** A duration such as `90s`, `15m` or `24h`, parsed to milliseconds. */
 const duration = z.string().transform((text, ctx) => {
@@ -102,6 +103,15 @@ export const configSchema = z.strictObject({
     .prefault({}),
   identity: identitySchema.optional(),
   authorization: z.strictObject({ builders: z.array(builderRuleSchema).default([]) }).prefault({}),
+  /** TPM attestation: enrollment of CI runners as builders (needs `identity`). */
+  attestation: z
+    .strictObject({
+      /** How long a challenge nonce stays valid. */
+      nonceTtl: duration.default(60_000),
+      /** Named attestation policies; a runner enrolls under one. */
+      policies: attestationPoliciesSchema,
+    })
+    .optional(),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
 }).superRefine((cfg, ctx) => {
   if (!(cfg.defaultBackend in cfg.backends)) {
@@ -116,7 +126,14 @@ export const configSchema = z.strictObject({
     if (id.backend !== undefined && !(id.backend in cfg.backends)) {
       ctx.addIssue({ code: 'custom', path: ['identity', 'backend'], message: `names no configured backend (have: ${Object.keys(cfg.backends).join(', ') || 'none'})` });
     }
-  } else if (cfg.authorization.builders.length > 0) {
+  } else if (cfg.attestation) {
+    ctx.addIssue({ code: 'custom', path: ['attestation'], message: 'attestation needs the identity section (identity.trustDomain)' });
+  }
+  if (cfg.attestation) {
+    if (Object.keys(cfg.attestation.policies).length === 0) ctx.addIssue({ code: 'custom', path: ['attestation', 'policies'], message: 'name at least one policy' });
+    if (cfg.attestation.nonceTtl < 5000 || cfg.attestation.nonceTtl > 600_000) ctx.addIssue({ code: 'custom', path: ['attestation', 'nonceTtl'], message: 'must be between 5s and 10m' });
+  }
+  if (!cfg.identity && cfg.authorization.builders.length > 0) {
     ctx.addIssue({ code: 'custom', path: ['authorization', 'builders'], message: 'builder rules need the identity section (identity.trustDomain)' });
   }
   if (cfg.mode === 'production') {

@@ -33,6 +33,12 @@ export class Metrics {
     labelNames: ['reason'],
     registers: [this.registry],
   });
+  readonly enrollments = new Counter({
+    name: 'sigil_enrollments_total',
+    help: 'Enrollments and renewals, by kind (enroll, renew), policy and outcome (issued, or the refusal reason)',
+    labelNames: ['kind', 'policy', 'outcome'],
+    registers: [this.registry],
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'sigil_' });

@@ -22,6 +22,19 @@ export function unary<Req, Res>(
   rpc: string,
   roles: readonly Role[],
   fn: (req: Req, who: Principal) => Res | Promise<Res>,
+): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void;
+/** With `roles` null the call needs no client certificate (enrollment): `fn` gets the call instead. */
+export function unary<Req, Res>(
+  ctx: RpcContext,
+  rpc: string,
+  roles: null,
+  fn: (req: Req, call: ServerUnaryCall<Req, Res>) => Res | Promise<Res>,
+): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void;
+export function unary<Req, Res>(
+  ctx: RpcContext,
+  rpc: string,
+  roles: readonly Role[] | null,
+  fn: ((req: Req, who: Principal) => Res | Promise<Res>) | ((req: Req, call: ServerUnaryCall<Req, Res>) => Res | Promise<Res>),
 ): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
   const latency = ctx.metrics.latency.labels(rpc);
   const inFlight = ctx.metrics.inFlight.labels(rpc);
@@ -37,7 +50,9 @@ export function unary<Req, Res>(
     };
     let result: Res | Promise<Res>;
     try {
-      result = fn(call.request, ctx.auth.require(call, roles));
+      result = roles === null
+        ? (fn as (req: Req, call: ServerUnaryCall<Req, Res>) => Res | Promise<Res>)(call.request, call)
+        : (fn as (req: Req, who: Principal) => Res | Promise<Res>)(call.request, ctx.auth.require(call, roles));
     } catch (err) {
       const w = toWireError(err, ctx.log, rpc);
       done(w.code);

@@ -7,6 +7,8 @@ import { X509Certificate } from 'node:crypto';
 import { BuilderPolicy } from '../identity/builder-policy.ts';
 import { SignerService } from '../gen/sigil/v1/signer.ts';
 import { AdminService } from '../gen/sigil/v1/admin.ts';
+import { AttestationService } from '../gen/sigil/v1/attestation.ts';
+import { attestationService, type AttestationDeps } from './attestation-service.ts';
 import { SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { KeyService } from '../keys/key-service.ts';
@@ -34,6 +36,8 @@ export interface ServerOptions {
   /** Keys no RPC may sign with (the identity CA's). */
   reservedKeys?: readonly string[];
   clock?: Clock;
+  /** TPM enrollment of builders, when attestation is configured. */
+  attestation?: AttestationDeps | null;
   keys: KeyService;
   log: Logger;
   audit: Logger;
@@ -68,12 +72,18 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys: o.reservedKeys ?? [] };
   server.addService(SignerService, signerService(ctx, o.keys, o.limits, access) as unknown as UntypedServiceImplementation);
   server.addService(AdminService, adminService(ctx, o.keys, o.audit) as unknown as UntypedServiceImplementation);
+  if (o.attestation) server.addService(AttestationService, attestationService(ctx, o.attestation) as unknown as UntypedServiceImplementation);
 
-  const health = new HealthImplementation({ '': 'SERVING', 'sigil.v1.Signer': 'SERVING', 'sigil.v1.Admin': 'SERVING' });
+  const health = new HealthImplementation({
+    '': 'SERVING',
+    'sigil.v1.Signer': 'SERVING',
+    'sigil.v1.Admin': 'SERVING',
+    ...(o.attestation ? { 'sigil.v1.Attestation': 'SERVING' } : {}),
+  });
   // HealthImplementation only calls addService, which GrpcH2Server provides with grpc-js's signature.
   health.addToServer(server as unknown as Server);
 
-  const pkg = loadSync(['sigil/v1/signer.proto', 'sigil/v1/admin.proto'], { includeDirs: [PROTO_DIR] });
+  const pkg = loadSync(['sigil/v1/signer.proto', 'sigil/v1/admin.proto', ...(o.attestation ? ['sigil/v1/attestation.proto'] : [])], { includeDirs: [PROTO_DIR] });
   new ReflectionService(pkg).addToServer({
     addService: (def: ServiceDefinition, impl: UntypedServiceImplementation) => server.addService(def, adminOnlyStreams(impl, auth, o.log)),
   });

@@ -8,7 +8,6 @@ import {
   EK_TEMPLATE_H3,
   EK_TEMPLATE_L1,
   EK_TEMPLATE_L2,
-  SRK_TEMPLATE_ECC,
   templateBytes,
 } from './templates.ts';
 import type { Tpm } from './tpm.ts';
@@ -31,7 +30,7 @@ export interface Ak {
   handle: number;
   public: TpmPublic;
   name: Buffer;
-  /** TPM2B_PRIVATE contents, wrapped by the SRK; useless outside this TPM. */
+  /** TPM2B_PRIVATE contents, wrapped by the EK; useless outside this TPM. */
   private: Buffer;
   /** TPMT_PUBLIC bytes (the project's wire form of an AK public). */
   publicBytes: Buffer;
@@ -117,31 +116,27 @@ export async function readEk(tpm: Tpm, kind: 'rsa' | 'ecc'): Promise<Ek> {
   return cert === undefined ? { handle: ek.handle, public: ek.public, certIndex } : { handle: ek.handle, public: ek.public, cert, certIndex };
 }
 
-async function withSrk<T>(tpm: Tpm, f: (srk: number) => Promise<T>): Promise<T> {
-  const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
-  try {
-    return await f(srk.handle);
-  } finally {
-    await tpm.flushContext(srk.handle);
-  }
+// The AK is a child of the EK, so it lives in the endorsement hierarchy: quotes by keys outside the
+// endorsement and platform hierarchies carry obfuscated resetCount/restartCount/firmwareVersion
+// (TPM 2.0 Part 1, 36.7 "Clock and time"; Part 2, 10.11.1 TPMS_CLOCK_INFO), which would defeat the
+// verifier's monotonicity check. tpm2_createak makes the same choice.
+function parentAuthOf(ek: Pick<Ek, 'public'>): 'password' | 'endorsement-policy' {
+  return ek.public.objectAttributes & TPMA_OBJECT.userWithAuth ? 'password' : 'endorsement-policy';
 }
 
-/** Creates an AK under a fresh SRK and loads it; the SRK is flushed, so only EK and AK stay loaded. */
-export async function createAk(tpm: Tpm, alg: 'ecc' | 'rsa'): Promise<Ak> {
-  return withSrk(tpm, async (srk) => {
-    const created = await tpm.create(srk, templateBytes(alg === 'ecc' ? AK_TEMPLATE_ECC : AK_TEMPLATE_RSA));
-    const { handle, name } = await tpm.load(srk, created.private, created.public);
-    return { handle, public: created.public, name, private: created.private, publicBytes: created.public.raw };
-  });
+/** Creates an AK under the (loaded) EK and loads it; EK and AK stay loaded. */
+export async function createAk(tpm: Tpm, alg: 'ecc' | 'rsa', ek: Pick<Ek, 'handle' | 'public'>): Promise<Ak> {
+  const parentAuth = parentAuthOf(ek);
+  const created = await tpm.create(ek.handle, templateBytes(alg === 'ecc' ? AK_TEMPLATE_ECC : AK_TEMPLATE_RSA), { parentAuth });
+  const { handle, name } = await tpm.load(ek.handle, created.private, created.public, { parentAuth });
+  return { handle, public: created.public, name, private: created.private, publicBytes: created.public.raw };
 }
 
-/** Loads a saved AK again (for renewal): re-creates the SRK (same template, same key), loads, flushes the SRK. */
-export async function loadAk(tpm: Tpm, saved: { private: Buffer; publicBytes: Buffer }): Promise<Ak> {
+/** Loads a saved AK again (for renewal) under the loaded EK it was created under. */
+export async function loadAk(tpm: Tpm, saved: { private: Buffer; publicBytes: Buffer }, ek: Pick<Ek, 'handle' | 'public'>): Promise<Ak> {
   const pub = parsePublic(saved.publicBytes);
-  return withSrk(tpm, async (srk) => {
-    const { handle, name } = await tpm.load(srk, saved.private, pub);
-    return { handle, public: pub, name, private: saved.private, publicBytes: pub.raw };
-  });
+  const { handle, name } = await tpm.load(ek.handle, saved.private, pub, { parentAuth: parentAuthOf(ek) });
+  return { handle, public: pub, name, private: saved.private, publicBytes: pub.raw };
 }
 
 /**

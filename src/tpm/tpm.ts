@@ -50,6 +50,9 @@ export interface CreatedPrimary {
   name: Buffer;
 }
 
+/** How a parent object is authorized: its empty password, or the EK policy (PolicySecret(endorsement)). */
+export type ParentAuth = 'password' | 'endorsement-policy';
+
 /** Result of Create: the wrapped private blob and everything needed to certify the creation later. */
 export interface CreatedObject {
   /** TPM2B_PRIVATE contents. */
@@ -297,9 +300,28 @@ export class Tpm {
     }
   }
 
-  /** TPM2_Create of an ordinary object under a loaded parent (empty parent password). */
-  async create(parent: number, templateBytes: Buffer): Promise<CreatedObject> {
-    const { r } = await this.#run(TPM_CC.Create, [parent], [passwordAuth()], this.#createParams(templateBytes));
+  /**
+   * Runs `fn` with the authorization a parent needs: its (empty) password, or a policy session
+   * satisfying PolicySecret(TPM_RH_ENDORSEMENT) for an EK made from a TCG template without userWithAuth.
+   */
+  async #withParentAuth<T>(parentAuth: ParentAuth, fn: (auth: Auth) => Promise<T>): Promise<T> {
+    if (parentAuth === 'password') return fn(passwordAuth());
+    const session = await this.startAuthSession(TPM_SE.POLICY);
+    let flushed = false;
+    try {
+      await this.policySecret(session, TPM_RH.ENDORSEMENT);
+      // continueSession is clear: a successful command flushes the session itself.
+      const out = await fn(policyAuth(session));
+      flushed = true;
+      return out;
+    } finally {
+      if (!flushed) await this.flushContext(session).catch(() => undefined);
+    }
+  }
+
+  /** TPM2_Create of an ordinary object under a loaded parent (empty password, or the EK's policy). */
+  async create(parent: number, templateBytes: Buffer, opts: { parentAuth?: ParentAuth } = {}): Promise<CreatedObject> {
+    const { r } = await this.#withParentAuth(opts.parentAuth ?? 'password', (auth) => this.#run(TPM_CC.Create, [parent], [auth], this.#createParams(templateBytes)));
     const priv = r.sized();
     const pub = readPublic2B(r);
     const creationData = r.sized();
@@ -310,10 +332,10 @@ export class Tpm {
   }
 
   /** TPM2_Load of a private/public pair made by `create`; the caller flushes the handle. */
-  async load(parent: number, priv: Buffer, pub: Buffer | TpmPublic): Promise<{ handle: number; name: Buffer }> {
+  async load(parent: number, priv: Buffer, pub: Buffer | TpmPublic, opts: { parentAuth?: ParentAuth } = {}): Promise<{ handle: number; name: Buffer }> {
     const pubBytes = Buffer.isBuffer(pub) ? pub : pub.raw;
     const params = new Writer().sized(priv).sized(pubBytes).finish();
-    const { handles, r } = await this.#run(TPM_CC.Load, [parent], [passwordAuth()], params, 1);
+    const { handles, r } = await this.#withParentAuth(opts.parentAuth ?? 'password', (auth) => this.#run(TPM_CC.Load, [parent], [auth], params, 1));
     const name = r.sized();
     r.end();
     return { handle: handles[0]!, name };

@@ -73,8 +73,25 @@ async function withEk<T>(kind: 'rsa' | 'ecc', f: (ek: Ek) => Promise<T>): Promis
   }
 }
 
+/** An AK under a temporary EK (flushed once the AK is loaded; a loaded child outlives its parent's handle). */
 async function withAk<T>(alg: 'rsa' | 'ecc', f: (ak: Ak) => Promise<T>): Promise<T> {
-  const ak = await createAk(tpm, alg);
+  const ek = await readEk(tpm, 'rsa');
+  let ak: Ak;
+  try {
+    ak = await createAk(tpm, alg, ek);
+  } finally {
+    await tpm.flushContext(ek.handle);
+  }
+  try {
+    return await f(ak);
+  } finally {
+    await tpm.flushContext(ak.handle);
+  }
+}
+
+/** An AK under the loaded EK `ek`. */
+async function withAkUnder<T>(ek: Ek, alg: 'rsa' | 'ecc', f: (ak: Ak) => Promise<T>): Promise<T> {
+  const ak = await createAk(tpm, alg, ek);
   try {
     return await f(ak);
   } finally {
@@ -153,10 +170,10 @@ test('NV reads in chunks give the same bytes; the certificate is trimmed to its 
 });
 
 for (const alg of ['rsa', 'ecc'] as const) {
-  test(`${alg} AK: created under a flushed SRK, attributes as the verifier demands, reloadable`, { skip: skip ?? false }, async () => {
+  test(`${alg} AK: created under the EK (endorsement hierarchy), attributes as the verifier demands, reloadable`, { skip: skip ?? false }, async () => {
     const start = await transientHandles();
     await withEk('rsa', async (ek) => {
-      const saved = await withAk(alg, async (ak) => {
+      const saved = await withAkUnder(ek, alg, async (ak) => {
         assert.equal(ak.public.objectAttributes, AK_ATTRIBUTES);
         assert.equal(ak.public.objectAttributes & TPMA_OBJECT.decrypt, 0);
         assert.deepEqual(ak.name, objectName(ak.public));
@@ -168,13 +185,13 @@ for (const alg of ['rsa', 'ecc'] as const) {
           assert.equal(ak.public.ecc?.curve, TPM_ECC.NIST_P256);
           assert.equal(ak.public.ecc?.scheme, TPM_ALG.ECDSA);
         }
-        // Only the EK and the AK are loaded: the SRK was flushed.
+        // Only the EK and the AK are loaded.
         const loaded = await transientHandles();
         assert.equal(loaded.length, start.length + 2);
         assert.ok(loaded.includes(ek.handle) && loaded.includes(ak.handle));
         return { private: ak.private, publicBytes: ak.publicBytes, name: ak.name };
       });
-      const again = await loadAk(tpm, saved);
+      const again = await loadAk(tpm, saved, ek);
       try {
         assert.deepEqual(again.name, saved.name);
       } finally {
@@ -293,7 +310,7 @@ for (const [kind, alg] of [['rsa', 'ecc'], ['rsa', 'rsa'], ['ecc', 'ecc']] as co
   test(`ActivateCredential (${kind} EK, ${alg} AK) recovers a tpm2_makecredential secret`, { skip: skip ?? false }, async () => {
     const start = await transientHandles();
     await withEk(kind, async (ek) => {
-      await withAk(alg, async (ak) => {
+      await withAkUnder(ek, alg, async (ak) => {
         const secret = randomBytes(32);
         const cred = await makeCredential(ek.public, ak.name, secret);
         const got = await activate(tpm, ek, ak, cred.blob, cred.encryptedSecret);
@@ -307,7 +324,7 @@ for (const [kind, alg] of [['rsa', 'ecc'], ['rsa', 'rsa'], ['ecc', 'ecc']] as co
 
 test('a credential made for another AK name fails with TPM_RC_INTEGRITY, decoded', { skip: skip ?? false }, async () => {
   await withEk('rsa', async (ek) => {
-    await withAk('ecc', async (ak) => {
+    await withAkUnder(ek, 'ecc', async (ak) => {
       const otherName = Buffer.concat([Buffer.from('000b', 'hex'), createHash('sha256').update('someone else').digest()]);
       const cred = await makeCredential(ek.public, otherName, randomBytes(32));
       const err = await activate(tpm, ek, ak, cred.blob, cred.encryptedSecret).then(
@@ -328,7 +345,7 @@ test('a credential made for another AK name fails with TPM_RC_INTEGRITY, decoded
 
 test('the EK refuses ActivateCredential by password: its user role needs the PolicySecret session (TPM_RC_AUTH_UNAVAILABLE)', { skip: skip ?? false }, async () => {
   await withEk('rsa', async (ek) => {
-    await withAk('ecc', async (ak) => {
+    await withAkUnder(ek, 'ecc', async (ak) => {
       const cred = await makeCredential(ek.public, ak.name, randomBytes(16));
       const err = await tpm.activateCredential(ak.handle, ek.handle, cred.blob, cred.encryptedSecret, { ekAuth: 'password' }).then(
         () => assert.fail('activation succeeded'),
@@ -388,7 +405,7 @@ test('tcti transport (libtss2-tctildr through koffi) passes the smoke test', { s
       // A whole attestation round over the TCTI too.
       const viaTcti = new Tpm(t);
       const ek = await readEk(viaTcti, 'rsa');
-      const ak = await createAk(viaTcti, 'ecc');
+      const ak = await createAk(viaTcti, 'ecc', ek);
       const secret = randomBytes(16);
       const cred = await makeCredential(ek.public, ak.name, secret);
       assert.deepEqual(await activate(viaTcti, ek, ak, cred.blob, cred.encryptedSecret), secret);

@@ -1,0 +1,176 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { chmodSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { tmpdir } from 'node:os';
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { rpc, type Clients } from '../client.ts';
+import { Attestor, builderClients, type AttestorOptions, type Identity } from './attestor.ts';
+
+/** What the agent reports as it runs (enrolled, renewed, renewal failed, ...). */
+export type AgentEvent = { event: string; [field: string]: unknown };
+
+/** The default local socket: per user, in a private directory. */
+export function defaultSocketPath(): string {
+  const base = process.env.XDG_RUNTIME_DIR || tmpdir();
+  return `${base}/sigil-agent-${process.getuid?.() ?? 'user'}/agent.sock`;
+}
+
+// Largest request the local socket accepts: an Ed25519 message up to sigild's default cap, base64.
+const MAX_BODY = 96 * 1024 * 1024;
+
+/**
+ * The long-running agent: enrolls, keeps the identity in memory, renews it at half-life with a fresh
+ * quote (retrying until it expires), and signs for local callers over a unix socket only its user can
+ * open.
+ */
+export class Agent {
+  readonly #o: AttestorOptions;
+  readonly #attestor: Attestor;
+  readonly #report: (e: AgentEvent) => void;
+  #identity: Identity | null = null;
+  #clients: Clients | null = null;
+  #timer: NodeJS.Timeout | null = null;
+  #server: Server | null = null;
+  #socketPath: string | null = null;
+  #stopped = false;
+
+  constructor(o: AttestorOptions, report: (e: AgentEvent) => void) {
+    this.#o = o;
+    this.#attestor = new Attestor(o);
+    this.#report = report;
+  }
+
+  /** The identity in force, or null before enrollment. */
+  get identity(): Identity | null {
+    return this.#identity;
+  }
+
+  /** Enrolls and schedules renewal. */
+  async enroll(): Promise<Identity> {
+    const id = await this.#attestor.enroll();
+    this.#install(id);
+    this.#report({ event: 'enrolled', spiffeId: id.spiffeId, notAfter: id.notAfter.toISOString() });
+    return id;
+  }
+
+  /** Renews now (the timer calls this at half-life). */
+  async renew(): Promise<Identity> {
+    if (!this.#identity) throw new Error('not enrolled');
+    const id = await this.#attestor.renew(this.#identity);
+    this.#install(id);
+    this.#report({ event: 'renewed', spiffeId: id.spiffeId, notAfter: id.notAfter.toISOString() });
+    return id;
+  }
+
+  #install(id: Identity): void {
+    const old = this.#clients;
+    this.#identity = id;
+    this.#clients = builderClients(this.#o.addr, this.#o.ca, id);
+    // Calls in flight on the old channel finish; grpc-js closes it once they have.
+    old?.close();
+    this.#schedule(halfLife(id, new Date()));
+  }
+
+  #schedule(delayMs: number): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => void this.#renewLoop(), Math.max(0, delayMs));
+    this.#timer.unref();
+  }
+
+  async #renewLoop(): Promise<void> {
+    try {
+      await this.renew();
+    } catch (err) {
+      const id = this.#identity!;
+      const left = id.notAfter.getTime() - Date.now();
+      this.#report({ event: 'renewal failed', error: describe(err), expiresInSeconds: Math.max(0, Math.round(left / 1000)) });
+      // Retry at a tenth of what is left (between 1 s and 30 s) until the identity has expired.
+      if (left > 0) this.#schedule(Math.min(30_000, Math.max(1000, left / 10)));
+      else this.#report({ event: 'identity expired', spiffeId: id.spiffeId });
+    }
+  }
+
+  /** Serves the local socket; the directory is made private and the socket readable by this user only. */
+  async listen(path: string): Promise<void> {
+    const dir = dirname(path);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const st = statSync(dir);
+    if (process.getuid && st.uid !== process.getuid()) throw new Error(`socket directory ${dir} belongs to another user`);
+    if ((st.mode & 0o077) !== 0) chmodSync(dir, 0o700);
+    rmSync(path, { force: true });
+    const server = createServer((req, res) => void this.#handle(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => resolve());
+    });
+    chmodSync(path, 0o600);
+    this.#server = server;
+    this.#socketPath = path;
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const reply = (code: number, body: unknown): void => {
+      res.writeHead(code, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
+    try {
+      const id = this.#identity;
+      const c = this.#clients;
+      if (!id || !c) return reply(503, { code: 'UNAVAILABLE', message: 'the agent has no identity yet' });
+      if (req.method === 'GET' && req.url === '/v1/identity') {
+        return reply(200, { spiffeId: id.spiffeId, notBefore: id.notBefore, notAfter: id.notAfter, certificatePem: id.certificatePem, caCertificatePem: id.caCertificatePem });
+      }
+      if (req.method !== 'POST') return reply(405, { code: 'INVALID_ARGUMENT', message: 'use POST' });
+      const body = JSON.parse((await readBody(req)).toString('utf8')) as { key?: unknown; digest?: unknown; message?: unknown };
+      if (typeof body.key !== 'string') return reply(400, { code: 'INVALID_ARGUMENT', message: 'key is required' });
+      if (req.url === '/v1/public-key') {
+        const pk = await rpc.getPublicKey(c, { key: body.key });
+        return reply(200, { keyVersion: pk.keyVersion, algorithm: pk.algorithm, pem: pk.pem });
+      }
+      if (req.url === '/v1/sign') {
+        const digest = typeof body.digest === 'string' ? Buffer.from(body.digest, 'base64') : undefined;
+        const message = typeof body.message === 'string' ? Buffer.from(body.message, 'base64') : undefined;
+        const r = await rpc.sign(c, { key: body.key, digest, message });
+        return reply(200, { signature: r.signature.toString('base64'), keyVersion: r.keyVersion, algorithm: r.algorithm });
+      }
+      return reply(404, { code: 'NOT_FOUND', message: `no such call ${req.url}` });
+    } catch (err) {
+      const se = err as Partial<ServiceError>;
+      if (typeof se.code === 'number') return reply(se.code === Status.PERMISSION_DENIED ? 403 : 400, { code: Status[se.code], message: se.details });
+      return reply(400, { code: 'INVALID_ARGUMENT', message: describe(err) });
+    }
+  }
+
+  /** Stops renewing, closes the socket (removing it) and the channel. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#clients?.close();
+    if (this.#server) await new Promise<void>((resolve) => this.#server!.close(() => resolve()));
+    if (this.#socketPath) rmSync(this.#socketPath, { force: true });
+  }
+}
+
+/** Milliseconds from `now` to the middle of what is left of the identity's validity. */
+export function halfLife(id: Identity, now: Date): number {
+  return Math.max(0, (id.notAfter.getTime() - now.getTime()) / 2);
+}
+
+async function readBody(req: IncomingMessage): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const chunk of req) {
+    n += (chunk as Buffer).length;
+    if (n > MAX_BODY) throw new Error('request too large');
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** A one-line description of an error from sigild, the TPM or the system. */
+export function describe(err: unknown): string {
+  const se = err as Partial<ServiceError>;
+  if (typeof se.code === 'number' && typeof se.details === 'string') return `${Status[se.code] ?? se.code}: ${se.details}`;
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,149 @@
+import type { AttestationServer, BuilderIdentity as PbIdentity, Quote } from '../gen/sigil/v1/attestation.ts';
+import type { Logger } from '../log.ts';
+import type { Clock } from '../clock.ts';
+import { SigilError, isSigilError } from '../errors.ts';
+import type { Attestation, QuoteEvidence, Verifier } from '../attest/verifier.ts';
+import type { AttestationPolicy } from '../attest/policy.ts';
+import type { IdentityCa, IssuedCertificate } from '../identity/identity-ca.ts';
+import type { Metrics } from './metrics.ts';
+import type { Role } from './auth.ts';
+import { unary, type RpcContext } from './rpc.ts';
+import { hashOf } from '../tpm/structures.ts';
+
+const BUILDERS: readonly Role[] = ['builder'];
+// Bounds on what an unauthenticated caller may make the daemon parse.
+const MAX_STRUCT = 4096;
+const MAX_CERT = 8192;
+const MAX_EVENT_LOG = 4 * 1024 * 1024;
+
+/** What the Attestation service needs. */
+export interface AttestationDeps {
+  verifier: Verifier;
+  ca: IdentityCa;
+  policies: ReadonlyMap<string, AttestationPolicy>;
+  nonceTtlMs: number;
+  clock: Clock;
+  audit: Logger;
+  metrics: Metrics;
+}
+
+/**
+ * The `sigil.v1.Attestation` service: TPM enrollment and renewal in, builder certificates out. Every
+ * issuance and every refusal lands in the audit channel and the enrollments metric.
+ */
+export function attestationService(ctx: RpcContext, d: AttestationDeps): AttestationServer {
+  const outcome = async <T>(kind: 'enroll' | 'renew', policy: string, fields: Record<string, unknown>, fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (err) {
+      const reason = isSigilError(err) ? err.code : 'INTERNAL';
+      d.metrics.enrollments.inc({ kind, policy: policy || '-', outcome: reason });
+      d.audit.warn({ kind, policy, reason, detail: isSigilError(err) ? err.message : 'internal error', ...fields }, kind === 'enroll' ? 'enrollment refused' : 'renewal refused');
+      throw err;
+    }
+  };
+
+  const policyOf = (name: string): AttestationPolicy => {
+    if (name === '') {
+      if (d.policies.size === 1) return d.policies.values().next().value!;
+      throw new SigilError('INVALID_ARGUMENT', `name an attestation policy: this daemon has ${d.policies.size === 0 ? 'none' : [...d.policies.keys()].join(', ')}`);
+    }
+    const p = d.policies.get(name);
+    if (!p) throw new SigilError('INVALID_ARGUMENT', `no attestation policy ${name}`);
+    return p;
+  };
+
+  const selection = (p: AttestationPolicy) => ({ bank: p.pcrs.bank, indices: p.pcrs.select });
+  const expireTime = () => new Date(d.clock.now().getTime() + d.nonceTtlMs);
+
+  const issue = async (a: Attestation, spki: Buffer, claims: Record<string, string>, lifetimeSeconds: number, kind: 'enroll' | 'renew'): Promise<PbIdentity> => {
+    const cert: IssuedCertificate = await d.ca.issue({
+      spki,
+      ekHash: a.ekHash,
+      akName: a.akName,
+      pcrSelection: `${hashOf(a.pcrSelection.hash)}:${a.pcrSelection.pcrs.join(',')}`,
+      pcrDigest: a.pcrDigest,
+      policy: a.policy,
+      claims,
+      ...(lifetimeSeconds > 0 ? { lifetimeMs: lifetimeSeconds * 1000 } : {}),
+    });
+    d.metrics.enrollments.inc({ kind, policy: a.policy, outcome: 'issued' });
+    d.audit.info({ kind, policy: a.policy, ekHash: a.ekHash, akName: a.akName, san: cert.san, serial: cert.serial, notAfter: cert.notAfter.toISOString(), claims }, kind === 'enroll' ? 'builder enrolled' : 'builder renewed');
+    return { certificatePem: cert.certificatePem, caCertificatePem: d.ca.caCertificatePem(), spiffeId: cert.san, notBefore: cert.notBefore, notAfter: cert.notAfter };
+  };
+
+  return {
+    beginEnrollment: unary(ctx, 'BeginEnrollment', null, async (req, call) => {
+      if (req.renewal) {
+        const who = ctx.auth.require(call, BUILDERS);
+        const b = who.builder!;
+        return outcome('renew', b.policy, { ekHash: b.ekHash, san: b.san }, async () => {
+          if (req.ekCertificate.length || req.ekPublic.length || req.akPublic.length || req.policy || req.joinToken) {
+            throw new SigilError('INVALID_ARGUMENT', 'a renewal request carries no other field');
+          }
+          const policy = policyOf(b.policy);
+          const nonce = await d.verifier.renewChallenge({ ekHash: b.ekHash, akName: b.akName });
+          return { nonce, credentialBlob: Buffer.alloc(0), encryptedSecret: Buffer.alloc(0), expireTime: expireTime(), pcrSelection: selection(policy) };
+        });
+      }
+      return outcome('enroll', req.policy, {}, async () => {
+        const policy = policyOf(req.policy);
+        if (req.akPublic.length === 0) throw new SigilError('INVALID_ARGUMENT', 'ak_public is required');
+        if (req.ekCertificate.length === 0 && req.ekPublic.length === 0) throw new SigilError('INVALID_ARGUMENT', 'give ek_certificate, ek_public or both');
+        bounded('ak_public', req.akPublic, MAX_STRUCT);
+        bounded('ek_public', req.ekPublic, MAX_STRUCT);
+        bounded('ek_certificate', req.ekCertificate, MAX_CERT);
+        if (req.joinToken) throw new SigilError('INVALID_ARGUMENT', 'join tokens are not enabled on this daemon');
+        const r = await d.verifier.begin({
+          policy: policy.name,
+          akPublic: req.akPublic,
+          ...(req.ekCertificate.length ? { ekCert: req.ekCertificate } : {}),
+          ...(req.ekPublic.length ? { ekPublic: req.ekPublic } : {}),
+        });
+        return { ...r, expireTime: expireTime(), pcrSelection: selection(policy) };
+      });
+    }),
+
+    finishEnrollment: unary(ctx, 'FinishEnrollment', null, async (req) =>
+      outcome('enroll', '', {}, async () => {
+        const evidence = evidenceOf(req.nonce, req.quote, req.identityPublicKey);
+        const a = await d.verifier.finish({ ...evidence, activatedSecret: req.activatedSecret });
+        return { identity: await issue(a, req.identityPublicKey, req.claims, req.lifetimeSeconds, 'enroll') };
+      }),
+    ),
+
+    renew: unary(ctx, 'Renew', BUILDERS, async (req, who) => {
+      const b = who.builder!;
+      return outcome('renew', b.policy, { ekHash: b.ekHash, san: b.san }, async () => {
+        const a = await d.verifier.renew(evidenceOf(req.nonce, req.quote, req.identityPublicKey));
+        // The nonce was issued to a builder; it must be this one (a nonce is not a bearer token).
+        if (a.ekHash !== b.ekHash) throw new SigilError('PERMISSION_DENIED', 'the renewal nonce was issued to another builder');
+        return { identity: await issue(a, req.identityPublicKey, req.claims, req.lifetimeSeconds, 'renew') };
+      });
+    }),
+  };
+}
+
+function bounded(field: string, b: Buffer, max: number): void {
+  if (b.length > max) throw new SigilError('INVALID_ARGUMENT', `${field} is ${b.length} bytes, over the ${max}-byte limit`);
+}
+
+function evidenceOf(nonce: Buffer, q: Quote | undefined, spki: Buffer): QuoteEvidence {
+  if (!q) throw new SigilError('INVALID_ARGUMENT', 'quote is required');
+  if (nonce.length === 0) throw new SigilError('INVALID_ARGUMENT', 'nonce is required');
+  if (spki.length === 0) throw new SigilError('INVALID_ARGUMENT', 'identity_public_key is required');
+  bounded('quote.attest', q.attest, MAX_STRUCT);
+  bounded('quote.signature', q.signature, MAX_STRUCT);
+  bounded('quote.event_log', q.eventLog, MAX_EVENT_LOG);
+  bounded('identity_public_key', spki, MAX_STRUCT);
+  const pcrValues = new Map<number, Buffer>();
+  for (const [k, v] of Object.entries(q.pcrValues)) pcrValues.set(Number(k), v);
+  return {
+    nonce,
+    quote: q.attest,
+    quoteSignature: q.signature,
+    pcrValues,
+    identitySpki: spki,
+    ...(q.eventLog.length ? { eventLog: q.eventLog } : {}),
+  };
+}
