@@ -3,6 +3,7 @@ import { rmSync } from 'node:fs';
 import { loadConfig } from '../config/load.ts';
 import { startDaemon, type Daemon } from '../main.ts';
 import { prepareDevDir, writeAddrFile } from '../dev/dev.ts';
+import { launchSwtpm } from '../dev/swtpm.ts';
 import { SigilError } from '../errors.ts';
 
 /** Runs the daemon until SIGINT or SIGTERM, then stops it gracefully. */
@@ -37,22 +38,34 @@ export async function main(argv: string[]): Promise<void> {
 
   program
     .command('dev')
-    .description('serve the embedded default: a SoftHSM2 token, a SQLite store and a development operator CA under one data directory')
+    .description('serve the embedded default: a SoftHSM2 token, a SQLite store, a development operator CA and a swtpm as the demo builder\'s TPM, under one data directory')
     .option('-d, --data-dir <dir>', 'data directory (created when missing)', '.sigil-dev')
     .option('-l, --listen <host:port>', 'where to listen; port 0 picks a free port, written to DIR/sigild.addr', '127.0.0.1:0')
     .action(async (o: { dataDir: string; listen: string }) => {
       const dev = await prepareDevDir(o.dataDir, o.listen);
       const daemon = await startDaemon(loadConfig(dev.config));
+      // The demo builder's TPM; sigild itself never talks to it (it verifies attestation in software).
+      const tpm = await launchSwtpm(dev.swtpmState).catch(async (err: unknown) => {
+        await daemon.stop();
+        throw err;
+      });
+      writeAddrFile(dev.tpmFile, tpm.tcti);
       writeAddrFile(dev.addrFile, daemon.address);
       process.stderr.write(
         [
           `sigild dev: serving on ${daemon.address} (metrics http://${daemon.metricsAddress}/metrics)`,
           `  export SIGIL_ADDR=${daemon.address} SIGIL_CACERT=${dev.client.ca} SIGIL_CLIENT_CERT=${dev.client.adminCert} SIGIL_CLIENT_KEY=${dev.client.adminKey}`,
           '  then: npx sigilctl key create demo --alg ECDSA_P256_SHA256',
+          `demo builder TPM (swtpm): ${tpm.tcti}`,
+          `  npx sigil-agent enroll --addr ${daemon.address} --ca ${dev.client.ca} --tpm ${tpm.tcti} --policy dev`,
           '',
         ].join('\n'),
       );
-      await serveUntilSignal(daemon, () => rmSync(dev.addrFile, { force: true }));
+      await serveUntilSignal(daemon, () => {
+        rmSync(dev.addrFile, { force: true });
+        rmSync(dev.tpmFile, { force: true });
+        void tpm.stop();
+      });
     });
 
   program

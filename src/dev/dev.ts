@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { createDevCa, issueLeaf, type PemPair } from './pki.ts';
 import { initSoftHsmToken } from './softhsm.ts';
+import { prepareSwtpmState } from './swtpm.ts';
 
 /** Paths of a prepared development data directory. */
 export interface DevDir {
@@ -10,6 +11,10 @@ export interface DevDir {
   config: string;
   addrFile: string;
   client: { ca: string; adminCert: string; adminKey: string; signerCert: string; signerKey: string };
+  /** The demo builder's TPM state (swtpm), whose EK CA the `dev` attestation policy trusts. */
+  swtpmState: string;
+  /** Where `sigild dev` writes the demo TPM's transport spec for `sigil-agent --tpm`. */
+  tpmFile: string;
 }
 
 /**
@@ -35,6 +40,9 @@ export async function prepareDevDir(dirArg: string, listen: string): Promise<Dev
   await pair(join(client, 'signer.pem'), join(client, 'signer-key.pem'), () => issueLeaf(ca, { cn: 'sigil-signer', usage: 'client' }));
   writeFileSync(join(client, 'ca.pem'), ca.cert, { mode: 0o644 });
 
+  // The demo builder's TPM: a swtpm state with EK certificates from a local CA (made once, ~1 s).
+  const swtpm = await prepareSwtpmState(join(dir, 'swtpm'));
+  const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
   const config = {
     mode: 'development',
     listen,
@@ -49,6 +57,12 @@ export async function prepareDevDir(dirArg: string, listen: string): Promise<Dev
     // The identity CA's key is created in the token on first start; any attested dev builder may use dev/* keys.
     identity: { trustDomain: 'sigil.dev' },
     authorization: { builders: [{ keys: ['dev/*'], identities: [{ san: 'spiffe://sigil.dev/builder/tpm/*' }] }] },
+    // swtpm starts with PCRs 0-7 all zero; a real runner's policy pins its firmware's values or event log.
+    attestation: {
+      policies: {
+        dev: { ekCaFiles: [swtpm.caBundle], pcrs: { bank: 'sha256', select: PCRS }, golden: [Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]))] },
+      },
+    },
   };
   const configPath = join(dir, 'config.yaml');
   writeFileSync(configPath, `# written by sigild dev; edit freely, it is rewritten on the next start\n${stringify(config)}`, { mode: 0o600 });
@@ -56,6 +70,8 @@ export async function prepareDevDir(dirArg: string, listen: string): Promise<Dev
     dir,
     config: configPath,
     addrFile: join(dir, 'sigild.addr'),
+    swtpmState: swtpm.state,
+    tpmFile: join(dir, 'tpm.spec'),
     client: {
       ca: join(client, 'ca.pem'),
       adminCert: join(client, 'admin.pem'),

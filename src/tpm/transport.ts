@@ -222,7 +222,9 @@ export async function openTransport(spec: string): Promise<TpmTransport> {
   if (spec.startsWith('device:')) return openDevice(spec.slice('device:'.length));
   if (spec.startsWith('/')) return openDevice(spec);
   if (spec.startsWith('tcti:')) {
-    const { openTcti } = await import('../../native/tcti.ts');
+    // native/ sits outside src/ (and the dist/ build): the same relative path reaches it from both.
+    const nativeTcti = '../../native/tcti.ts';
+    const { openTcti } = (await import(nativeTcti)) as { openTcti(conf: string): Promise<TpmTransport> };
     return openTcti(spec.slice('tcti:'.length));
   }
   throw new SigilError('CONFIG_INVALID', `tpm transport: unknown spec ${JSON.stringify(spec)} (swtpm:, device:, tcti: or a device path)`);

@@ -2,7 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
@@ -12,6 +12,7 @@ import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
 import { createDevCa } from '../../src/dev/pki.ts';
 import { connect, rpc, type Clients } from '../../src/cli/client.ts';
 import { Attestor, builderClients, type AttestorOptions } from '../../src/cli/agent/attestor.ts';
+import { Agent, type AgentEvent } from '../../src/cli/agent/agent.ts';
 import { openTransport } from '../../src/tpm/transport.ts';
 import { Tpm } from '../../src/tpm/tpm.ts';
 import { TPM_ALG, TPMA_OBJECT } from '../../src/tpm/constants.ts';
@@ -22,6 +23,7 @@ import { SqliteStore } from '../../src/store/sqlite.ts';
 import type { BeginEnrollmentResponse, Quote } from '../../src/gen/sigil/v1/attestation.ts';
 
 const run = promisify(execFile);
+const root = new URL('../..', import.meta.url).pathname;
 const skip = missingTools('swtpm', 'swtpm_setup', 'openssl', 'softhsm');
 const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
 const ZEROS = Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]));
@@ -34,8 +36,9 @@ const LOG_EVENTS = [
 let sw: Swtpm;
 let td: TestDaemon;
 let anon: Clients;
-let now = Date.now();
-const clock = { now: () => new Date(now) };
+// The daemon's clock runs with the wall clock, shifted by `offset` when a test needs time to pass.
+let offset = 0;
+const clock = { now: () => new Date(Date.now() + offset) };
 
 const sha256 = (...parts: Buffer[]): Buffer => {
   const h = createHash('sha256');
@@ -46,8 +49,6 @@ const sha256 = (...parts: Buffer[]): Buffer => {
 before(async () => {
   if (skip) return;
   sw = await startSwtpm();
-  // The EK certificates were just issued: the test clock starts after that.
-  now = Date.now() + 1000;
   const otherCa = await createDevCa('not the ek ca');
   const { mkdtemp } = await import('node:fs/promises');
   const { tmpdir } = await import('node:os');
@@ -59,7 +60,10 @@ before(async () => {
     clock,
     extraConfig: {
       identity: { trustDomain: 'sigil.test' },
-      authorization: { builders: [{ keys: ['ci/*'], identities: [{ san: 'spiffe://sigil.test/builder/tpm/*', policy: 'ci', claims: { repository: 'acme/*' } }] }] },
+      authorization: { builders: [{ keys: ['ci/*'], identities: [
+        { san: 'spiffe://sigil.test/builder/tpm/*', policy: 'ci', claims: { repository: 'acme/*' } },
+        { san: 'spiffe://sigil.test/builder/tpm/*', policy: 'evlog', claims: { repository: 'acme/*' } },
+      ] }] },
       attestation: {
         policies: {
           ci: policy,
@@ -151,7 +155,7 @@ test('an ECC AK enrolls, signs with its builder identity, and the chain verifies
     return createHash('sha256').update(new X509Certificate(ek.cert!).publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
   });
   assert.equal(id.spiffeId, `spiffe://sigil.test/builder/tpm/${ekHash}`);
-  const lifetime = id.notAfter.getTime() - now;
+  const lifetime = id.notAfter.getTime() - clock.now().getTime();
   assert.ok(lifetime > 14 * 60_000 && lifetime <= 15 * 60_000, `lifetime ${lifetime}`);
   const dir = td.dir;
   await writeFile(join(dir, 'builder.pem'), id.certificatePem);
@@ -240,12 +244,12 @@ test('replayed and expired nonces are refused', { skip: skip ?? false }, async (
     const second = await rpc.beginEnrollment(anon, { policy: 'ci', ekCertificate: ek.cert!, ekPublic: ek.public.raw, akPublic: ak.public.raw, joinToken: '', renewal: false });
     const secret2 = await activate(tpm, ek, ak, second.credentialBlob, second.encryptedSecret);
     const q2 = await quote(tpm, ak, sha256(second.nonce, spki));
-    now += 61_000;
+    offset += 61_000;
     try {
       await refused(finish(second.nonce, secret2, q2, spki), Status.FAILED_PRECONDITION, /nonce expired/);
     } finally {
       // Certificates issued later must be valid by the wall clock too (TLS checks them with it).
-      now -= 61_000;
+      offset -= 61_000;
     }
     await tpm.flushContext(ek.handle);
     await tpm.flushContext(ak.handle);
@@ -333,12 +337,34 @@ test('a PCR changed by PCR_Extend after enrollment makes renewal fail', { skip: 
   await refused(attestor.renew(id), Status.PERMISSION_DENIED, /pcr|golden/i);
 });
 
+test('the agent renews at half-life with a fresh quote and serves signatures on its socket', { skip: skip ?? false }, async () => {
+  // PCR 7 was extended by the test before: enroll under the event-log policy, which judges PCRs 8-9.
+  const events: AgentEvent[] = [];
+  const agent = new Agent(agentOptions({ policy: 'evlog', eventLogPath: join(td.dir, 'event.log'), lifetimeSeconds: 4 }), (e) => events.push(e));
+  const sock = join(td.dir, 'agent', 'agent.sock');
+  try {
+    const first = await agent.enroll();
+    await agent.listen(sock);
+    assert.equal((await stat(sock)).mode & 0o777, 0o600);
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.deepEqual(events.map((e) => e.event), ['enrolled', 'renewed'], JSON.stringify(events));
+    assert.notEqual(agent.identity!.certificatePem, first.certificatePem);
+    const { stdout } = await run(process.execPath, [join(root, 'bin/sigil-agent.js'), 'sign', '--key', 'ci/provenance', '--file', join(root, 'README.md'), '--out', join(td.dir, 'readme.sig'), '--socket', sock]);
+    assert.match(stdout, /signed .*README\.md .* with ci\/provenance@1/);
+    const pub = await rpc.getPublicKey(td.client('signer'), { key: 'ci/provenance' });
+    await writeFile(join(td.dir, 'ci.pem'), pub.pem);
+    await run('openssl', ['dgst', '-sha256', '-verify', join(td.dir, 'ci.pem'), '-signature', join(td.dir, 'readme.sig'), join(root, 'README.md')]);
+  } finally {
+    await agent.stop();
+  }
+});
+
 test('an expired builder certificate cannot renew or sign', { skip: skip ?? false }, async () => {
   // PCR 7 was extended by the test before: enroll under the event-log policy, which judges PCRs 8-9.
   const logFile = join(td.dir, 'event.log');
   const attestor = new Attestor(agentOptions({ policy: 'evlog', eventLogPath: logFile, lifetimeSeconds: 60 }));
   const id = await attestor.enroll();
-  now += 2 * 60_000;
+  offset += 2 * 60_000;
   const c: Clients = connect({ addr: td.address, ca: td.ca, key: id.keyPem, cert: Buffer.from(id.certificatePem) });
   try {
     await assert.rejects(signAs(c, 'ci/provenance'), (e: ServiceError) => e.code === Status.UNAUTHENTICATED && /expired/.test(e.details));

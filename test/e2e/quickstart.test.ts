@@ -9,17 +9,21 @@ import { join } from 'node:path';
 import { missingTools } from '../helpers/hw.ts';
 
 const run = promisify(execFile);
-const skip = missingTools('softhsm', 'softhsm2-util', 'openssl');
+const skip = missingTools('softhsm', 'softhsm2-util', 'openssl', 'swtpm', 'swtpm_setup');
 const root = new URL('../..', import.meta.url).pathname;
 
-test("the README's first command runs the demo: create a key, sign README.md, openssl verifies", { skip: skip ?? false }, async () => {
+test("the README's first command runs the demo: sign README.md as an operator and as an attested builder, openssl verifies both", { skip: skip ?? false }, async () => {
   const dir = await mkdtemp(join(tmpdir(), 'sigil-quickstart-'));
   try {
     const r = await run('bash', [join(root, 'scripts/dev.sh'), '--exit'], { cwd: root, env: { ...process.env, SIGIL_DEV_DIR: dir }, timeout: 120_000 });
     assert.match(r.stdout, /sigild is serving on 127\.0\.0\.1:\d+/);
     assert.match(r.stdout, /signed README\.md \(\d+ bytes\) with demo\/readme@1 \(ECDSA_P256_SHA256\)/);
-    assert.match(r.stdout, /^Verified OK$/m);
+    assert.equal(r.stdout.match(/^Verified OK$/gm)?.length, 2, r.stdout);
+    // The demo builder enrolled with its swtpm and signed through sigil-agent.
+    assert.match(r.stdout, /"spiffeId": "spiffe:\/\/sigil\.dev\/builder\/tpm\/[0-9a-f]{64}"/);
+    assert.match(r.stdout, /signed README\.md \(\d+ bytes\) with dev\/provenance@1; signature written to/);
     assert.ok(!existsSync(join(dir, 'sigild.addr')), 'the daemon stopped and removed its address file');
+    assert.ok(!existsSync(join(dir, 'agent.sock')), 'the agent stopped and removed its socket');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
