@@ -1,19 +1,7 @@
-/** What the verifier keeps per enrolled EK. */
-export interface EnrollmentRecord {
-  /** Lower-case hex SHA-256 of the EK SPKI. */
-  ekHash: string;
-  /** Hex name of the trusted AK. */
-  akName: string;
-  /** The AK's TPMT_PUBLIC bytes. */
-  akPublic: Buffer;
-  /** Name of the policy the builder enrolled under. */
-  policy: string;
-  /** TPMS_CLOCK_INFO of the latest accepted quote, for monotonicity. */
-  resetCount: number;
-  restartCount: number;
-  clock: bigint;
-  updatedAt: Date;
-}
+import type { EnrollmentRecord } from '../store/store.ts';
+
+/** What the verifier keeps per enrolled EK: the AK it trusts and the clock info of its last accepted quote. */
+export type { EnrollmentRecord };
 
 /** Storage of enrollment records, one per EK (the daemon backs it with SQLite). */
 export interface EnrollmentRecords {
