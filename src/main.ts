@@ -73,7 +73,16 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   if (cfg.attestation && identity) {
     const policies = loadPolicies(cfg.attestation.policies, (f) => readFileSync(f));
     const verifier = new Verifier({ policies, clock, nonceTtlMs: cfg.attestation.nonceTtl, records: enrollmentRecords(store), log: log.child({ module: 'attest' }) });
-    attestation = { verifier, ca: identity, policies, nonceTtlMs: cfg.attestation.nonceTtl, clock, audit, metrics };
+    attestation = {
+      verifier,
+      ca: identity,
+      policies,
+      nonceTtlMs: cfg.attestation.nonceTtl,
+      clock,
+      audit,
+      metrics,
+      useJoinToken: (hash, policy) => store.useJoinToken(hash, policy, clock.now()),
+    };
   }
   let grpc: RunningServer;
   try {

@@ -48,6 +48,11 @@ export const attestationPolicySchema = z
     golden: z.array(z.record(z.string().regex(/^(0|[1-9][0-9]?)$/, 'pcr index'), hex)).min(1).optional(),
     eventLog: z.strictObject({ rules: z.array(ruleSchema).min(1) }).optional(),
     akAlgorithms: z.array(z.enum(['rsa', 'ecc'])).min(1).default(['rsa', 'ecc']),
+    /**
+     * When set, enrollment needs a one-time join token whose SHA-256 (lower-case hex) is a line of this
+     * file; the file is read at each enrollment, so tokens can be added without a restart.
+     */
+    joinTokenFile: z.string().min(1).optional(),
   })
   .superRefine((p, ctx) => {
     if (p.ekCaFiles.length === 0 && p.ekHashes.length === 0) {
@@ -118,6 +123,8 @@ export interface AttestationPolicy {
   eventLog?: { rules: EventRule[] };
   /** AK key types accepted. */
   akAlgorithms: ReadonlySet<'rsa' | 'ecc'>;
+  /** The file of accepted join-token hashes, when the policy asks for a token. */
+  joinTokenFile?: string;
 }
 
 /** Every problem found in the attestation policies, one line each, reported at once. */
@@ -203,6 +210,7 @@ export function loadPolicies(raw: unknown, readFile: (path: string) => string | 
         : {}),
       ...(cfg.eventLog !== undefined ? { eventLog: { rules: cfg.eventLog.rules.map(resolveRule) } } : {}),
       akAlgorithms: new Set(cfg.akAlgorithms),
+      ...(cfg.joinTokenFile !== undefined ? { joinTokenFile: cfg.joinTokenFile } : {}),
     });
   }
   if (problems.length > 0) throw new PolicyProblems(problems);

@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
 import { statSync, writeFileSync, readFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { Algorithm, type Key } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
@@ -160,6 +161,26 @@ export async function main(argv: string[]): Promise<void> {
       out(
         { keyVersion: res.keyVersion, algorithm: algName(res.algorithm), file: o.file, bytes: size, signature: o.out, signatureBase64: res.signature.toString('base64') },
         `signed ${o.file} (${size} bytes) with ${res.keyVersion} (${algName(res.algorithm)}); signature written to ${o.out}`,
+      );
+    });
+
+  program
+    .command('join-token')
+    .description('make one-time join tokens for an attestation policy (offline: nothing is sent to sigild)')
+    .option('--count <n>', 'how many', '1')
+    .action((o: { count: string }) => {
+      const n = Number(o.count);
+      if (!Number.isInteger(n) || n < 1 || n > 1000) throw new UsageError('--count takes 1 to 1000');
+      const tokens = Array.from({ length: n }, () => randomBytes(32).toString('base64url'));
+      const hashes = tokens.map((t) => createHash('sha256').update(t).digest('hex'));
+      out(
+        tokens.map((token, i) => ({ token, sha256: hashes[i] })),
+        [
+          '# give each runner (pool) one token, e.g. in a file for `sigil-agent enroll --join-token-file`:',
+          ...tokens,
+          "# append these lines to the policy's joinTokenFile on the daemon host:",
+          ...hashes,
+        ].join('\n'),
       );
     });
 

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import type { AttestationServer, BuilderIdentity as PbIdentity, Quote } from '../gen/sigil/v1/attestation.ts';
 import type { Logger } from '../log.ts';
 import type { Clock } from '../clock.ts';
@@ -25,6 +27,8 @@ export interface AttestationDeps {
   clock: Clock;
   audit: Logger;
   metrics: Metrics;
+  /** Spends a one-time join token by hash; false when it was spent before. */
+  useJoinToken(tokenHash: string, policy: string): boolean;
 }
 
 /**
@@ -93,7 +97,7 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
         bounded('ak_public', req.akPublic, MAX_STRUCT);
         bounded('ek_public', req.ekPublic, MAX_STRUCT);
         bounded('ek_certificate', req.ekCertificate, MAX_CERT);
-        if (req.joinToken) throw new SigilError('INVALID_ARGUMENT', 'join tokens are not enabled on this daemon');
+        checkJoinToken(d, policy, req.joinToken);
         const r = await d.verifier.begin({
           policy: policy.name,
           akPublic: req.akPublic,
@@ -122,6 +126,25 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
       });
     }),
   };
+}
+
+/** A policy with a join-token file needs a token listed there and never used before; it is spent now. */
+function checkJoinToken(d: AttestationDeps, policy: AttestationPolicy, token: string): void {
+  if (!policy.joinTokenFile) {
+    if (token) throw new SigilError('INVALID_ARGUMENT', `policy ${policy.name} takes no join token`);
+    return;
+  }
+  if (!token) throw new SigilError('PERMISSION_DENIED', `policy ${policy.name} needs a join token`);
+  if (token.length > 256) throw new SigilError('INVALID_ARGUMENT', 'join token too long');
+  const hash = createHash('sha256').update(token).digest('hex');
+  let listed: boolean;
+  try {
+    listed = readFileSync(policy.joinTokenFile, 'utf8').split('\n').some((line) => line.trim().toLowerCase() === hash);
+  } catch (err) {
+    throw new SigilError('INTERNAL', 'cannot read the join token file', { cause: err });
+  }
+  if (!listed) throw new SigilError('PERMISSION_DENIED', 'unknown join token');
+  if (!d.useJoinToken(hash, policy.name)) throw new SigilError('PERMISSION_DENIED', 'join token already used');
 }
 
 function bounded(field: string, b: Buffer, max: number): void {

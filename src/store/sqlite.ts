@@ -43,6 +43,11 @@ const MIGRATIONS: readonly string[] = [
      clock TEXT NOT NULL,
      updated_at INTEGER NOT NULL
    ) STRICT;`,
+  `CREATE TABLE join_tokens_used (
+     token_hash TEXT PRIMARY KEY,
+     policy TEXT NOT NULL,
+     used_at INTEGER NOT NULL
+   ) STRICT;`,
 ];
 
 interface EnrollmentRow {
@@ -81,7 +86,7 @@ interface CaRow {
 /** The embedded default store: one SQLite file in WAL mode, synchronous=FULL so a commit is durable. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync;
-  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'getEnrollment' | 'putEnrollment', StatementSync>;
+  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'getEnrollment' | 'putEnrollment' | 'useJoinToken', StatementSync>;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
@@ -99,6 +104,7 @@ export class SqliteStore implements Store {
       insertCa: this.#db.prepare('INSERT INTO ca_certificates (key_version, der, not_after, created_at) VALUES (?, ?, ?, ?)'),
       latestCa: this.#db.prepare('SELECT * FROM ca_certificates WHERE key_version = ? ORDER BY id DESC LIMIT 1'),
       getEnrollment: this.#db.prepare('SELECT * FROM enrollments WHERE ek_hash = ?'),
+      useJoinToken: this.#db.prepare('INSERT INTO join_tokens_used (token_hash, policy, used_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
       putEnrollment: this.#db.prepare(
         `INSERT INTO enrollments (ek_hash, ak_name, ak_public, policy, reset_count, restart_count, clock, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (ek_hash) DO UPDATE SET ak_name = excluded.ak_name, ak_public = excluded.ak_public, policy = excluded.policy,
@@ -185,6 +191,10 @@ export class SqliteStore implements Store {
       clock: BigInt(r.clock),
       updatedAt: new Date(r.updated_at),
     };
+  }
+
+  useJoinToken(tokenHash: string, policy: string, at: Date): boolean {
+    return Number(this.#q.useJoinToken.run(tokenHash, policy, at.getTime()).changes) === 1;
   }
 
   putEnrollment(rec: EnrollmentRecord): void {

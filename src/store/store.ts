@@ -71,5 +71,7 @@ export interface Store {
   getEnrollment(ekHash: string): EnrollmentRecord | null;
   /** Records (or replaces) an EK's enrollment state; durable when it returns. */
   putEnrollment(rec: EnrollmentRecord): void;
+  /** Spends a one-time join token (by its hash): true the first time, false ever after. Durable when it returns. */
+  useJoinToken(tokenHash: string, policy: string, at: Date): boolean;
   close(): void;
 }

@@ -33,6 +33,8 @@ const LOG_EVENTS = [
   { pcr: 9, type: 0x0d, data: Buffer.from('/boot/initrd.img') },
 ];
 
+const JOIN_TOKEN = randomBytes(32).toString('base64url');
+
 let sw: Swtpm;
 let td: TestDaemon;
 let anon: Clients;
@@ -56,6 +58,8 @@ before(async () => {
   const otherCaFile = join(dir, 'other-ca.pem');
   await writeFile(otherCaFile, otherCa.cert);
   const policy = { ekCaFiles: [sw.ekCaFile], pcrs: { bank: 'sha256', select: PCRS }, golden: [ZEROS] };
+  const tokenFile = join(dir, 'join-tokens');
+  await writeFile(tokenFile, `# pool ci-east\n${createHash('sha256').update(JOIN_TOKEN).digest('hex')}\n`);
   td = await startTestDaemon({
     clock,
     extraConfig: {
@@ -70,6 +74,7 @@ before(async () => {
           'wrong-ca': { ...policy, ekCaFiles: [otherCaFile] },
           allowlist: { pcrs: policy.pcrs, golden: policy.golden, ekHashes: ['ab'.repeat(32)] },
           rsa: { ...policy, akAlgorithms: ['rsa'] },
+          joined: { ...policy, joinTokenFile: tokenFile },
           evlog: {
             ekCaFiles: [sw.ekCaFile],
             pcrs: { bank: 'sha256', select: [8, 9] },
@@ -200,6 +205,15 @@ test('an EK certificate no trusted CA issued is refused', { skip: skip ?? false 
 
 test('an EK not on the allowlist is refused', { skip: skip ?? false }, async () => {
   await refused(new Attestor(agentOptions({ policy: 'allowlist' })).enroll(), Status.PERMISSION_DENIED, /not on the allowlist/);
+});
+
+test('a policy with a join-token file needs a listed token, once', { skip: skip ?? false }, async () => {
+  await refused(new Attestor(agentOptions({ policy: 'joined' })).enroll(), Status.PERMISSION_DENIED, /needs a join token/);
+  await refused(new Attestor(agentOptions({ policy: 'joined', joinToken: 'not-a-token' })).enroll(), Status.PERMISSION_DENIED, /unknown join token/);
+  const id = await new Attestor(agentOptions({ policy: 'joined', joinToken: JOIN_TOKEN })).enroll();
+  assert.match(id.spiffeId, /builder\/tpm\//);
+  await refused(new Attestor(agentOptions({ policy: 'joined', joinToken: JOIN_TOKEN })).enroll(), Status.PERMISSION_DENIED, /join token already used/);
+  await refused(new Attestor(agentOptions({ policy: 'ci', joinToken: JOIN_TOKEN })).enroll(), Status.INVALID_ARGUMENT, /takes no join token/);
 });
 
 test('an AK without restricted is refused before any credential is made', { skip: skip ?? false }, async () => {
