@@ -1,6 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { z } from 'zod';
 import { SigilError } from '../errors.ts';
+import { parseDuration } from '../config/duration.ts';
 import { TPM_ALG } from '../tpm/constants.ts';
 import { eventTypeByName, type EventRule } from './eventlog.ts';
 
@@ -53,6 +54,22 @@ export const attestationPolicySchema = z
      * file; the file is read at each enrollment, so tokens can be added without a restart.
      */
     joinTokenFile: z.string().min(1).optional(),
+    /** Lifetime of the certificates this policy's builders get (default: identity.lifetime); a runner may ask for less. */
+    // A duration string, or milliseconds (loadPolicies also runs over an already parsed config).
+    identityLifetime: z
+      .union([
+        z.number().int(),
+        z.string().transform((text, ctx) => {
+          try {
+            return parseDuration(text);
+          } catch (err) {
+            ctx.addIssue({ code: 'custom', message: (err as Error).message });
+            return z.NEVER;
+          }
+        }),
+      ])
+      .refine((ms) => ms >= 1000 && ms <= 24 * 3_600_000, 'must be between 1s and 24h')
+      .optional(),
   })
   .superRefine((p, ctx) => {
     if (p.ekCaFiles.length === 0 && p.ekHashes.length === 0) {
@@ -125,6 +142,8 @@ export interface AttestationPolicy {
   akAlgorithms: ReadonlySet<'rsa' | 'ecc'>;
   /** The file of accepted join-token hashes, when the policy asks for a token. */
   joinTokenFile?: string;
+  /** Certificate lifetime for this policy's builders, in ms, when it differs from the identity CA's default. */
+  identityLifetimeMs?: number;
 }
 
 /** Every problem found in the attestation policies, one line each, reported at once. */
@@ -211,6 +230,7 @@ export function loadPolicies(raw: unknown, readFile: (path: string) => string | 
       ...(cfg.eventLog !== undefined ? { eventLog: { rules: cfg.eventLog.rules.map(resolveRule) } } : {}),
       akAlgorithms: new Set(cfg.akAlgorithms),
       ...(cfg.joinTokenFile !== undefined ? { joinTokenFile: cfg.joinTokenFile } : {}),
+      ...(cfg.identityLifetime !== undefined ? { identityLifetimeMs: cfg.identityLifetime } : {}),
     });
   }
   if (problems.length > 0) throw new PolicyProblems(problems);

@@ -69,7 +69,7 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
       pcrDigest: a.pcrDigest,
       policy: a.policy,
       claims,
-      ...(lifetimeSeconds > 0 ? { lifetimeMs: lifetimeSeconds * 1000 } : {}),
+      ...lifetimeOf(d.policies.get(a.policy), lifetimeSeconds),
     });
     d.metrics.enrollments.inc({ kind, policy: a.policy, outcome: 'issued' });
     d.audit.info({ kind, policy: a.policy, ekHash: a.ekHash, akName: a.akName, san: cert.san, serial: cert.serial, notAfter: cert.notAfter.toISOString(), claims }, kind === 'enroll' ? 'builder enrolled' : 'builder renewed');
@@ -145,6 +145,14 @@ function checkJoinToken(d: AttestationDeps, policy: AttestationPolicy, token: st
   }
   if (!listed) throw new SigilError('PERMISSION_DENIED', 'unknown join token');
   if (!d.useJoinToken(hash, policy.name)) throw new SigilError('PERMISSION_DENIED', 'join token already used');
+}
+
+/** The lifetime to ask the CA for: the runner's wish, capped by the policy's lifetime (the CA caps it again at its maximum). */
+function lifetimeOf(policy: AttestationPolicy | undefined, requestedSeconds: number): { lifetimeMs?: number } {
+  const wanted = requestedSeconds > 0 ? requestedSeconds * 1000 : undefined;
+  const cap = policy?.identityLifetimeMs;
+  if (wanted === undefined) return cap === undefined ? {} : { lifetimeMs: cap };
+  return { lifetimeMs: cap === undefined ? wanted : Math.min(wanted, cap) };
 }
 
 function bounded(field: string, b: Buffer, max: number): void {

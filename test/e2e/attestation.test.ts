@@ -73,7 +73,7 @@ before(async () => {
           ci: policy,
           'wrong-ca': { ...policy, ekCaFiles: [otherCaFile] },
           allowlist: { pcrs: policy.pcrs, golden: policy.golden, ekHashes: ['ab'.repeat(32)] },
-          rsa: { ...policy, akAlgorithms: ['rsa'] },
+          rsa: { ...policy, akAlgorithms: ['rsa'], identityLifetime: '5m' },
           joined: { ...policy, joinTokenFile: tokenFile },
           evlog: {
             ekCaFiles: [sw.ekCaFile],
@@ -178,9 +178,12 @@ test('an ECC AK enrolls, signs with its builder identity, and the chain verifies
   assert.ok(td.logs().some((l) => l.msg === 'builder enrolled' && l.ekHash === ekHash));
 });
 
-test('an RSA AK enrolls under a policy that accepts only RSA AKs; an ECC AK is refused there', { skip: skip ?? false }, async () => {
-  const id = await new Attestor(agentOptions({ ak: 'rsa', policy: 'rsa' })).enroll();
+test('an RSA AK enrolls under a policy that accepts only RSA AKs, with its lifetime; an ECC AK is refused there', { skip: skip ?? false }, async () => {
+  const id = await new Attestor(agentOptions({ ak: 'rsa', policy: 'rsa', lifetimeSeconds: 3600 })).enroll();
   assert.match(id.spiffeId, /^spiffe:\/\/sigil\.test\/builder\/tpm\/[0-9a-f]{64}$/);
+  // The runner asked for an hour; the policy's identityLifetime (5m) caps it.
+  const lifetime = id.notAfter.getTime() - clock.now().getTime();
+  assert.ok(lifetime > 4 * 60_000 && lifetime <= 5 * 60_000, `lifetime ${lifetime}`);
   await refused(new Attestor(agentOptions({ ak: 'ecc', policy: 'rsa' })).enroll(), Status.PERMISSION_DENIED, /ak/);
 });
 
