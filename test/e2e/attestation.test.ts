@@ -6,6 +6,7 @@ import { stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import fc from 'fast-check';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
@@ -217,6 +218,44 @@ test('a policy with a join-token file needs a listed token, once', { skip: skip 
   assert.match(id.spiffeId, /builder\/tpm\//);
   await refused(new Attestor(agentOptions({ policy: 'joined', joinToken: JOIN_TOKEN })).enroll(), Status.PERMISSION_DENIED, /join token already used/);
   await refused(new Attestor(agentOptions({ policy: 'ci', joinToken: JOIN_TOKEN })).enroll(), Status.INVALID_ARGUMENT, /takes no join token/);
+});
+
+test('fuzz: mutated and random enrollment requests get clear refusals, never INTERNAL', { skip: skip ?? false }, async () => {
+  const genuine = await withTpm(async (tpm) => {
+    const ek = await readEk(tpm, 'rsa');
+    const ak = await createAk(tpm, 'ecc', ek);
+    return { ekCert: ek.cert!, ekPublic: ek.public.raw, akPublic: ak.public.raw };
+  });
+  const mutate = fc.tuple(fc.nat(), fc.integer({ min: 1, max: 255 })).map(([at, x]) => (b: Buffer): Buffer => {
+    const c = Buffer.from(b);
+    if (c.length > 0) c[at % c.length]! ^= x;
+    return c;
+  });
+  const field = (b: Buffer) => fc.oneof(fc.constant(b), fc.uint8Array({ maxLength: 600 }).map((u) => Buffer.from(u)), mutate.map((m) => m(b)), fc.nat(b.length).map((n) => b.subarray(0, n)));
+  const allowed = new Set([Status.INVALID_ARGUMENT, Status.PERMISSION_DENIED, Status.FAILED_PRECONDITION]);
+  await fc.assert(
+    fc.asyncProperty(field(genuine.ekCert), field(genuine.ekPublic), field(genuine.akPublic), async (ekCertificate, ekPublic, akPublic) => {
+      try {
+        await rpc.beginEnrollment(anon, { policy: 'ci', ekCertificate, ekPublic, akPublic, joinToken: '', renewal: false });
+      } catch (err) {
+        const e = err as ServiceError;
+        assert.ok(allowed.has(e.code), `${Status[e.code]}: ${e.details}`);
+      }
+    }),
+    { numRuns: 150 },
+  );
+  await fc.assert(
+    fc.asyncProperty(fc.uint8Array({ maxLength: 64 }), fc.uint8Array({ maxLength: 400 }), fc.uint8Array({ maxLength: 300 }), async (nonce, attest, signature) => {
+      const e = await finish(Buffer.from(nonce), randomBytes(32), { attest: Buffer.from(attest), signature: Buffer.from(signature), pcrValues: {}, eventLog: Buffer.alloc(0) }, identityKey().spki).then(
+        () => assert.fail('a random finish was accepted'),
+        (err: ServiceError) => err,
+      );
+      assert.ok(allowed.has(e.code), `${Status[e.code]}: ${e.details}`);
+    }),
+    { numRuns: 100 },
+  );
+  // The daemon still enrolls after all that.
+  await new Attestor(agentOptions()).enroll();
 });
 
 test('an AK without restricted is refused before any credential is made', { skip: skip ?? false }, async () => {
