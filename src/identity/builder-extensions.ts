@@ -1,6 +1,7 @@
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
 import { Certificate, Extension, SubjectAlternativeName, id_ce_subjectAltName } from '@peculiar/asn1-x509';
 import { SigilError } from '../errors.ts';
+import { TPM_ALG as ALG } from '../tpm/constants.ts';
 import { DerReader, derOctets, derSequence, derUint, derUtf8 } from './der.ts';
 
 /**
@@ -54,8 +55,8 @@ export interface BuilderIdentity extends BuilderAttestation {
   san: string;
 }
 
-// TPM 2.0 Part 2, 6.3 TPM_ALG_ID.
-const TPM_ALG: Readonly<Record<string, number>> = { sha1: 0x0004, sha256: 0x000b, sha384: 0x000c, sha512: 0x000d, sm3_256: 0x0012 };
+// The PCR banks a selection may name, by their lower-case TPM_ALG_ID names.
+const TPM_ALG: Readonly<Record<string, number>> = { sha1: ALG.SHA1, sha256: ALG.SHA256, sha384: ALG.SHA384, sha512: ALG.SHA512, sm3_256: ALG.SM3_256 };
 const TPM_ALG_NAME = new Map(Object.entries(TPM_ALG).map(([k, v]) => [v, k]));
 const MAX_PCR = 31;
 const MAX_CLAIMS = 32;

@@ -4,7 +4,7 @@ import { connect, rpc, type Clients } from '../client.ts';
 import type { BuilderIdentity, PcrSelection as PbPcrSelection } from '../../gen/sigil/v1/attestation.ts';
 import { openTransport } from '../../tpm/transport.ts';
 import { Tpm } from '../../tpm/tpm.ts';
-import { TPM_ALG } from '../../tpm/constants.ts';
+import { PCR_BANKS } from '../../attest/policy.ts';
 import { activate, createAk, loadAk, quoteWithPcrs, readEk, type Ak } from '../../tpm/attestation-client.ts';
 
 /** How the agent reaches sigild and its TPM, and what it asks for. */
@@ -36,8 +36,6 @@ export interface Identity {
   notBefore: Date;
   notAfter: Date;
 }
-
-const BANKS: Record<string, number> = { sha1: TPM_ALG.SHA1, sha256: TPM_ALG.SHA256, sha384: TPM_ALG.SHA384 };
 
 /**
  * Runs enrollment and renewal against sigild with a TPM. The TPM connection is opened per operation
@@ -122,9 +120,9 @@ export class Attestor {
   }
 
   async #quote(tpm: Tpm, ak: Ak, nonce: Buffer, spki: Buffer, sel: PbPcrSelection | undefined) {
-    if (!sel || !(sel.bank in BANKS)) throw new Error(`sigild asked for an unknown pcr bank ${sel?.bank ?? '(none)'}`);
+    if (!sel || !Object.hasOwn(PCR_BANKS, sel.bank)) throw new Error(`sigild asked for an unknown pcr bank ${sel?.bank ?? '(none)'}`);
     const extraData = createHash('sha256').update(nonce).update(spki).digest();
-    const q = await quoteWithPcrs(tpm, ak, extraData, [{ hash: BANKS[sel.bank]!, pcrs: [...sel.indices].sort((a, b) => a - b) }]);
+    const q = await quoteWithPcrs(tpm, ak, extraData, [{ hash: PCR_BANKS[sel.bank as keyof typeof PCR_BANKS].alg, pcrs: [...sel.indices].sort((a, b) => a - b) }]);
     const pcrValues: Record<number, Buffer> = {};
     for (const [i, v] of q.pcrValues) pcrValues[i] = v;
     const eventLog = this.#o.eventLogPath ? readFileSync(this.#o.eventLogPath) : Buffer.alloc(0);
