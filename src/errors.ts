@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'BACKEND_ERROR'
   | 'TPM_ERROR'
   | 'CONFIG_INVALID'
+  | 'AUDIT_UNAVAILABLE'
   | 'INTERNAL';
 
 /**

@@ -103,7 +103,8 @@ function pem(v: string | Buffer | undefined): Buffer | null {
 
 type Callback<Res> = (err: ServiceError | null, res: Res) => void;
 
-function promised<Res>(invoke: (md: Metadata, cb: Callback<Res>) => unknown): Promise<Res> {
+/** Calls a callback-style unary method of a generated client and returns its response as a promise. */
+export function promised<Res>(invoke: (md: Metadata, cb: Callback<Res>) => unknown): Promise<Res> {
   return new Promise((resolve, reject) => {
     invoke(new Metadata(), (err, res) => (err ? reject(err) : resolve(res)));
   });

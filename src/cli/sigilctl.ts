@@ -5,30 +5,7 @@ import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { Algorithm, type Key } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
 import { HASH_OF, hashFile } from './files.ts';
-
-const ALG_NAMES = Object.keys(Algorithm).filter((a) => a !== 'UNSPECIFIED') as Array<keyof typeof Algorithm>;
-const ALIASES: Partial<Record<string, keyof typeof Algorithm>> = {
-  P256: 'ECDSA_P256_SHA256',
-  ECDSA_P256: 'ECDSA_P256_SHA256',
-  P384: 'ECDSA_P384_SHA384',
-  ECDSA_P384: 'ECDSA_P384_SHA384',
-  RSA: 'RSA_PKCS1_SHA256',
-  RSA_PKCS1: 'RSA_PKCS1_SHA256',
-  RSA_PSS: 'RSA_PSS_SHA256',
-  PSS: 'RSA_PSS_SHA256',
-};
-class UsageError extends Error {}
-
-function parseAlg(s: string): Algorithm {
-  const n = s.toUpperCase().replaceAll('-', '_');
-  const name = (ALG_NAMES as string[]).includes(n) ? (n as keyof typeof Algorithm) : ALIASES[n];
-  if (!name) throw new UsageError(`unknown algorithm ${s}: one of ${ALG_NAMES.join(', ')}`);
-  return Algorithm[name];
-}
-
-function algName(a: number): string {
-  return ALG_NAMES.find((k) => Algorithm[k] === a) ?? `UNKNOWN(${a})`;
-}
+import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
 
 interface Globals {
   addr?: string;
@@ -183,6 +160,9 @@ export async function main(argv: string[]): Promise<void> {
         ].join('\n'),
       );
     });
+
+  const cli: CliContext = { open, out };
+  void cli; // command groups of later areas register here: registerXCommands(program, cli)
 
   const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
   for (const leaf of leaves(program)) {

@@ -85,7 +85,11 @@ export const configSchema = z.strictObject({
   auth: z.strictObject({
     roles: z.strictObject({
       admin: z.array(principalPattern).default([]),
+      /** A second admin who approves destructive acts where a key's policy asks for it. */
+      approver: z.array(principalPattern).default([]),
       signer: z.array(principalPattern).default([]),
+      /** Reads the audit log and its proofs, nothing else. */
+      auditor: z.array(principalPattern).default([]),
     }),
   }),
   store: z.strictObject({

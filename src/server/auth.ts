@@ -5,8 +5,15 @@ import { systemClock, type Clock } from '../clock.ts';
 import { parseBuilderExtensions, type BuilderIdentity } from '../identity/builder-extensions.ts';
 import { globToRegExp } from '../identity/glob.ts';
 
-/** The roles a client certificate can carry. */
-export type Role = 'admin' | 'signer' | 'builder';
+/**
+ * The roles a client certificate can carry: `admin` manages keys and identities, `approver` confirms
+ * another admin's destructive acts, `signer` signs, `builder` (identity CA certificates only) signs with
+ * the keys granted to it, `auditor` reads the audit log.
+ */
+export type Role = 'admin' | 'approver' | 'signer' | 'builder' | 'auditor';
+
+/** Every role, for tables and tests. */
+export const ROLES: readonly Role[] = ['admin', 'approver', 'signer', 'builder', 'auditor'];
 
 /** The roles that config maps from operator-CA certificates; `builder` comes only from the identity CA. */
 export type OperatorRole = Exclude<Role, 'builder'>;

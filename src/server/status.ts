@@ -18,6 +18,8 @@ export const STATUS_OF = {
   BACKEND_ERROR: Status.INTERNAL,
   TPM_ERROR: Status.INTERNAL,
   CONFIG_INVALID: Status.FAILED_PRECONDITION,
+  // Fail closed: the act was refused because its audit entry could not be made durable.
+  AUDIT_UNAVAILABLE: Status.UNAVAILABLE,
   INTERNAL: Status.INTERNAL,
 } as const satisfies Record<ErrorCode, Status>;
 
@@ -35,7 +37,7 @@ export interface WireError {
  */
 export function toWireError(err: unknown, log: Logger, rpc: string): WireError {
   if (err instanceof SigilError) {
-    if (err.code === 'BACKEND_ERROR' || err.code === 'TPM_ERROR' || err.code === 'INTERNAL' || err.code === 'BACKEND_UNAVAILABLE') {
+    if (err.code === 'BACKEND_ERROR' || err.code === 'TPM_ERROR' || err.code === 'INTERNAL' || err.code === 'BACKEND_UNAVAILABLE' || err.code === 'AUDIT_UNAVAILABLE') {
       log.error({ err, rpc }, 'request failed in a backend');
     } else if (err.code === 'UNAUTHENTICATED' || err.code === 'PERMISSION_DENIED') {
       // Refusals are security events: always logged, with the reason (never with secrets).

@@ -24,8 +24,11 @@ export interface TestDaemon {
   address: string;
   token: TempToken;
   ca: string;
-  /** Files of each client identity: `admin` (role admin), `signer` (role signer), `nobody` (trusted, no role), `outsider` (another CA). */
-  ids: Record<'admin' | 'signer' | 'nobody' | 'outsider', Identity>;
+  /**
+   * Files of each client identity: `admin` and `admin2` (role admin), `approver` and `approver2` (role approver),
+   * `signer` (role signer), `auditor` (role auditor), `nobody` (trusted, no role), `outsider` (another CA).
+   */
+  ids: Record<'admin' | 'admin2' | 'approver' | 'approver2' | 'signer' | 'auditor' | 'nobody' | 'outsider', Identity>;
   /** Every log line the daemon wrote so far, parsed. */
   logs(): Array<Record<string, unknown>>;
   /** The config file the daemon runs with, for starting it as a subprocess too. */
@@ -54,7 +57,11 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
   const server = await writePair(dir, 'server', await issueLeaf(ca, { cn: 'sigild', usage: 'server', dns: ['localhost'], ips: ['127.0.0.1'] }));
   const ids = {
     admin: await writePair(dir, 'admin', await issueLeaf(ca, { cn: 'test-admin', usage: 'client' })),
+    admin2: await writePair(dir, 'admin2', await issueLeaf(ca, { cn: 'test-admin-2', usage: 'client' })),
+    approver: await writePair(dir, 'approver', await issueLeaf(ca, { cn: 'test-approver', usage: 'client' })),
+    approver2: await writePair(dir, 'approver2', await issueLeaf(ca, { cn: 'test-approver-2', usage: 'client' })),
     signer: await writePair(dir, 'signer', await issueLeaf(ca, { cn: 'ci-signer-1', usage: 'client' })),
+    auditor: await writePair(dir, 'auditor', await issueLeaf(ca, { cn: 'test-auditor', usage: 'client' })),
     nobody: await writePair(dir, 'nobody', await issueLeaf(ca, { cn: 'nobody', usage: 'client' })),
     outsider: await writePair(dir, 'outsider', await issueLeaf(other, { cn: 'test-admin', usage: 'client' })),
   };
@@ -63,7 +70,7 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
     listen: '127.0.0.1:0',
     metrics: { listen: '127.0.0.1:0' },
     tls: { certFile: server.cert, keyFile: server.key, clientCaFile: caFile },
-    auth: { roles: { admin: ['cn:test-admin'], signer: ['cn:ci-signer-*'] } },
+    auth: { roles: { admin: ['cn:test-admin', 'cn:test-admin-2'], approver: ['cn:test-approver', 'cn:test-approver-2'], signer: ['cn:ci-signer-*'], auditor: ['cn:test-auditor'] } },
     store: { sqlite: { path: join(dir, 'sigil.db') } },
     backends: { softhsm: token.config },
     defaultBackend: 'softhsm',

@@ -1,0 +1,38 @@
+import { Algorithm } from '../../gen/sigil/v1/signer.ts';
+import type { Clients } from '../client.ts';
+
+/** Algorithm names as the contract spells them. */
+export const ALG_NAMES = Object.keys(Algorithm).filter((a) => a !== 'UNSPECIFIED') as Array<keyof typeof Algorithm>;
+const ALIASES: Partial<Record<string, keyof typeof Algorithm>> = {
+  P256: 'ECDSA_P256_SHA256',
+  ECDSA_P256: 'ECDSA_P256_SHA256',
+  P384: 'ECDSA_P384_SHA384',
+  ECDSA_P384: 'ECDSA_P384_SHA384',
+  RSA: 'RSA_PKCS1_SHA256',
+  RSA_PKCS1: 'RSA_PKCS1_SHA256',
+  RSA_PSS: 'RSA_PSS_SHA256',
+  PSS: 'RSA_PSS_SHA256',
+};
+/** A mistake in the command line: exit code 2. */
+export class UsageError extends Error {}
+
+/** An algorithm name or alias (P256, RSA, PSS, ...) to the contract enum. */
+export function parseAlg(s: string): Algorithm {
+  const n = s.toUpperCase().replaceAll('-', '_');
+  const name = (ALG_NAMES as string[]).includes(n) ? (n as keyof typeof Algorithm) : ALIASES[n];
+  if (!name) throw new UsageError(`unknown algorithm ${s}: one of ${ALG_NAMES.join(', ')}`);
+  return Algorithm[name];
+}
+
+/** The contract name of an algorithm enum value. */
+export function algName(a: number): string {
+  return ALG_NAMES.find((k) => Algorithm[k] === a) ?? `UNKNOWN(${a})`;
+}
+
+/** What a group of sigilctl commands needs: clients (opened on first use) and output in the chosen format. */
+export interface CliContext {
+  /** Clients over one channel, authenticated with the global --cert/--key. */
+  open(): Clients;
+  /** Writes `json` with `--output json`, `text` otherwise. */
+  out(json: unknown, text: string): void;
+}
