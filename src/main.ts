@@ -14,6 +14,9 @@ import { Verifier } from './attest/verifier.ts';
 import { loadPolicies } from './attest/policy.ts';
 import type { EnrollmentRecords } from './attest/enrollment-records.ts';
 import type { Store } from './store/store.ts';
+import { loggingSink } from './audit/audit-sink.ts';
+import { Revocations } from './revocation/revocations.ts';
+import { TRUST_ROOT_KEY, TrustedRootPublisher } from './revocation/trusted-root-publisher.ts';
 
 /** A running sigild: its address, and how to stop it. */
 export interface Daemon {
@@ -24,6 +27,8 @@ export interface Daemon {
   keys: KeyService;
   /** The identity CA, when the config has an `identity` section (the attestation service issues through it). */
   identity: IdentityCa | null;
+  /** Revoked identities and builders, and the CRL. */
+  revocations: Revocations;
   stop(): Promise<void>;
 }
 
@@ -44,6 +49,10 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     clock,
   });
   let identity: IdentityCa | null = null;
+  let trustedRoot: TrustedRootPublisher;
+  let grpcAddress = cfg.listen;
+  // Until the audit log lands, revocations are audited to the audit channel only.
+  const sink = loggingSink(audit);
   try {
     // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
     await backends.get(cfg.defaultBackend);
@@ -62,17 +71,26 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
         maxLifetimeMs: cfg.identity.maxLifetime,
       });
     }
+    trustedRoot = await TrustedRootPublisher.open({
+      keys,
+      log: log.child({ module: 'revocation' }),
+      identityCa: identity ? () => identity!.caCertificateDer() : null,
+      // The log is read over the daemon's own gRPC address, known once it listens.
+      auditLog: { key: 'sigil/audit', baseUrl: () => `https://${grpcAddress}` },
+      reservedKeys: identity ? [identity.keyName, 'sigil/audit'] : ['sigil/audit'],
+    });
   } catch (err) {
     await backends.closeAll();
     store.close();
     throw err;
   }
   const metrics = new Metrics();
+  const revocations = new Revocations({ store, sink, clock, log: log.child({ module: 'revocation' }), ca: identity });
   const [host] = splitHostPort(cfg.listen);
   let attestation: AttestationDeps | null = null;
   if (cfg.attestation && identity) {
     const policies = loadPolicies(cfg.attestation.policies, (f) => readFileSync(f));
-    const verifier = new Verifier({ policies, clock, nonceTtlMs: cfg.attestation.nonceTtl, records: enrollmentRecords(store), log: log.child({ module: 'attest' }) });
+    const verifier = new Verifier({ policies, clock, nonceTtlMs: cfg.attestation.nonceTtl, records: enrollmentRecords(store), log: log.child({ module: 'attest' }), refuse: (ek, ak) => revocations.refuseEnrollment(ek, ak) });
     attestation = {
       verifier,
       ca: identity,
@@ -92,8 +110,9 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       roles: cfg.auth.roles,
       identityCaPem: identity?.caCertificatePem() ?? null,
       builders: cfg.authorization.builders,
-      reservedKeys: identity ? [identity.keyName] : [],
+      reservedKeys: [...(identity ? [identity.keyName] : []), TRUST_ROOT_KEY],
       attestation,
+      revocation: { revocations, trustedRoot },
       clock,
       keys,
       log: log.child({ module: 'server' }),
@@ -110,10 +129,12 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   let metricsAddress: string | null = null;
   if (cfg.metrics) {
     const [mh, mp] = splitHostPort(cfg.metrics.listen);
-    metricsServer = await serveMetrics(metrics, mh, mp);
+    metricsServer = await serveMetrics(metrics, mh, mp, { crl: identity ? () => revocations.crl() : null, trustedRoot: () => trustedRoot.current() });
     metricsAddress = `${mh}:${metricsServer.port}`;
   }
   const address = `${host}:${grpc.port}`;
+  grpcAddress = address;
+  revocations.start();
   log.info({ address, metrics: metricsAddress, mode: cfg.mode, backends: backends.names() }, 'sigild serving');
   let stopping: Promise<void> | null = null;
   return {
@@ -121,8 +142,10 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     metricsAddress,
     keys,
     identity,
+    revocations,
     stop: () =>
       (stopping ??= (async () => {
+        revocations.stop();
         await grpc.stop();
         metricsServer?.server.close();
         await backends.closeAll();

@@ -38,6 +38,8 @@ export interface VerifierOptions {
   maxPending?: number;
   records: EnrollmentRecords;
   log?: Logger;
+  /** Why this EK (and AK) may not enroll or renew (it was revoked), or null; checked at every step. */
+  refuse?: (ekHash: string, akName: string) => string | null;
 }
 
 /** Input of `Verifier.begin`: the EK (certificate DER and/or TPMT_PUBLIC) and the AK TPMT_PUBLIC. */
@@ -98,8 +100,10 @@ export class Verifier {
   readonly #records: EnrollmentRecords;
   readonly #nonces: NonceStore<Pending>;
   readonly #log: Logger | undefined;
+  readonly #refuse: (ekHash: string, akName: string) => string | null;
 
   constructor(opts: VerifierOptions) {
+    this.#refuse = opts.refuse ?? (() => null);
     this.#policies = opts.policies;
     this.#clock = opts.clock;
     this.#records = opts.records;
@@ -119,6 +123,7 @@ export class Verifier {
     const ek = trustEk({ ...(req.ekCert ? { ekCert: req.ekCert } : {}), ...(req.ekPublic ? { ekPublic: req.ekPublic } : {}) }, policy, this.#clock.now());
     const ak = parsePublic(req.akPublic);
     checkAk(ak, policy.akAlgorithms);
+    this.#checkRevoked(ek.ekHash, objectName(ak).toString('hex'));
     const secret = randomBytes(SECRET_BYTES);
     const cred = makeCredential(ek.ekPublic, objectName(ak), secret);
     const nonce = this.#nonces.issue({ kind: 'enroll', policy: policy.name, ekHash: ek.ekHash, ak, secret });
@@ -139,6 +144,7 @@ export class Verifier {
   async renewChallenge(req: { ekHash: string; akName: string }): Promise<Buffer> {
     const rec = await this.#records.get(req.ekHash);
     if (rec === undefined || rec.akName !== req.akName.toLowerCase()) deny('no enrollment for this ek and ak');
+    this.#checkRevoked(rec.ekHash, rec.akName);
     const policy = this.#policy(rec.policy);
     const ak = parsePublic(rec.akPublic);
     // The policy may have changed since enrollment; the AK must still pass it.
@@ -155,7 +161,14 @@ export class Verifier {
     return this.#accept(p, req, rec);
   }
 
+  #checkRevoked(ekHash: string, akName: string): void {
+    const why = this.#refuse(ekHash, akName);
+    if (why !== null) deny(why);
+  }
+
   async #accept(p: Pending, ev: QuoteEvidence, known: EnrollmentRecord | undefined): Promise<Attestation> {
+    // Revoked between the challenge and the answer: refused before anything is recorded.
+    this.#checkRevoked(p.ekHash, objectName(p.ak).toString('hex'));
     const policy = this.#policy(p.policy);
     const spki = Buffer.from(ev.identitySpki);
     try {

@@ -31,6 +31,19 @@ import {
   type RenewRequest,
   type RenewResponse,
 } from '../gen/sigil/v1/attestation.ts';
+import {
+  RevocationClient,
+  type GetCrlRequest,
+  type GetCrlResponse,
+  type GetTrustedRootRequest,
+  type GetTrustedRootResponse,
+  type ListRevocationsRequest,
+  type ListRevocationsResponse,
+  type RevokeBuilderRequest,
+  type RevokeBuilderResponse,
+  type RevokeIdentityRequest,
+  type RevokeIdentityResponse,
+} from '../gen/sigil/v1/revocation.ts';
 
 /** Where and how to reach sigild. */
 export interface ConnectOptions {
@@ -49,6 +62,7 @@ export interface Clients {
   signer: SignerClient;
   admin: AdminClient;
   attestation: AttestationClient;
+  revocation: RevocationClient;
   close(): void;
 }
 
@@ -84,11 +98,14 @@ export function connect(o: ConnectOptions): Clients {
   const signer = new SignerClient(o.addr, creds, options);
   const admin = new AdminClient(o.addr, creds, options);
   const attestation = new AttestationClient(o.addr, creds, options);
+  const revocation = new RevocationClient(o.addr, creds, options);
   return {
     signer,
     admin,
     attestation,
+    revocation,
     close: () => {
+      revocation.close();
       signer.close();
       admin.close();
       attestation.close();
@@ -123,4 +140,9 @@ export const rpc = {
   beginEnrollment: (c: Clients, r: BeginEnrollmentRequest) => promised<BeginEnrollmentResponse>((md, cb) => c.attestation.beginEnrollment(r, md, cb)),
   finishEnrollment: (c: Clients, r: FinishEnrollmentRequest) => promised<FinishEnrollmentResponse>((md, cb) => c.attestation.finishEnrollment(r, md, cb)),
   renew: (c: Clients, r: RenewRequest) => promised<RenewResponse>((md, cb) => c.attestation.renew(r, md, cb)),
+  revokeIdentity: (c: Clients, r: RevokeIdentityRequest) => promised<RevokeIdentityResponse>((md, cb) => c.revocation.revokeIdentity(r, md, cb)),
+  revokeBuilder: (c: Clients, r: RevokeBuilderRequest) => promised<RevokeBuilderResponse>((md, cb) => c.revocation.revokeBuilder(r, md, cb)),
+  listRevocations: (c: Clients, r: ListRevocationsRequest) => promised<ListRevocationsResponse>((md, cb) => c.revocation.listRevocations(r, md, cb)),
+  getCrl: (c: Clients, r: GetCrlRequest) => promised<GetCrlResponse>((md, cb) => c.revocation.getCrl(r, md, cb)),
+  getTrustedRoot: (c: Clients, r: GetTrustedRootRequest) => promised<GetTrustedRootResponse>((md, cb) => c.revocation.getTrustedRoot(r, md, cb)),
 };

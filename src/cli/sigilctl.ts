@@ -6,6 +6,7 @@ import { Algorithm, type Key } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
 import { HASH_OF, hashFile } from './files.ts';
 import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
+import { registerRevocationCommands } from './commands/revocation.ts';
 
 interface Globals {
   addr?: string;
@@ -162,7 +163,7 @@ export async function main(argv: string[]): Promise<void> {
     });
 
   const cli: CliContext = { open, out };
-  void cli; // command groups of later areas register here: registerXCommands(program, cli)
+  registerRevocationCommands(program, cli);
 
   const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
   for (const leaf of leaves(program)) {

@@ -64,7 +64,7 @@ const OID_CN = '2.5.4.3';
 /** What the identity CA needs: the key service it signs through, the store for its certificate, and settings. */
 export interface IdentityCaOptions {
   keys: KeyService;
-  store: Pick<Store, 'insertCaCertificate' | 'latestCaCertificate'>;
+  store: Pick<Store, 'insertCaCertificate' | 'latestCaCertificate' | 'insertIssuedCertificate'>;
   clock: Clock;
   log: Logger;
   /** Where issuances are recorded; `log` when absent. */
@@ -97,7 +97,7 @@ export interface IssuedCertificate {
   certificatePem: string;
   notBefore: Date;
   notAfter: Date;
-  /** The serial number, lower-case hex of the 128-bit value. */
+  /** The serial number, lower-case hex of the 128-bit value (32 digits, leading zeros kept). */
   serial: string;
   /** The builder's SPIFFE id (the certificate's URI SAN). */
   san: string;
@@ -111,6 +111,7 @@ export interface IssuedCertificate {
  */
 export class IdentityCa {
   readonly #keys: KeyService;
+  readonly #store: IdentityCaOptions['store'];
   readonly #clock: Clock;
   readonly #audit: Logger;
   readonly #trustDomain: string;
@@ -126,6 +127,7 @@ export class IdentityCa {
 
   private constructor(o: IdentityCaOptions, key: KeyRecord, caDer: Buffer, lifetime: number, maxLifetime: number) {
     this.#keys = o.keys;
+    this.#store = o.store;
     this.#clock = o.clock;
     this.#audit = o.audit ?? o.log;
     this.#trustDomain = o.trustDomain;
@@ -203,6 +205,43 @@ export class IdentityCa {
     return Buffer.from(this.#caDer);
   }
 
+  /** The CA certificate's subject, DER: the issuer of every certificate and CRL this CA signs. */
+  subjectDer(): Buffer {
+    return Buffer.from(AsnConvert.serialize(this.#caName));
+  }
+
+  /** The CA key's identifier (RFC 7093 method 1), for authority key identifier extensions. */
+  keyIdentifier(): Buffer {
+    return Buffer.from(this.#caKeyId);
+  }
+
+  /** The CA certificate's notBefore and notAfter. */
+  validity(): { notBefore: Date; notAfter: Date } {
+    const v = AsnConvert.parse(this.#caDer, Certificate).tbsCertificate.validity;
+    return { notBefore: v.notBefore.getTime(), notAfter: v.notAfter.getTime() };
+  }
+
+  /** The DER AlgorithmIdentifier of the CA key's signatures (RFC 5758, 4055, 8410). */
+  signatureAlgorithmDer(): Buffer {
+    const sa = SIGNATURE_ALGORITHM[this.#algorithm];
+    return Buffer.from(AsnConvert.serialize(new AlgorithmIdentifier(sa.nullParams ? { algorithm: sa.oid, parameters: null } : { algorithm: sa.oid })));
+  }
+
+  /**
+   * Signs a DER to-be-signed structure (a TBSCertList, RFC 5280 5.1) with the CA key through the key
+   * service; returns the signature value as it goes into the BIT STRING.
+   */
+  async signTbs(tbsDer: Buffer): Promise<Buffer> {
+    const hash = ALGORITHM_INFO[this.#algorithm as Algorithm].hash;
+    const input = hash === null ? { message: tbsDer } : { digest: createHash(hash).update(tbsDer).digest() };
+    return (await this.#keys.sign(this.#keyVersion, input)).signature;
+  }
+
+  /** The CA's public key, to check what `signTbs` produced. */
+  publicKey(): KeyObject {
+    return this.#caPublicKey;
+  }
+
   /** The CA certificate, PEM: what verifiers and the TLS layer trust. */
   caCertificatePem(): string {
     return toPem(this.#caDer);
@@ -242,6 +281,8 @@ export class IdentityCa {
     });
     // Check what the backend signed before handing it out: a wrong signature would fail far from here.
     if (!new X509Certificate(der).verify(this.#caPublicKey)) throw new SigilError('BACKEND_ERROR', 'the identity ca key made a signature that does not verify');
+    // Recorded before it leaves, so an admin can revoke it by serial and the CRL knows its notAfter.
+    this.#store.insertIssuedCertificate({ serial: BigInt(`0x${serial.hex}`).toString(16), ekHash: att.ekHash, san, notAfter: truncateMs(notAfter), issuedAt: this.#clock.now() });
     this.#audit.info({ serial: serial.hex, san, policy: att.policy, ekHash: att.ekHash, claims: att.claims, notAfter: truncateMs(notAfter) }, 'builder certificate issued');
     return { certificateDer: der, certificatePem: toPem(der), notBefore: truncateMs(notBefore), notAfter: truncateMs(notAfter), serial: serial.hex, san };
   }

@@ -29,7 +29,12 @@ export interface Principal {
   notAfter: number;
   /** What the identity CA certified, for a builder certificate. */
   builder?: BuilderIdentity;
+  /** The certificate serial, lower-case hex without leading zeros (builder certificates). */
+  serial?: string;
 }
+
+/** Why a builder principal must be refused now (its certificate or TPM was revoked), or null. */
+export type RevocationCheck = (p: Principal & { builder: BuilderIdentity; serial: string }) => string | null;
 
 /** What auth needs of a call: the verified peer certificate, or why there is none. */
 export interface AuthCall {
@@ -41,6 +46,8 @@ export interface AuthOptions {
   /** The identity CA certificate (DER); without it no certificate gets the builder role. */
   identityCa?: Buffer | undefined;
   clock?: Clock;
+  /** Run on every call of a builder, after the principal cache: revocation takes effect on the next request. */
+  revoked?: RevocationCheck | undefined;
 }
 
 type Matcher = (c: PeerCertificate, names: { dns: string[]; uri: string[]; subject: string; fingerprint: string }) => boolean;
@@ -63,6 +70,7 @@ export class Authenticator {
   readonly #cache = new Map<string, Principal>();
   readonly #identityCa: X509Certificate | null;
   readonly #clock: Clock;
+  readonly #revoked: RevocationCheck | null;
 
   constructor(roles: Partial<Record<OperatorRole, readonly string[]>>, opts: AuthOptions = {}) {
     for (const role of Object.keys(roles) as OperatorRole[]) {
@@ -70,6 +78,7 @@ export class Authenticator {
     }
     this.#identityCa = opts.identityCa ? new X509Certificate(opts.identityCa) : null;
     this.#clock = opts.clock ?? systemClock;
+    this.#revoked = opts.revoked ?? null;
   }
 
   /** The principal of a call, or UNAUTHENTICATED when the call carries no trusted, valid client certificate. */
@@ -90,6 +99,11 @@ export class Authenticator {
     }
     // TLS checked the validity at the handshake; a long-lived connection may outlast the certificate.
     if (this.#clock.now().getTime() > p.notAfter) throw new SigilError('UNAUTHENTICATED', 'client certificate expired');
+    // Not cached: a revocation must reach connections that are already open.
+    if (p.builder !== undefined && this.#revoked !== null) {
+      const why = this.#revoked(p as Principal & { builder: BuilderIdentity; serial: string });
+      if (why !== null) throw new SigilError('UNAUTHENTICATED', why);
+    }
     return p;
   }
 
@@ -108,7 +122,8 @@ export class Authenticator {
     const notAfter = Date.parse(cert.valid_to);
     if (this.#issuedByIdentityCa(cert)) {
       try {
-        return { subject, fingerprint, notAfter, roles: new Set<Role>(['builder']), builder: parseBuilderExtensions(cert.raw) };
+        const serial = new X509Certificate(cert.raw).serialNumber.toLowerCase().replace(/^0+/, '');
+        return { subject, fingerprint, notAfter, roles: new Set<Role>(['builder']), builder: parseBuilderExtensions(cert.raw), serial };
       } catch {
         // Only sigil issues from this CA, so this cannot happen short of a bug: no role at all.
         return { subject, fingerprint, notAfter, roles: new Set<Role>() };

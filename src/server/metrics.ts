@@ -45,9 +45,39 @@ export class Metrics {
   }
 }
 
-/** A plain HTTP endpoint serving `/metrics` (and later public documents such as CRLs). */
-export async function serveMetrics(metrics: Metrics, host: string, port: number): Promise<{ server: HttpServer; port: number }> {
+/** Public documents the metrics port serves by plain HTTP GET. */
+export interface PublicDocuments {
+  /** The identity CA's CRL, or null when there is none. */
+  crl: (() => Promise<{ der: Buffer; pem: string }>) | null;
+  /** The signed trusted root, or null when there is none. */
+  trustedRoot: (() => Promise<{ json: Buffer; signature: Buffer }>) | null;
+}
+
+// Path -> content type and body of a public document.
+const DOCUMENTS: Readonly<Record<string, { type: string; body: (d: PublicDocuments) => Promise<Buffer | string> | null }>> = {
+  '/crl': { type: 'application/pkix-crl', body: (d) => d.crl?.().then((c) => c.der) ?? null },
+  '/crl.pem': { type: 'application/x-pem-file', body: (d) => d.crl?.().then((c) => c.pem) ?? null },
+  '/trusted-root.json': { type: 'application/json', body: (d) => d.trustedRoot?.().then((r) => r.json) ?? null },
+  '/trusted-root.json.sig': { type: 'application/octet-stream', body: (d) => d.trustedRoot?.().then((r) => r.signature) ?? null },
+};
+
+/** A plain HTTP endpoint serving `/metrics` and the public documents: `/crl`, `/crl.pem`, `/trusted-root.json(.sig)`. */
+export async function serveMetrics(metrics: Metrics, host: string, port: number, docs: PublicDocuments = { crl: null, trustedRoot: null }): Promise<{ server: HttpServer; port: number }> {
   const server = createServer((req, res) => {
+    const doc = req.method === 'GET' && req.url !== undefined && Object.hasOwn(DOCUMENTS, req.url) ? DOCUMENTS[req.url]! : null;
+    const body = doc?.body(docs) ?? null;
+    if (doc && body) {
+      body.then(
+        (b) => {
+          res.writeHead(200, { 'content-type': doc.type, 'cache-control': 'no-cache' });
+          res.end(b);
+        },
+        () => {
+          res.writeHead(503, { 'content-type': 'text/plain' }).end('unavailable\n');
+        },
+      );
+      return;
+    }
     if (req.method === 'GET' && req.url === '/metrics') {
       metrics.registry.metrics().then(
         (body) => {

@@ -9,6 +9,8 @@ import { SignerService } from '../gen/sigil/v1/signer.ts';
 import { AdminService } from '../gen/sigil/v1/admin.ts';
 import { AttestationService } from '../gen/sigil/v1/attestation.ts';
 import { attestationService, type AttestationDeps } from './attestation-service.ts';
+import { RevocationService } from '../gen/sigil/v1/revocation.ts';
+import { revocationService, type RevocationDeps } from './revocation-service.ts';
 import { SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { KeyService } from '../keys/key-service.ts';
@@ -38,6 +40,8 @@ export interface ServerOptions {
   clock?: Clock;
   /** TPM enrollment of builders, when attestation is configured. */
   attestation?: AttestationDeps | null;
+  /** Revocation acts, revoked-builder checks on every call, CRL and trusted root. */
+  revocation?: RevocationDeps | null;
   keys: KeyService;
   log: Logger;
   audit: Logger;
@@ -67,23 +71,30 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     maxSendMessageBytes: 16 * 1024 * 1024,
     onError: (err) => o.log.error({ err }, 'grpc server error'),
   });
-  const auth = new Authenticator(o.roles, { identityCa: identityCa ? new X509Certificate(identityCa).raw : undefined, clock: o.clock });
+  const revocations = o.revocation?.revocations;
+  const auth = new Authenticator(o.roles, {
+    identityCa: identityCa ? new X509Certificate(identityCa).raw : undefined,
+    clock: o.clock,
+    revoked: revocations ? (p) => revocations.refuseBuilder({ serial: p.serial, ekHash: p.builder.ekHash, akName: p.builder.akName, subject: p.subject }) : undefined,
+  });
   const ctx = { auth, metrics: o.metrics, log: o.log };
   const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys: o.reservedKeys ?? [] };
   server.addService(SignerService, signerService(ctx, o.keys, o.limits, access) as unknown as UntypedServiceImplementation);
   server.addService(AdminService, adminService(ctx, o.keys, o.audit) as unknown as UntypedServiceImplementation);
   if (o.attestation) server.addService(AttestationService, attestationService(ctx, o.attestation) as unknown as UntypedServiceImplementation);
+  if (o.revocation) server.addService(RevocationService, revocationService(ctx, o.revocation) as unknown as UntypedServiceImplementation);
 
   const health = new HealthImplementation({
     '': 'SERVING',
     'sigil.v1.Signer': 'SERVING',
     'sigil.v1.Admin': 'SERVING',
     ...(o.attestation ? { 'sigil.v1.Attestation': 'SERVING' } : {}),
+    ...(o.revocation ? { 'sigil.v1.Revocation': 'SERVING' } : {}),
   });
   // HealthImplementation only calls addService, which GrpcH2Server provides with grpc-js's signature.
   health.addToServer(server as unknown as Server);
 
-  const pkg = loadSync(['sigil/v1/signer.proto', 'sigil/v1/admin.proto', ...(o.attestation ? ['sigil/v1/attestation.proto'] : [])], { includeDirs: [PROTO_DIR] });
+  const pkg = loadSync(['sigil/v1/signer.proto', 'sigil/v1/admin.proto', ...(o.attestation ? ['sigil/v1/attestation.proto'] : []), ...(o.revocation ? ['sigil/v1/revocation.proto'] : [])], { includeDirs: [PROTO_DIR] });
   new ReflectionService(pkg).addToServer({
     addService: (def: ServiceDefinition, impl: UntypedServiceImplementation) => server.addService(def, adminOnlyStreams(impl, auth, o.log)),
   });

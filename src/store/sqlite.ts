@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.ts';
 import type { Algorithm } from '../signers/signer.ts';
-import type { CaCertificateRecord, EnrollmentRecord, KeyRecord, KeyVersionRecord, KeyVersionState, Store } from './store.ts';
+import type { CaCertificateRecord, EnrollmentRecord, IssuedCertificateRecord, KeyRecord, KeyVersionRecord, KeyVersionState, RevokedBuilderRecord, RevokedIdentityRecord, Store } from './store.ts';
 
 // Numbered migrations; the store applies those above `PRAGMA user_version` in one transaction each.
 const MIGRATIONS: readonly string[] = [
@@ -48,6 +48,36 @@ const MIGRATIONS: readonly string[] = [
      policy TEXT NOT NULL,
      used_at INTEGER NOT NULL
    ) STRICT;`,
+  // Migration 5 (key lifecycle) lands from the h-lifecycle branch; this comment-only placeholder keeps the numbering.
+  `-- migration 5: key lifecycle (placeholder in this branch)`,
+  // Migration 6: revocation. not_after and ek_hash of a revoked identity are null when not known.
+  `CREATE TABLE issued_certificates (
+     serial TEXT PRIMARY KEY,
+     ek_hash TEXT NOT NULL,
+     san TEXT NOT NULL,
+     not_after INTEGER NOT NULL,
+     issued_at INTEGER NOT NULL
+   ) STRICT;
+   CREATE TABLE revoked_identities (
+     serial TEXT PRIMARY KEY,
+     reason TEXT NOT NULL,
+     revoked_at INTEGER NOT NULL,
+     revoked_by TEXT NOT NULL,
+     not_after INTEGER,
+     ek_hash TEXT
+   ) STRICT;
+   CREATE TABLE revoked_builders (
+     ek_hash TEXT NOT NULL,
+     ak_name TEXT NOT NULL, -- '' when the whole TPM is revoked
+     reason TEXT NOT NULL,
+     revoked_at INTEGER NOT NULL,
+     revoked_by TEXT NOT NULL,
+     PRIMARY KEY (ek_hash, ak_name)
+   ) STRICT;
+   CREATE TABLE crl_numbers (
+     id INTEGER PRIMARY KEY CHECK (id = 1),
+     last INTEGER NOT NULL
+   ) STRICT;`,
 ];
 
 interface EnrollmentRow {
@@ -76,6 +106,28 @@ interface VersionRow {
   spki: Uint8Array;
   created_at: number;
 }
+interface IssuedRow {
+  serial: string;
+  ek_hash: string;
+  san: string;
+  not_after: number;
+  issued_at: number;
+}
+interface RevokedIdentityRow {
+  serial: string;
+  reason: string;
+  revoked_at: number;
+  revoked_by: string;
+  not_after: number | null;
+  ek_hash: string | null;
+}
+interface RevokedBuilderRow {
+  ek_hash: string;
+  ak_name: string;
+  reason: string;
+  revoked_at: number;
+  revoked_by: string;
+}
 interface CaRow {
   key_version: string;
   der: Uint8Array;
@@ -86,7 +138,7 @@ interface CaRow {
 /** The embedded default store: one SQLite file in WAL mode, synchronous=FULL so a commit is durable. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync;
-  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'getEnrollment' | 'putEnrollment' | 'useJoinToken', StatementSync>;
+  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'getEnrollment' | 'putEnrollment' | 'useJoinToken' | 'insertIssued' | 'getIssued' | 'insertRevokedIdentity' | 'listRevokedIdentities' | 'insertRevokedBuilder' | 'listRevokedBuilders' | 'nextCrlNumber', StatementSync>;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
@@ -105,6 +157,15 @@ export class SqliteStore implements Store {
       latestCa: this.#db.prepare('SELECT * FROM ca_certificates WHERE key_version = ? ORDER BY id DESC LIMIT 1'),
       getEnrollment: this.#db.prepare('SELECT * FROM enrollments WHERE ek_hash = ?'),
       useJoinToken: this.#db.prepare('INSERT INTO join_tokens_used (token_hash, policy, used_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
+      insertIssued: this.#db.prepare('INSERT INTO issued_certificates (serial, ek_hash, san, not_after, issued_at) VALUES (?, ?, ?, ?, ?)'),
+      getIssued: this.#db.prepare('SELECT * FROM issued_certificates WHERE serial = ?'),
+      insertRevokedIdentity: this.#db.prepare(
+        'INSERT INTO revoked_identities (serial, reason, revoked_at, revoked_by, not_after, ek_hash) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING',
+      ),
+      listRevokedIdentities: this.#db.prepare('SELECT * FROM revoked_identities ORDER BY revoked_at, serial'),
+      insertRevokedBuilder: this.#db.prepare('INSERT INTO revoked_builders (ek_hash, ak_name, reason, revoked_at, revoked_by) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING'),
+      listRevokedBuilders: this.#db.prepare('SELECT * FROM revoked_builders ORDER BY revoked_at, ek_hash, ak_name'),
+      nextCrlNumber: this.#db.prepare('INSERT INTO crl_numbers (id, last) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET last = last + 1 RETURNING last'),
       putEnrollment: this.#db.prepare(
         `INSERT INTO enrollments (ek_hash, ak_name, ak_public, policy, reset_count, restart_count, clock, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (ek_hash) DO UPDATE SET ak_name = excluded.ak_name, ak_public = excluded.ak_public, policy = excluded.policy,
@@ -199,6 +260,51 @@ export class SqliteStore implements Store {
 
   putEnrollment(rec: EnrollmentRecord): void {
     this.#q.putEnrollment.run(rec.ekHash, rec.akName, rec.akPublic, rec.policy, rec.resetCount, rec.restartCount, rec.clock.toString(), rec.updatedAt.getTime());
+  }
+
+  insertIssuedCertificate(rec: IssuedCertificateRecord): void {
+    this.#q.insertIssued.run(rec.serial, rec.ekHash, rec.san, rec.notAfter.getTime(), rec.issuedAt.getTime());
+  }
+
+  getIssuedCertificate(serial: string): IssuedCertificateRecord | null {
+    const r = this.#q.getIssued.get(serial) as IssuedRow | undefined;
+    if (!r) return null;
+    return { serial: r.serial, ekHash: r.ek_hash, san: r.san, notAfter: new Date(r.not_after), issuedAt: new Date(r.issued_at) };
+  }
+
+  insertRevokedIdentity(rec: RevokedIdentityRecord): boolean {
+    const res = this.#q.insertRevokedIdentity.run(rec.serial, rec.reason, rec.revokedAt.getTime(), rec.revokedBy, rec.notAfter?.getTime() ?? null, rec.ekHash);
+    return Number(res.changes) === 1;
+  }
+
+  listRevokedIdentities(): RevokedIdentityRecord[] {
+    return (this.#q.listRevokedIdentities.all() as unknown as RevokedIdentityRow[]).map((r) => ({
+      serial: r.serial,
+      reason: r.reason,
+      revokedAt: new Date(r.revoked_at),
+      revokedBy: r.revoked_by,
+      notAfter: r.not_after === null ? null : new Date(r.not_after),
+      ekHash: r.ek_hash,
+    }));
+  }
+
+  insertRevokedBuilder(rec: RevokedBuilderRecord): boolean {
+    const res = this.#q.insertRevokedBuilder.run(rec.ekHash, rec.akName ?? '', rec.reason, rec.revokedAt.getTime(), rec.revokedBy);
+    return Number(res.changes) === 1;
+  }
+
+  listRevokedBuilders(): RevokedBuilderRecord[] {
+    return (this.#q.listRevokedBuilders.all() as unknown as RevokedBuilderRow[]).map((r) => ({
+      ekHash: r.ek_hash,
+      akName: r.ak_name === '' ? null : r.ak_name,
+      reason: r.reason,
+      revokedAt: new Date(r.revoked_at),
+      revokedBy: r.revoked_by,
+    }));
+  }
+
+  nextCrlNumber(): number {
+    return (this.#q.nextCrlNumber.get() as { last: number }).last;
   }
 
   close(): void {

@@ -50,6 +50,42 @@ export interface EnrollmentRecord {
   updatedAt: Date;
 }
 
+/** A builder certificate the identity CA issued: what revoking it by serial needs to know. */
+export interface IssuedCertificateRecord {
+  /** Canonical serial: lower-case hex without leading zeros. */
+  serial: string;
+  /** SHA-256 of the builder's EK public key, lower-case hex. */
+  ekHash: string;
+  /** The certificate's SPIFFE id. */
+  san: string;
+  notAfter: Date;
+  issuedAt: Date;
+}
+
+/** A revoked builder certificate (an entry of the identity CA's CRL until the certificate expires). */
+export interface RevokedIdentityRecord {
+  /** Canonical serial: lower-case hex without leading zeros. */
+  serial: string;
+  /** RFC 5280 CRLReason name, e.g. `keyCompromise`. */
+  reason: string;
+  revokedAt: Date;
+  /** Who revoked it: a certificate subject. */
+  revokedBy: string;
+  /** The certificate's notAfter when known: the entry stays on the CRL at least until then. */
+  notAfter: Date | null;
+  ekHash: string | null;
+}
+
+/** A revoked builder TPM (by EK hash), or one AK of it when `akName` is set. */
+export interface RevokedBuilderRecord {
+  ekHash: string;
+  /** The AK's TPM name (lower-case hex), or null when the whole TPM is revoked. */
+  akName: string | null;
+  reason: string;
+  revokedAt: Date;
+  revokedBy: string;
+}
+
 /**
  * Where sigil keeps its state. Writes are atomic: a key and its first version appear together or not
  * at all.
@@ -73,5 +109,19 @@ export interface Store {
   putEnrollment(rec: EnrollmentRecord): void;
   /** Spends a one-time join token (by its hash): true the first time, false ever after. Durable when it returns. */
   useJoinToken(tokenHash: string, policy: string, at: Date): boolean;
+  /** Records a builder certificate the identity CA issued; durable when it returns. */
+  insertIssuedCertificate(rec: IssuedCertificateRecord): void;
+  /** An issued builder certificate by canonical serial, or null. */
+  getIssuedCertificate(serial: string): IssuedCertificateRecord | null;
+  /** Records a revoked certificate; false (and no change) when that serial is already revoked. */
+  insertRevokedIdentity(rec: RevokedIdentityRecord): boolean;
+  /** Every revoked certificate, oldest revocation first. */
+  listRevokedIdentities(): RevokedIdentityRecord[];
+  /** Records a revoked builder; false (and no change) when that EK (and AK) is already revoked. */
+  insertRevokedBuilder(rec: RevokedBuilderRecord): boolean;
+  /** Every revoked builder, oldest revocation first. */
+  listRevokedBuilders(): RevokedBuilderRecord[];
+  /** The next CRL number (RFC 5280, 5.2.3): 1, 2, 3 ... never reused, durable when it returns. */
+  nextCrlNumber(): number;
   close(): void;
 }

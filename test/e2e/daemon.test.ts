@@ -82,7 +82,7 @@ describe('sigild end to end over gRPC and TLS', { skip: skip ?? false }, () => {
     assert.equal(k.key!.primaryVersion, 1);
     assert.equal(k.key!.backend, 'softhsm');
     assert.match(k.key!.versions[0]!.uri, /^pkcs11:token=sigil;object=sigil-e2e-ed25519-v1;id=(%[0-9a-f]{2}){16}$/);
-    const viaSigner = await rpc.listKeys(signer, { prefix: '' });
+    const viaSigner = await rpc.listKeys(signer, { prefix: 'e2e/' });
     assert.equal(viaSigner.keys.length, list.keys.length);
   });
 

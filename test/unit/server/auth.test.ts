@@ -90,3 +90,25 @@ test('a missing, refused or outlived certificate is UNAUTHENTICATED with the rea
   const now = new Authenticator(roles, { identityCa: real.caCertificateDer() });
   assert.ok(now.principal(call(peer(builder))).roles.has('builder'), 'valid under the wall clock');
 });
+
+test('a revoked builder is refused on every call after the revocation, although its principal is cached', () => {
+  const revoked = new Set<string>();
+  const seen: string[] = [];
+  const auth = new Authenticator(roles, {
+    identityCa: real.caCertificateDer(),
+    revoked: (p) => {
+      seen.push(p.serial);
+      return revoked.has(p.serial) ? 'builder identity revoked' : null;
+    },
+  });
+  const c = call(peer(builder));
+  assert.ok(auth.principal(c).roles.has('builder'));
+  const serial = new X509Certificate(builder).serialNumber.toLowerCase().replace(/^0+/, '');
+  assert.deepEqual(seen, [serial], 'the check gets the canonical serial');
+  revoked.add(serial);
+  unauthenticated(() => auth.principal(c), /^builder identity revoked$/);
+  unauthenticated(() => auth.require(c, ['builder']), /^builder identity revoked$/);
+  // Operator certificates are not builders: the check is not asked about them.
+  auth.principal(call(peer(impostor)));
+  assert.equal(seen.length, 3);
+});

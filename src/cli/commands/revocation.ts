@@ -1,0 +1,93 @@
+import { writeFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { rpc } from '../client.ts';
+import type { RevokedBuilder, RevokedIdentity } from '../../gen/sigil/v1/revocation.ts';
+import type { CliContext } from './context.ts';
+
+const REASON_HELP = 'unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn';
+
+/** sigilctl's revocation commands: `revoke identity|builder`, `revocations list`, `crl get`, `trusted-root get`. */
+export function registerRevocationCommands(program: Command, cli: CliContext): void {
+  const revoke = program.command('revoke').description('revoke a builder identity or a builder (admin)');
+  revoke
+    .command('identity')
+    .description('revoke one builder certificate by serial: its next request is refused and the crl lists it')
+    .argument('<serial>', 'certificate serial in hex (as `openssl x509 -serial` prints it)')
+    .option('--reason <reason>', REASON_HELP, 'unspecified')
+    .action(async (serial: string, o: { reason: string }) => {
+      const r = (await rpc.revokeIdentity(cli.open(), { serial, reason: o.reason })).revoked!;
+      cli.out(identityJson(r), `revoked certificate ${r.serial} (${r.reason}) of builder ${r.ekHash || '?'}`);
+    });
+  revoke
+    .command('builder')
+    .description('revoke a builder tpm by ek hash: it can no longer sign, renew or enroll')
+    .argument('<ekhash>', 'sha-256 of the ek public key, 64 hex digits (the last part of the builder spiffe id)')
+    .option('--reason <reason>', REASON_HELP, 'unspecified')
+    .option('--ak <name>', 'revoke only this ak (its tpm name in hex)', '')
+    .action(async (ekHash: string, o: { reason: string; ak: string }) => {
+      const r = (await rpc.revokeBuilder(cli.open(), { ekHash, reason: o.reason, akName: o.ak })).revoked!;
+      cli.out(builderJson(r), `revoked builder ${r.ekHash}${r.akName ? ` ak ${r.akName}` : ''} (${r.reason})`);
+    });
+
+  program
+    .command('revocations')
+    .description('revocation records (admin, auditor)')
+    .command('list')
+    .description('list revoked identities and builders, oldest first')
+    .action(async () => {
+      const r = await rpc.listRevocations(cli.open(), {});
+      const lines = [
+        ...r.identities.map((i) => `identity ${i.serial}  ${i.reason}  ${i.revokeTime?.toISOString() ?? ''}  by ${i.revokedBy}`),
+        ...r.builders.map((b) => `builder  ${b.ekHash}${b.akName ? ` ak ${b.akName}` : ''}  ${b.reason}  ${b.revokeTime?.toISOString() ?? ''}  by ${b.revokedBy}`),
+      ];
+      cli.out({ identities: r.identities.map(identityJson), builders: r.builders.map(builderJson) }, lines.length ? lines.join('\n') : 'nothing revoked');
+    });
+
+  program
+    .command('crl')
+    .description("the identity ca's certificate revocation list (no client certificate needed)")
+    .command('get')
+    .description('fetch the current crl (pem unless --der)')
+    .option('--out <file>', 'write it to a file instead of stdout')
+    .option('--der', 'der instead of pem')
+    .action(async (o: { out?: string; der?: boolean }) => {
+      const r = await rpc.getCrl(cli.open(), {});
+      const meta = { number: r.number, thisUpdate: r.thisUpdate?.toISOString(), nextUpdate: r.nextUpdate?.toISOString() };
+      if (o.out) {
+        writeFileSync(o.out, o.der ? r.der : r.pem);
+        cli.out({ ...meta, file: o.out }, `crl ${r.number} written to ${o.out} (next update ${meta.nextUpdate})`);
+      } else if (o.der) {
+        process.stdout.write(r.der);
+      } else {
+        cli.out({ ...meta, pem: r.pem }, r.pem.trimEnd());
+      }
+    });
+
+  program
+    .command('trusted-root')
+    .description('the signed trusted root (no client certificate needed)')
+    .command('get')
+    .description('fetch the trusted-root json and its detached signature')
+    .option('--out <file>', 'write the json to a file instead of stdout')
+    .option('--sig <file>', 'write the detached signature (der) to a file')
+    .option('--pub <file>', "write the root key's public key (pem) to a file")
+    .action(async (o: { out?: string; sig?: string; pub?: string }) => {
+      const r = await rpc.getTrustedRoot(cli.open(), {});
+      if (o.sig) writeFileSync(o.sig, r.signature);
+      if (o.pub) writeFileSync(o.pub, r.publicKeyPem);
+      if (o.out) {
+        writeFileSync(o.out, r.json);
+        cli.out({ file: o.out, signature: o.sig ?? null, keyVersion: r.keyVersion }, `trusted root written to ${o.out}${o.sig ? `, signature to ${o.sig}` : ''} (signed by ${r.keyVersion})`);
+      } else {
+        process.stdout.write(r.json);
+      }
+    });
+}
+
+function identityJson(i: RevokedIdentity): Record<string, unknown> {
+  return { serial: i.serial, reason: i.reason, revokeTime: i.revokeTime?.toISOString() ?? null, revokedBy: i.revokedBy, notAfter: i.notAfter?.toISOString() ?? null, ekHash: i.ekHash || null };
+}
+
+function builderJson(b: RevokedBuilder): Record<string, unknown> {
+  return { ekHash: b.ekHash, akName: b.akName || null, reason: b.reason, revokeTime: b.revokeTime?.toISOString() ?? null, revokedBy: b.revokedBy };
+}

@@ -1,0 +1,180 @@
+import { createHash, createPublicKey, X509Certificate } from 'node:crypto';
+import type { Algorithm } from '../signers/signer.ts';
+import type { KeyRecord } from '../store/store.ts';
+
+/** The Sigstore TrustedRoot media type (sigstore/protobuf-specs, sigstore_trustroot.proto). */
+export const TRUSTED_ROOT_MEDIA_TYPE = 'application/vnd.dev.sigstore.trustedroot+json;version=0.1';
+
+/** One key version as the trusted root describes it (the lifecycle fields are null where unknown). */
+export interface TrustedKeyVersion {
+  keyName: string;
+  version: number;
+  algorithm: Algorithm;
+  /** DER SubjectPublicKeyInfo. */
+  spki: Buffer;
+  createdAt: Date;
+  /** Set when the version was disabled as compromised: its window closes here. */
+  revokedAt: Date | null;
+  /** Set when the version was destroyed: its window closes here (earlier signatures stay valid). */
+  destroyedAt: Date | null;
+  /** Versions below the key's minVerifyVersion are left out. */
+  minVerifyVersion: number;
+  /** False for versions that hold no key yet (PENDING): left out. */
+  hasKey: boolean;
+}
+
+/** What the trusted root is made of. */
+export interface TrustedRootInput {
+  /** The identity CA's self-signed certificate, DER. */
+  identityCa: Buffer | null;
+  /** The audit log's checkpoint key, when the daemon has one. */
+  auditLog: { baseUrl: string; algorithm: Algorithm; spki: Buffer; createdAt: Date } | null;
+  keyVersions: readonly TrustedKeyVersion[];
+}
+
+/** sigstore_common.proto TimeRange in proto JSON: RFC 3339 strings. */
+export interface TimeRangeJson {
+  start: string;
+  end?: string;
+}
+
+/** sigstore_common.proto PublicKey in proto JSON. */
+export interface PublicKeyJson {
+  rawBytes: string;
+  keyDetails: string;
+  validFor: TimeRangeJson;
+}
+
+/** One key version in the `sigilKeyVersions` extension: a Sigstore PublicKey plus the name verifiers look it up by. */
+export interface SigilKeyVersionJson {
+  /** `name@N`, the value sigil reports with every signature and the hint of a bundle's PublicKeyIdentifier. */
+  hint: string;
+  keyName: string;
+  version: number;
+  algorithm: Algorithm;
+  /** True when the version was disabled as compromised. */
+  revoked: boolean;
+  publicKey: PublicKeyJson;
+}
+
+/** The trusted-root document: Sigstore's TrustedRoot in proto JSON, plus sigil's key versions. */
+export interface TrustedRootDocument {
+  mediaType: string;
+  tlogs: Array<{ baseUrl: string; hashAlgorithm: 'SHA2_256'; publicKey: PublicKeyJson; logId: { keyId: string } }>;
+  certificateAuthorities: Array<{
+    subject: { organization?: string; commonName: string };
+    uri: string;
+    certChain: { certificates: Array<{ rawBytes: string }> };
+    validFor: TimeRangeJson;
+  }>;
+  ctlogs: never[];
+  timestampAuthorities: never[];
+  /**
+   * Artifact-signing key versions. Not a TrustedRoot field: sigstore verifiers that ignore unknown fields
+   * skip it, and no signing key ever appears under tlogs, ctlogs or an authority.
+   */
+  sigilKeyVersions: SigilKeyVersionJson[];
+}
+
+/**
+ * Builds the trusted-root document (a pure function of its input): the identity CA under
+ * certificateAuthorities, the audit log under tlogs, every verifiable key version with its validity
+ * window under `sigilKeyVersions`, all sorted so the same input gives the same bytes.
+ */
+export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
+  const doc: TrustedRootDocument = { mediaType: TRUSTED_ROOT_MEDIA_TYPE, tlogs: [], certificateAuthorities: [], ctlogs: [], timestampAuthorities: [], sigilKeyVersions: [] };
+  if (input.auditLog) {
+    const a = input.auditLog;
+    doc.tlogs.push({
+      baseUrl: a.baseUrl,
+      hashAlgorithm: 'SHA2_256',
+      publicKey: { rawBytes: a.spki.toString('base64'), keyDetails: keyDetails(a.algorithm, a.spki), validFor: { start: rfc3339(a.createdAt) } },
+      // RFC 6962, 3.2: the log id is the SHA-256 of the log's DER public key.
+      logId: { keyId: createHash('sha256').update(a.spki).digest('base64') },
+    });
+  }
+  if (input.identityCa) {
+    const x = new X509Certificate(input.identityCa);
+    const o = /(?:^|\n)O=([^\n]*)/.exec(x.subject)?.[1];
+    doc.certificateAuthorities.push({
+      subject: { ...(o ? { organization: o } : {}), commonName: /(?:^|\n)CN=([^\n]*)/.exec(x.subject)?.[1] ?? '' },
+      uri: '',
+      certChain: { certificates: [{ rawBytes: input.identityCa.toString('base64') }] },
+      // The current CA has no end (sigstore_trustroot.proto: current instances leave it unset).
+      validFor: { start: rfc3339(new Date(x.validFrom)) },
+    });
+  }
+  const versions = input.keyVersions
+    .filter((v) => v.hasKey && v.version >= v.minVerifyVersion)
+    .sort((a, b) => (a.keyName < b.keyName ? -1 : a.keyName > b.keyName ? 1 : a.version - b.version));
+  for (const v of versions) {
+    const ends = [v.revokedAt, v.destroyedAt].filter((d): d is Date => d !== null).map((d) => d.getTime());
+    const end = ends.length ? new Date(Math.min(...ends)) : null;
+    doc.sigilKeyVersions.push({
+      hint: `${v.keyName}@${v.version}`,
+      keyName: v.keyName,
+      version: v.version,
+      algorithm: v.algorithm,
+      revoked: v.revokedAt !== null,
+      publicKey: { rawBytes: v.spki.toString('base64'), keyDetails: keyDetails(v.algorithm, v.spki), validFor: { start: rfc3339(v.createdAt), ...(end ? { end: rfc3339(end) } : {}) } },
+    });
+  }
+  return doc;
+}
+
+/** The exact bytes that are signed and served: two-space indented JSON with a final newline. */
+export function serializeTrustedRoot(doc: TrustedRootDocument): Buffer {
+  return Buffer.from(`${JSON.stringify(doc, null, 2)}\n`);
+}
+
+/**
+ * The key versions of stored keys as the trusted root needs them. Reads the lifecycle fields
+ * (`revokedAt`, `destroyedAt`, `state`, `policy.minVerifyVersion`) where the records carry them; records
+ * without them count as never revoked or destroyed, with every version verifiable. Keys in `skip`
+ * (sigil's reserved keys) are left out.
+ */
+export function keyVersionsOf(keys: readonly KeyRecord[], skip: readonly string[]): TrustedKeyVersion[] {
+  const out: TrustedKeyVersion[] = [];
+  for (const k of keys) {
+    if (skip.includes(k.name)) continue;
+    const policy = (k as { policy?: { minVerifyVersion?: number } }).policy;
+    const minVerifyVersion = policy?.minVerifyVersion ?? 1;
+    for (const v of k.versions) {
+      const life = v as { revokedAt?: Date | null; destroyedAt?: Date | null; state: string };
+      out.push({
+        keyName: k.name,
+        version: v.version,
+        algorithm: k.algorithm,
+        spki: v.spki,
+        createdAt: v.createdAt,
+        revokedAt: life.revokedAt ?? null,
+        destroyedAt: life.destroyedAt ?? null,
+        minVerifyVersion,
+        hasKey: life.state !== 'PENDING',
+      });
+    }
+  }
+  return out;
+}
+
+/** sigstore_common.proto PublicKeyDetails of a sigil algorithm (RSA by its modulus size). */
+export function keyDetails(algorithm: Algorithm, spki: Buffer): string {
+  switch (algorithm) {
+    case 'ECDSA_P256_SHA256':
+      return 'PKIX_ECDSA_P256_SHA_256';
+    case 'ECDSA_P384_SHA384':
+      return 'PKIX_ECDSA_P384_SHA_384';
+    case 'ED25519':
+      return 'PKIX_ED25519';
+    case 'RSA_PKCS1_SHA256':
+    case 'RSA_PSS_SHA256': {
+      const bits = createPublicKey({ key: spki, format: 'der', type: 'spki' }).asymmetricKeyDetails?.modulusLength ?? 0;
+      const size = bits >= 4096 ? 4096 : bits >= 3072 ? 3072 : 2048;
+      return `PKIX_RSA_${algorithm === 'RSA_PSS_SHA256' ? 'PSS' : 'PKCS1V15'}_${size}_SHA256`;
+    }
+  }
+}
+
+function rfc3339(d: Date): string {
+  return d.toISOString().replace(/\.000Z$/, 'Z');
+}

@@ -1,0 +1,132 @@
+import 'reflect-metadata';
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, generateKeyPairSync } from 'node:crypto';
+import fc from 'fast-check';
+import { createDevCa } from '../../../src/dev/pki.ts';
+import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, TRUSTED_ROOT_MEDIA_TYPE, type TrustedKeyVersion } from '../../../src/revocation/trusted-root.ts';
+import { parseAkName, parseEkHash, parseReason, parseSerial } from '../../../src/revocation/inputs.ts';
+import { isSigilError } from '../../../src/errors.ts';
+import type { KeyRecord } from '../../../src/store/store.ts';
+
+const spki = (type: 'ec' | 'ed25519' | 'rsa', opts: object = {}): Buffer =>
+  (generateKeyPairSync as (t: string, o: object) => { publicKey: { export(o: object): Buffer } })(type, opts).publicKey.export({ format: 'der', type: 'spki' });
+const p256 = spki('ec', { namedCurve: 'P-256' });
+const ed = spki('ed25519');
+const rsa3072 = spki('rsa', { modulusLength: 3072 });
+const t = (s: string) => new Date(s);
+
+const v = (over: Partial<TrustedKeyVersion>): TrustedKeyVersion => ({
+  keyName: 'release/fw',
+  version: 1,
+  algorithm: 'ECDSA_P256_SHA256',
+  spki: p256,
+  createdAt: t('2026-01-01T00:00:00Z'),
+  revokedAt: null,
+  destroyedAt: null,
+  minVerifyVersion: 1,
+  hasKey: true,
+  ...over,
+});
+
+test('trusted root: the CA, the audit log and each key version window, in proto JSON', async () => {
+  const ca = await createDevCa('sigil identity CA');
+  const caDer = Buffer.from(ca.cert.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
+  const doc = buildTrustedRoot({
+    identityCa: caDer,
+    auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', spki: ed, createdAt: t('2026-01-01T00:00:00Z') },
+    keyVersions: [
+      v({ keyName: 'release/fw', version: 3, createdAt: t('2026-03-01T00:00:00Z') }),
+      v({ keyName: 'release/fw', version: 1, destroyedAt: t('2026-02-15T00:00:00Z') }),
+      v({ keyName: 'release/fw', version: 2, createdAt: t('2026-02-01T00:00:00Z'), revokedAt: t('2026-02-20T12:00:00.500Z') }),
+      v({ keyName: 'ci/prov', version: 1, minVerifyVersion: 2 }),
+      v({ keyName: 'ci/prov', version: 2, minVerifyVersion: 2, algorithm: 'RSA_PSS_SHA256', spki: rsa3072 }),
+      v({ keyName: 'ci/prov', version: 3, minVerifyVersion: 2, hasKey: false }),
+    ],
+  });
+  assert.equal(doc.mediaType, TRUSTED_ROOT_MEDIA_TYPE);
+  assert.deepEqual(doc.tlogs, [
+    {
+      baseUrl: 'https://sigil.example:8443',
+      hashAlgorithm: 'SHA2_256',
+      publicKey: { rawBytes: ed.toString('base64'), keyDetails: 'PKIX_ED25519', validFor: { start: '2026-01-01T00:00:00Z' } },
+      logId: { keyId: createHash('sha256').update(ed).digest('base64') },
+    },
+  ]);
+  assert.equal(doc.certificateAuthorities.length, 1);
+  assert.equal(doc.certificateAuthorities[0]!.subject.commonName, 'sigil identity CA');
+  assert.deepEqual(doc.certificateAuthorities[0]!.certChain.certificates, [{ rawBytes: caDer.toString('base64') }]);
+  assert.match(doc.certificateAuthorities[0]!.validFor.start, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+  assert.equal(doc.certificateAuthorities[0]!.validFor.end, undefined);
+  assert.deepEqual(doc.ctlogs, []);
+  assert.deepEqual(doc.timestampAuthorities, []);
+  // Sorted by name then version; below minVerifyVersion and PENDING left out; windows end at revocation or destruction.
+  assert.deepEqual(
+    doc.sigilKeyVersions.map((k) => [k.hint, k.publicKey.keyDetails, k.publicKey.validFor, k.revoked]),
+    [
+      ['ci/prov@2', 'PKIX_RSA_PSS_3072_SHA256', { start: '2026-01-01T00:00:00Z' }, false],
+      ['release/fw@1', 'PKIX_ECDSA_P256_SHA_256', { start: '2026-01-01T00:00:00Z', end: '2026-02-15T00:00:00Z' }, false],
+      ['release/fw@2', 'PKIX_ECDSA_P256_SHA_256', { start: '2026-02-01T00:00:00Z', end: '2026-02-20T12:00:00.500Z' }, true],
+      ['release/fw@3', 'PKIX_ECDSA_P256_SHA_256', { start: '2026-03-01T00:00:00Z' }, false],
+    ],
+  );
+  // No signing key where a verifier would trust it as a log or an authority.
+  const trusted = JSON.stringify([doc.tlogs, doc.certificateAuthorities, doc.ctlogs, doc.timestampAuthorities]);
+  assert.ok(!trusted.includes(p256.toString('base64')) && !trusted.includes(rsa3072.toString('base64')));
+  // The same input gives the same bytes (what is signed), and they parse back to the document.
+  const bytes = serializeTrustedRoot(doc);
+  assert.deepEqual(JSON.parse(bytes.toString()), doc);
+  assert.ok(bytes.equals(serializeTrustedRoot(buildTrustedRoot({ identityCa: caDer, auditLog: null, keyVersions: [] }))) === false);
+});
+
+test('keyVersionsOf reads lifecycle fields where records have them, and skips reserved keys', () => {
+  const base: KeyRecord = { name: 'a/k', algorithm: 'ED25519', backend: 'hsm', primaryVersion: 2, createdAt: t('2026-01-01T00:00:00Z'), versions: [] };
+  const keys = [
+    { ...base, policy: { minVerifyVersion: 2 }, versions: [
+      { name: 'a/k', version: 1, uri: 'u1', state: 'DISABLED', generated: true, spki: ed, createdAt: t('2026-01-01T00:00:00Z'), revokedAt: t('2026-01-05T00:00:00Z') },
+      { name: 'a/k', version: 2, uri: 'u2', state: 'DESTROYED', generated: true, spki: ed, createdAt: t('2026-01-02T00:00:00Z'), destroyedAt: t('2026-01-09T00:00:00Z') },
+    ] },
+    { ...base, name: 'sigil/identity-ca', versions: [{ name: 'sigil/identity-ca', version: 1, uri: 'u3', state: 'ENABLED', generated: true, spki: p256, createdAt: t('2026-01-01T00:00:00Z') }] },
+  ] as unknown as KeyRecord[];
+  const out = keyVersionsOf(keys, ['sigil/identity-ca']);
+  assert.deepEqual(out.map((x) => [x.keyName, x.version, x.minVerifyVersion, x.revokedAt?.toISOString() ?? null, x.destroyedAt?.toISOString() ?? null]), [
+    ['a/k', 1, 2, '2026-01-05T00:00:00.000Z', null],
+    ['a/k', 2, 2, null, '2026-01-09T00:00:00.000Z'],
+  ]);
+});
+
+test('serials: any spelling of a positive number of at most 20 octets gives one canonical form', () => {
+  fc.assert(
+    fc.property(fc.bigInt({ min: 1n, max: (1n << 160n) - 1n }), fc.nat({ max: 4 }), fc.boolean(), fc.boolean(), (n, zeros, upper, colons) => {
+      let hex = '0'.repeat(zeros) + n.toString(16);
+      if (upper) hex = hex.toUpperCase();
+      if (colons) hex = (hex.length % 2 ? `0${hex}` : hex).match(/../g)!.join(':');
+      assert.equal(parseSerial(hex), n.toString(16));
+    }),
+  );
+  for (const bad of ['', '0', '00:00', 'xyz', '12-34', 'f'.repeat(41), ' ']) {
+    assert.throws(() => parseSerial(bad), (e) => isSigilError(e, 'INVALID_ARGUMENT'), bad);
+  }
+});
+
+test('serials, ek hashes, ak names and reasons: arbitrary strings never throw anything but INVALID_ARGUMENT', () => {
+  fc.assert(
+    fc.property(fc.string({ maxLength: 200 }), (s) => {
+      for (const f of [parseSerial, parseEkHash, parseAkName, parseReason] as Array<(x: string) => unknown>) {
+        try {
+          const r = f(s);
+          if (f === parseEkHash) assert.match(r as string, /^[0-9a-f]{64}$/);
+          if (f === parseSerial) assert.match(r as string, /^[1-9a-f][0-9a-f]{0,39}$/);
+        } catch (e) {
+          assert.ok(isSigilError(e, 'INVALID_ARGUMENT'), String(e));
+        }
+      }
+    }),
+  );
+  fc.assert(fc.property(fc.stringMatching(/^[0-9a-fA-F]{64}$/), (h) => assert.equal(parseEkHash(h), h.toLowerCase())));
+  assert.throws(() => parseEkHash('a'.repeat(63)), (e) => isSigilError(e, 'INVALID_ARGUMENT'));
+  assert.equal(parseAkName(''), null);
+  assert.equal(parseAkName('000B' + 'AB'.repeat(32)), '000b' + 'ab'.repeat(32));
+  assert.equal(parseReason(''), 'unspecified');
+  assert.throws(() => parseReason('toString'), (e) => isSigilError(e, 'INVALID_ARGUMENT'));
+});
