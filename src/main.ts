@@ -14,6 +14,10 @@ import { Verifier } from './attest/verifier.ts';
 import { loadPolicies } from './attest/policy.ts';
 import type { EnrollmentRecords } from './attest/enrollment-records.ts';
 import type { Store } from './store/store.ts';
+import { AuditLog } from './audit/audit-log.ts';
+import { isSigilError } from './errors.ts';
+import { hostname } from 'node:os';
+import { dirname, join } from 'node:path';
 
 /** A running sigild: its address, and how to stop it. */
 export interface Daemon {
@@ -24,6 +28,8 @@ export interface Daemon {
   keys: KeyService;
   /** The identity CA, when the config has an `identity` section (the attestation service issues through it). */
   identity: IdentityCa | null;
+  /** The audit log every act is recorded in. */
+  audit: AuditLog;
   stop(): Promise<void>;
 }
 
@@ -44,9 +50,12 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     clock,
   });
   let identity: IdentityCa | null = null;
+  let auditLog: AuditLog | null = null;
+  let checkpointTimer: NodeJS.Timeout | null = null;
   try {
     // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
     await backends.get(cfg.defaultBackend);
+    auditLog = await openAuditLog(cfg, keys, backends, clock, log);
     if (cfg.identity) {
       identity = await IdentityCa.open({
         keys,
@@ -54,6 +63,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
         clock,
         log: log.child({ module: 'identity' }),
         audit,
+        sink: auditLog,
         trustDomain: cfg.identity.trustDomain,
         caKey: cfg.identity.caKey,
         algorithm: cfg.identity.algorithm,
@@ -63,9 +73,17 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       });
     }
   } catch (err) {
+    auditLog?.close();
     await backends.closeAll();
     store.close();
     throw err;
+  }
+  const audited = auditLog;
+  if (cfg.audit.checkpointInterval !== undefined) {
+    checkpointTimer = setInterval(() => {
+      audited.latestCheckpoint().catch((err: unknown) => log.error({ err }, 'audit checkpoint signing failed'));
+    }, cfg.audit.checkpointInterval);
+    checkpointTimer.unref();
   }
   const metrics = new Metrics();
   const [host] = splitHostPort(cfg.listen);
@@ -80,6 +98,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       nonceTtlMs: cfg.attestation.nonceTtl,
       clock,
       audit,
+      sink: audited,
       metrics,
       useJoinToken: (hash, policy) => store.useJoinToken(hash, policy, clock.now()),
     };
@@ -92,7 +111,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       roles: cfg.auth.roles,
       identityCaPem: identity?.caCertificatePem() ?? null,
       builders: cfg.authorization.builders,
-      reservedKeys: identity ? [identity.keyName] : [],
+      reservedKeys: [...(identity ? [identity.keyName] : []), cfg.audit.key],
+      auditLog: audited,
       attestation,
       clock,
       keys,
@@ -102,6 +122,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       limits: cfg.limits,
     });
   } catch (err) {
+    if (checkpointTimer) clearInterval(checkpointTimer);
+    audited.close();
     await backends.closeAll();
     store.close();
     throw err;
@@ -121,9 +143,12 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     metricsAddress,
     keys,
     identity,
+    audit: audited,
     stop: () =>
       (stopping ??= (async () => {
         await grpc.stop();
+        if (checkpointTimer) clearInterval(checkpointTimer);
+        audited.close();
         metricsServer?.server.close();
         await backends.closeAll();
         store.close();
@@ -139,4 +164,46 @@ function enrollmentRecords(store: Store): EnrollmentRecords {
     get: async (ekHash) => store.getEnrollment(ekHash) ?? undefined,
     put: async (rec) => store.putEnrollment(rec),
   };
+}
+
+/**
+ * Opens the audit log, creating its checkpoint key on first start (Ed25519 where the backend offers it,
+ * else ECDSA P-256) through the key service; the key's creation is the first thing the log records.
+ */
+async function openAuditLog(cfg: Config, keys: KeyService, backends: BackendRegistry, clock: Clock, log: Logger): Promise<AuditLog> {
+  const name = cfg.audit.key;
+  let created: string | null = null;
+  try {
+    keys.getKey(name);
+  } catch (err) {
+    if (!isSigilError(err, 'KEY_NOT_FOUND')) throw err;
+    const bname = cfg.audit.backend ?? cfg.defaultBackend;
+    const backend = await backends.get(bname);
+    const alg = backend.algorithms.includes('ED25519') ? 'ED25519' : 'ECDSA_P256_SHA256';
+    const k = await keys.createKey(name, alg, bname);
+    created = `${k.name}@1 ${k.algorithm} ${k.backend}`;
+  }
+  const origin = cfg.audit.origin ?? `sigil/${hostname().toLowerCase().replace(/[^a-z0-9.-]/g, '-') || 'localhost'}/audit`;
+  const auditLog = AuditLog.open({
+    path: cfg.audit.path ?? join(dirname(cfg.store.sqlite.path), 'audit.db'),
+    origin,
+    clock,
+    log: log.child({ module: 'audit' }),
+    key: {
+      publicKey: (keyVersion) => {
+        const pk = keys.publicKey(keyVersion ?? name);
+        return { keyVersion: pk.keyVersion, spki: pk.spki };
+      },
+      sign: async (text) => {
+        const s = await keys.sign(name, { message: text });
+        return { signature: s.signature, keyVersion: s.keyVersion };
+      },
+    },
+  });
+  if (created !== null) {
+    const [kv, algorithm, backend] = created.split(' ');
+    await auditLog.record({ who: 'sigild', act: 'key.create', key: kv, result: 'ok', detail: { algorithm, backend, purpose: 'audit checkpoints' } });
+  }
+  log.info({ origin, size: auditLog.size, key: name }, 'audit log open');
+  return auditLog;
 }

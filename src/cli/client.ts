@@ -32,6 +32,8 @@ import {
   type RenewResponse,
 } from '../gen/sigil/v1/attestation.ts';
 
+import { AuditClient } from '../gen/sigil/v1/audit.ts';
+
 /** Where and how to reach sigild. */
 export interface ConnectOptions {
   addr: string;
@@ -49,6 +51,7 @@ export interface Clients {
   signer: SignerClient;
   admin: AdminClient;
   attestation: AttestationClient;
+  audit: AuditClient;
   close(): void;
 }
 
@@ -84,11 +87,14 @@ export function connect(o: ConnectOptions): Clients {
   const signer = new SignerClient(o.addr, creds, options);
   const admin = new AdminClient(o.addr, creds, options);
   const attestation = new AttestationClient(o.addr, creds, options);
+  const audit = new AuditClient(o.addr, creds, options);
   return {
     signer,
     admin,
     attestation,
+    audit,
     close: () => {
+      audit.close();
       signer.close();
       admin.close();
       attestation.close();

@@ -6,6 +6,7 @@ import { Algorithm, type Key } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
 import { HASH_OF, hashFile } from './files.ts';
 import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
+import { registerAuditCommands } from './commands/audit.ts';
 
 interface Globals {
   addr?: string;
@@ -163,6 +164,7 @@ export async function main(argv: string[]): Promise<void> {
 
   const cli: CliContext = { open, out };
   void cli; // command groups of later areas register here: registerXCommands(program, cli)
+  registerAuditCommands(program, cli);
 
   const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
   for (const leaf of leaves(program)) {
