@@ -14,9 +14,12 @@ import { Verifier } from './attest/verifier.ts';
 import { loadPolicies } from './attest/policy.ts';
 import type { EnrollmentRecords } from './attest/enrollment-records.ts';
 import type { Store } from './store/store.ts';
-import { loggingSink } from './audit/audit-sink.ts';
 import { Revocations } from './revocation/revocations.ts';
 import { TRUST_ROOT_KEY, TrustedRootPublisher } from './revocation/trusted-root-publisher.ts';
+import { AuditLog } from './audit/audit-log.ts';
+import { isSigilError } from './errors.ts';
+import { hostname } from 'node:os';
+import { dirname, join } from 'node:path';
 
 /** A running sigild: its address, and how to stop it. */
 export interface Daemon {
@@ -29,6 +32,8 @@ export interface Daemon {
   identity: IdentityCa | null;
   /** Revoked identities and builders, and the CRL. */
   revocations: Revocations;
+  /** The audit log every act is recorded in. */
+  audit: AuditLog;
   stop(): Promise<void>;
 }
 
@@ -51,11 +56,12 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   let identity: IdentityCa | null = null;
   let trustedRoot: TrustedRootPublisher;
   let grpcAddress = cfg.listen;
-  // Until the audit log lands, revocations are audited to the audit channel only.
-  const sink = loggingSink(audit);
+  let auditLog: AuditLog | null = null;
+  let checkpointTimer: NodeJS.Timeout | null = null;
   try {
     // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
     await backends.get(cfg.defaultBackend);
+    auditLog = await openAuditLog(cfg, keys, backends, clock, log);
     if (cfg.identity) {
       identity = await IdentityCa.open({
         keys,
@@ -63,6 +69,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
         clock,
         log: log.child({ module: 'identity' }),
         audit,
+        sink: auditLog,
         trustDomain: cfg.identity.trustDomain,
         caKey: cfg.identity.caKey,
         algorithm: cfg.identity.algorithm,
@@ -76,16 +83,24 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       log: log.child({ module: 'revocation' }),
       identityCa: identity ? () => identity!.caCertificateDer() : null,
       // The log is read over the daemon's own gRPC address, known once it listens.
-      auditLog: { key: 'sigil/audit', baseUrl: () => `https://${grpcAddress}` },
-      reservedKeys: identity ? [identity.keyName, 'sigil/audit'] : ['sigil/audit'],
+      auditLog: { key: cfg.audit.key, baseUrl: () => `https://${grpcAddress}` },
+      reservedKeys: [...(identity ? [identity.keyName] : []), cfg.audit.key],
     });
   } catch (err) {
+    auditLog?.close();
     await backends.closeAll();
     store.close();
     throw err;
   }
+  const audited = auditLog;
+  if (cfg.audit.checkpointInterval !== undefined) {
+    checkpointTimer = setInterval(() => {
+      audited.latestCheckpoint().catch((err: unknown) => log.error({ err }, 'audit checkpoint signing failed'));
+    }, cfg.audit.checkpointInterval);
+    checkpointTimer.unref();
+  }
   const metrics = new Metrics();
-  const revocations = new Revocations({ store, sink, clock, log: log.child({ module: 'revocation' }), ca: identity });
+  const revocations = new Revocations({ store, sink: audited, clock, log: log.child({ module: 'revocation' }), ca: identity });
   const [host] = splitHostPort(cfg.listen);
   let attestation: AttestationDeps | null = null;
   if (cfg.attestation && identity) {
@@ -98,6 +113,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       nonceTtlMs: cfg.attestation.nonceTtl,
       clock,
       audit,
+      sink: audited,
       metrics,
       useJoinToken: (hash, policy) => store.useJoinToken(hash, policy, clock.now()),
     };
@@ -110,7 +126,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       roles: cfg.auth.roles,
       identityCaPem: identity?.caCertificatePem() ?? null,
       builders: cfg.authorization.builders,
-      reservedKeys: [...(identity ? [identity.keyName] : []), TRUST_ROOT_KEY],
+      reservedKeys: [...(identity ? [identity.keyName] : []), cfg.audit.key, TRUST_ROOT_KEY],
+      auditLog: audited,
       attestation,
       revocation: { revocations, trustedRoot },
       clock,
@@ -121,6 +138,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       limits: cfg.limits,
     });
   } catch (err) {
+    if (checkpointTimer) clearInterval(checkpointTimer);
+    audited.close();
     await backends.closeAll();
     store.close();
     throw err;
@@ -143,10 +162,13 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     keys,
     identity,
     revocations,
+    audit: audited,
     stop: () =>
       (stopping ??= (async () => {
         revocations.stop();
         await grpc.stop();
+        if (checkpointTimer) clearInterval(checkpointTimer);
+        audited.close();
         metricsServer?.server.close();
         await backends.closeAll();
         store.close();
@@ -162,4 +184,46 @@ function enrollmentRecords(store: Store): EnrollmentRecords {
     get: async (ekHash) => store.getEnrollment(ekHash) ?? undefined,
     put: async (rec) => store.putEnrollment(rec),
   };
+}
+
+/**
+ * Opens the audit log, creating its checkpoint key on first start (Ed25519 where the backend offers it,
+ * else ECDSA P-256) through the key service; the key's creation is the first thing the log records.
+ */
+async function openAuditLog(cfg: Config, keys: KeyService, backends: BackendRegistry, clock: Clock, log: Logger): Promise<AuditLog> {
+  const name = cfg.audit.key;
+  let created: string | null = null;
+  try {
+    keys.getKey(name);
+  } catch (err) {
+    if (!isSigilError(err, 'KEY_NOT_FOUND')) throw err;
+    const bname = cfg.audit.backend ?? cfg.defaultBackend;
+    const backend = await backends.get(bname);
+    const alg = backend.algorithms.includes('ED25519') ? 'ED25519' : 'ECDSA_P256_SHA256';
+    const k = await keys.createKey(name, alg, bname);
+    created = `${k.name}@1 ${k.algorithm} ${k.backend}`;
+  }
+  const origin = cfg.audit.origin ?? `sigil/${hostname().toLowerCase().replace(/[^a-z0-9.-]/g, '-') || 'localhost'}/audit`;
+  const auditLog = AuditLog.open({
+    path: cfg.audit.path ?? join(dirname(cfg.store.sqlite.path), 'audit.db'),
+    origin,
+    clock,
+    log: log.child({ module: 'audit' }),
+    key: {
+      publicKey: (keyVersion) => {
+        const pk = keys.publicKey(keyVersion ?? name);
+        return { keyVersion: pk.keyVersion, spki: pk.spki };
+      },
+      sign: async (text) => {
+        const s = await keys.sign(name, { message: text });
+        return { signature: s.signature, keyVersion: s.keyVersion };
+      },
+    },
+  });
+  if (created !== null) {
+    const [kv, algorithm, backend] = created.split(' ');
+    await auditLog.record({ who: 'sigild', act: 'key.create', key: kv, result: 'ok', detail: { algorithm, backend, purpose: 'audit checkpoints' } });
+  }
+  log.info({ origin, size: auditLog.size, key: name }, 'audit log open');
+  return auditLog;
 }

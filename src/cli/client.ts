@@ -45,6 +45,8 @@ import {
   type RevokeIdentityResponse,
 } from '../gen/sigil/v1/revocation.ts';
 
+import { AuditClient } from '../gen/sigil/v1/audit.ts';
+
 /** Where and how to reach sigild. */
 export interface ConnectOptions {
   addr: string;
@@ -63,6 +65,7 @@ export interface Clients {
   admin: AdminClient;
   attestation: AttestationClient;
   revocation: RevocationClient;
+  audit: AuditClient;
   close(): void;
 }
 
@@ -99,13 +102,16 @@ export function connect(o: ConnectOptions): Clients {
   const admin = new AdminClient(o.addr, creds, options);
   const attestation = new AttestationClient(o.addr, creds, options);
   const revocation = new RevocationClient(o.addr, creds, options);
+  const audit = new AuditClient(o.addr, creds, options);
   return {
     signer,
     admin,
     attestation,
     revocation,
+    audit,
     close: () => {
       revocation.close();
+      audit.close();
       signer.close();
       admin.close();
       attestation.close();

@@ -7,6 +7,7 @@ import { connect, rpc, type Clients } from './client.ts';
 import { HASH_OF, hashFile } from './files.ts';
 import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
 import { registerRevocationCommands } from './commands/revocation.ts';
+import { registerAuditCommands } from './commands/audit.ts';
 
 interface Globals {
   addr?: string;
@@ -164,6 +165,7 @@ export async function main(argv: string[]): Promise<void> {
 
   const cli: CliContext = { open, out };
   registerRevocationCommands(program, cli);
+  registerAuditCommands(program, cli);
 
   const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
   for (const leaf of leaves(program)) {

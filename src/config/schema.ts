@@ -41,6 +41,23 @@ const identitySchema = z.strictObject({
   maxLifetime: duration.default(24 * HOUR),
 });
 
+/**
+ * The audit log: its own SQLite file, and the key that signs its checkpoints. The origin is the first line
+ * of every checkpoint and the note key name; it names this log for verifiers.
+ */
+const auditSchema = z.strictObject({
+  /** The log's SQLite file; `audit.db` next to the store's file when absent. */
+  path: z.string().min(1).optional(),
+  /** The checkpoint origin; `sigil/<hostname>/audit` when absent. Printable ASCII, no space or +. */
+  origin: z.string().regex(/^[\x21-\x2a\x2c-\x7e]{1,255}$/, 'must be 1 to 255 printable ascii characters without space or +').optional(),
+  /** The checkpoint key's name (reserved: no RPC may sign with it); created on first start (Ed25519 where the backend has it, else ECDSA P-256). */
+  key: keyName.default('sigil/audit'),
+  /** The backend for a newly created checkpoint key; the default backend when absent. */
+  backend: z.string().min(1).optional(),
+  /** Sign a checkpoint this often when the log grew (besides on request); none when absent. */
+  checkpointInterval: duration.optional(),
+});
+
 /** Which builder identities may use which keys: a rule grants its keys to any identity it lists. */
 const builderRuleSchema = z.strictObject({
   /** Key-name globs; `*` matches any run of characters. */
@@ -116,6 +133,7 @@ export const configSchema = z.strictObject({
       policies: attestationPoliciesSchema,
     })
     .optional(),
+  audit: auditSchema.prefault({}),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
 }).superRefine((cfg, ctx) => {
   if (!(cfg.defaultBackend in cfg.backends)) {
@@ -137,6 +155,12 @@ export const configSchema = z.strictObject({
     if (Object.keys(cfg.attestation.policies).length === 0) ctx.addIssue({ code: 'custom', path: ['attestation', 'policies'], message: 'name at least one policy' });
     if (cfg.attestation.nonceTtl < 5000 || cfg.attestation.nonceTtl > 600_000) ctx.addIssue({ code: 'custom', path: ['attestation', 'nonceTtl'], message: 'must be between 5s and 10m' });
   }
+  if (cfg.audit.backend !== undefined && !(cfg.audit.backend in cfg.backends)) {
+    ctx.addIssue({ code: 'custom', path: ['audit', 'backend'], message: `names no configured backend (have: ${Object.keys(cfg.backends).join(', ') || 'none'})` });
+  }
+  if (cfg.audit.checkpointInterval !== undefined && cfg.audit.checkpointInterval < 1000) {
+    ctx.addIssue({ code: 'custom', path: ['audit', 'checkpointInterval'], message: 'must be at least 1s' });
+  }
   if (!cfg.identity && cfg.authorization.builders.length > 0) {
     ctx.addIssue({ code: 'custom', path: ['authorization', 'builders'], message: 'builder rules need the identity section (identity.trustDomain)' });
   }
@@ -152,6 +176,9 @@ export type Config = z.infer<typeof configSchema>;
 
 /** The parsed `identity` section: durations in milliseconds. */
 export type IdentityConfig = z.infer<typeof identitySchema>;
+
+/** The parsed `audit` section: durations in milliseconds. */
+export type AuditConfig = z.infer<typeof auditSchema>;
 
 /** One parsed `authorization.builders` rule. */
 export type BuilderRuleConfig = z.infer<typeof builderRuleSchema>;

@@ -38,6 +38,7 @@ import type { KeyRecord, Store } from '../store/store.ts';
 import { ALGORITHM_INFO, type Algorithm } from '../signers/signer.ts';
 import { TAG, tlv } from './der.ts';
 import { checkAttestation, encodeBuilderExtensions, type BuilderAttestation } from './builder-extensions.ts';
+import type { AuditSink } from '../audit/audit-sink.ts';
 
 /** The algorithms the identity CA can sign certificates with. */
 export type CaAlgorithm = 'ECDSA_P256_SHA256' | 'ECDSA_P384_SHA384' | 'RSA_PKCS1_SHA256' | 'ED25519';
@@ -69,6 +70,8 @@ export interface IdentityCaOptions {
   log: Logger;
   /** Where issuances are recorded; `log` when absent. */
   audit?: Logger;
+  /** The audit log: every issued certificate (`identity.issue`) and the CA key's creation are recorded. */
+  sink?: AuditSink;
   /** The SPIFFE trust domain of builder ids, e.g. `sigil.example`. */
   trustDomain: string;
   /** The CA key's name; default `sigil/identity-ca`. */
@@ -114,6 +117,7 @@ export class IdentityCa {
   readonly #store: IdentityCaOptions['store'];
   readonly #clock: Clock;
   readonly #audit: Logger;
+  readonly #sink: AuditSink | null;
   readonly #trustDomain: string;
   readonly #keyVersion: string;
   readonly #algorithm: CaAlgorithm;
@@ -130,6 +134,7 @@ export class IdentityCa {
     this.#store = o.store;
     this.#clock = o.clock;
     this.#audit = o.audit ?? o.log;
+    this.#sink = o.sink ?? null;
     this.#trustDomain = o.trustDomain;
     this.#keyVersion = `${key.name}@${key.primaryVersion}`;
     this.#algorithm = key.algorithm as CaAlgorithm;
@@ -162,6 +167,7 @@ export class IdentityCa {
       if (!isSigilError(err, 'KEY_NOT_FOUND')) throw err;
       key = await o.keys.createKey(name, o.algorithm ?? 'ECDSA_P256_SHA256', o.backend);
       (o.audit ?? o.log).info({ key: `${name}@1`, algorithm: key.algorithm, backend: key.backend }, 'identity ca key created');
+      await o.sink?.record({ who: 'sigild', act: 'key.create', key: `${name}@1`, result: 'ok', detail: { algorithm: key.algorithm, backend: key.backend, purpose: 'identity ca' } });
     }
     if (!(key.algorithm in SIGNATURE_ALGORITHM)) {
       throw new SigilError('FAILED_PRECONDITION', `the identity ca key ${name} is ${key.algorithm}, which the identity ca cannot sign certificates with`);
@@ -270,6 +276,7 @@ export class IdentityCa {
       ...encodeBuilderExtensions(att).map((e) => ext(e.oid, false, e.value)),
     ];
     const serial = randomSerial();
+    this.#sink?.ready();
     const der = await signCertificate(this.#keys, this.#keyVersion, this.#algorithm, {
       serial: serial.content,
       issuer: this.#caName,
@@ -284,6 +291,14 @@ export class IdentityCa {
     // Recorded before it leaves, so an admin can revoke it by serial and the CRL knows its notAfter.
     this.#store.insertIssuedCertificate({ serial: BigInt(`0x${serial.hex}`).toString(16), ekHash: att.ekHash, san, notAfter: truncateMs(notAfter), issuedAt: this.#clock.now() });
     this.#audit.info({ serial: serial.hex, san, policy: att.policy, ekHash: att.ekHash, claims: att.claims, notAfter: truncateMs(notAfter) }, 'builder certificate issued');
+    // The certificate leaves only once its issuance is durable in the audit log.
+    await this.#sink?.record({
+      who: 'sigild',
+      act: 'identity.issue',
+      key: this.#keyVersion,
+      result: 'ok',
+      detail: { serial: serial.hex, san, policy: att.policy, ekHash: att.ekHash, claims: att.claims, notAfter: truncateMs(notAfter).toISOString() },
+    });
     return { certificateDer: der, certificatePem: toPem(der), notBefore: truncateMs(notBefore), notAfter: truncateMs(notAfter), serial: serial.hex, san };
   }
 }

@@ -11,6 +11,8 @@ import type { Metrics } from './metrics.ts';
 import type { Role } from './auth.ts';
 import { unary, type RpcContext } from './rpc.ts';
 import { hashOf } from '../tpm/structures.ts';
+import type { AuditSink } from '../audit/audit-sink.ts';
+import { reasonOf, resultOf } from '../audit/audited.ts';
 
 const BUILDERS: readonly Role[] = ['builder'];
 // Bounds on what an unauthenticated caller may make the daemon parse.
@@ -26,6 +28,8 @@ export interface AttestationDeps {
   nonceTtlMs: number;
   clock: Clock;
   audit: Logger;
+  /** The audit log: enrollments and renewals, issued or refused, are recorded before the answer leaves. */
+  sink: AuditSink;
   metrics: Metrics;
   /** Spends a one-time join token by hash; false when it was spent before. */
   useJoinToken(tokenHash: string, policy: string): boolean;
@@ -36,15 +40,22 @@ export interface AttestationDeps {
  * issuance and every refusal lands in the audit channel and the enrollments metric.
  */
 export function attestationService(ctx: RpcContext, d: AttestationDeps): AttestationServer {
-  const outcome = async <T>(kind: 'enroll' | 'renew', policy: string, fields: Record<string, unknown>, fn: () => Promise<T>): Promise<T> => {
+  const outcome = async <T>(kind: 'enroll' | 'renew', policy: string, fields: Record<string, unknown>, fn: () => Promise<T>, who = 'anonymous'): Promise<T> => {
+    const act = kind === 'enroll' ? 'enrollment' : 'renewal';
+    let r: T;
     try {
-      return await fn();
+      d.sink.ready();
+      r = await fn();
     } catch (err) {
       const reason = isSigilError(err) ? err.code : 'INTERNAL';
       d.metrics.enrollments.inc({ kind, policy: policy || '-', outcome: reason });
       d.audit.warn({ kind, policy, reason, detail: isSigilError(err) ? err.message : 'internal error', ...fields }, kind === 'enroll' ? 'enrollment refused' : 'renewal refused');
+      await d.sink.record({ who, act, result: resultOf(err), reason: reasonOf(err), detail: { policy: policy || undefined, ...fields } });
       throw err;
     }
+    const issued = (r as { identity?: PbIdentity }).identity;
+    await d.sink.record({ who, act, result: 'ok', detail: { policy: policy || undefined, ...fields, ...(issued ? { spiffeId: issued.spiffeId, notAfter: issued.notAfter?.toISOString() } : { step: 'challenge' }) } });
+    return r;
   };
 
   const policyOf = (name: string): AttestationPolicy => {
@@ -88,7 +99,7 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
           const policy = policyOf(b.policy);
           const nonce = await d.verifier.renewChallenge({ ekHash: b.ekHash, akName: b.akName });
           return { nonce, credentialBlob: Buffer.alloc(0), encryptedSecret: Buffer.alloc(0), expireTime: expireTime(), pcrSelection: selection(policy) };
-        });
+        }, who.subject);
       }
       return outcome('enroll', req.policy, {}, async () => {
         const policy = policyOf(req.policy);
@@ -123,7 +134,7 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
         // The nonce was issued to a builder; it must be this one (a nonce is not a bearer token).
         if (a.ekHash !== b.ekHash) throw new SigilError('PERMISSION_DENIED', 'the renewal nonce was issued to another builder');
         return { identity: await issue(a, req.identityPublicKey, req.claims, req.lifetimeSeconds, 'renew') };
-      });
+      }, who.subject);
     }),
   };
 }

@@ -1,6 +1,8 @@
 import type { sendUnaryData, ServerUnaryCall, status as Status } from '@grpc/grpc-js';
 import type { Logger } from '../log.ts';
-import type { Authenticator, Principal, Role } from './auth.ts';
+import type { AuditSink } from '../audit/audit-sink.ts';
+import { isSigilError } from '../errors.ts';
+import type { AuthCall, Authenticator, Principal, Role } from './auth.ts';
 import type { Metrics } from './metrics.ts';
 import { toServiceError, toWireError } from './status.ts';
 
@@ -9,6 +11,30 @@ export interface RpcContext {
   auth: Authenticator;
   metrics: Metrics;
   log: Logger;
+  /** The audit log: every act and every refused request is recorded before the answer leaves. */
+  audit: AuditSink;
+}
+
+/**
+ * Records a request refused for want of a trusted certificate or role (`request.refused`), then lets the
+ * caller answer. Resolves with the error to send: the refusal, or AUDIT_UNAVAILABLE when it cannot be recorded.
+ */
+export async function recordRefusal(ctx: RpcContext, call: AuthCall & { getPeer?(): string }, rpc: string, err: unknown): Promise<unknown> {
+  if (!isSigilError(err, 'UNAUTHENTICATED') && !isSigilError(err, 'PERMISSION_DENIED')) return err;
+  let who = 'anonymous';
+  try {
+    who = ctx.auth.principal(call).subject;
+  } catch {
+    // No trusted certificate: the peer address is all there is.
+    const peer = call.getPeer?.();
+    if (peer) who = `anonymous@${peer}`;
+  }
+  try {
+    await ctx.audit.record({ who, act: 'request.refused', result: 'refused', reason: err.code, detail: { rpc } });
+  } catch (auditErr) {
+    return auditErr;
+  }
+  return err;
 }
 
 const OK = 0 as Status;
@@ -54,9 +80,12 @@ export function unary<Req, Res>(
         ? (fn as (req: Req, call: ServerUnaryCall<Req, Res>) => Res | Promise<Res>)(call.request, call)
         : (fn as (req: Req, who: Principal) => Res | Promise<Res>)(call.request, ctx.auth.require(call, roles));
     } catch (err) {
-      const w = toWireError(err, ctx.log, rpc);
-      done(w.code);
-      callback(toServiceError(w), null);
+      // Thrown before the handler ran: the role check (or a synchronous refusal), recorded here.
+      void recordRefusal(ctx, call, rpc, err).then((e) => {
+        const w = toWireError(e, ctx.log, rpc);
+        done(w.code);
+        callback(toServiceError(w), null);
+      });
       return;
     }
     Promise.resolve(result).then(
@@ -65,6 +94,7 @@ export function unary<Req, Res>(
         callback(null, res);
       },
       (err: unknown) => {
+        // Handlers audit their own acts, refusals included.
         const w = toWireError(err, ctx.log, rpc);
         done(w.code);
         callback(toServiceError(w), null);

@@ -8,6 +8,9 @@ import { BuilderPolicy } from '../identity/builder-policy.ts';
 import { SignerService } from '../gen/sigil/v1/signer.ts';
 import { AdminService } from '../gen/sigil/v1/admin.ts';
 import { AttestationService } from '../gen/sigil/v1/attestation.ts';
+import { AuditService } from '../gen/sigil/v1/audit.ts';
+import { auditService } from './audit-service.ts';
+import type { AuditLog } from '../audit/audit-log.ts';
 import { attestationService, type AttestationDeps } from './attestation-service.ts';
 import { RevocationService } from '../gen/sigil/v1/revocation.ts';
 import { revocationService, type RevocationDeps } from './revocation-service.ts';
@@ -23,6 +26,7 @@ import { adminService } from './admin-service.ts';
 import { GrpcH2Server } from './h2/server.ts';
 import { splitHostPort } from '../config/host-port.ts';
 import { toServiceError, toWireError } from './status.ts';
+import { recordRefusal, type RpcContext } from './rpc.ts';
 
 const PROTO_DIR = fileURLToPath(new URL('../../proto', import.meta.url));
 
@@ -45,6 +49,8 @@ export interface ServerOptions {
   keys: KeyService;
   log: Logger;
   audit: Logger;
+  /** The audit log: the sink of every act and the data of the Audit service. */
+  auditLog: AuditLog;
   metrics: Metrics;
   limits: { maxMessageBytes: number; maxBatch: number };
 }
@@ -77,10 +83,11 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     clock: o.clock,
     revoked: revocations ? (p) => revocations.refuseBuilder({ serial: p.serial, ekHash: p.builder.ekHash, akName: p.builder.akName, subject: p.subject }) : undefined,
   });
-  const ctx = { auth, metrics: o.metrics, log: o.log };
+  const ctx = { auth, metrics: o.metrics, log: o.log, audit: o.auditLog };
   const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys: o.reservedKeys ?? [] };
   server.addService(SignerService, signerService(ctx, o.keys, o.limits, access) as unknown as UntypedServiceImplementation);
   server.addService(AdminService, adminService(ctx, o.keys, o.audit) as unknown as UntypedServiceImplementation);
+  server.addService(AuditService, auditService(ctx, o.auditLog) as unknown as UntypedServiceImplementation);
   if (o.attestation) server.addService(AttestationService, attestationService(ctx, o.attestation) as unknown as UntypedServiceImplementation);
   if (o.revocation) server.addService(RevocationService, revocationService(ctx, o.revocation) as unknown as UntypedServiceImplementation);
 
@@ -88,15 +95,16 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     '': 'SERVING',
     'sigil.v1.Signer': 'SERVING',
     'sigil.v1.Admin': 'SERVING',
+    'sigil.v1.Audit': 'SERVING',
     ...(o.attestation ? { 'sigil.v1.Attestation': 'SERVING' } : {}),
     ...(o.revocation ? { 'sigil.v1.Revocation': 'SERVING' } : {}),
   });
   // HealthImplementation only calls addService, which GrpcH2Server provides with grpc-js's signature.
   health.addToServer(server as unknown as Server);
 
-  const pkg = loadSync(['sigil/v1/signer.proto', 'sigil/v1/admin.proto', ...(o.attestation ? ['sigil/v1/attestation.proto'] : []), ...(o.revocation ? ['sigil/v1/revocation.proto'] : [])], { includeDirs: [PROTO_DIR] });
+  const pkg = loadSync(['sigil/v1/signer.proto', 'sigil/v1/admin.proto', 'sigil/v1/audit.proto', ...(o.attestation ? ['sigil/v1/attestation.proto'] : []), ...(o.revocation ? ['sigil/v1/revocation.proto'] : [])], { includeDirs: [PROTO_DIR] });
   new ReflectionService(pkg).addToServer({
-    addService: (def: ServiceDefinition, impl: UntypedServiceImplementation) => server.addService(def, adminOnlyStreams(impl, auth, o.log)),
+    addService: (def: ServiceDefinition, impl: UntypedServiceImplementation) => server.addService(def, adminOnlyStreams(impl, ctx)),
   });
 
   const [host, wanted] = splitHostPort(o.listen);
@@ -124,14 +132,14 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
 }
 
 /** Wraps the reflection service's bidi handlers so only admins may call them. */
-function adminOnlyStreams(impl: UntypedServiceImplementation, auth: Authenticator, log: Logger): UntypedServiceImplementation {
+function adminOnlyStreams(impl: UntypedServiceImplementation, ctx: RpcContext): UntypedServiceImplementation {
   const out: UntypedServiceImplementation = {};
   for (const [name, handler] of Object.entries(impl)) {
     out[name] = ((call: ServerDuplexStream<unknown, unknown>) => {
       try {
-        auth.require(call, ['admin']);
+        ctx.auth.require(call, ['admin']);
       } catch (err) {
-        call.emit('error', toServiceError(toWireError(err, log, `reflection.${name}`)));
+        void recordRefusal(ctx, call, `reflection.${name}`, err).then((e) => call.emit('error', toServiceError(toWireError(e, ctx.log, `reflection.${name}`))));
         return;
       }
       (handler as (c: typeof call) => void)(call);

@@ -1,5 +1,5 @@
 import type { ServerDuplexStream } from '@grpc/grpc-js';
-import { createPublicKey } from 'node:crypto';
+import { createHash, createPublicKey } from 'node:crypto';
 import {
   type SignerServer,
   type SignRequest,
@@ -11,7 +11,8 @@ import {
 import { SigilError } from '../errors.ts';
 import type { KeyService, Signature } from '../keys/key-service.ts';
 import { algorithmToPb, keyToPb } from './convert.ts';
-import { unary, type RpcContext } from './rpc.ts';
+import { recordRefusal, unary, type RpcContext } from './rpc.ts';
+import { reasonOf, resultOf } from '../audit/audited.ts';
 import { toServiceError, toWireError } from './status.ts';
 import type { Principal, Role } from './auth.ts';
 import type { BuilderPolicy } from '../identity/builder-policy.ts';
@@ -58,18 +59,28 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
     c.inc();
     b.latency.observe(seconds);
   };
+  const audit = ctx.audit;
+  /**
+   * Signs one request, fail closed: a log known to be broken refuses before the backend works, and no
+   * signature leaves before its `sign` entry is durable (a failed write drops it: AUDIT_UNAVAILABLE).
+   */
   const signOne = async (req: SignRequest | undefined, who: Principal): Promise<SignResponse> => {
-    if (req === undefined) throw new SigilError('INVALID_ARGUMENT', 'request is required');
+    const { digest, detail } = digestOf(req);
+    let s: Signature;
     try {
+      if (req === undefined) throw new SigilError('INVALID_ARGUMENT', 'request is required');
+      audit.ready();
       mayUse(who, req.key, true);
       const t0 = performance.now();
-      const s = await keys.sign(req.key, { digest: req.digest, message: req.message });
+      s = await keys.sign(req.key, { digest: req.digest, message: req.message });
       count(s, (performance.now() - t0) / 1000);
-      return { signature: s.signature, keyVersion: s.keyVersion, algorithm: algorithmToPb(s.algorithm) };
     } catch (err) {
-      ctx.metrics.signErrors.inc({ reason: err instanceof SigilError ? err.code : 'INTERNAL' });
+      ctx.metrics.signErrors.inc({ reason: reasonOf(err) });
+      await audit.record({ who: who.subject, act: 'sign', key: req?.key.slice(0, 200), digest, result: resultOf(err), reason: reasonOf(err), detail });
       throw err;
     }
+    await audit.record({ who: who.subject, act: 'sign', key: s.keyVersion, digest, result: 'ok', detail });
+    return { signature: s.signature, keyVersion: s.keyVersion, algorithm: algorithmToPb(s.algorithm) };
   };
   const result = (p: Promise<SignResponse>, rpc: string): Promise<SignResult> =>
     p.then(
@@ -96,9 +107,11 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
       try {
         who = ctx.auth.require(call, SIGNERS);
       } catch (err) {
-        const w = toWireError(err, ctx.log, 'SignStream');
-        ctx.metrics.requests.inc({ rpc: 'SignStream', code: String(w.code) });
-        call.emit('error', toServiceError(w));
+        void recordRefusal(ctx, call, 'SignStream', err).then((e) => {
+          const w = toWireError(e, ctx.log, 'SignStream');
+          ctx.metrics.requests.inc({ rpc: 'SignStream', code: String(w.code) });
+          call.emit('error', toServiceError(w));
+        });
         return;
       }
       inFlight.inc();
@@ -154,4 +167,15 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
 
     listKeys: unary(ctx, 'ListKeys', LIST_READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
   };
+}
+
+/**
+ * What the audit entry says was signed: the digest (lower-case hex, at most 64 bytes of it), or for a
+ * whole message SHA-256 of the message, which `detail` says.
+ */
+function digestOf(req: SignRequest | undefined): { digest: string | undefined; detail: Record<string, unknown> | undefined } {
+  if (req === undefined) return { digest: undefined, detail: undefined };
+  if (req.message !== undefined) return { digest: createHash('sha256').update(req.message).digest('hex'), detail: { digestOf: 'message', hash: 'sha256', bytes: req.message.length } };
+  if (req.digest !== undefined) return { digest: req.digest.subarray(0, 64).toString('hex'), detail: undefined };
+  return { digest: undefined, detail: undefined };
 }

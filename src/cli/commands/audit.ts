@@ -1,0 +1,151 @@
+import type { Command } from 'commander';
+import { createPublicKey } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { promised, type Clients } from '../client.ts';
+import type {
+  GetAuditKeyResponse,
+  GetCheckpointResponse,
+  GetConsistencyProofResponse,
+  GetInclusionProofResponse,
+  ListEntriesResponse,
+} from '../../gen/sigil/v1/audit.ts';
+import { verifyLog, type VerifyEntry } from '../../audit/verify.ts';
+import { leafHash, verifyInclusion } from '../../audit/merkle.ts';
+import { noteVerifier, openCheckpoint, parseCheckpoint, parseNote } from '../../audit/note.ts';
+import { UsageError, type CliContext } from './context.ts';
+
+const PAGE = 1000;
+
+const call = {
+  checkpoint: (c: Clients, treeSize = 0) => promised<GetCheckpointResponse>((md, cb) => c.audit.getCheckpoint({ treeSize }, md, cb)),
+  entries: (c: Clients, from: number, count: number) => promised<ListEntriesResponse>((md, cb) => c.audit.listEntries({ from, count }, md, cb)),
+  inclusion: (c: Clients, index: number, treeSize: number) => promised<GetInclusionProofResponse>((md, cb) => c.audit.getInclusionProof({ index, treeSize }, md, cb)),
+  consistency: (c: Clients, oldSize: number, newSize: number) => promised<GetConsistencyProofResponse>((md, cb) => c.audit.getConsistencyProof({ oldSize, newSize }, md, cb)),
+  key: (c: Clients) => promised<GetAuditKeyResponse>((md, cb) => c.audit.getAuditKey({}, md, cb)),
+};
+
+/** Every entry from 0 to `size`, a page at a time. */
+async function* allEntries(c: Clients, size: number): AsyncGenerator<VerifyEntry> {
+  for (let from = 0; from < size; ) {
+    const page = await call.entries(c, from, Math.min(PAGE, size - from));
+    if (page.entries.length === 0) return;
+    for (const e of page.entries) yield { index: e.index, data: e.data, leaf: e.leafHash };
+    from = page.entries.at(-1)!.index + 1;
+  }
+}
+
+function count(s: string, what: string): number {
+  if (!/^\d{1,15}$/.test(s)) throw new UsageError(`${what} must be a non-negative integer`);
+  return Number(s);
+}
+
+/** The audit public key: pinned from a PEM file, or fetched from the server (said so on stderr). */
+function pinnedSpki(file: string): Buffer {
+  try {
+    return createPublicKey(readFileSync(file)).export({ format: 'der', type: 'spki' });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw err;
+    throw new UsageError(`${file} is not a public key (pem)`);
+  }
+}
+
+/** `sigilctl audit tail|verify|proof|checkpoint`: read and verify the audit log (roles auditor or admin). */
+export function registerAuditCommands(program: Command, cli: CliContext): void {
+  const audit = program.command('audit').description('read and verify the audit log');
+
+  audit
+    .command('tail')
+    .description('print the last entries of the audit log')
+    .option('-n, --lines <n>', 'how many entries', '20')
+    .option('--follow', 'keep printing new entries as they come (every second)')
+    .action(async (o: { lines: string; follow?: boolean }) => {
+      const c = cli.open();
+      const n = count(o.lines, '-n');
+      let next = Math.max(0, (await call.entries(c, 0, 0)).treeSize - n);
+      for (;;) {
+        const page = await call.entries(c, next, PAGE);
+        for (const e of page.entries) {
+          const text = e.data.toString('utf8');
+          cli.out({ index: e.index, entry: JSON.parse(text) as unknown }, `${e.index}\t${text}`);
+          next = e.index + 1;
+        }
+        if (page.entries.length === PAGE) continue;
+        if (!o.follow) return;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    });
+
+  audit
+    .command('checkpoint')
+    .description('get the latest signed checkpoint (save it to verify against later)')
+    .option('--out <file>', 'write the signed checkpoint note to this file')
+    .action(async (o: { out?: string }) => {
+      const c = cli.open();
+      const cp = await call.checkpoint(c);
+      if (o.out) writeFileSync(o.out, cp.note);
+      cli.out(
+        { treeSize: cp.treeSize, rootHash: cp.rootHash.toString('hex'), keyVersion: cp.keyVersion, note: cp.note, savedTo: o.out ?? null },
+        o.out ? `checkpoint at size ${cp.treeSize} saved to ${o.out}` : cp.note.trimEnd(),
+      );
+    });
+
+  audit
+    .command('verify')
+    .description('verify the whole audit log against its latest checkpoint and, with --checkpoint, that it still extends a saved one')
+    .option('--checkpoint <file>', 'a checkpoint saved earlier (sigilctl audit checkpoint --out)')
+    .option('--key <pem>', 'pin the audit public key (otherwise it is fetched from the server)')
+    .action(async (o: { checkpoint?: string; key?: string }) => {
+      const c = cli.open();
+      const k = await call.key(c);
+      let spki = k.spkiDer;
+      let keySource = 'fetched from the server (not pinned: use --key to pin it)';
+      if (o.key) {
+        spki = pinnedSpki(o.key);
+        keySource = `pinned from ${o.key}`;
+      } else {
+        process.stderr.write(`sigilctl: the audit key was ${keySource}\n`);
+      }
+      let saved: { checkpoint: string; proof: Buffer[] } | undefined;
+      let savedSize: number | null = null;
+      if (o.checkpoint) {
+        const text = readFileSync(o.checkpoint, 'utf8');
+        try {
+          savedSize = parseCheckpoint(parseNote(text).text).size;
+        } catch (err) {
+          throw new UsageError(`${o.checkpoint} is not a signed checkpoint: ${(err as Error).message}`);
+        }
+        saved = { checkpoint: text, proof: [] };
+      }
+      const latest = await call.checkpoint(c);
+      if (saved && savedSize !== null && savedSize <= latest.treeSize) {
+        saved.proof = (await call.consistency(c, savedSize, latest.treeSize)).hashes;
+      }
+      const r = await verifyLog({ entries: allEntries(c, latest.treeSize), checkpoint: latest.note, spki, origin: k.noteKeyName, saved });
+      const json = { ...r, key: { version: k.keyVersion, source: o.key ? 'pinned' : 'server', verifierKey: k.verifierKey, pem: k.pem } };
+      if (r.ok) {
+        cli.out(json, `ok: ${r.size} entries verified against the checkpoint signed by ${k.noteKeyName} (root ${r.root})${r.savedSize !== null ? `; consistent with the saved checkpoint at size ${r.savedSize}` : ''}; key ${keySource}`);
+        return;
+      }
+      const f = r.failure!;
+      cli.out(json, `FAILED (${f.check}${f.index !== undefined ? ` at entry ${f.index}` : ''}): ${f.message}`);
+      process.exitCode = 1;
+    });
+
+  audit
+    .command('proof')
+    .description('get and check the inclusion proof of one entry')
+    .requiredOption('--index <n>', 'the entry index')
+    .option('--size <m>', 'the tree size (default: the latest checkpoint)')
+    .action(async (o: { index: string; size?: string }) => {
+      const c = cli.open();
+      const index = count(o.index, '--index');
+      const k = await call.key(c);
+      const cp = o.size === undefined ? await call.checkpoint(c) : await call.checkpoint(c, count(o.size, '--size'));
+      const checkpoint = openCheckpoint(cp.note, noteVerifier(k.noteKeyName, k.spkiDer), k.noteKeyName);
+      const p = await call.inclusion(c, index, checkpoint.size);
+      const ok = leafHash(p.data).equals(p.leafHash) && verifyInclusion(index, checkpoint.size, p.leafHash, p.hashes, checkpoint.root);
+      const json = { ok, index, treeSize: checkpoint.size, root: checkpoint.root.toString('hex'), leafHash: p.leafHash.toString('hex'), hashes: p.hashes.map((h) => h.toString('hex')), entry: JSON.parse(p.data.toString('utf8')) as unknown };
+      cli.out(json, `${ok ? 'ok' : 'FAILED'}: entry ${index} ${ok ? 'is' : 'is not proven to be'} in the tree of size ${checkpoint.size} (root ${checkpoint.root.toString('hex')})\n${p.data.toString('utf8')}\n${p.hashes.map((h) => `  ${h.toString('hex')}`).join('\n')}`);
+      if (!ok) process.exitCode = 1;
+    });
+}

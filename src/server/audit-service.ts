@@ -1,0 +1,42 @@
+import { createPublicKey } from 'node:crypto';
+import type { AuditServer } from '../gen/sigil/v1/audit.ts';
+import type { AuditLog, StoredCheckpoint } from '../audit/audit-log.ts';
+import { verifierKeyText } from '../audit/note.ts';
+import { SigilError } from '../errors.ts';
+import { unary, type RpcContext } from './rpc.ts';
+import type { Role } from './auth.ts';
+
+/** Who may read the audit log and its proofs. */
+export const AUDIT_READERS: readonly Role[] = ['auditor', 'admin'];
+
+/** The `sigil.v1.Audit` service: entries, signed checkpoints, inclusion and consistency proofs, the audit key. */
+export function auditService(ctx: RpcContext, log: AuditLog): AuditServer {
+  const checkpointPb = (c: StoredCheckpoint) => ({ note: c.note, treeSize: c.size, rootHash: c.root, keyVersion: c.keyVersion, createTime: c.createdAt });
+  return {
+    getCheckpoint: unary(ctx, 'GetCheckpoint', AUDIT_READERS, async (req) => {
+      if (req.treeSize === 0) return checkpointPb(await log.latestCheckpoint());
+      const c = log.checkpointAt(req.treeSize);
+      if (!c) throw new SigilError('FAILED_PRECONDITION', `no checkpoint was signed at tree size ${req.treeSize}`);
+      return checkpointPb(c);
+    }),
+    listEntries: unary(ctx, 'ListEntries', AUDIT_READERS, (req) => ({
+      entries: log.entries(req.from, req.count).map((e) => ({ index: e.index, data: e.data, leafHash: e.leaf })),
+      treeSize: log.size,
+    })),
+    getInclusionProof: unary(ctx, 'GetInclusionProof', AUDIT_READERS, (req) => {
+      const size = req.treeSize || log.size;
+      const hashes = log.inclusionProof(req.index, size);
+      const e = log.entries(req.index, 1)[0]!;
+      return { index: req.index, treeSize: size, hashes, leafHash: e.leaf, data: e.data };
+    }),
+    getConsistencyProof: unary(ctx, 'GetConsistencyProof', AUDIT_READERS, (req) => {
+      const size = req.newSize || log.size;
+      return { oldSize: req.oldSize, newSize: size, hashes: log.consistencyProof(req.oldSize, size) };
+    }),
+    getAuditKey: unary(ctx, 'GetAuditKey', AUDIT_READERS, () => {
+      const k = log.publicKey();
+      const pem = createPublicKey({ key: k.spki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
+      return { keyVersion: k.keyVersion, spkiDer: k.spki, pem, noteKeyName: k.keyName, noteKeyId: k.keyId, verifierKey: verifierKeyText(k.keyName, k.spki) };
+    }),
+  };
+}
