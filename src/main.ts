@@ -4,6 +4,9 @@ import { createLogger, auditChannel, type Logger } from './log.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import { BackendRegistry } from './signers/registry.ts';
 import { KeyService } from './keys/key-service.ts';
+import { KeyLifecycle } from './keys/lifecycle.ts';
+import { KeyScheduler } from './keys/scheduler.ts';
+import { loggingSink } from './audit/audit-sink.ts';
 import { startServer, type RunningServer } from './server/server.ts';
 import type { AttestationDeps } from './server/attestation-service.ts';
 import { Metrics, serveMetrics } from './server/metrics.ts';
@@ -22,6 +25,10 @@ export interface Daemon {
   /** The metrics endpoint's `host:port`, when configured. */
   metricsAddress: string | null;
   keys: KeyService;
+  /** Key rotation, retirement and approvals. */
+  lifecycle: KeyLifecycle;
+  /** The lifecycle timers (tests call `tick()` with a fake clock). */
+  scheduler: KeyScheduler;
   /** The identity CA, when the config has an `identity` section (the attestation service issues through it). */
   identity: IdentityCa | null;
   stop(): Promise<void>;
@@ -43,10 +50,26 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     log: log.child({ module: 'keys' }),
     clock,
   });
+  // Until the audit log lands, admin acts go to the audit channel (see src/audit/audit-sink.ts).
+  const auditSink = loggingSink(audit);
+  const lifecycle = new KeyLifecycle({
+    store,
+    backends,
+    keys,
+    audit: auditSink,
+    clock,
+    log: log.child({ module: 'lifecycle' }),
+    minDestroyWindowMs: cfg.keys.minDestroyWindow,
+    defaultDestroyWindowMs: cfg.keys.defaultDestroyWindow,
+    approvalTtlMs: cfg.keys.approvalTtl,
+  });
+  const scheduler = new KeyScheduler({ store, lifecycle, clock, log: log.child({ module: 'scheduler' }), intervalMs: cfg.keys.schedulerInterval });
   let identity: IdentityCa | null = null;
   try {
     // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
     await backends.get(cfg.defaultBackend);
+    // Resolve what a crash left half-done (PENDING and DESTROYING versions) before anyone can sign.
+    await lifecycle.recover();
     if (cfg.identity) {
       identity = await IdentityCa.open({
         keys,
@@ -96,6 +119,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       attestation,
       clock,
       keys,
+      lifecycle,
+      auditSink,
       log: log.child({ module: 'server' }),
       audit,
       metrics,
@@ -113,6 +138,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     metricsServer = await serveMetrics(metrics, mh, mp);
     metricsAddress = `${mh}:${metricsServer.port}`;
   }
+  scheduler.start();
   const address = `${host}:${grpc.port}`;
   log.info({ address, metrics: metricsAddress, mode: cfg.mode, backends: backends.names() }, 'sigild serving');
   let stopping: Promise<void> | null = null;
@@ -120,9 +146,12 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     address,
     metricsAddress,
     keys,
+    lifecycle,
+    scheduler,
     identity,
     stop: () =>
       (stopping ??= (async () => {
+        await scheduler.stop();
         await grpc.stop();
         metricsServer?.server.close();
         await backends.closeAll();

@@ -12,6 +12,8 @@ import { attestationService, type AttestationDeps } from './attestation-service.
 import { SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { KeyService } from '../keys/key-service.ts';
+import type { KeyLifecycle } from '../keys/lifecycle.ts';
+import type { AuditSink } from '../audit/audit-sink.ts';
 import { Authenticator, type OperatorRole } from './auth.ts';
 import type { Clock } from '../clock.ts';
 import type { BuilderRule } from '../identity/builder-policy.ts';
@@ -39,6 +41,10 @@ export interface ServerOptions {
   /** TPM enrollment of builders, when attestation is configured. */
   attestation?: AttestationDeps | null;
   keys: KeyService;
+  /** Rotation, retirement, policy and approvals (the Admin service's lifecycle RPCs). */
+  lifecycle: KeyLifecycle;
+  /** Where admin acts are recorded before they are answered. */
+  auditSink: AuditSink;
   log: Logger;
   audit: Logger;
   metrics: Metrics;
@@ -71,7 +77,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const ctx = { auth, metrics: o.metrics, log: o.log };
   const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys: o.reservedKeys ?? [] };
   server.addService(SignerService, signerService(ctx, o.keys, o.limits, access) as unknown as UntypedServiceImplementation);
-  server.addService(AdminService, adminService(ctx, o.keys, o.audit) as unknown as UntypedServiceImplementation);
+  server.addService(AdminService, adminService(ctx, o.keys, o.lifecycle, o.auditSink) as unknown as UntypedServiceImplementation);
   if (o.attestation) server.addService(AttestationService, attestationService(ctx, o.attestation) as unknown as UntypedServiceImplementation);
 
   const health = new HealthImplementation({
