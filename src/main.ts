@@ -4,6 +4,8 @@ import { createLogger, auditChannel, type Logger } from './log.ts';
 import { SqliteStore } from './store/sqlite.ts';
 import { BackendRegistry } from './signers/registry.ts';
 import { KeyService } from './keys/key-service.ts';
+import { KeyLifecycle } from './keys/lifecycle.ts';
+import { KeyScheduler } from './keys/scheduler.ts';
 import { startServer, type RunningServer } from './server/server.ts';
 import type { AttestationDeps } from './server/attestation-service.ts';
 import { Metrics, serveMetrics } from './server/metrics.ts';
@@ -28,6 +30,10 @@ export interface Daemon {
   /** The metrics endpoint's `host:port`, when configured. */
   metricsAddress: string | null;
   keys: KeyService;
+  /** Key rotation, retirement and approvals. */
+  lifecycle: KeyLifecycle;
+  /** The lifecycle timers (tests call `tick()` with a fake clock). */
+  scheduler: KeyScheduler;
   /** The identity CA, when the config has an `identity` section (the attestation service issues through it). */
   identity: IdentityCa | null;
   /** Revoked identities and builders, and the CRL. */
@@ -53,6 +59,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     log: log.child({ module: 'keys' }),
     clock,
   });
+  let lifecycle: KeyLifecycle;
+  let scheduler: KeyScheduler;
   let identity: IdentityCa | null = null;
   let trustedRoot: TrustedRootPublisher;
   let grpcAddress = cfg.listen;
@@ -62,6 +70,20 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
     await backends.get(cfg.defaultBackend);
     auditLog = await openAuditLog(cfg, keys, backends, clock, log);
+    lifecycle = new KeyLifecycle({
+      store,
+      backends,
+      keys,
+      audit: auditLog,
+      clock,
+      log: log.child({ module: 'lifecycle' }),
+      minDestroyWindowMs: cfg.keys.minDestroyWindow,
+      defaultDestroyWindowMs: cfg.keys.defaultDestroyWindow,
+      approvalTtlMs: cfg.keys.approvalTtl,
+    });
+    scheduler = new KeyScheduler({ store, lifecycle, clock, log: log.child({ module: 'scheduler' }), intervalMs: cfg.keys.schedulerInterval });
+    // Resolve what a crash left half-done (PENDING and DESTROYING versions) before anyone can sign.
+    await lifecycle.recover();
     if (cfg.identity) {
       identity = await IdentityCa.open({
         keys,
@@ -132,6 +154,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       revocation: { revocations, trustedRoot },
       clock,
       keys,
+      lifecycle,
       log: log.child({ module: 'server' }),
       audit,
       metrics,
@@ -151,6 +174,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     metricsServer = await serveMetrics(metrics, mh, mp, { crl: identity ? () => revocations.crl() : null, trustedRoot: () => trustedRoot.current() });
     metricsAddress = `${mh}:${metricsServer.port}`;
   }
+  scheduler.start();
   const address = `${host}:${grpc.port}`;
   grpcAddress = address;
   revocations.start();
@@ -160,11 +184,14 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     address,
     metricsAddress,
     keys,
+    lifecycle,
+    scheduler,
     identity,
     revocations,
     audit: audited,
     stop: () =>
       (stopping ??= (async () => {
+        await scheduler.stop();
         revocations.stop();
         await grpc.stop();
         if (checkpointTimer) clearInterval(checkpointTimer);

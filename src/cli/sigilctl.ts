@@ -2,12 +2,14 @@ import { Command, Option } from 'commander';
 import { statSync, writeFileSync, readFileSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
-import { Algorithm, type Key } from '../gen/sigil/v1/signer.ts';
+import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
 import { HASH_OF, hashFile } from './files.ts';
 import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
 import { registerRevocationCommands } from './commands/revocation.ts';
 import { registerAuditCommands } from './commands/audit.ts';
+import { keyJson, keyText, registerKeysCommands } from './commands/keys.ts';
+import { registerApprovalsCommands } from './commands/approvals.ts';
 
 interface Globals {
   addr?: string;
@@ -15,23 +17,6 @@ interface Globals {
   cert?: string;
   key?: string;
   output: 'text' | 'json';
-}
-
-function keyJson(k: Key): object {
-  return {
-    name: k.name,
-    algorithm: algName(k.algorithm),
-    backend: k.backend,
-    primaryVersion: k.primaryVersion,
-    createTime: k.createTime?.toISOString(),
-    versions: k.versions.map((v) => ({ version: v.version, uri: v.uri, state: v.state === 1 ? 'ENABLED' : String(v.state), generated: v.generated, createTime: v.createTime?.toISOString() })),
-  };
-}
-
-function keyText(k: Key): string {
-  const lines = [`${k.name}  ${algName(k.algorithm)}  backend=${k.backend}  primary=${k.name}@${k.primaryVersion}`];
-  for (const v of k.versions) lines.push(`  @${v.version}  ${v.state === 1 ? 'ENABLED' : v.state}  ${v.generated ? 'generated' : 'imported'}  ${v.createTime?.toISOString() ?? ''}  ${v.uri}`);
-  return lines.join('\n');
 }
 
 /** The `sigilctl` command line. */
@@ -166,6 +151,8 @@ export async function main(argv: string[]): Promise<void> {
   const cli: CliContext = { open, out };
   registerRevocationCommands(program, cli);
   registerAuditCommands(program, cli);
+  registerKeysCommands(program, cli);
+  registerApprovalsCommands(program, cli);
 
   const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
   for (const leaf of leaves(program)) {

@@ -134,6 +134,19 @@ export const configSchema = z.strictObject({
     })
     .optional(),
   audit: auditSchema.prefault({}),
+  /** Key lifecycle windows (issue 4); production refuses a minimum destroy window below 24h. */
+  keys: z
+    .strictObject({
+      /** The shortest destroy window ScheduleDestroyKeyVersion accepts. */
+      minDestroyWindow: duration.default(24 * HOUR),
+      /** The destroy window when a request names none. */
+      defaultDestroyWindow: duration.default(7 * 24 * HOUR),
+      /** How long an approval request stays open. */
+      approvalTtl: duration.default(24 * HOUR),
+      /** How often the lifecycle scheduler looks for due destructions, rotations and expired approvals. */
+      schedulerInterval: duration.default(30_000),
+    })
+    .prefault({}),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
 }).superRefine((cfg, ctx) => {
   if (!(cfg.defaultBackend in cfg.backends)) {
@@ -164,6 +177,14 @@ export const configSchema = z.strictObject({
   if (!cfg.identity && cfg.authorization.builders.length > 0) {
     ctx.addIssue({ code: 'custom', path: ['authorization', 'builders'], message: 'builder rules need the identity section (identity.trustDomain)' });
   }
+  const k = cfg.keys;
+  if (cfg.mode === 'production' && k.minDestroyWindow < 24 * HOUR) {
+    ctx.addIssue({ code: 'custom', path: ['keys', 'minDestroyWindow'], message: 'must be at least 24h in production mode' });
+  }
+  if (k.minDestroyWindow < 1000) ctx.addIssue({ code: 'custom', path: ['keys', 'minDestroyWindow'], message: 'must be at least 1s' });
+  if (k.defaultDestroyWindow < k.minDestroyWindow) ctx.addIssue({ code: 'custom', path: ['keys', 'defaultDestroyWindow'], message: 'must not be shorter than keys.minDestroyWindow' });
+  if (k.approvalTtl < 1000 || k.approvalTtl > 30 * 24 * HOUR) ctx.addIssue({ code: 'custom', path: ['keys', 'approvalTtl'], message: 'must be between 1s and 30d' });
+  if (k.schedulerInterval < 100 || k.schedulerInterval > HOUR) ctx.addIssue({ code: 'custom', path: ['keys', 'schedulerInterval'], message: 'must be between 100ms and 1h' });
   if (cfg.mode === 'production') {
     for (const [name, b] of Object.entries(cfg.backends)) {
       if (b.type === 'soft') ctx.addIssue({ code: 'custom', path: ['backends', name, 'type'], message: 'the soft backend is for tests and development; production mode refuses it' });

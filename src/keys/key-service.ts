@@ -84,7 +84,7 @@ export class KeyService {
       try {
         return this.#store.insertKey(
           { name, algorithm: alg, backend: bname, createdAt: now },
-          { uri: made.uri, state: 'ENABLED', generated: true, spki: made.spki, createdAt: now },
+          { uri: made.uri, state: 'ENABLED', generated: true, spki: made.spki, createdAt: now, label: backendLabel(name, 1) },
         );
       } catch (err) {
         // The backend object exists but is not recorded; say where it is so an operator can remove it.
@@ -132,10 +132,27 @@ export class KeyService {
     return this.#store.listKeys(prefix);
   }
 
-  /** The public key of `name` (primary version) or `name@N`. */
+  /**
+   * The public key of `name` (primary version) or `name@N`. Disabled and destroyed versions keep
+   * serving theirs (old signatures stay verifiable); versions below the key's min_verify_version do not.
+   */
   publicKey(ref: string): PublicKey {
     const { key, version } = this.#lookup(ref);
+    if (version.version < key.policy.minVerifyVersion) {
+      throw new SigilError('FAILED_PRECONDITION', `key ${keyVersionRef(key.name, version.version)} is below min_verify_version ${key.policy.minVerifyVersion}: its public key is no longer trusted`);
+    }
     return { keyVersion: keyVersionRef(key.name, version.version), algorithm: key.algorithm, spki: version.spki };
+  }
+
+  /**
+   * Drops every cached signer of key `name` (`name` and each `name@N`): the next request reads the
+   * store again. Lifecycle changes call it right after their store commit, in the same synchronous
+   * step, so a disabled version cannot sign on the very next request while in-flight ones finish.
+   */
+  invalidate(name: string): void {
+    for (const ref of [...this.#resolved.keys()]) {
+      if (ref === name || (ref.startsWith(name) && ref.charCodeAt(name.length) === 0x40 /* @ */)) this.#resolved.delete(ref);
+    }
   }
 
   /** Signs with `name` (primary version) or `name@N`: the hot path. */
@@ -179,6 +196,7 @@ export class KeyService {
 
   async #resolve(ref: string): Promise<Resolved> {
     const { key, version } = this.#lookup(ref);
+    checkSignable(key, version, !ref.includes('@'));
     const backend = await this.#backends.get(key.backend);
     const signer = await backend.signer(version.uri, key.algorithm);
     return {
@@ -196,7 +214,8 @@ export class KeyService {
     if (!key) throw new SigilError('KEY_NOT_FOUND', `no key named ${name}`);
     const want = version ?? key.primaryVersion;
     const v = key.versions.find((x) => x.version === want);
-    if (!v) throw new SigilError('KEY_NOT_FOUND', `key ${name} has no version ${want}`);
+    // A PENDING version is a rotation in progress (or one a crash interrupted): not visible yet.
+    if (!v || v.state === 'PENDING') throw new SigilError('KEY_NOT_FOUND', `key ${name} has no version ${want}`);
     return { key, version: v };
   }
 
@@ -216,6 +235,18 @@ export class KeyService {
       this.#creating.delete(name);
     }
   }
+}
+
+/** Refuses a version that may not sign: below min_sign_version, or in any state but ENABLED. */
+function checkSignable(key: KeyRecord, v: KeyVersionRecord, primary: boolean): void {
+  const ref = keyVersionRef(key.name, v.version);
+  if (v.version < key.policy.minSignVersion) {
+    throw new SigilError('FAILED_PRECONDITION', `key ${ref} is below min_sign_version ${key.policy.minSignVersion}: sign with ${key.name} or a newer version`);
+  }
+  if (v.state === 'ENABLED') return;
+  const why = v.revokedAt ? ' (compromised)' : v.state === 'DESTROY_SCHEDULED' && v.destroyAt ? ` (destruction at ${v.destroyAt.toISOString()})` : '';
+  if (primary) throw new SigilError('FAILED_PRECONDITION', `the primary version ${ref} of key ${key.name} is ${v.state}${why}: rotate the key to sign with ${key.name}`);
+  throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state}${why} and cannot sign`);
 }
 
 function requireAlgorithm(a: Algorithm | null): Algorithm {

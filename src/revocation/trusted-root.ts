@@ -128,29 +128,26 @@ export function serializeTrustedRoot(doc: TrustedRootDocument): Buffer {
 }
 
 /**
- * The key versions of stored keys as the trusted root needs them. Reads the lifecycle fields
- * (`revokedAt`, `destroyedAt`, `state`, `policy.minVerifyVersion`) where the records carry them; records
- * without them count as never revoked or destroyed, with every version verifiable. Keys in `skip`
- * (sigil's reserved keys) are left out.
+ * The key versions of stored keys as the trusted root needs them: the lifecycle fields `revokedAt`,
+ * `destroyedAt`, `state` and the key's `policy.minVerifyVersion`. Keys in `skip` (sigil's reserved keys)
+ * are left out.
  */
 export function keyVersionsOf(keys: readonly KeyRecord[], skip: readonly string[]): TrustedKeyVersion[] {
   const out: TrustedKeyVersion[] = [];
   for (const k of keys) {
     if (skip.includes(k.name)) continue;
-    const policy = (k as { policy?: { minVerifyVersion?: number } }).policy;
-    const minVerifyVersion = policy?.minVerifyVersion ?? 1;
+    const minVerifyVersion = k.policy.minVerifyVersion;
     for (const v of k.versions) {
-      const life = v as { revokedAt?: Date | null; destroyedAt?: Date | null; state: string };
       out.push({
         keyName: k.name,
         version: v.version,
         algorithm: k.algorithm,
         spki: v.spki,
         createdAt: v.createdAt,
-        revokedAt: life.revokedAt ?? null,
-        destroyedAt: life.destroyedAt ?? null,
+        revokedAt: v.revokedAt,
+        destroyedAt: v.destroyedAt,
         minVerifyVersion,
-        hasKey: life.state !== 'PENDING',
+        hasKey: v.state !== 'PENDING',
       });
     }
   }

@@ -1,41 +1,95 @@
 import type { AdminServer } from '../gen/sigil/v1/admin.ts';
-import type { KeyService } from '../keys/key-service.ts';
-import type { Logger } from '../log.ts';
+import { SigilError } from '../errors.ts';
 import { audited } from '../audit/audited.ts';
-import { algorithmFromPb, keyToPb } from './convert.ts';
+import type { KeyService } from '../keys/key-service.ts';
+import type { KeyLifecycle, PolicyPatch } from '../keys/lifecycle.ts';
+import { approvalStateFromPb, approvalToPb, algorithmFromPb, keyToPb, keyVersionToPb, policyToPb } from './convert.ts';
 import { unary, type RpcContext } from './rpc.ts';
-import type { Role } from './auth.ts';
+import type { Principal, Role } from './auth.ts';
 
-const ADMINS: readonly Role[] = ['admin'];
+/** Who may change keys (create, import, rotate, disable, enable, schedule or cancel destruction, policy). */
+export const KEY_CHANGERS: readonly Role[] = ['admin'];
+/** Who may read keys and their versions through the Admin service. */
+export const KEY_READERS: readonly Role[] = ['admin', 'auditor'];
+/** Who may list approvals. */
+export const APPROVAL_READERS: readonly Role[] = ['admin', 'approver', 'auditor'];
+/** Who may approve or reject (never the requester: checked by the lifecycle). */
+export const APPROVERS: readonly Role[] = ['approver'];
+
+const MAX_SECONDS = 10 * 366 * 86_400;
+
+/** The actor of an act: the caller's certificate subject and fingerprint. */
+function actor(who: Principal): { subject: string; fingerprint: string } {
+  return { subject: who.subject, fingerprint: who.fingerprint };
+}
+
+function seconds(n: number, what: string): number {
+  if (!Number.isSafeInteger(n) || n < 0 || n > MAX_SECONDS) throw new SigilError('INVALID_ARGUMENT', `${what} must be between 0 and ${MAX_SECONDS} seconds`);
+  return n * 1000;
+}
 
 /**
- * The `sigil.v1.Admin` service: key creation, import and inspection. Every change is an audit log entry
- * (durable before the answer) and a line in the audit log channel.
+ * The `sigil.v1.Admin` service: key creation, import, inspection and lifecycle (rotation, disable,
+ * destruction, policy, approvals). Every act is an audit log entry, durable before the answer (the lifecycle records its own).
  */
-export function adminService(ctx: RpcContext, keys: KeyService, audit: Logger): AdminServer {
+export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle): AdminServer {
   return {
-    createKey: unary(ctx, 'CreateKey', ADMINS, async (req, who) => {
+    createKey: unary(ctx, 'CreateKey', KEY_CHANGERS, async (req, who) => {
       const key = await audited(
         ctx.audit,
         { who: who.subject, act: 'key.create', key: req.name.slice(0, 200) },
         () => keys.createKey(req.name, algorithmFromPb(req.algorithm), req.backend || undefined),
-        (k) => ({ key: `${k.name}@1`, detail: { algorithm: k.algorithm, backend: k.backend } }),
+        (k) => ({ key: `${k.name}@1`, detail: { algorithm: k.algorithm, backend: k.backend, uri: k.versions[0]!.uri } }),
       );
-      audit.info({ who: who.subject, key: `${key.name}@1`, algorithm: key.algorithm, backend: key.backend, uri: key.versions[0]!.uri }, 'key created');
       return { key: keyToPb(key) };
     }),
-    importKey: unary(ctx, 'ImportKey', ADMINS, async (req, who) => {
-      const uri = req.uri.slice(0, 512);
+    importKey: unary(ctx, 'ImportKey', KEY_CHANGERS, async (req, who) => {
       const key = await audited(
         ctx.audit,
-        { who: who.subject, act: 'key.import', key: req.name.slice(0, 200), detail: { uri } },
+        { who: who.subject, act: 'key.import', key: req.name.slice(0, 200), detail: { uri: req.uri.slice(0, 512) } },
         () => keys.importKey(req.name, req.uri, algorithmFromPb(req.algorithm), req.backend || undefined),
         (k) => ({ key: `${k.name}@1`, detail: { uri: k.versions[0]!.uri, algorithm: k.algorithm, backend: k.backend } }),
       );
-      audit.info({ who: who.subject, key: `${key.name}@1`, algorithm: key.algorithm, backend: key.backend, uri: key.versions[0]!.uri }, 'key imported');
       return { key: keyToPb(key) };
     }),
-    getKey: unary(ctx, 'GetKey', ADMINS, (req) => ({ key: keyToPb(keys.getKey(req.name)) })),
-    listKeys: unary(ctx, 'ListKeys', ADMINS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
+    getKey: unary(ctx, 'GetKey', KEY_READERS, (req) => ({ key: keyToPb(keys.getKey(req.name)) })),
+    listKeys: unary(ctx, 'ListKeys', KEY_READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
+    rotateKey: unary(ctx, 'RotateKey', KEY_CHANGERS, async (req, who) => {
+      const { key, version } = await lifecycle.rotate(actor(who), req.name);
+      return { key: keyToPb(key), newVersion: version };
+    }),
+    disableKeyVersion: unary(ctx, 'DisableKeyVersion', KEY_CHANGERS, async (req, who) => {
+      if (req.compromiseTime && !req.compromised) throw new SigilError('INVALID_ARGUMENT', 'compromise_time needs compromised');
+      return { key: keyToPb(await lifecycle.disable(actor(who), req.key, { compromised: req.compromised, since: req.compromiseTime ?? null })) };
+    }),
+    enableKeyVersion: unary(ctx, 'EnableKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.enable(actor(who), req.key)) })),
+    scheduleDestroyKeyVersion: unary(ctx, 'ScheduleDestroyKeyVersion', KEY_CHANGERS, async (req, who) => {
+      const window = req.windowSeconds === 0 ? null : seconds(req.windowSeconds, 'window_seconds');
+      const r = await lifecycle.scheduleDestroy(actor(who), req.key, window);
+      return { key: keyToPb(r.key), approval: r.approval ? approvalToPb(r.approval) : undefined };
+    }),
+    cancelDestroyKeyVersion: unary(ctx, 'CancelDestroyKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.cancelDestroy(actor(who), req.key)) })),
+    listKeyVersions: unary(ctx, 'ListKeyVersions', KEY_READERS, (req) => {
+      const k = keys.getKey(req.name);
+      return { versions: k.versions.map(keyVersionToPb), primaryVersion: k.primaryVersion, policy: policyToPb(k.policy) };
+    }),
+    updateKeyPolicy: unary(ctx, 'UpdateKeyPolicy', KEY_CHANGERS, async (req, who) => {
+      const patch: PolicyPatch = {};
+      if (req.minSignVersion !== undefined) patch.minSignVersion = req.minSignVersion;
+      if (req.minVerifyVersion !== undefined) patch.minVerifyVersion = req.minVerifyVersion;
+      if (req.autoRotatePeriodSeconds !== undefined) patch.autoRotatePeriodMs = req.autoRotatePeriodSeconds === 0 ? null : seconds(req.autoRotatePeriodSeconds, 'auto_rotate_period_seconds');
+      if (req.destroyNeedsApproval !== undefined) patch.destroyNeedsApproval = req.destroyNeedsApproval;
+      if (Object.keys(patch).length === 0) throw new SigilError('INVALID_ARGUMENT', 'set at least one policy field');
+      const r = await lifecycle.updatePolicy(actor(who), req.name, patch);
+      return { key: keyToPb(r.key), approval: r.approval ? approvalToPb(r.approval) : undefined };
+    }),
+    listApprovals: unary(ctx, 'ListApprovals', APPROVAL_READERS, (req) => ({
+      approvals: lifecycle.listApprovals({ state: approvalStateFromPb(req.state), key: req.key || undefined }).map(approvalToPb),
+    })),
+    approveRequest: unary(ctx, 'ApproveRequest', APPROVERS, async (req, who) => {
+      const r = await lifecycle.approve(actor(who), req.id);
+      return { approval: approvalToPb(r.approval), key: keyToPb(r.key) };
+    }),
+    rejectRequest: unary(ctx, 'RejectRequest', APPROVERS, async (req, who) => ({ approval: approvalToPb(await lifecycle.reject(actor(who), req.id, req.reason)) })),
   };
 }

@@ -17,6 +17,7 @@ import { revocationService, type RevocationDeps } from './revocation-service.ts'
 import { SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { KeyService } from '../keys/key-service.ts';
+import type { KeyLifecycle } from '../keys/lifecycle.ts';
 import { Authenticator, type OperatorRole } from './auth.ts';
 import type { Clock } from '../clock.ts';
 import type { BuilderRule } from '../identity/builder-policy.ts';
@@ -47,6 +48,8 @@ export interface ServerOptions {
   /** Revocation acts, revoked-builder checks on every call, CRL and trusted root. */
   revocation?: RevocationDeps | null;
   keys: KeyService;
+  /** Rotation, retirement, policy and approvals (the Admin service's lifecycle RPCs). */
+  lifecycle: KeyLifecycle;
   log: Logger;
   audit: Logger;
   /** The audit log: the sink of every act and the data of the Audit service. */
@@ -86,7 +89,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const ctx = { auth, metrics: o.metrics, log: o.log, audit: o.auditLog };
   const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys: o.reservedKeys ?? [] };
   server.addService(SignerService, signerService(ctx, o.keys, o.limits, access) as unknown as UntypedServiceImplementation);
-  server.addService(AdminService, adminService(ctx, o.keys, o.audit) as unknown as UntypedServiceImplementation);
+  server.addService(AdminService, adminService(ctx, o.keys, o.lifecycle) as unknown as UntypedServiceImplementation);
   server.addService(AuditService, auditService(ctx, o.auditLog) as unknown as UntypedServiceImplementation);
   if (o.attestation) server.addService(AttestationService, attestationService(ctx, o.attestation) as unknown as UntypedServiceImplementation);
   if (o.revocation) server.addService(RevocationService, revocationService(ctx, o.revocation) as unknown as UntypedServiceImplementation);

@@ -85,6 +85,23 @@ export function canCreateKeys(b: Backend): b is Backend & KeyCreator {
   return typeof (b as Partial<KeyCreator>).createKey === 'function';
 }
 
+/**
+ * A backend that can remove its keys and find them by label. Both are idempotent so a retry after a
+ * crash is safe: destroying a key that is already gone succeeds, and a label that names nothing is null.
+ */
+export interface KeyDestroyer {
+  /** Destroys the private key at `uri` and its public key object, and forgets any cached handle. */
+  destroyKey(uri: string): Promise<void>;
+  /** The URI of the key (or leftover public half) labelled exactly `label`, or null when there is none. */
+  findKeyByLabel(label: string): Promise<string | null>;
+}
+
+/** True when the backend can destroy keys and find them by label. */
+export function canDestroyKeys(b: Backend): b is Backend & KeyDestroyer {
+  const d = b as Partial<KeyDestroyer>;
+  return typeof d.destroyKey === 'function' && typeof d.findKeyByLabel === 'function';
+}
+
 /** What every backend module gets when it is opened. */
 export interface BackendContext {
   /** The configured name of this backend instance, e.g. `softhsm`. */

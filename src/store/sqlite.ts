@@ -3,7 +3,25 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.ts';
 import type { Algorithm } from '../signers/signer.ts';
-import type { CaCertificateRecord, EnrollmentRecord, IssuedCertificateRecord, KeyRecord, KeyVersionRecord, KeyVersionState, RevokedBuilderRecord, RevokedIdentityRecord, Store } from './store.ts';
+import {
+  DEFAULT_KEY_POLICY,
+  type ActorRef,
+  type ApprovalRecord,
+  type ApprovalState,
+  type CaCertificateRecord,
+  type EnrollmentRecord,
+  type KeyPolicy,
+  type KeyRecord,
+  type KeyVersionRecord,
+  type KeyVersionState,
+  type NewKey,
+  type NewVersion,
+  type IssuedCertificateRecord,
+  type RevokedBuilderRecord,
+  type RevokedIdentityRecord,
+  type Store,
+  type VersionPatch,
+} from './store.ts';
 
 // Numbered migrations; the store applies those above `PRAGMA user_version` in one transaction each.
 const MIGRATIONS: readonly string[] = [
@@ -48,8 +66,37 @@ const MIGRATIONS: readonly string[] = [
      policy TEXT NOT NULL,
      used_at INTEGER NOT NULL
    ) STRICT;`,
-  // Migration 5 (key lifecycle) lands from the h-lifecycle branch; this comment-only placeholder keeps the numbering.
-  `-- migration 5: key lifecycle (placeholder in this branch)`,
+  // 5: key lifecycle (issue 4): version states and times, key policy, approvals.
+  `ALTER TABLE key_versions ADD COLUMN label TEXT;
+   ALTER TABLE key_versions ADD COLUMN disabled_at INTEGER;
+   ALTER TABLE key_versions ADD COLUMN revoked_at INTEGER;
+   ALTER TABLE key_versions ADD COLUMN destroy_at INTEGER;
+   ALTER TABLE key_versions ADD COLUMN destroyed_at INTEGER;
+   CREATE INDEX key_versions_state ON key_versions(state, destroy_at);
+   ALTER TABLE keys ADD COLUMN min_sign_version INTEGER NOT NULL DEFAULT 1;
+   ALTER TABLE keys ADD COLUMN min_verify_version INTEGER NOT NULL DEFAULT 1;
+   ALTER TABLE keys ADD COLUMN auto_rotate_period_ms INTEGER;
+   ALTER TABLE keys ADD COLUMN destroy_needs_approval INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE keys ADD COLUMN next_rotation_at INTEGER;
+   CREATE INDEX keys_next_rotation ON keys(next_rotation_at) WHERE next_rotation_at IS NOT NULL;
+   CREATE TABLE approvals (
+     id TEXT PRIMARY KEY,
+     kind TEXT NOT NULL,
+     key_name TEXT NOT NULL REFERENCES keys(name),
+     version INTEGER,
+     requested_by_subject TEXT NOT NULL,
+     requested_by_fingerprint TEXT NOT NULL,
+     requested_at INTEGER NOT NULL,
+     expires_at INTEGER NOT NULL,
+     state TEXT NOT NULL,
+     decided_by_subject TEXT,
+     decided_by_fingerprint TEXT,
+     decided_at INTEGER,
+     reason TEXT,
+     payload TEXT NOT NULL
+   ) STRICT;
+   CREATE INDEX approvals_state ON approvals(state, expires_at);
+   CREATE INDEX approvals_key ON approvals(key_name, requested_at);`,
   // Migration 6: revocation. not_after and ek_hash of a revoked identity are null when not known.
   `CREATE TABLE issued_certificates (
      serial TEXT PRIMARY KEY,
@@ -96,6 +143,27 @@ interface KeyRow {
   backend: string;
   primary_version: number;
   created_at: number;
+  min_sign_version: number;
+  min_verify_version: number;
+  auto_rotate_period_ms: number | null;
+  destroy_needs_approval: number;
+  next_rotation_at: number | null;
+}
+interface ApprovalRow {
+  id: string;
+  kind: string;
+  key_name: string;
+  version: number | null;
+  requested_by_subject: string;
+  requested_by_fingerprint: string;
+  requested_at: number;
+  expires_at: number;
+  state: string;
+  decided_by_subject: string | null;
+  decided_by_fingerprint: string | null;
+  decided_at: number | null;
+  reason: string | null;
+  payload: string;
 }
 interface VersionRow {
   name: string;
@@ -105,6 +173,11 @@ interface VersionRow {
   generated: number;
   spki: Uint8Array;
   created_at: number;
+  label: string | null;
+  disabled_at: number | null;
+  revoked_at: number | null;
+  destroy_at: number | null;
+  destroyed_at: number | null;
 }
 interface IssuedRow {
   serial: string;
@@ -138,7 +211,11 @@ interface CaRow {
 /** The embedded default store: one SQLite file in WAL mode, synchronous=FULL so a commit is durable. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync;
-  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'getEnrollment' | 'putEnrollment' | 'useJoinToken' | 'insertIssued' | 'getIssued' | 'insertRevokedIdentity' | 'listRevokedIdentities' | 'insertRevokedBuilder' | 'listRevokedBuilders' | 'nextCrlNumber', StatementSync>;
+  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'getEnrollment' | 'putEnrollment' | 'useJoinToken'
+    | 'insertIssued' | 'getIssued' | 'insertRevokedIdentity' | 'listRevokedIdentities' | 'insertRevokedBuilder' | 'listRevokedBuilders' | 'nextCrlNumber'
+    | 'getVersion' | 'maxVersion' | 'completeVersion' | 'setPrimary' | 'deleteVersion' | 'updateVersion' | 'updateKey' | 'dueRotations'
+    | 'insertApproval' | 'getApproval' | 'updateApproval', StatementSync>;
+  #depth = 0;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
@@ -147,7 +224,27 @@ export class SqliteStore implements Store {
     this.#migrate();
     this.#q = {
       insertKey: this.#db.prepare('INSERT INTO keys (name, algorithm, backend, primary_version, created_at) VALUES (?, ?, ?, ?, ?)'),
-      insertVersion: this.#db.prepare('INSERT INTO key_versions (name, version, uri, state, generated, spki, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      insertVersion: this.#db.prepare('INSERT INTO key_versions (name, version, uri, state, generated, spki, created_at, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
+      getVersion: this.#db.prepare('SELECT * FROM key_versions WHERE name = ? AND version = ?'),
+      maxVersion: this.#db.prepare('SELECT max(version) AS v FROM key_versions WHERE name = ?'),
+      completeVersion: this.#db.prepare("UPDATE key_versions SET state = 'ENABLED', uri = ?, spki = ? WHERE name = ? AND version = ? AND state = 'PENDING'"),
+      setPrimary: this.#db.prepare('UPDATE keys SET primary_version = ?, next_rotation_at = ? WHERE name = ?'),
+      deleteVersion: this.#db.prepare("DELETE FROM key_versions WHERE name = ? AND version = ? AND state = 'PENDING'"),
+      updateVersion: this.#db.prepare(
+        'UPDATE key_versions SET state = ?, disabled_at = ?, revoked_at = ?, destroy_at = ?, destroyed_at = ? WHERE name = ? AND version = ?',
+      ),
+      updateKey: this.#db.prepare(
+        'UPDATE keys SET min_sign_version = ?, min_verify_version = ?, auto_rotate_period_ms = ?, destroy_needs_approval = ?, next_rotation_at = ? WHERE name = ?',
+      ),
+      dueRotations: this.#db.prepare('SELECT name FROM keys WHERE next_rotation_at IS NOT NULL AND next_rotation_at <= ? ORDER BY next_rotation_at, name'),
+      insertApproval: this.#db.prepare(
+        `INSERT INTO approvals (id, kind, key_name, version, requested_by_subject, requested_by_fingerprint, requested_at, expires_at, state,
+           decided_by_subject, decided_by_fingerprint, decided_at, reason, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ),
+      getApproval: this.#db.prepare('SELECT * FROM approvals WHERE id = ?'),
+      updateApproval: this.#db.prepare(
+        'UPDATE approvals SET state = ?, decided_by_subject = ?, decided_by_fingerprint = ?, decided_at = ?, reason = ? WHERE id = ? AND state = ?',
+      ),
       getKey: this.#db.prepare('SELECT * FROM keys WHERE name = ?'),
       getVersions: this.#db.prepare('SELECT * FROM key_versions WHERE name = ? ORDER BY version'),
       listKeys: this.#db.prepare("SELECT * FROM keys WHERE substr(name, 1, length(?)) = ? ORDER BY name"),
@@ -188,7 +285,17 @@ export class SqliteStore implements Store {
   }
 
   #tx<T>(fn: () => T): T {
+    // Nested calls join the outer transaction; only the outermost commits or rolls back.
+    if (this.#depth > 0) {
+      this.#depth++;
+      try {
+        return fn();
+      } finally {
+        this.#depth--;
+      }
+    }
     this.#db.exec('BEGIN IMMEDIATE');
+    this.#depth = 1;
     try {
       const out = fn();
       this.#db.exec('COMMIT');
@@ -196,15 +303,120 @@ export class SqliteStore implements Store {
     } catch (err) {
       this.#db.exec('ROLLBACK');
       throw err;
+    } finally {
+      this.#depth = 0;
     }
   }
 
-  insertKey(key: Omit<KeyRecord, 'versions' | 'primaryVersion'>, first: Omit<KeyVersionRecord, 'name' | 'version'>): KeyRecord {
+  transaction<T>(fn: () => T): T {
+    return this.#tx(fn);
+  }
+
+  insertKey(key: NewKey, first: NewVersion): KeyRecord {
     return this.#tx(() => {
       if (this.#q.getKey.get(key.name)) throw new SigilError('KEY_EXISTS', `key ${key.name} already exists`);
       this.#q.insertKey.run(key.name, key.algorithm, key.backend, 1, key.createdAt.getTime());
-      this.#q.insertVersion.run(key.name, 1, first.uri, first.state, first.generated ? 1 : 0, first.spki, first.createdAt.getTime());
-      return { ...key, primaryVersion: 1, versions: [{ ...first, name: key.name, version: 1 }] };
+      this.#q.insertVersion.run(key.name, 1, first.uri, first.state, first.generated ? 1 : 0, first.spki, first.createdAt.getTime(), first.label ?? null);
+      return this.#getKey(key.name);
+    });
+  }
+
+  #getKey(name: string): KeyRecord {
+    const k = this.getKey(name);
+    if (!k) throw new SigilError('KEY_NOT_FOUND', `no key named ${name}`);
+    return k;
+  }
+
+  #getVersion(name: string, version: number): KeyVersionRecord {
+    const row = this.#q.getVersion.get(name, version) as VersionRow | undefined;
+    if (!row) throw new SigilError('KEY_NOT_FOUND', `key ${name} has no version ${version}`);
+    return toVersion(row);
+  }
+
+  insertPendingVersion(name: string, label: (version: number) => string, createdAt: Date): KeyVersionRecord {
+    return this.#tx(() => {
+      this.#getKey(name);
+      const { v } = this.#q.maxVersion.get(name) as { v: number | null };
+      const version = (v ?? 0) + 1;
+      this.#q.insertVersion.run(name, version, '', 'PENDING', 1, Buffer.alloc(0), createdAt.getTime(), label(version));
+      return this.#getVersion(name, version);
+    });
+  }
+
+  completeVersion(name: string, version: number, made: { uri: string; spki: Buffer }, opts: { primary: boolean; nextRotationAt: Date | null }): KeyRecord {
+    return this.#tx(() => {
+      const n = Number(this.#q.completeVersion.run(made.uri, made.spki, name, version).changes);
+      if (n !== 1) throw new SigilError('FAILED_PRECONDITION', `key ${name}@${version} is not pending`);
+      if (opts.primary) this.#q.setPrimary.run(version, opts.nextRotationAt?.getTime() ?? null, name);
+      return this.#getKey(name);
+    });
+  }
+
+  deletePendingVersion(name: string, version: number): void {
+    const n = Number(this.#q.deleteVersion.run(name, version).changes);
+    if (n !== 1) throw new SigilError('FAILED_PRECONDITION', `key ${name}@${version} is not pending`);
+  }
+
+  updateVersion(name: string, version: number, expect: readonly KeyVersionState[], patch: VersionPatch): KeyVersionRecord {
+    return this.#tx(() => {
+      const cur = this.#getVersion(name, version);
+      if (!expect.includes(cur.state)) throw new SigilError('FAILED_PRECONDITION', `key ${name}@${version} is ${cur.state}`);
+      const next = { ...cur, ...patch };
+      this.#q.updateVersion.run(next.state, ms(next.disabledAt), ms(next.revokedAt), ms(next.destroyAt), ms(next.destroyedAt), name, version);
+      return next;
+    });
+  }
+
+  updateKey(name: string, patch: { policy?: KeyPolicy | undefined; nextRotationAt?: Date | null | undefined }): KeyRecord {
+    return this.#tx(() => {
+      const cur = this.#getKey(name);
+      const p = patch.policy ?? cur.policy;
+      const next = patch.nextRotationAt === undefined ? cur.nextRotationAt : patch.nextRotationAt;
+      this.#q.updateKey.run(p.minSignVersion, p.minVerifyVersion, p.autoRotatePeriodMs, p.destroyNeedsApproval ? 1 : 0, ms(next), name);
+      return this.#getKey(name);
+    });
+  }
+
+  versionsInState(states: readonly KeyVersionState[]): KeyVersionRecord[] {
+    if (states.length === 0) return [];
+    const rows = this.#db.prepare(`SELECT * FROM key_versions WHERE state IN (${states.map(() => '?').join(', ')}) ORDER BY name, version`).all(...states);
+    return (rows as unknown as VersionRow[]).map(toVersion);
+  }
+
+  keysDueForRotation(now: Date): string[] {
+    return (this.#q.dueRotations.all(now.getTime()) as Array<{ name: string }>).map((r) => r.name);
+  }
+
+  insertApproval(a: ApprovalRecord): void {
+    this.#q.insertApproval.run(
+      a.id, a.kind, a.key, a.version, a.requestedBy.subject, a.requestedBy.fingerprint, a.requestedAt.getTime(), a.expiresAt.getTime(), a.state,
+      a.decidedBy?.subject ?? null, a.decidedBy?.fingerprint ?? null, ms(a.decidedAt), a.reason, JSON.stringify(a.payload),
+    );
+  }
+
+  getApproval(id: string): ApprovalRecord | null {
+    const r = this.#q.getApproval.get(id) as ApprovalRow | undefined;
+    return r ? toApproval(r) : null;
+  }
+
+  listApprovals(filter: { state?: ApprovalState | undefined; key?: string | undefined }): ApprovalRecord[] {
+    const where: string[] = [];
+    const args: string[] = [];
+    if (filter.state !== undefined) (where.push('state = ?'), args.push(filter.state));
+    if (filter.key !== undefined) (where.push('key_name = ?'), args.push(filter.key));
+    const sql = `SELECT * FROM approvals ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY requested_at DESC, rowid DESC`;
+    return (this.#db.prepare(sql).all(...args) as unknown as ApprovalRow[]).map(toApproval);
+  }
+
+  updateApproval(id: string, expect: ApprovalState, patch: { state: ApprovalState; decidedBy: ActorRef | null; decidedAt: Date; reason: string | null }): ApprovalRecord {
+    return this.#tx(() => {
+      const n = Number(
+        this.#q.updateApproval.run(patch.state, patch.decidedBy?.subject ?? null, patch.decidedBy?.fingerprint ?? null, patch.decidedAt.getTime(), patch.reason, id, expect).changes,
+      );
+      const cur = this.getApproval(id);
+      if (!cur) throw new SigilError('KEY_NOT_FOUND', `no approval ${id}`);
+      if (n !== 1) throw new SigilError('FAILED_PRECONDITION', `approval ${id} is ${cur.state}, not ${expect}`);
+      return cur;
     });
   }
 
@@ -312,6 +524,14 @@ export class SqliteStore implements Store {
   }
 }
 
+function ms(d: Date | null | undefined): number | null {
+  return d == null ? null : d.getTime();
+}
+
+function date(n: number | null): Date | null {
+  return n === null ? null : new Date(n);
+}
+
 function toKey(r: KeyRow, versions: KeyVersionRecord[]): KeyRecord {
   return {
     name: r.name,
@@ -320,6 +540,35 @@ function toKey(r: KeyRow, versions: KeyVersionRecord[]): KeyRecord {
     primaryVersion: r.primary_version,
     createdAt: new Date(r.created_at),
     versions,
+    policy: {
+      ...DEFAULT_KEY_POLICY,
+      minSignVersion: r.min_sign_version,
+      minVerifyVersion: r.min_verify_version,
+      autoRotatePeriodMs: r.auto_rotate_period_ms,
+      destroyNeedsApproval: r.destroy_needs_approval === 1,
+    },
+    nextRotationAt: date(r.next_rotation_at),
+  };
+}
+
+function actor(subject: string | null, fingerprint: string | null): ActorRef | null {
+  return subject === null ? null : { subject, fingerprint: fingerprint ?? '' };
+}
+
+function toApproval(r: ApprovalRow): ApprovalRecord {
+  return {
+    id: r.id,
+    kind: r.kind as ApprovalRecord['kind'],
+    key: r.key_name,
+    version: r.version,
+    requestedBy: { subject: r.requested_by_subject, fingerprint: r.requested_by_fingerprint },
+    requestedAt: new Date(r.requested_at),
+    expiresAt: new Date(r.expires_at),
+    state: r.state as ApprovalState,
+    decidedBy: actor(r.decided_by_subject, r.decided_by_fingerprint),
+    decidedAt: date(r.decided_at),
+    reason: r.reason,
+    payload: JSON.parse(r.payload) as Record<string, unknown>,
   };
 }
 
@@ -332,5 +581,10 @@ function toVersion(r: VersionRow): KeyVersionRecord {
     generated: r.generated === 1,
     spki: Buffer.from(r.spki),
     createdAt: new Date(r.created_at),
+    label: r.label,
+    disabledAt: date(r.disabled_at),
+    revokedAt: date(r.revoked_at),
+    destroyAt: date(r.destroy_at),
+    destroyedAt: date(r.destroyed_at),
   };
 }

@@ -1,7 +1,28 @@
 import type { Algorithm } from '../signers/signer.ts';
 
-/** Lifecycle state of a key version (more states join with rotation and retirement). */
-export type KeyVersionState = 'ENABLED';
+/**
+ * Lifecycle state of a key version. PENDING (backend object being made) and DESTROYING (backend object
+ * being removed) are the crash-safe in-between states that the recovery pass resolves on start.
+ */
+export type KeyVersionState = 'PENDING' | 'ENABLED' | 'DISABLED' | 'DESTROY_SCHEDULED' | 'DESTROYING' | 'DESTROYED';
+
+/** Every key version state, in lifecycle order. */
+export const KEY_VERSION_STATES: readonly KeyVersionState[] = ['PENDING', 'ENABLED', 'DISABLED', 'DESTROY_SCHEDULED', 'DESTROYING', 'DESTROYED'];
+
+/** Per-key rules for signing, verification, automatic rotation and destruction. */
+export interface KeyPolicy {
+  /** Versions below this may not sign, even when named explicitly. */
+  minSignVersion: number;
+  /** Versions below this are no longer trusted for verification (their public keys are refused). */
+  minVerifyVersion: number;
+  /** Rotate automatically this long after the last rotation; null for never. */
+  autoRotatePeriodMs: number | null;
+  /** Scheduling a version's destruction needs an approver's approval. */
+  destroyNeedsApproval: boolean;
+}
+
+/** The policy of a new key. */
+export const DEFAULT_KEY_POLICY: Readonly<KeyPolicy> = { minSignVersion: 1, minVerifyVersion: 1, autoRotatePeriodMs: null, destroyNeedsApproval: false };
 
 /** One stored key version. */
 export interface KeyVersionRecord {
@@ -14,6 +35,16 @@ export interface KeyVersionRecord {
   /** DER SubjectPublicKeyInfo, kept so public keys need no backend call. */
   spki: Buffer;
   createdAt: Date;
+  /** The backend object label (`backendLabel(name, version)`), by which a PENDING version's object is found after a crash. */
+  label: string | null;
+  /** When the version was last disabled; null while it never was or after it was enabled again. */
+  disabledAt: Date | null;
+  /** Set when disabled as compromised: the version never signs again and its trust window closes here. */
+  revokedAt: Date | null;
+  /** The end of the destruction window while DESTROY_SCHEDULED (or DESTROYING). */
+  destroyAt: Date | null;
+  /** When the backend object was destroyed; the public key stays. */
+  destroyedAt: Date | null;
 }
 
 /** One stored key with its versions, oldest first. */
@@ -24,6 +55,53 @@ export interface KeyRecord {
   primaryVersion: number;
   createdAt: Date;
   versions: KeyVersionRecord[];
+  policy: KeyPolicy;
+  /** When the scheduler rotates the key next; null without auto-rotation. */
+  nextRotationAt: Date | null;
+}
+
+/** What `insertKey` takes of a key: the policy starts as DEFAULT_KEY_POLICY. */
+export type NewKey = Pick<KeyRecord, 'name' | 'algorithm' | 'backend' | 'createdAt'>;
+
+/** What `insertKey` takes of a first version; the lifecycle fields start empty. */
+export type NewVersion = Pick<KeyVersionRecord, 'uri' | 'state' | 'generated' | 'spki' | 'createdAt'> & { label?: string | null };
+
+/** The changeable lifecycle fields of a key version. */
+export type VersionPatch = Partial<Pick<KeyVersionRecord, 'state' | 'disabledAt' | 'revokedAt' | 'destroyAt' | 'destroyedAt'>>;
+
+/** What an approval asks for: destroying a key version, or a policy change that weakens protection. */
+export type ApprovalKind = 'destroy' | 'policy';
+
+/** Where an approval stands; only PENDING ones can be decided. */
+export type ApprovalState = 'PENDING' | 'APPROVED' | 'REJECTED' | 'EXPIRED' | 'CANCELLED';
+
+/** Every approval state. */
+export const APPROVAL_STATES: readonly ApprovalState[] = ['PENDING', 'APPROVED', 'REJECTED', 'EXPIRED', 'CANCELLED'];
+
+/** A certificate holder that asked for or decided something: subject and SHA-256 fingerprint. */
+export interface ActorRef {
+  subject: string;
+  fingerprint: string;
+}
+
+/** A request one person makes and another (an approver) must approve before it takes effect. */
+export interface ApprovalRecord {
+  id: string;
+  kind: ApprovalKind;
+  /** The key name. */
+  key: string;
+  /** The key version concerned (destroy), or null (policy). */
+  version: number | null;
+  requestedBy: ActorRef;
+  requestedAt: Date;
+  expiresAt: Date;
+  state: ApprovalState;
+  decidedBy: ActorRef | null;
+  decidedAt: Date | null;
+  /** The reason given with a rejection or cancellation. */
+  reason: string | null;
+  /** What takes effect on approval: `{ windowMs }` for destroy, the policy fields for policy. */
+  payload: Record<string, unknown>;
 }
 
 /** A CA certificate that sigil made for one of its own key versions (the identity CA's, for now). */
@@ -92,7 +170,7 @@ export interface RevokedBuilderRecord {
  */
 export interface Store {
   /** Inserts a key with its version 1; KEY_EXISTS when the name is taken. */
-  insertKey(key: Omit<KeyRecord, 'versions' | 'primaryVersion'>, first: Omit<KeyVersionRecord, 'name' | 'version'>): KeyRecord;
+  insertKey(key: NewKey, first: NewVersion): KeyRecord;
   /** The key with its versions, or null. */
   getKey(name: string): KeyRecord | null;
   /** Keys whose names start with `prefix`, sorted by name. */
@@ -123,5 +201,32 @@ export interface Store {
   listRevokedBuilders(): RevokedBuilderRecord[];
   /** The next CRL number (RFC 5280, 5.2.3): 1, 2, 3 ... never reused, durable when it returns. */
   nextCrlNumber(): number;
+  /**
+   * Runs `fn` in one transaction: every write inside commits together or not at all. Nested calls join
+   * the outer transaction.
+   */
+  transaction<T>(fn: () => T): T;
+  /** Adds a PENDING version numbered one above the key's highest, with its backend label; nothing else changes. */
+  insertPendingVersion(name: string, label: (version: number) => string, createdAt: Date): KeyVersionRecord;
+  /** Turns a PENDING version ENABLED with its backend object, and (when `primary`) makes it the primary, in one transaction. */
+  completeVersion(name: string, version: number, made: { uri: string; spki: Buffer }, opts: { primary: boolean; nextRotationAt: Date | null }): KeyRecord;
+  /** Drops a PENDING version (its backend object was never made or was removed); FAILED_PRECONDITION for any other state. */
+  deletePendingVersion(name: string, version: number): void;
+  /** Changes a version's lifecycle fields if its state is one of `expect` (compare and set); FAILED_PRECONDITION otherwise. */
+  updateVersion(name: string, version: number, expect: readonly KeyVersionState[], patch: VersionPatch): KeyVersionRecord;
+  /** Sets a key's policy and next rotation time. */
+  updateKey(name: string, patch: { policy?: KeyPolicy | undefined; nextRotationAt?: Date | null | undefined }): KeyRecord;
+  /** Versions in any of the given states, ordered by name and version. */
+  versionsInState(states: readonly KeyVersionState[]): KeyVersionRecord[];
+  /** Names of keys whose `nextRotationAt` is at or before `now`. */
+  keysDueForRotation(now: Date): string[];
+  /** Records a new approval. */
+  insertApproval(rec: ApprovalRecord): void;
+  /** One approval, or null. */
+  getApproval(id: string): ApprovalRecord | null;
+  /** Approvals, newest first, optionally of one state and/or one key. */
+  listApprovals(filter: { state?: ApprovalState | undefined; key?: string | undefined }): ApprovalRecord[];
+  /** Decides an approval if it is still in state `expect`; FAILED_PRECONDITION otherwise. */
+  updateApproval(id: string, expect: ApprovalState, patch: { state: ApprovalState; decidedBy: ActorRef | null; decidedAt: Date; reason: string | null }): ApprovalRecord;
   close(): void;
 }

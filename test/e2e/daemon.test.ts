@@ -141,7 +141,7 @@ describe('sigild end to end over gRPC and TLS', { skip: skip ?? false }, () => {
     const all = d.logs();
     assert.ok(all.length > 0);
     for (const l of all) assert.ok(!JSON.stringify(l).includes(pin), 'a log line holds the pin');
-    const created = all.filter((l) => l.channel === 'audit' && l.msg === 'key created');
+    const created = all.filter((l) => l.channel === 'audit' && l.msg === 'key.create' && l.result === 'ok');
     assert.equal(created.length, 5);
     assert.equal(created[0]!.who, 'CN=test-admin');
     assert.match(String(created[0]!.key), /^e2e\/.+@1$/);

@@ -84,7 +84,7 @@ describe('sigilctl against a running sigild', { skip: skip ?? false }, () => {
     assert.equal(keys[0]!.versions[0]!.state, 'ENABLED');
     assert.match(keys[0]!.versions[0]!.uri, /^pkcs11:token=sigil;object=sigil-cli-listed-v1;id=/);
     const show = await ctl(['key', 'show', 'cli/listed']);
-    assert.match(show.stdout, /^cli\/listed {2}ECDSA_P256_SHA256 {2}backend=softhsm {2}primary=cli\/listed@1\n {2}@1 {2}ENABLED {2}generated/);
+    assert.match(show.stdout, /^cli\/listed {2}ECDSA_P256_SHA256 {2}backend=softhsm {2}primary=cli\/listed@1\n {2}policy: min-sign=1 min-verify=1 auto-rotate=off destroy-approval=off\n {2}@1 {2}ENABLED {2}generated/);
     const pem = await ctl(['key', 'pubkey', 'cli/listed']);
     assert.match(pem.stdout, /^-----BEGIN PUBLIC KEY-----\n[\s\S]+-----END PUBLIC KEY-----\n$/);
   });

@@ -12,6 +12,7 @@ import {
   type BackendContext,
   type BackendKey,
   type KeyCreator,
+  type KeyDestroyer,
   type KeySigner,
   type KeySpec,
   type KeyType,
@@ -56,7 +57,7 @@ const RSA_EXPONENT = Buffer.from([0x01, 0x00, 0x01]);
  * Opens a PKCS#11 backend: loads and initializes the module, finds the token by label, opens the
  * session pool and logs in once as CKU_USER with the PIN read from `pinFile`.
  */
-export async function open(config: Pkcs11Config, ctx: BackendContext): Promise<Backend & KeyCreator> {
+export async function open(config: Pkcs11Config, ctx: BackendContext): Promise<Backend & KeyCreator & KeyDestroyer> {
   const pin = await readPin(config.pinFile);
   const mode = (await stat(config.pinFile)).mode & 0o777;
   if (mode & 0o077) ctx.log.warn({ pinFile: config.pinFile, mode: mode.toString(8) }, 'pin file is readable by group or others; chmod 600 it');
@@ -156,7 +157,7 @@ function supportedAlgorithms(pk: pkcs11js.PKCS11, slot: Buffer): Algorithm[] {
   return out;
 }
 
-class Pkcs11Backend implements Backend, KeyCreator, SignerHost {
+class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
   readonly kind = 'pkcs11';
   readonly algorithms: readonly Algorithm[];
   readonly pk: pkcs11js.PKCS11;
@@ -270,6 +271,62 @@ class Pkcs11Backend implements Backend, KeyCreator, SignerHost {
     }
   }
 
+  async destroyKey(uri: string): Promise<void> {
+    const template = this.#templateOf(uri);
+    const id = template.find((a) => a.type === pkcs11js.CKA_ID)?.value as Buffer | undefined;
+    const label = template.find((a) => a.type === pkcs11js.CKA_LABEL)?.value as Buffer | undefined;
+    // Forget cached handles first: no new signature may start on an object about to vanish.
+    const forget = new Set<string>([uri]);
+    for (const [u, e] of this.#keys) {
+      if (u === uri || forget.has(e.uri)) (forget.add(u), forget.add(e.uri));
+    }
+    for (const u of forget) this.#keys.delete(u);
+    for (const k of [...this.#signers.keys()]) if (forget.has(k.slice(k.indexOf(' ') + 1))) this.#signers.delete(k);
+    const s = await this.pool.acquire();
+    try {
+      const privs = this.#find(s, template, 2);
+      if (privs.length > 1) throw new SigilError('INVALID_ARGUMENT', `key uri ${uri} is ambiguous: several private keys match`);
+      // The public half: same CKA_ID (and label, when the uri has one), as createKey made it.
+      const pubTemplate: pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }];
+      if (id !== undefined) pubTemplate.push({ type: pkcs11js.CKA_ID, value: id });
+      if (label !== undefined) pubTemplate.push({ type: pkcs11js.CKA_LABEL, value: label });
+      const pubs = this.#find(s, pubTemplate, 4);
+      // PKCS#11 v2.40 section 5.7 C_DestroyObject; an object already gone (a retry after a crash) is not an error.
+      for (const h of [...privs, ...pubs]) {
+        try {
+          this.pk.C_DestroyObject(s, h);
+        } catch (err) {
+          if (!/CKR_OBJECT_HANDLE_INVALID/.test(String((err as Error).message))) throw err;
+        }
+      }
+      this.#log.info({ uri, objects: privs.length + pubs.length }, 'pkcs11 key destroyed');
+    } catch (err) {
+      throw pkcs11Error('pkcs11 key destruction', err);
+    } finally {
+      this.pool.release(s);
+    }
+  }
+
+  async findKeyByLabel(label: string): Promise<string | null> {
+    const labelBytes = Buffer.from(label, 'utf8');
+    const s = await this.pool.acquire();
+    try {
+      for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
+        const found = this.#find(s, [{ type: pkcs11js.CKA_CLASS, value: cls }, { type: pkcs11js.CKA_LABEL, value: labelBytes }], 2);
+        if (found.length === 0) continue;
+        const id = this.#attrs(s, found[0]!, [pkcs11js.CKA_ID]).get(pkcs11js.CKA_ID) ?? Buffer.alloc(0);
+        const parts: Array<[string, string | Uint8Array]> = [['token', this.#token], ['object', label]];
+        if (id.length > 0) parts.push(['id', id]);
+        return formatKeyUri('pkcs11', parts);
+      }
+      return null;
+    } catch (err) {
+      throw pkcs11Error('pkcs11 key lookup', err);
+    } finally {
+      this.pool.release(s);
+    }
+  }
+
   async close(): Promise<void> {
     this.#closing ??= (async () => {
       const sessions = await this.pool.drain();
@@ -285,6 +342,25 @@ class Pkcs11Backend implements Backend, KeyCreator, SignerHost {
   async #lookup(uri: string): Promise<KeyEntry> {
     const cached = this.#keys.get(uri);
     if (cached !== undefined) return cached;
+    const template = this.#templateOf(uri);
+    const s = await this.pool.acquire();
+    try {
+      const found = this.#find(s, template, 2);
+      if (found.length === 0) throw new SigilError('KEY_NOT_FOUND', `no private key on token ${JSON.stringify(this.#token)} matches ${uri}`);
+      if (found.length > 1) throw new SigilError('INVALID_ARGUMENT', `key uri ${uri} is ambiguous: several private keys match`);
+      const entry = this.#entry(s, null, found[0]!, null, null);
+      this.#keys.set(uri, entry);
+      this.#keys.set(entry.uri, entry);
+      return entry;
+    } catch (err) {
+      throw pkcs11Error('pkcs11 key lookup', err);
+    } finally {
+      this.pool.release(s);
+    }
+  }
+
+  /** The private-key search template of a pkcs11 key URI (RFC 7512), after checking the URI. */
+  #templateOf(uri: string): pkcs11js.Template {
     const parsed = parseKeyUri(uri);
     if (parsed.scheme !== 'pkcs11') throw new SigilError('INVALID_ARGUMENT', `not a pkcs11 key uri: scheme ${parsed.scheme}`);
     if (parsed.path !== null) throw new SigilError('INVALID_ARGUMENT', 'a pkcs11 key uri needs attributes such as object= or id=');
@@ -304,21 +380,7 @@ class Pkcs11Backend implements Backend, KeyCreator, SignerHost {
     const template: pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }];
     if (id !== undefined) template.push({ type: pkcs11js.CKA_ID, value: id });
     if (label !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: label });
-
-    const s = await this.pool.acquire();
-    try {
-      const found = this.#find(s, template, 2);
-      if (found.length === 0) throw new SigilError('KEY_NOT_FOUND', `no private key on token ${JSON.stringify(this.#token)} matches ${uri}`);
-      if (found.length > 1) throw new SigilError('INVALID_ARGUMENT', `key uri ${uri} is ambiguous: several private keys match`);
-      const entry = this.#entry(s, null, found[0]!, null, null);
-      this.#keys.set(uri, entry);
-      this.#keys.set(entry.uri, entry);
-      return entry;
-    } catch (err) {
-      throw pkcs11Error('pkcs11 key lookup', err);
-    } finally {
-      this.pool.release(s);
-    }
+    return template;
   }
 
   /**

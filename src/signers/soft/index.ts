@@ -11,7 +11,7 @@ import {
   sign as cryptoSign,
   type KeyObject,
 } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { p256, p384 } from '@noble/curves/nist.js';
 import { SigilError } from '../../errors.ts';
@@ -26,6 +26,7 @@ import {
   type BackendContext,
   type BackendKey,
   type KeyCreator,
+  type KeyDestroyer,
   type KeySigner,
   type KeySpec,
   type KeyType,
@@ -51,13 +52,13 @@ interface SoftKey {
  * Opens the software backend: keys in PKCS#8 PEM files, for tests and development only. Production
  * mode refuses it.
  */
-export async function open(config: SoftConfig, ctx: BackendContext): Promise<Backend & KeyCreator> {
+export async function open(config: SoftConfig, ctx: BackendContext): Promise<Backend & KeyCreator & KeyDestroyer> {
   if (ctx.production) throw new SigilError('CONFIG_INVALID', 'the soft backend is for tests and development; production mode refuses it');
   await mkdir(config.dir, { recursive: true, mode: 0o700 });
   return new SoftBackend(config.dir, ctx.log);
 }
 
-class SoftBackend implements Backend, KeyCreator {
+class SoftBackend implements Backend, KeyCreator, KeyDestroyer {
   readonly kind = 'soft';
   readonly algorithms: readonly Algorithm[] = ALGORITHMS;
   readonly #dir: string;
@@ -75,6 +76,8 @@ class SoftBackend implements Backend, KeyCreator {
     const { privateKey } = generate(info.keyType);
     const id = randomUUID();
     const pem = privateKey.export({ format: 'pem', type: 'pkcs8' }) as string;
+    // The label first: a crash before the key file leaves a label naming nothing, which findKeyByLabel ignores.
+    await writeFile(join(this.#dir, `${id}.label`), spec.label, { mode: 0o600, flag: 'wx' });
     await writeFile(join(this.#dir, `${id}.pem`), pem, { mode: 0o600, flag: 'wx' });
     const k = loadKey(id, privateKey);
     this.#keys.set(id, k);
@@ -99,13 +102,38 @@ class SoftBackend implements Backend, KeyCreator {
     this.#keys.clear();
   }
 
-  async #lookup(uri: string): Promise<SoftKey> {
+  async destroyKey(uri: string): Promise<void> {
+    const id = this.#id(uri);
+    this.#keys.delete(id);
+    // The key file goes first: once it is gone the key cannot sign, whatever happens to the label file.
+    await rm(join(this.#dir, `${id}.pem`), { force: true });
+    await rm(join(this.#dir, `${id}.label`), { force: true });
+    this.#log.info({ uri }, 'soft key destroyed');
+  }
+
+  async findKeyByLabel(label: string): Promise<string | null> {
+    for (const f of await readdir(this.#dir)) {
+      if (!f.endsWith('.label')) continue;
+      const id = f.slice(0, -'.label'.length);
+      if (!UUID.test(id)) continue;
+      if ((await readFile(join(this.#dir, f), 'utf8')) !== label) continue;
+      return formatKeyUri('soft', [['id', id]]);
+    }
+    return null;
+  }
+
+  #id(uri: string): string {
     const parsed = parseKeyUri(uri);
     if (parsed.scheme !== 'soft') throw new SigilError('INVALID_ARGUMENT', `not a soft key uri: scheme ${parsed.scheme}`);
     const id = attrText(parsed, 'id');
     if (parsed.path !== null || parsed.attrs.size !== 1 || id === undefined || !UUID.test(id)) {
       throw new SigilError('INVALID_ARGUMENT', 'a soft key uri is soft:id=<uuid>');
     }
+    return id;
+  }
+
+  async #lookup(uri: string): Promise<SoftKey> {
+    const id = this.#id(uri);
     const cached = this.#keys.get(id);
     if (cached !== undefined) return cached;
     let pem: string;

@@ -7,7 +7,7 @@ import { createDevCa } from '../../../src/dev/pki.ts';
 import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, TRUSTED_ROOT_MEDIA_TYPE, type TrustedKeyVersion } from '../../../src/revocation/trusted-root.ts';
 import { parseAkName, parseEkHash, parseReason, parseSerial } from '../../../src/revocation/inputs.ts';
 import { isSigilError } from '../../../src/errors.ts';
-import type { KeyRecord } from '../../../src/store/store.ts';
+import { DEFAULT_KEY_POLICY, type KeyRecord } from '../../../src/store/store.ts';
 
 const spki = (type: 'ec' | 'ed25519' | 'rsa', opts: object = {}): Buffer =>
   (generateKeyPairSync as (t: string, o: object) => { publicKey: { export(o: object): Buffer } })(type, opts).publicKey.export({ format: 'der', type: 'spki' });
@@ -79,10 +79,10 @@ test('trusted root: the CA, the audit log and each key version window, in proto 
   assert.ok(bytes.equals(serializeTrustedRoot(buildTrustedRoot({ identityCa: caDer, auditLog: null, keyVersions: [] }))) === false);
 });
 
-test('keyVersionsOf reads lifecycle fields where records have them, and skips reserved keys', () => {
-  const base: KeyRecord = { name: 'a/k', algorithm: 'ED25519', backend: 'hsm', primaryVersion: 2, createdAt: t('2026-01-01T00:00:00Z'), versions: [] };
+test('keyVersionsOf reads the lifecycle fields of key records, and skips reserved keys', () => {
+  const base: KeyRecord = { name: 'a/k', algorithm: 'ED25519', backend: 'hsm', primaryVersion: 2, createdAt: t('2026-01-01T00:00:00Z'), versions: [], policy: { ...DEFAULT_KEY_POLICY }, nextRotationAt: null };
   const keys = [
-    { ...base, policy: { minVerifyVersion: 2 }, versions: [
+    { ...base, policy: { ...DEFAULT_KEY_POLICY, minVerifyVersion: 2 }, versions: [
       { name: 'a/k', version: 1, uri: 'u1', state: 'DISABLED', generated: true, spki: ed, createdAt: t('2026-01-01T00:00:00Z'), revokedAt: t('2026-01-05T00:00:00Z') },
       { name: 'a/k', version: 2, uri: 'u2', state: 'DESTROYED', generated: true, spki: ed, createdAt: t('2026-01-02T00:00:00Z'), destroyedAt: t('2026-01-09T00:00:00Z') },
     ] },

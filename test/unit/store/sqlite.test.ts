@@ -26,7 +26,9 @@ test('a key and its first version are stored together and survive a reopen', () 
       backend: 'hsm',
       primaryVersion: 1,
       createdAt: t0,
-      versions: [{ name: 'b/key', version: 1, ...version }],
+      versions: [{ name: 'b/key', version: 1, ...version, label: null, disabledAt: null, revokedAt: null, destroyAt: null, destroyedAt: null }],
+      policy: { minSignVersion: 1, minVerifyVersion: 1, autoRotatePeriodMs: null, destroyNeedsApproval: false },
+      nextRotationAt: null,
     });
     assert.deepEqual(r.listKeys('').map((x) => x.name), ['a/key', 'b/key']);
     assert.deepEqual(r.listKeys('a/').map((x) => x.versions[0]!.generated), [false]);

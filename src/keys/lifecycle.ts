@@ -1,0 +1,569 @@
+import { randomUUID } from 'node:crypto';
+import { SigilError, type ErrorCode } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { Clock } from '../clock.ts';
+import type { AuditSink } from '../audit/audit-sink.ts';
+import type { BackendRegistry } from '../signers/registry.ts';
+import { canCreateKeys, canDestroyKeys, type Backend } from '../signers/signer.ts';
+import { formatDuration } from '../config/duration.ts';
+import type {
+  ActorRef,
+  ApprovalRecord,
+  ApprovalState,
+  KeyPolicy,
+  KeyRecord,
+  KeyVersionRecord,
+  KeyVersionState,
+  Store,
+} from '../store/store.ts';
+import type { KeyService } from './key-service.ts';
+import { backendLabel, keyVersionRef, parseKeyRef } from './names.ts';
+
+/** The daemon itself as the actor of its timers (auto-rotation, destruction, approval expiry, recovery). */
+export const SIGILD: ActorRef = { subject: 'sigild', fingerprint: '' };
+
+/** Lifecycle windows; production mode keeps the minimum destroy window at 24 h or more (config validation). */
+export interface LifecycleWindows {
+  minDestroyWindowMs: number;
+  defaultDestroyWindowMs: number;
+  approvalTtlMs: number;
+}
+
+/** Everything the key lifecycle needs. */
+export interface LifecycleOptions extends LifecycleWindows {
+  store: Store;
+  backends: BackendRegistry;
+  keys: KeyService;
+  audit: AuditSink;
+  clock: Clock;
+  log: Logger;
+}
+
+/** A policy change: only the fields given change. */
+export type PolicyPatch = Partial<KeyPolicy>;
+
+/** The outcome of an act that may need approval: the key as it is now, and the pending approval when one was made. */
+export interface MaybeApproved {
+  key: KeyRecord;
+  approval: ApprovalRecord | null;
+}
+
+/** What the recovery pass found and did on start. */
+export interface RecoveryReport {
+  /** PENDING versions dropped (`name@N`), with whether a half-made backend object was removed. */
+  dropped: Array<{ keyVersion: string; objectRemoved: boolean }>;
+  /** DESTROYING versions whose destruction was finished. */
+  destroyed: string[];
+  /** Versions that could not be resolved now (the backend was unavailable); the next start tries again. */
+  failed: Array<{ keyVersion: string; error: string }>;
+}
+
+const LONGEST_WINDOW_MS = 366 * 86_400_000;
+const SHORTEST_ROTATE_PERIOD_MS = 60_000;
+const LONGEST_ROTATE_PERIOD_MS = 10 * 366 * 86_400_000;
+// A failed act with one of these codes was refused (the caller asked for something not allowed now); any other code is a failure.
+const REFUSALS: ReadonlySet<ErrorCode> = new Set(['INVALID_ARGUMENT', 'KEY_NOT_FOUND', 'KEY_EXISTS', 'FAILED_PRECONDITION', 'PERMISSION_DENIED', 'NOT_IMPLEMENTED', 'UNSUPPORTED_ALGORITHM']);
+
+interface Done<T> {
+  value: T;
+  /** Overrides the act (a destroy that needs approval records `approval.request`). */
+  act?: string;
+  key?: string;
+  detail?: Record<string, unknown>;
+}
+
+/**
+ * Key versions over time: rotation, disable/enable (instant on the signing path), destruction after a
+ * window (with approval where the key's policy asks), key policy, approvals, and the crash recovery pass.
+ * Store and backend steps are ordered so a crash at any point leaves a state `recover()` resolves:
+ * rotate = PENDING row -> backend create -> ENABLED + primary; destroy = DESTROYING -> backend destroy -> DESTROYED.
+ * Every act, refusals included, is recorded through the audit sink before its result is returned.
+ */
+export class KeyLifecycle {
+  readonly #store: Store;
+  readonly #backends: BackendRegistry;
+  readonly #keys: KeyService;
+  readonly #audit: AuditSink;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #w: LifecycleWindows;
+  readonly #locks = new Map<string, Promise<void>>();
+
+  constructor(o: LifecycleOptions) {
+    this.#store = o.store;
+    this.#backends = o.backends;
+    this.#keys = o.keys;
+    this.#audit = o.audit;
+    this.#clock = o.clock;
+    this.#log = o.log;
+    this.#w = { minDestroyWindowMs: o.minDestroyWindowMs, defaultDestroyWindowMs: o.defaultDestroyWindowMs, approvalTtlMs: o.approvalTtlMs };
+  }
+
+  /** The configured windows. */
+  get windows(): LifecycleWindows {
+    return this.#w;
+  }
+
+  /** Makes a new version in the key's backend and makes it primary; older versions stay for verification. */
+  rotate(who: ActorRef, name: string, opts: { auto?: boolean } = {}): Promise<{ key: KeyRecord; version: number }> {
+    return this.#act(who, 'key.rotate', name, () =>
+      this.#locked(name, async () => {
+        const key = this.#keys.getKey(name);
+        const backend = await this.#backends.get(key.backend);
+        if (!canCreateKeys(backend)) throw new SigilError('NOT_IMPLEMENTED', `backend ${key.backend} cannot create keys: key ${name} cannot be rotated`);
+        const now = this.#clock.now();
+        const pending = this.#store.insertPendingVersion(name, (v) => backendLabel(name, v), now);
+        let made;
+        try {
+          made = await backend.createKey({ label: pending.label!, algorithm: key.algorithm });
+        } catch (err) {
+          // KEY_EXISTS: the label belongs to an object we did not make; leave it alone.
+          await this.#abandon(backend, key.backend, pending, err instanceof SigilError && err.code === 'KEY_EXISTS' ? 'keep' : 'by-label');
+          throw err;
+        }
+        let rec: KeyRecord;
+        try {
+          rec = this.#store.completeVersion(name, pending.version, made, { primary: true, nextRotationAt: nextRotation(key.policy, now) });
+        } catch (err) {
+          await this.#abandon(backend, key.backend, pending, made.uri);
+          throw err;
+        }
+        this.#keys.invalidate(name);
+        const ref = keyVersionRef(name, pending.version);
+        return { value: { key: rec, version: pending.version }, key: ref, detail: { previous: keyVersionRef(name, key.primaryVersion), uri: made.uri, auto: opts.auto === true } };
+      }),
+    );
+  }
+
+  /**
+   * Disables a version at once. The primary version can only be disabled as compromised (then signing
+   * with the bare name refuses until a rotation: sigil does not rotate on its own, since the operator
+   * may first need to know how the key leaked). `compromised` sets `revokedAt` (`since`, default now):
+   * such a version is never enabled again.
+   */
+  disable(who: ActorRef, ref: string, opts: { compromised?: boolean; since?: Date | null } = {}): Promise<KeyRecord> {
+    return this.#act(who, 'key.disable', ref, async () => {
+      const { name, version } = versionRef(ref);
+      return this.#locked(name, async () => {
+        const key = this.#keys.getKey(name);
+        const v = findVersion(key, version);
+        const now = this.#clock.now();
+        let updated: KeyVersionRecord;
+        if (opts.compromised) {
+          const since = opts.since ?? now;
+          if (since.getTime() > now.getTime()) throw new SigilError('INVALID_ARGUMENT', 'compromise time is in the future');
+          if (v.revokedAt) throw new SigilError('FAILED_PRECONDITION', `key ${ref} is already disabled as compromised since ${v.revokedAt.toISOString()}`);
+          const to: KeyVersionState = v.state === 'DESTROY_SCHEDULED' ? 'DESTROY_SCHEDULED' : 'DISABLED';
+          updated = this.#store.updateVersion(name, version, ['ENABLED', 'DISABLED', 'DESTROY_SCHEDULED'], { state: to, disabledAt: v.disabledAt ?? now, revokedAt: since });
+        } else {
+          if (version === key.primaryVersion) {
+            throw new SigilError('FAILED_PRECONDITION', `key ${ref} is the primary version of ${name}: rotate the key first (or disable it as compromised)`);
+          }
+          if (v.state !== 'ENABLED') throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state}, not ENABLED`);
+          updated = this.#store.updateVersion(name, version, ['ENABLED'], { state: 'DISABLED', disabledAt: now });
+        }
+        this.#keys.invalidate(name);
+        return {
+          value: this.#keys.getKey(name),
+          detail: { from: v.state, to: updated.state, compromised: opts.compromised === true, ...(updated.revokedAt ? { since: updated.revokedAt.toISOString() } : {}) },
+        };
+      });
+    });
+  }
+
+  /** Enables a DISABLED version again; one disabled as compromised never is. */
+  enable(who: ActorRef, ref: string): Promise<KeyRecord> {
+    return this.#act(who, 'key.enable', ref, async () => {
+      const { name, version } = versionRef(ref);
+      return this.#locked(name, async () => {
+        const v = findVersion(this.#keys.getKey(name), version);
+        if (v.revokedAt) throw new SigilError('FAILED_PRECONDITION', `key ${ref} was disabled as compromised and can never be enabled again: rotate the key instead`);
+        if (v.state !== 'DISABLED') throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state}, not DISABLED`);
+        this.#store.updateVersion(name, version, ['DISABLED'], { state: 'ENABLED', disabledAt: null });
+        this.#keys.invalidate(name);
+        return { value: this.#keys.getKey(name), detail: { from: 'DISABLED', to: 'ENABLED' } };
+      });
+    });
+  }
+
+  /**
+   * Schedules a version's destruction at the end of a window (default `defaultDestroyWindowMs`, never
+   * below `minDestroyWindowMs`). The version stops signing at once. Where the key's policy has
+   * `destroyNeedsApproval`, this only makes a PENDING approval; the window starts when it is approved.
+   */
+  scheduleDestroy(who: ActorRef, ref: string, windowMs?: number | null): Promise<MaybeApproved> {
+    return this.#act<MaybeApproved>(who, 'key.schedule-destroy', ref, async () => {
+      const { name, version } = versionRef(ref);
+      return this.#locked(name, async (): Promise<Done<MaybeApproved>> => {
+        const window = windowMs ?? this.#w.defaultDestroyWindowMs;
+        this.#checkWindow(window);
+        const key = this.#keys.getKey(name);
+        const v = findVersion(key, version);
+        checkDestroyable(key, v);
+        if (!canDestroyKeys(await this.#backends.get(key.backend))) {
+          throw new SigilError('NOT_IMPLEMENTED', `backend ${key.backend} cannot destroy keys: key ${ref} cannot be scheduled for destruction`);
+        }
+        const now = this.#clock.now();
+        if (key.policy.destroyNeedsApproval) {
+          const open = this.#store.listApprovals({ state: 'PENDING', key: name }).find((a) => a.kind === 'destroy' && a.version === version);
+          if (open) throw new SigilError('FAILED_PRECONDITION', `approval ${open.id} to destroy ${ref} is already pending`);
+          const approval = this.#newApproval(who, 'destroy', name, version, { windowMs: window }, now);
+          this.#store.insertApproval(approval);
+          return {
+            value: { key, approval },
+            act: 'approval.request',
+            detail: { id: approval.id, kind: 'destroy', windowMs: window, expiresAt: approval.expiresAt.toISOString(), fingerprint: who.fingerprint },
+          };
+        }
+        const destroyAt = new Date(now.getTime() + window);
+        this.#store.updateVersion(name, version, ['ENABLED', 'DISABLED'], { state: 'DESTROY_SCHEDULED', destroyAt });
+        this.#keys.invalidate(name);
+        return { value: { key: this.#keys.getKey(name), approval: null }, detail: { from: v.state, windowMs: window, destroyAt: destroyAt.toISOString() } };
+      });
+    });
+  }
+
+  /** Cancels a scheduled destruction (the version becomes DISABLED), or a destruction still waiting for approval. */
+  cancelDestroy(who: ActorRef, ref: string): Promise<KeyRecord> {
+    return this.#act(who, 'key.cancel-destroy', ref, async () => {
+      const { name, version } = versionRef(ref);
+      return this.#locked(name, async () => {
+        const v = findVersion(this.#keys.getKey(name), version);
+        const now = this.#clock.now();
+        if (v.state === 'DESTROY_SCHEDULED') {
+          this.#store.updateVersion(name, version, ['DESTROY_SCHEDULED'], { state: 'DISABLED', destroyAt: null, disabledAt: v.disabledAt ?? now });
+          this.#keys.invalidate(name);
+          return { value: this.#keys.getKey(name), detail: { from: 'DESTROY_SCHEDULED', to: 'DISABLED' } };
+        }
+        const open = this.#store.listApprovals({ state: 'PENDING', key: name }).find((a) => a.kind === 'destroy' && a.version === version);
+        if (!open) throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state}, not scheduled for destruction`);
+        this.#store.updateApproval(open.id, 'PENDING', { state: 'CANCELLED', decidedBy: who, decidedAt: now, reason: 'destruction cancelled' });
+        return { value: this.#keys.getKey(name), detail: { approval: open.id, cancelled: 'approval' } };
+      });
+    });
+  }
+
+  /**
+   * Destroys a version whose window has ended (the scheduler calls it): DESTROYING, backend destroy,
+   * DESTROYED. The public key stays in the store and is still served.
+   */
+  destroyDue(ref: string): Promise<KeyRecord> {
+    return this.#act(SIGILD, 'key.destroy', ref, async () => {
+      const { name, version } = versionRef(ref);
+      return this.#locked(name, async () => {
+        const key = this.#keys.getKey(name);
+        const v = findVersion(key, version);
+        const now = this.#clock.now();
+        if (v.state !== 'DESTROY_SCHEDULED' || !v.destroyAt || v.destroyAt.getTime() > now.getTime()) {
+          throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state} and not due for destruction`);
+        }
+        this.#store.updateVersion(name, version, ['DESTROY_SCHEDULED'], { state: 'DESTROYING' });
+        this.#keys.invalidate(name);
+        await this.#finishDestroy(key.backend, v);
+        return { value: this.#keys.getKey(name), detail: { uri: v.uri, scheduledFor: v.destroyAt.toISOString() } };
+      });
+    });
+  }
+
+  /**
+   * Changes a key's policy. Turning `destroyNeedsApproval` off weakens the protection it gives, so that
+   * change (with whatever else the patch holds) waits for an approver instead.
+   */
+  updatePolicy(who: ActorRef, name: string, patch: PolicyPatch): Promise<MaybeApproved> {
+    return this.#act<MaybeApproved>(who, 'key.policy', name, () =>
+      this.#locked(name, async (): Promise<Done<MaybeApproved>> => {
+        const key = this.#keys.getKey(name);
+        const next = checkPolicy(key, patch);
+        const now = this.#clock.now();
+        if (key.policy.destroyNeedsApproval && !next.destroyNeedsApproval) {
+          const approval = this.#newApproval(who, 'policy', name, null, { ...patch }, now);
+          this.#store.insertApproval(approval);
+          return {
+            value: { key, approval },
+            act: 'approval.request',
+            detail: { id: approval.id, kind: 'policy', patch: { ...patch }, expiresAt: approval.expiresAt.toISOString(), fingerprint: who.fingerprint },
+          };
+        }
+        const rec = this.#applyPolicy(key, next, now);
+        return { value: { key: rec, approval: null }, detail: { from: key.policy, to: next } };
+      }),
+    );
+  }
+
+  /** Approvals, newest first. */
+  listApprovals(filter: { state?: ApprovalState | undefined; key?: string | undefined } = {}): ApprovalRecord[] {
+    return this.#store.listApprovals(filter);
+  }
+
+  /**
+   * Approves a pending request and applies it in the same transaction: a destroy schedule starts its
+   * window now; a policy change takes effect. The requester (same certificate fingerprint or same
+   * subject) may not approve. If the request no longer fits the key, nothing changes.
+   */
+  async approve(who: ActorRef, id: string): Promise<{ approval: ApprovalRecord; key: KeyRecord }> {
+    const a = this.#store.getApproval(id);
+    const out = await this.#act(who, 'approval.approve', a ? approvalRef(a) : undefined, async () => {
+      const cur = this.#decidable(who, id);
+      return this.#locked(cur.key, async () => {
+        const now = this.#clock.now();
+        let effect: Record<string, unknown> = {};
+        const approval = this.#store.transaction(() => {
+          const decided = this.#store.updateApproval(id, 'PENDING', { state: 'APPROVED', decidedBy: who, decidedAt: now, reason: null });
+          const key = this.#keys.getKey(cur.key);
+          if (cur.kind === 'destroy') {
+            const v = findVersion(key, cur.version!);
+            checkDestroyable(key, v);
+            const windowMs = Number(cur.payload['windowMs']);
+            const destroyAt = new Date(now.getTime() + windowMs);
+            this.#store.updateVersion(key.name, v.version, ['ENABLED', 'DISABLED'], { state: 'DESTROY_SCHEDULED', destroyAt });
+            effect = { act: 'key.schedule-destroy', from: v.state, windowMs, destroyAt: destroyAt.toISOString() };
+          } else {
+            const next = checkPolicy(key, cur.payload as PolicyPatch);
+            this.#applyPolicy(key, next, now);
+            effect = { act: 'key.policy', from: key.policy, to: next };
+          }
+          return decided;
+        });
+        this.#keys.invalidate(cur.key);
+        return {
+          value: { approval, key: this.#keys.getKey(cur.key) },
+          detail: { id, kind: cur.kind, requestedBy: cur.requestedBy.subject, fingerprint: who.fingerprint, effect },
+        };
+      });
+    });
+    // The effect is an act of its own in the log, by the approver, naming the request it carries out.
+    const effect = out.approval;
+    await this.#audit.record({
+      who: who.subject,
+      act: effect.kind === 'destroy' ? 'key.schedule-destroy' : 'key.policy',
+      key: approvalRef(effect),
+      result: 'ok',
+      detail: { approval: effect.id, requestedBy: effect.requestedBy.subject, approvedBy: who.subject },
+    });
+    return out;
+  }
+
+  /** Rejects a pending request; nothing else changes. The requester may not reject (they cancel instead). */
+  async reject(who: ActorRef, id: string, reason: string): Promise<ApprovalRecord> {
+    const a = this.#store.getApproval(id);
+    return this.#act(who, 'approval.reject', a ? approvalRef(a) : undefined, async () => {
+      if (reason.length > 512) throw new SigilError('INVALID_ARGUMENT', 'reason is longer than 512 characters');
+      this.#decidable(who, id);
+      const approval = this.#store.updateApproval(id, 'PENDING', { state: 'REJECTED', decidedBy: who, decidedAt: this.#clock.now(), reason: reason || null });
+      return { value: approval, detail: { id, kind: approval.kind, requestedBy: approval.requestedBy.subject, fingerprint: who.fingerprint, reason } };
+    });
+  }
+
+  /** Marks pending approvals whose time ran out EXPIRED (the scheduler calls it); returns their ids. */
+  async expireApprovals(): Promise<string[]> {
+    const now = this.#clock.now();
+    const out: string[] = [];
+    for (const a of this.#store.listApprovals({ state: 'PENDING' })) {
+      if (a.expiresAt.getTime() > now.getTime()) continue;
+      await this.#act(SIGILD, 'approval.expire', approvalRef(a), async () => {
+        this.#store.updateApproval(a.id, 'PENDING', { state: 'EXPIRED', decidedBy: null, decidedAt: now, reason: 'expired' });
+        return { value: undefined, detail: { id: a.id, kind: a.kind, requestedBy: a.requestedBy.subject, expiresAt: a.expiresAt.toISOString() } };
+      });
+      out.push(a.id);
+    }
+    return out;
+  }
+
+  /**
+   * The start-up recovery pass: a PENDING version (a rotation a crash interrupted) is dropped, and its
+   * backend object, if the backend made one (found by label), is destroyed; a DESTROYING version is
+   * destroyed again (idempotent) and recorded DESTROYED. Runs before the server takes requests.
+   */
+  async recover(): Promise<RecoveryReport> {
+    const report: RecoveryReport = { dropped: [], destroyed: [], failed: [] };
+    for (const v of this.#store.versionsInState(['PENDING', 'DESTROYING'])) {
+      const ref = keyVersionRef(v.name, v.version);
+      const key = this.#store.getKey(v.name)!;
+      try {
+        const backend = await this.#backends.get(key.backend);
+        if (v.state === 'PENDING') {
+          let removed = false;
+          if (canDestroyKeys(backend) && v.label) {
+            const uri = await backend.findKeyByLabel(v.label);
+            // Never destroy an object some recorded version uses (labels of different names can collide).
+            if (uri !== null && !this.#store.uriInUse(key.backend, uri)) {
+              await backend.destroyKey(uri);
+              removed = true;
+            }
+          }
+          this.#store.deletePendingVersion(v.name, v.version);
+          report.dropped.push({ keyVersion: ref, objectRemoved: removed });
+          await this.#audit.record({ who: SIGILD.subject, act: 'key.rotate', key: ref, result: 'failed', reason: 'INTERRUPTED', detail: { recovered: 'dropped', objectRemoved: removed } });
+        } else {
+          await this.#finishDestroy(key.backend, v);
+          report.destroyed.push(ref);
+          await this.#audit.record({ who: SIGILD.subject, act: 'key.destroy', key: ref, result: 'ok', detail: { recovered: true, uri: v.uri } });
+        }
+        this.#keys.invalidate(v.name);
+      } catch (err) {
+        this.#log.error({ err, key: ref, state: v.state }, 'key version recovery failed');
+        report.failed.push({ keyVersion: ref, error: err instanceof SigilError ? err.message : 'internal error' });
+      }
+    }
+    if (report.dropped.length + report.destroyed.length + report.failed.length > 0) this.#log.warn(report, 'key lifecycle recovery pass');
+    return report;
+  }
+
+  async #finishDestroy(backendName: string, v: KeyVersionRecord): Promise<void> {
+    const backend = await this.#backends.get(backendName);
+    if (!canDestroyKeys(backend)) throw new SigilError('NOT_IMPLEMENTED', `backend ${backendName} cannot destroy keys`);
+    await backend.destroyKey(v.uri);
+    this.#store.updateVersion(v.name, v.version, ['DESTROYING'], { state: 'DESTROYED', destroyedAt: this.#clock.now() });
+  }
+
+  /** Undoes a rotation that failed after its PENDING row: removes what the backend made, then the row. */
+  async #abandon(backend: Backend, backendName: string, pending: KeyVersionRecord, uri: string | 'by-label' | 'keep'): Promise<void> {
+    try {
+      if (uri !== 'keep' && canDestroyKeys(backend)) {
+        const found = uri === 'by-label' ? await backend.findKeyByLabel(pending.label!) : uri;
+        if (found !== null && !this.#store.uriInUse(backendName, found)) await backend.destroyKey(found);
+      }
+      this.#store.deletePendingVersion(pending.name, pending.version);
+    } catch (err) {
+      // Left PENDING: the recovery pass on the next start resolves it.
+      this.#log.error({ err, key: keyVersionRef(pending.name, pending.version) }, 'could not undo a failed rotation; recovery will');
+    }
+  }
+
+  #applyPolicy(key: KeyRecord, next: KeyPolicy, now: Date): KeyRecord {
+    const periodChanged = next.autoRotatePeriodMs !== key.policy.autoRotatePeriodMs;
+    const rec = periodChanged ? this.#store.updateKey(key.name, { policy: next, nextRotationAt: nextRotation(next, now) }) : this.#store.updateKey(key.name, { policy: next });
+    this.#keys.invalidate(key.name);
+    return rec;
+  }
+
+  #decidable(who: ActorRef, id: string): ApprovalRecord {
+    const a = this.#store.getApproval(id);
+    if (!a) throw new SigilError('KEY_NOT_FOUND', `no approval ${JSON.stringify(id.slice(0, 64))}`);
+    if (a.state !== 'PENDING') throw new SigilError('FAILED_PRECONDITION', `approval ${id} is ${a.state}`);
+    if (a.expiresAt.getTime() <= this.#clock.now().getTime()) throw new SigilError('FAILED_PRECONDITION', `approval ${id} expired at ${a.expiresAt.toISOString()}`);
+    if (who.fingerprint === a.requestedBy.fingerprint || who.subject === a.requestedBy.subject) {
+      throw new SigilError('PERMISSION_DENIED', `approval ${id} was requested by ${a.requestedBy.subject}: the requester cannot decide it`);
+    }
+    return a;
+  }
+
+  #newApproval(who: ActorRef, kind: ApprovalRecord['kind'], key: string, version: number | null, payload: Record<string, unknown>, now: Date): ApprovalRecord {
+    return {
+      id: randomUUID(),
+      kind,
+      key,
+      version,
+      requestedBy: { subject: who.subject, fingerprint: who.fingerprint },
+      requestedAt: now,
+      expiresAt: new Date(now.getTime() + this.#w.approvalTtlMs),
+      state: 'PENDING',
+      decidedBy: null,
+      decidedAt: null,
+      reason: null,
+      payload,
+    };
+  }
+
+  #checkWindow(ms: number): void {
+    if (!Number.isSafeInteger(ms) || ms < this.#w.minDestroyWindowMs) {
+      throw new SigilError('INVALID_ARGUMENT', `destroy window ${fmt(ms)} is shorter than the minimum ${formatDuration(this.#w.minDestroyWindowMs)} (keys.minDestroyWindow)`);
+    }
+    if (ms > LONGEST_WINDOW_MS) throw new SigilError('INVALID_ARGUMENT', `destroy window ${fmt(ms)} is longer than 366d`);
+  }
+
+  /** Records the act (ok, refused or failed) durably before its result or error leaves; fails closed when the log is down. */
+  async #act<T>(who: ActorRef, act: string, key: string | undefined, fn: () => Promise<Done<T>>): Promise<T> {
+    this.#audit.ready();
+    let done: Done<T>;
+    try {
+      done = await fn();
+    } catch (err) {
+      const code: ErrorCode = err instanceof SigilError ? err.code : 'INTERNAL';
+      try {
+        await this.#audit.record({
+          who: who.subject,
+          act,
+          key,
+          result: REFUSALS.has(code) ? 'refused' : 'failed',
+          reason: code,
+          detail: { message: err instanceof SigilError ? err.message : 'internal error' },
+        });
+      } catch (auditErr) {
+        this.#log.error({ err: auditErr, act, key }, 'could not record a refused act');
+      }
+      throw err;
+    }
+    await this.#audit.record({ who: who.subject, act: done.act ?? act, key: done.key ?? key, result: 'ok', detail: done.detail });
+    return done.value;
+  }
+
+  /** Runs lifecycle acts on one key one at a time (signing is not serialized). */
+  async #locked<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#locks.get(name) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const tail = prev.then(() => mine);
+    this.#locks.set(name, tail);
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.#locks.get(name) === tail) this.#locks.delete(name);
+    }
+  }
+}
+
+function fmt(ms: number): string {
+  return Number.isSafeInteger(ms) && ms >= 0 ? formatDuration(ms) : String(ms);
+}
+
+function approvalRef(a: ApprovalRecord): string {
+  return a.version === null ? a.key : keyVersionRef(a.key, a.version);
+}
+
+function versionRef(ref: string): { name: string; version: number } {
+  const { name, version } = parseKeyRef(ref);
+  if (version === null) throw new SigilError('INVALID_ARGUMENT', `name the version: ${name}@N`);
+  return { name, version };
+}
+
+function findVersion(key: KeyRecord, version: number): KeyVersionRecord {
+  const v = key.versions.find((x) => x.version === version);
+  if (!v || v.state === 'PENDING') throw new SigilError('KEY_NOT_FOUND', `key ${key.name} has no version ${version}`);
+  return v;
+}
+
+function checkDestroyable(key: KeyRecord, v: KeyVersionRecord): void {
+  const ref = keyVersionRef(key.name, v.version);
+  if (v.version === key.primaryVersion) throw new SigilError('FAILED_PRECONDITION', `key ${ref} is the primary version of ${key.name}: rotate the key first`);
+  if (v.state !== 'ENABLED' && v.state !== 'DISABLED') throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state}: only ENABLED or DISABLED versions can be scheduled for destruction`);
+}
+
+function nextRotation(p: KeyPolicy, now: Date): Date | null {
+  return p.autoRotatePeriodMs === null ? null : new Date(now.getTime() + p.autoRotatePeriodMs);
+}
+
+/** The policy after `patch`, checked against the key: min versions within 1..primary, verify <= sign, a sane rotation period. */
+function checkPolicy(key: KeyRecord, patch: PolicyPatch): KeyPolicy {
+  const next: KeyPolicy = { ...key.policy };
+  if (patch.minSignVersion !== undefined) next.minSignVersion = patch.minSignVersion;
+  if (patch.minVerifyVersion !== undefined) next.minVerifyVersion = patch.minVerifyVersion;
+  if (patch.autoRotatePeriodMs !== undefined) next.autoRotatePeriodMs = patch.autoRotatePeriodMs;
+  if (patch.destroyNeedsApproval !== undefined) next.destroyNeedsApproval = patch.destroyNeedsApproval;
+  for (const f of ['minSignVersion', 'minVerifyVersion'] as const) {
+    if (!Number.isSafeInteger(next[f]) || next[f] < 1) throw new SigilError('INVALID_ARGUMENT', `${f} must be a version number >= 1`);
+  }
+  if (next.minSignVersion > key.primaryVersion) {
+    throw new SigilError('FAILED_PRECONDITION', `min_sign_version ${next.minSignVersion} is above the primary version ${key.primaryVersion}: rotate first`);
+  }
+  if (next.minVerifyVersion > next.minSignVersion) {
+    throw new SigilError('INVALID_ARGUMENT', `min_verify_version ${next.minVerifyVersion} is above min_sign_version ${next.minSignVersion}: a version that may sign must stay verifiable`);
+  }
+  const p = next.autoRotatePeriodMs;
+  if (p !== null && (!Number.isSafeInteger(p) || p < SHORTEST_ROTATE_PERIOD_MS || p > LONGEST_ROTATE_PERIOD_MS)) {
+    throw new SigilError('INVALID_ARGUMENT', 'auto-rotation period must be between 1m and 3660d');
+  }
+  return next;
+}
