@@ -136,12 +136,14 @@ describe('sigild end to end over gRPC and TLS', { skip: skip ?? false }, () => {
     assert.ok(refusals.some((l) => l.reason === 'PERMISSION_DENIED' && l.rpc === 'CreateKey' && /CN=ci-signer-1/.test(String(l.detail))));
   });
 
-  test('the PIN never appears in any log line, and key creation is in the audit channel', () => {
+  test('the PIN never appears in any log line or audit entry, and key creation is in the audit log', () => {
     const pin = readFileSync(d.token.pinFile, 'utf8').trim();
     const all = d.logs();
-    assert.ok(all.length > 0);
+    const entries = d.auditEntries();
+    assert.ok(all.length > 0 && entries.length > 0);
     for (const l of all) assert.ok(!JSON.stringify(l).includes(pin), 'a log line holds the pin');
-    const created = all.filter((l) => l.channel === 'audit' && l.msg === 'key.create' && l.result === 'ok');
+    for (const e of entries) assert.ok(!JSON.stringify(e).includes(pin), 'an audit entry holds the pin');
+    const created = entries.filter((l) => l.act === 'key.create' && l.result === 'ok' && l.key?.startsWith('e2e/'));
     assert.equal(created.length, 5);
     assert.equal(created[0]!.who, 'CN=test-admin');
     assert.match(String(created[0]!.key), /^e2e\/.+@1$/);

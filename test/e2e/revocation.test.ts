@@ -81,8 +81,8 @@ test('revoking an identity by serial: the next Sign on the open connection is re
     // Same channel, same TLS connection: refused from now on.
     await rejectsWith(sign(c), Status.UNAUTHENTICATED, /^builder identity revoked$/);
     await sign(kept);
-    assert.ok(td.logs().some((l) => l.act === 'identity.revoke' && l.result === 'ok'), 'the revocation is audited');
-    assert.ok(td.logs().some((l) => l.act === 'request.refused' && (l.detail as { why?: string })?.why === 'builder identity revoked'), 'the refusal is audited');
+    assert.ok(td.auditEntries().some((l) => l.act === 'identity.revoke' && l.result === 'ok'), 'the revocation is audited');
+    assert.ok(td.auditEntries().some((l) => l.act === 'request.refused' && (l.detail as { why?: string } | undefined)?.why === 'builder identity revoked'), 'the refusal is audited');
 
     // The CRL over gRPC without a client certificate, and over plain HTTP.
     const crl = await rpc.getCrl(anon, {});
@@ -123,7 +123,7 @@ test('revoking a builder by ek hash: its identity stops working, renewal and a n
     const seen = td.logs().length;
     await rejectsWith(agent().enroll(), Status.PERMISSION_DENIED, /builder tpm revoked/);
     assert.ok(td.logs().slice(seen).some((l) => l.msg === 'enrollment refused' && l.detail === 'builder tpm revoked'), 'the refused enrollment is audited');
-    assert.ok(td.logs().some((l) => l.act === 'builder.revoke' && l.result === 'ok'));
+    assert.ok(td.auditEntries().some((l) => l.act === 'builder.revoke' && l.result === 'ok'));
     await rejectsWith(rpc.revokeBuilder(admin, { ekHash, reason: '', akName: '' }), Status.FAILED_PRECONDITION, /already revoked/);
   } finally {
     c.close();

@@ -10,6 +10,7 @@ import { pino } from 'pino';
 import { Writable } from 'node:stream';
 import { tempToken, type TempToken } from './softhsm.ts';
 import type { Clock } from '../../src/clock.ts';
+import { decodeEntry, type AuditEntry } from '../../src/audit/entry.ts';
 
 /** Client credential files of one identity. */
 export interface Identity {
@@ -31,6 +32,8 @@ export interface TestDaemon {
   ids: Record<'admin' | 'admin2' | 'approver' | 'approver2' | 'signer' | 'auditor' | 'nobody' | 'outsider', Identity>;
   /** Every log line the daemon wrote so far, parsed. */
   logs(): Array<Record<string, unknown>>;
+  /** Every entry of the daemon's audit log so far, decoded. */
+  auditEntries(): AuditEntry[];
   /** The config file the daemon runs with, for starting it as a subprocess too. */
   configFile: string;
   /** Clients authenticated as an identity (or with no client certificate). */
@@ -98,6 +101,15 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
     ids,
     configFile,
     logs: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>),
+    auditEntries: () => {
+      const out: AuditEntry[] = [];
+      while (out.length < daemon.audit.size) {
+        const page = daemon.audit.entries(out.length, daemon.audit.size - out.length);
+        if (page.length === 0) break;
+        for (const e of page) out.push(decodeEntry(e.data));
+      }
+      return out;
+    },
     client: (who) => {
       const id = who === 'anonymous' ? undefined : ids[who];
       const c = connect({ addr: daemon.address, ca: caFile, cert: id?.cert, key: id?.key });

@@ -35,7 +35,8 @@ test('migration 5 upgrades a version-4 store: existing keys get the default poli
     assert.equal(k.versions[0]!.revokedAt, null);
     s.close();
     const again = new DatabaseSync(path);
-    assert.equal((again.prepare('PRAGMA user_version').get() as { user_version: number }).user_version, 5);
+    // Migration 5 and every later one ran.
+    assert.ok((again.prepare('PRAGMA user_version').get() as { user_version: number }).user_version >= 5);
     again.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });
