@@ -14,6 +14,8 @@ import { connect, rpc, type Clients } from '../../src/cli/client.ts';
 import { KeyVersionState as S, type Key } from '../../src/gen/sigil/v1/signer.ts';
 import { backendLabel } from '../../src/keys/names.ts';
 
+const SIGILCTL = new URL('../../bin/sigilctl.js', import.meta.url).pathname;
+
 const run = promisify(execFile);
 const skip = missingTools('softhsm', 'softhsm2-util', 'pkcs11-tool', 'openssl');
 const SIGILD = new URL('../../bin/sigild.js', import.meta.url).pathname;
@@ -45,7 +47,7 @@ describe('crash safety: sigild SIGKILLed at random moments during lifecycle acts
   let pin: string;
   let address = '';
   const rand = prng(SEED);
-  const stats = { kills: 0, starts: 0, ok: 0, refused: 0, cut: 0, recoveries: 0 };
+  const stats = { kills: 0, starts: 0, ok: 0, refused: 0, cut: 0, recoveries: 0, tornObjects: 0 };
 
   const start = async (): Promise<Clients> => {
     const c = spawn(process.execPath, [SIGILD, 'serve', '--config', configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -75,11 +77,21 @@ describe('crash safety: sigild SIGKILLed at random moments during lifecycle acts
     stats.kills++;
     child = null;
   };
-  const tokenLabels = async (type: 'privkey' | 'pubkey'): Promise<string[]> => {
+  /** Labels of the token's objects of one type, and how many have no label at all. */
+  const tokenObjects = async (type: 'privkey' | 'pubkey'): Promise<{ labels: string[]; unlabeled: number }> => {
     const r = await run('pkcs11-tool', ['--module', token.module, '--token-label', token.label, '--login', '--pin', pin, '--list-objects', '--type', type], {
       env: { ...process.env, SOFTHSM2_CONF: token.conf },
     });
-    return [...r.stdout.matchAll(/label:\s+(\S+)/g)].map((m) => m[1]!).sort();
+    // One block per object, each starting with its class line (`Private Key Object; EC` ...).
+    const blocks = r.stdout.split(/\n(?=\S)/).filter((b) => /Key Object/.test(b));
+    const labels: string[] = [];
+    let unlabeled = 0;
+    for (const b of blocks) {
+      const m = /^\s*label:[ \t]*(\S+)[ \t]*$/m.exec(b);
+      if (m) labels.push(m[1]!);
+      else unlabeled++;
+    }
+    return { labels: labels.sort(), unlabeled };
   };
 
   before(async () => {
@@ -160,7 +172,13 @@ describe('crash safety: sigild SIGKILLed at random moments during lifecycle acts
     const key = (await rpc.getKey(c, { name: KEY })).key!;
     await check(key);
 
-    // AUDIT: after merge, verify the audit log here (e.g. `sigilctl audit verify` against the daemon's log): the lead adds it.
+    // The audit log survived every kill: it verifies against its latest signed checkpoint, and it holds the acts.
+    const verified = await run(process.execPath, [SIGILCTL, '--addr', address, '--ca', ca, '--cert', admin.cert, '--key', admin.key, '-o', 'json', 'audit', 'verify']);
+    const report = JSON.parse(verified.stdout) as { ok: boolean; size: number };
+    assert.equal(report.ok, true, verified.stdout);
+    const tail = await run(process.execPath, [SIGILCTL, '--addr', address, '--ca', ca, '--cert', admin.cert, '--key', admin.key, 'audit', 'tail', '-n', String(report.size)]);
+    const acts = new Set(tail.stdout.split('\n').filter(Boolean).map((l) => (JSON.parse(l.slice(l.indexOf('\t') + 1)) as { act: string }).act));
+    assert.ok(acts.has('key.create') && acts.has('key.rotate'), `acts in the log: ${[...acts].join(', ')}`);
     await kill();
     console.log(JSON.stringify({ seed: SEED, ...stats, versions: key.versions.length }));
   });
@@ -175,9 +193,18 @@ describe('crash safety: sigild SIGKILLed at random moments during lifecycle acts
     }
     const primary = key.versions.find((v) => v.version === key.primaryVersion)!;
     assert.equal(primary.state, S.ENABLED, 'the primary is always ENABLED');
-    const live = key.versions.filter((v) => v.state !== S.DESTROYED).map((v) => backendLabel(KEY, v.version)).sort();
-    assert.deepEqual(await tokenLabels('privkey'), live, 'private objects on the token == versions not destroyed');
-    assert.deepEqual(await tokenLabels('pubkey'), live, 'public objects on the token == versions not destroyed');
+    // The daemon's own keys (audit, trusted root) are on the token too: every key's live versions count.
+    const all = (await rpc.adminListKeys(clients!, { prefix: '' })).keys;
+    const live = all.flatMap((k) => k.versions.filter((v) => v.state !== S.DESTROYED).map((v) => backendLabel(k.name, v.version))).sort();
+    const priv = await tokenObjects('privkey');
+    const pub = await tokenObjects('pubkey');
+    assert.deepEqual(priv.labels, live, 'private objects on the token == versions not destroyed');
+    assert.deepEqual(pub.labels, live, 'public objects on the token == versions not destroyed');
+    // SoftHSM runs inside the killed process and writes a new object's attributes one at a time: a kill in
+    // C_GenerateKeyPair can leave a torn object file without its label (seen with a public key), which no
+    // version names and recovery cannot find. It is counted and reported, not hidden: an HSM that creates
+    // objects atomically never leaves one. Every labeled object must match a version exactly (above).
+    stats.tornObjects = priv.unlabeled + pub.unlabeled;
     const s = connect({ addr: address, ca, cert: signer.cert, key: signer.key });
     try {
       const digest = createHash('sha256').update('crash test').digest();
