@@ -1,6 +1,7 @@
 import type { AdminServer } from '../gen/sigil/v1/admin.ts';
 import { SigilError } from '../errors.ts';
 import { audited } from '../audit/audited.ts';
+import { parseKeyRef } from '../keys/names.ts';
 import type { KeyService } from '../keys/key-service.ts';
 import type { KeyLifecycle, PolicyPatch } from '../keys/lifecycle.ts';
 import { approvalStateFromPb, approvalToPb, algorithmFromPb, keyToPb, keyVersionToPb, policyToPb } from './convert.ts';
@@ -32,7 +33,16 @@ function seconds(n: number, what: string): number {
  * The `sigil.v1.Admin` service: key creation, import, inspection and lifecycle (rotation, disable,
  * destruction, policy, approvals). Every act is an audit log entry, durable before the answer (the lifecycle records its own).
  */
-export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle): AdminServer {
+export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle, reserved: readonly string[] = []): AdminServer {
+  /**
+   * The daemon's own keys (identity CA, audit, trusted root) are pinned by what they signed: a rotation or
+   * retirement through the API would strand the CA certificate or the audit checkpoints, so it is refused.
+   */
+  const notReserved = (ref: string): string => {
+    const name = parseKeyRef(ref).name;
+    if (reserved.includes(name)) throw new SigilError('FAILED_PRECONDITION', `key ${name} is reserved for the daemon's own use; its lifecycle is not managed through the admin api`);
+    return ref;
+  };
   return {
     createKey: unary(ctx, 'CreateKey', KEY_CHANGERS, async (req, who) => {
       const key = await audited(
@@ -55,20 +65,20 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
     getKey: unary(ctx, 'GetKey', KEY_READERS, (req) => ({ key: keyToPb(keys.getKey(req.name)) })),
     listKeys: unary(ctx, 'ListKeys', KEY_READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
     rotateKey: unary(ctx, 'RotateKey', KEY_CHANGERS, async (req, who) => {
-      const { key, version } = await lifecycle.rotate(actor(who), req.name);
+      const { key, version } = await lifecycle.rotate(actor(who), notReserved(req.name));
       return { key: keyToPb(key), newVersion: version };
     }),
     disableKeyVersion: unary(ctx, 'DisableKeyVersion', KEY_CHANGERS, async (req, who) => {
       if (req.compromiseTime && !req.compromised) throw new SigilError('INVALID_ARGUMENT', 'compromise_time needs compromised');
-      return { key: keyToPb(await lifecycle.disable(actor(who), req.key, { compromised: req.compromised, since: req.compromiseTime ?? null })) };
+      return { key: keyToPb(await lifecycle.disable(actor(who), notReserved(req.key), { compromised: req.compromised, since: req.compromiseTime ?? null })) };
     }),
-    enableKeyVersion: unary(ctx, 'EnableKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.enable(actor(who), req.key)) })),
+    enableKeyVersion: unary(ctx, 'EnableKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.enable(actor(who), notReserved(req.key))) })),
     scheduleDestroyKeyVersion: unary(ctx, 'ScheduleDestroyKeyVersion', KEY_CHANGERS, async (req, who) => {
       const window = req.windowSeconds === 0 ? null : seconds(req.windowSeconds, 'window_seconds');
-      const r = await lifecycle.scheduleDestroy(actor(who), req.key, window);
+      const r = await lifecycle.scheduleDestroy(actor(who), notReserved(req.key), window);
       return { key: keyToPb(r.key), approval: r.approval ? approvalToPb(r.approval) : undefined };
     }),
-    cancelDestroyKeyVersion: unary(ctx, 'CancelDestroyKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.cancelDestroy(actor(who), req.key)) })),
+    cancelDestroyKeyVersion: unary(ctx, 'CancelDestroyKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.cancelDestroy(actor(who), notReserved(req.key))) })),
     listKeyVersions: unary(ctx, 'ListKeyVersions', KEY_READERS, (req) => {
       const k = keys.getKey(req.name);
       return { versions: k.versions.map(keyVersionToPb), primaryVersion: k.primaryVersion, policy: policyToPb(k.policy) };
@@ -80,7 +90,7 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
       if (req.autoRotatePeriodSeconds !== undefined) patch.autoRotatePeriodMs = req.autoRotatePeriodSeconds === 0 ? null : seconds(req.autoRotatePeriodSeconds, 'auto_rotate_period_seconds');
       if (req.destroyNeedsApproval !== undefined) patch.destroyNeedsApproval = req.destroyNeedsApproval;
       if (Object.keys(patch).length === 0) throw new SigilError('INVALID_ARGUMENT', 'set at least one policy field');
-      const r = await lifecycle.updatePolicy(actor(who), req.name, patch);
+      const r = await lifecycle.updatePolicy(actor(who), notReserved(req.name), patch);
       return { key: keyToPb(r.key), approval: r.approval ? approvalToPb(r.approval) : undefined };
     }),
     listApprovals: unary(ctx, 'ListApprovals', APPROVAL_READERS, (req) => ({

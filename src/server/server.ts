@@ -89,7 +89,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const ctx = { auth, metrics: o.metrics, log: o.log, audit: o.auditLog };
   const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys: o.reservedKeys ?? [] };
   server.addService(SignerService, signerService(ctx, o.keys, o.limits, access) as unknown as UntypedServiceImplementation);
-  server.addService(AdminService, adminService(ctx, o.keys, o.lifecycle) as unknown as UntypedServiceImplementation);
+  server.addService(AdminService, adminService(ctx, o.keys, o.lifecycle, o.reservedKeys ?? []) as unknown as UntypedServiceImplementation);
   server.addService(AuditService, auditService(ctx, o.auditLog) as unknown as UntypedServiceImplementation);
   if (o.attestation) server.addService(AttestationService, attestationService(ctx, o.attestation) as unknown as UntypedServiceImplementation);
   if (o.revocation) server.addService(RevocationService, revocationService(ctx, o.revocation) as unknown as UntypedServiceImplementation);

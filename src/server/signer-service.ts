@@ -29,7 +29,7 @@ const STREAM_WINDOW = 256;
 /** Which keys a caller may sign with beyond its role. */
 export interface KeyAccess {
   builders: BuilderPolicy;
-  /** Keys no caller may sign with through the API (the identity CA's: a signature is a certificate). */
+  /** Keys no caller may sign with through the API (the identity CA's, the audit log's and the trusted root's). */
   reservedKeys: readonly string[];
 }
 
@@ -41,7 +41,7 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
     if (signing && reserved.length > 0) {
       for (const r of reserved) {
         if (ref.startsWith(r) && (ref.length === r.length || ref.charCodeAt(r.length) === 0x40 /* @ */)) {
-          throw new SigilError('PERMISSION_DENIED', `key ${r} is reserved for the identity ca`);
+          throw new SigilError('PERMISSION_DENIED', `key ${r} is reserved for the daemon's own use (identity ca, audit checkpoints, trusted root)`);
         }
       }
     }

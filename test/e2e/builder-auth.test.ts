@@ -225,7 +225,7 @@ describe('builders: identity ca certificates and per-key authorization', { skip:
   test('no caller signs with the identity ca key; signers keep their access', async () => {
     const signer = d.client('signer');
     const ca = d.daemon.identity!.keyName;
-    await rejects(rpc.sign(signer, { key: ca, digest: Buffer.alloc(32) }), Status.PERMISSION_DENIED, /reserved for the identity ca/);
+    await rejects(rpc.sign(signer, { key: ca, digest: Buffer.alloc(32) }), Status.PERMISSION_DENIED, /reserved for the daemon's own use/);
     await rejects(rpc.sign(signer, { key: `${ca}@1`, digest: Buffer.alloc(32) }), Status.PERMISSION_DENIED, /reserved/);
     const pk = await rpc.getPublicKey(signer, { key: ca });
     assert.ok(pk.pem.includes('BEGIN PUBLIC KEY'), 'its public key is not secret');

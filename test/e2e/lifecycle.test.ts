@@ -186,6 +186,17 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     await rejects(rpc.listApprovals(d.client('signer'), { state: 0, key: '' }), status.PERMISSION_DENIED, /./);
   });
 
+  test("the daemon's reserved keys cannot be rotated, retired or re-policied through the api", async () => {
+    const admin = d.client('admin');
+    const before = (await rpc.getKey(admin, { name: 'sigil/audit' })).key!;
+    const why = /reserved for the daemon's own use/;
+    await rejects(rpc.rotateKey(admin, { name: 'sigil/audit' }), status.FAILED_PRECONDITION, why);
+    await rejects(rpc.disableKeyVersion(admin, { key: 'sigil/audit@1', compromised: false, compromiseTime: undefined }), status.FAILED_PRECONDITION, why);
+    await rejects(rpc.scheduleDestroyKeyVersion(admin, { key: 'sigil/trust-root@1', windowSeconds: 0 }), status.FAILED_PRECONDITION, why);
+    await rejects(rpc.updateKeyPolicy(admin, { name: 'sigil/trust-root', minSignVersion: 2 }), status.FAILED_PRECONDITION, why);
+    assert.deepEqual((await rpc.getKey(admin, { name: 'sigil/audit' })).key, before, 'nothing changed');
+  });
+
   test('auto-rotation on the fake clock, and after a restart', async () => {
     await ok(['key', 'create', 'ci/prov', '--alg', 'P256']);
     const p = await json<{ key: { nextRotationTime: string } }>(['key', 'policy', 'ci/prov', '--auto-rotate', '30d']);
