@@ -41,8 +41,6 @@ export interface BuilderCredentials {
   serial: string;
   ekHash: string;
   akName: string;
-  /** Who, for the audit entry of a refusal. */
-  subject: string;
 }
 
 const DEFAULT_CRL_VALIDITY_MS = 60 * 60_000;
@@ -94,19 +92,13 @@ export class Revocations {
   }
 
   /**
-   * Why a builder's request must be refused (its certificate or its TPM is revoked), or null. A refusal is
-   * audited as `request.refused`; the request is refused whether or not that entry can be written.
+   * Why a builder's request must be refused (its certificate or its TPM is revoked), or null. The server
+   * records the refusal (`request.refused`, with this reason) like any other.
    */
   refuseBuilder(b: BuilderCredentials): string | null {
-    let why: string | null = null;
-    if (this.#serials.has(b.serial)) why = 'builder identity revoked';
-    else if (this.isBuilderRevoked(b.ekHash, b.akName)) why = 'builder tpm revoked';
-    if (why !== null) {
-      this.#o.sink.record({ who: b.subject, act: 'request.refused', result: 'refused', reason: 'UNAUTHENTICATED', detail: { why, serial: b.serial, ekHash: b.ekHash } }).catch((err: unknown) => {
-        this.#o.log.error({ err }, 'audit of a refused revoked builder failed');
-      });
-    }
-    return why;
+    if (this.#serials.has(b.serial)) return 'builder identity revoked';
+    if (this.isBuilderRevoked(b.ekHash, b.akName)) return 'builder tpm revoked';
+    return null;
   }
 
   /** Why enrollment or renewal of this EK (and AK) must be refused, or null. */

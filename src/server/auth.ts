@@ -107,6 +107,15 @@ export class Authenticator {
     return p;
   }
 
+  /**
+   * Who a call claims to be, for the audit entry of a refusal: the subject of its verified certificate
+   * (whether or not it is expired, revoked or without a role), or null without one. Never throws.
+   */
+  subjectOf(call: AuthCall): string | null {
+    const cert = call.getAuthContext().sslPeerCertificate;
+    return cert ? subjectText(cert) : null;
+  }
+
   /** The principal if it holds one of `roles`; PERMISSION_DENIED otherwise. */
   require(call: AuthCall, roles: readonly Role[]): Principal {
     const p = this.principal(call);
@@ -115,9 +124,7 @@ export class Authenticator {
   }
 
   #evaluate(cert: PeerCertificate): Principal {
-    const subject = Object.entries(cert.subject ?? {})
-      .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : v}`)
-      .join(',');
+    const subject = subjectText(cert);
     const fingerprint = cert.fingerprint256.replaceAll(':', '').toLowerCase();
     const notAfter = Date.parse(cert.valid_to);
     if (this.#issuedByIdentityCa(cert)) {
@@ -154,6 +161,13 @@ export class Authenticator {
       return false;
     }
   }
+}
+
+/** A certificate subject as `CN=..,O=..`. */
+function subjectText(cert: PeerCertificate): string {
+  return Object.entries(cert.subject ?? {})
+    .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : v}`)
+    .join(',');
 }
 
 function compile(pattern: string): Matcher {

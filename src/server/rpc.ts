@@ -21,16 +21,11 @@ export interface RpcContext {
  */
 export async function recordRefusal(ctx: RpcContext, call: AuthCall & { getPeer?(): string }, rpc: string, err: unknown): Promise<unknown> {
   if (!isSigilError(err, 'UNAUTHENTICATED') && !isSigilError(err, 'PERMISSION_DENIED')) return err;
-  let who = 'anonymous';
+  // Without a trusted certificate the peer address is all there is.
+  const peer = call.getPeer?.();
+  const who = ctx.auth.subjectOf(call) ?? (peer ? `anonymous@${peer}` : 'anonymous');
   try {
-    who = ctx.auth.principal(call).subject;
-  } catch {
-    // No trusted certificate: the peer address is all there is.
-    const peer = call.getPeer?.();
-    if (peer) who = `anonymous@${peer}`;
-  }
-  try {
-    await ctx.audit.record({ who, act: 'request.refused', result: 'refused', reason: err.code, detail: { rpc } });
+    await ctx.audit.record({ who, act: 'request.refused', result: 'refused', reason: err.code, detail: { rpc, why: err.message } });
   } catch (auditErr) {
     return auditErr;
   }

@@ -84,7 +84,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const auth = new Authenticator(o.roles, {
     identityCa: identityCa ? new X509Certificate(identityCa).raw : undefined,
     clock: o.clock,
-    revoked: revocations ? (p) => revocations.refuseBuilder({ serial: p.serial, ekHash: p.builder.ekHash, akName: p.builder.akName, subject: p.subject }) : undefined,
+    revoked: revocations ? (p) => revocations.refuseBuilder({ serial: p.serial, ekHash: p.builder.ekHash, akName: p.builder.akName }) : undefined,
   });
   const ctx = { auth, metrics: o.metrics, log: o.log, audit: o.auditLog };
   const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys: o.reservedKeys ?? [] };
