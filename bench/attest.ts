@@ -19,7 +19,7 @@
  * ends the run with exit 1. Environment, for investigation: SIGIL_BENCH_TEE=1 copies sigild's output
  * to stderr.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, type ChildProcess } from 'node:child_process';
 import { createHash, createPublicKey, generateKeyPairSync, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -30,6 +30,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { connect, rpc } from '../src/cli/client.ts';
+import { spawnSigild } from './sigild-process.ts';
 import { Attestor, type AttestorOptions, type Identity } from '../src/cli/agent/attestor.ts';
 import { createDevCa, issueLeaf } from '../src/dev/pki.ts';
 import { initSoftHsmToken } from '../src/dev/softhsm.ts';
@@ -132,7 +133,6 @@ function freePort(): Promise<number> {
   });
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function version(cmd: string, args: string[]): string {
   try {
@@ -196,42 +196,8 @@ async function startDaemon(dir: string, sw: Swtpm): Promise<Daemon> {
     log: { level: 'warn' },
   };
   const configFile = await put('config.yaml', stringify(config));
-  // The daemon as users run it: bin/sigild.js (the launcher adds the daemon's heap flags).
-  const child = spawn(process.execPath, [join(ROOT, 'bin/sigild.js'), 'serve', '--config', configFile], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env } });
-  let err = '';
-  const keep = (d: Buffer) => {
-    if (process.env.SIGIL_BENCH_TEE) process.stderr.write(d);
-    err = (err + d.toString()).slice(-20000);
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const c = connect({ addr, ca: caFile, cert: files.adminCert, key: files.adminKey });
-  try {
-    const deadline = Date.now() + 30000;
-    for (;;) {
-      if (child.exitCode !== null) throw new Error(`sigild exited at start:\n${err}`);
-      if (await rpc.adminListKeys(c, { prefix: '' }).then(() => true, () => false)) break;
-      if (Date.now() > deadline) throw new Error(`sigild did not answer within 30 s:\n${err}`);
-      await sleep(100);
-    }
-  } finally {
-    c.close();
-  }
-  return {
-    child,
-    addr,
-    caFile,
-    stderr: () => err,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), 15000);
-        await exited;
-        clearTimeout(t);
-      }
-    },
-  };
+  const sigild = await spawnSigild(configFile, { addr, ca: caFile, cert: files.adminCert, key: files.adminKey });
+  return { child: sigild.child, addr, caFile, stderr: sigild.output, stop: sigild.stop };
 }
 
 /** Checks one issued identity: signed by the identity CA, for the agent's key, with a TPM SPIFFE id. */

@@ -16,18 +16,18 @@
  * Floors: zero failed requests, every signature verifies, p99 during rotation <= 2 x steady p99, zero requests
  * accepted after a revocation answered.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash, createPublicKey, verify as nodeVerify, X509Certificate, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import type { ServiceError } from '@grpc/grpc-js';
 import { connect, rpc, type Clients } from '../src/cli/client.ts';
+import { spawnSigild } from './sigild-process.ts';
 import { Attestor, builderClients, type Identity } from '../src/cli/agent/attestor.ts';
 import { createDevCa, issueLeaf } from '../src/dev/pki.ts';
 import { initSoftHsmToken } from '../src/dev/softhsm.ts';
@@ -35,7 +35,6 @@ import { Algorithm, type SignerClient } from '../src/gen/sigil/v1/signer.ts';
 import { startSwtpm } from '../test/helpers/swtpm.ts';
 import { trustedKeyVersions, type TrustedKeyVersion } from './trusted-root-keys.ts';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
 const ZEROS = Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]));
 const KEY = 'ci/release';
@@ -167,37 +166,19 @@ async function startDaemon(dir: string, ekCaFile: string): Promise<Daemon> {
     log: { level: 'warn' },
   };
   const configFile = await put('config.yaml', stringify(config));
-  const child = spawn(process.execPath, [join(ROOT, 'bin/sigild.js'), 'serve', '--config', configFile], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  const keep = (d: Buffer): void => {
-    log = (log + d.toString()).slice(-20000);
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const sigild = await spawnSigild(configFile, { addr, ca: caFile, cert: files.adminCert, key: files.adminKey });
   const c = connect({ addr, ca: caFile, cert: files.adminCert, key: files.adminKey });
-  const deadline = Date.now() + 30000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`sigild exited at start:\n${log}`);
-    if (await rpc.adminListKeys(c, { prefix: '' }).then(() => true, () => false)) break;
-    if (Date.now() > deadline) throw new Error(`sigild did not answer within 30 s:\n${log}`);
-    await sleep(100);
-  }
   return {
-    child,
+    child: sigild.child,
     addr,
     caFile,
     admin: c,
     signerFiles: { cert: files.signerCert, key: files.signerKey },
     async stop() {
       c.close();
-      if (child.exitCode === null && child.signalCode === null) {
-        child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), 15000);
-        await exited;
-        clearTimeout(t);
-      }
-      if (child.exitCode !== 0 && child.signalCode !== 'SIGTERM') process.stderr.write(`sigild exit ${child.exitCode}/${child.signalCode}:\n${log}\n`);
+      await sigild.stop();
+      const { exitCode, signalCode } = sigild.child;
+      if (exitCode !== 0 && signalCode !== 'SIGTERM') process.stderr.write(`sigild exit ${exitCode}/${signalCode}:\n${sigild.output()}\n`);
     },
   };
 }
