@@ -128,10 +128,11 @@ export function trustEk(input: { ekCert?: Uint8Array; ekPublic?: Uint8Array }, a
     let cert: X509Certificate;
     try {
       cert = new X509Certificate(Buffer.from(input.ekCert));
+      // Node parses the SubjectPublicKeyInfo only when asked: a malformed key fails here, not above.
+      spki = cert.publicKey.export({ type: 'spki', format: 'der' });
     } catch (err) {
       throw new SigilError('INVALID_ARGUMENT', 'ek certificate does not parse', { cause: err });
     }
-    spki = cert.publicKey.export({ type: 'spki', format: 'der' });
     if (pubSpki !== undefined && !pubSpki.equals(spki)) throw new SigilError('PERMISSION_DENIED', 'ek certificate and ek public area carry different keys');
     ekPublic = pub ?? defaultEkPublic(cert.publicKey);
     const problem = anchors.ekCas.length === 0 ? 'the policy trusts no ek ca' : chainProblem(cert, anchors.ekCas, now);

@@ -89,3 +89,18 @@ test('malformed input is INVALID_ARGUMENT', { skip: skip ?? false }, () => {
   assert.throws(() => trustEk({ ekCert: Buffer.from('nope') }, anchors, now), bad);
   assert.throws(() => trustEk({ ekPublic: Buffer.from([0, 1, 0]) }, anchors, now), bad);
 });
+
+test('a certificate whose public key does not decode is INVALID_ARGUMENT, not an internal error', { skip: skip ?? false }, () => {
+  // The rsaEncryption OID inside the SubjectPublicKeyInfo, with its length byte changed (as fuzzing found):
+  // the certificate still parses, and Node fails only when the key is read.
+  const oid = Buffer.from('06092a864886f70d010101', 'hex');
+  const at = cert.indexOf(oid);
+  assert.ok(at > 0, 'the fixture holds an rsa key');
+  const bad = Buffer.from(cert);
+  bad[at + 1] = 0x0b;
+  assert.doesNotThrow(() => new X509Certificate(bad));
+  assert.throws(
+    () => trustEk({ ekCert: bad }, { ekCas: [x(root)], ekHashes: new Set() }, now),
+    (e: unknown) => isSigilError(e, 'INVALID_ARGUMENT') && e.message === 'ek certificate does not parse',
+  );
+});
