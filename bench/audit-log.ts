@@ -47,9 +47,9 @@ console.log(`consistency proof at size ${size}: ${((performance.now() - t) / 100
 t = performance.now();
 await log.latestCheckpoint();
 console.log(`checkpoint signature: ${(performance.now() - t).toFixed(2)} ms`);
-log.close();
+await log.close();
 t = performance.now();
 log = open();
 console.log(`reopen with self-verification of ${size} entries: ${(performance.now() - t).toFixed(0)} ms; rss growth while filling ${Math.round((process.memoryUsage().rss - rss0) / 1e6)} MB`);
-log.close();
+await log.close();
 rmSync(dir, { recursive: true, force: true });

@@ -109,7 +109,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       reservedKeys: [...(identity ? [identity.keyName] : []), cfg.audit.key],
     });
   } catch (err) {
-    auditLog?.close();
+    await auditLog?.close();
     await backends.closeAll();
     store.close();
     throw err;
@@ -162,7 +162,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     });
   } catch (err) {
     if (checkpointTimer) clearInterval(checkpointTimer);
-    audited.close();
+    await audited.close();
     await backends.closeAll();
     store.close();
     throw err;
@@ -195,7 +195,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
         revocations.stop();
         await grpc.stop();
         if (checkpointTimer) clearInterval(checkpointTimer);
-        audited.close();
+        await audited.close();
         metricsServer?.server.close();
         await backends.closeAll();
         store.close();

@@ -1,5 +1,6 @@
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { mkdirSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.ts';
 import type { Clock } from '../clock.ts';
@@ -8,6 +9,7 @@ import type { AuditEvent, AuditSink } from './audit-sink.ts';
 import { encodeEntry } from './entry.ts';
 import { CompactRange, consistencyProof, inclusionProof, leafHash, nodeHash, rangeRoot, type CompletedSubtree, type PerfectReader } from './merkle.ts';
 import { checkOrigin, noteKeyId, noteKeyOfSpki, noteVerifier, openCheckpoint, signCheckpoint } from './note.ts';
+import type { WriterData, WriterReply, WriterRequest } from './audit-writer.ts';
 
 /** The key that signs checkpoints: the reserved key `sigil/audit`, reached through the key service. */
 export interface AuditKey {
@@ -68,6 +70,9 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL, key_version TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT;
 `;
 
+// The writer is a sibling module: `.ts` when running from src/, `.js` from the build.
+const WRITER_URL = new URL(`./audit-writer${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
+
 const unavailable = (cause: unknown): SigilError => new SigilError('AUDIT_UNAVAILABLE', 'the audit log cannot be written', { cause });
 
 /**
@@ -82,10 +87,14 @@ export class AuditLog implements AuditSink {
   readonly #key: AuditKey;
   readonly #clock: Clock;
   readonly #log: Logger;
-  readonly #q: Record<'insertEntry' | 'insertNode' | 'leaf' | 'node' | 'page' | 'count' | 'insertCheckpoint' | 'checkpointAt' | 'latestCheckpoint', StatementSync>;
+  readonly #q: Record<'insertNode' | 'leaf' | 'node' | 'page' | 'count' | 'checkpointAt' | 'latestCheckpoint', StatementSync>;
+  // Started once the file has been verified: a log that refuses to open leaves no thread holding it.
+  #writer!: WriterThread;
   #tree: CompactRange;
   #queue: Waiter[] = [];
   #scheduled = false;
+  #inFlight: Promise<void> | null = null;
+  #closing: Promise<void> | null = null;
   #broken: SigilError | null = null;
   #lastT = 0;
   #latest: StoredCheckpoint | null;
@@ -100,13 +109,11 @@ export class AuditLog implements AuditSink {
     this.#clock = o.clock;
     this.#log = o.log;
     this.#q = {
-      insertEntry: db.prepare('INSERT INTO entries (idx, data, leaf) VALUES (?, ?, ?)'),
       insertNode: db.prepare('INSERT OR REPLACE INTO nodes (level, idx, hash) VALUES (?, ?, ?)'),
       leaf: db.prepare('SELECT leaf FROM entries WHERE idx = ?'),
       node: db.prepare('SELECT hash FROM nodes WHERE level = ? AND idx = ?'),
       page: db.prepare('SELECT idx, data, leaf FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx'),
       count: db.prepare('SELECT COUNT(*) AS n, COALESCE(MAX(idx), -1) AS max FROM entries'),
-      insertCheckpoint: db.prepare('INSERT OR IGNORE INTO checkpoints (size, root, note, key_version, created_at) VALUES (?, ?, ?, ?, ?)'),
       checkpointAt: db.prepare('SELECT * FROM checkpoints WHERE size = ?'),
       latestCheckpoint: db.prepare('SELECT * FROM checkpoints ORDER BY size DESC LIMIT 1'),
     };
@@ -120,7 +127,9 @@ export class AuditLog implements AuditSink {
    * does not match its checkpoints refuses to open (FAILED_PRECONDITION: tampered).
    */
   static open(o: AuditLogOptions): AuditLog {
-    if (o.path !== ':memory:') mkdirSync(dirname(o.path), { recursive: true, mode: 0o700 });
+    // The writer thread opens the file by name: an in-memory database would be a different one there.
+    if (o.path === ':memory:' || o.path === '') throw new SigilError('INVALID_ARGUMENT', 'the audit log needs a file path');
+    mkdirSync(dirname(o.path), { recursive: true, mode: 0o700 });
     const db = new DatabaseSync(o.path);
     try {
       // A blocked write fails fast (fail closed) rather than stalling the event loop.
@@ -128,6 +137,7 @@ export class AuditLog implements AuditSink {
       db.exec(SCHEMA);
       const log = new AuditLog(o, db);
       log.#load();
+      log.#writer = new WriterThread(o.path, o.log);
       return log;
     } catch (err) {
       db.close();
@@ -165,50 +175,79 @@ export class AuditLog implements AuditSink {
     }
     return new Promise<void>((resolve, reject) => {
       this.#queue.push({ data, resolve, reject });
-      if (!this.#scheduled) {
-        this.#scheduled = true;
-        // Everything recorded in this turn of the event loop goes into one transaction.
-        setImmediate(() => this.#flush());
-      }
+      this.#schedule();
     });
   }
 
-  /** Writes every queued entry in one transaction, then settles their promises. */
+  #schedule(): void {
+    if (this.#scheduled || this.#inFlight) return;
+    this.#scheduled = true;
+    // Everything recorded in this turn of the event loop goes into one transaction.
+    setImmediate(() => this.#flush());
+  }
+
+  /**
+   * Hands every queued entry to the writer thread as one transaction; their promises settle when it
+   * reports the commit. One transaction is in flight at a time: what is recorded meanwhile waits and goes
+   * into the next, so a slow fsync makes bigger groups rather than a longer queue of transactions.
+   */
   #flush(): void {
     this.#scheduled = false;
+    if (this.#inFlight) return;
     const batch = this.#queue;
     this.#queue = [];
     if (batch.length === 0) return;
+    let next: CompactRange;
+    let request: Extract<WriterRequest, { op: 'append' }>;
+    let transfer: ArrayBuffer[];
     try {
       if (this.#broken) this.#resync();
       // Append to a copy: the in-memory tree moves only once the file has the entries.
-      const next = this.#tree.clone();
-      const nodes: CompletedSubtree[] = [];
+      next = this.#tree.clone();
       const start = next.size;
-      const leaves = batch.map((w) => leafHash(w.data));
-      for (const l of leaves) next.append(l, (s) => s.level % STRIDE === 0 && nodes.push(s));
-      this.#db.exec('BEGIN IMMEDIATE');
-      try {
-        for (let i = 0; i < batch.length; i++) this.#q.insertEntry.run(start + i, batch[i]!.data, leaves[i]!);
-        for (const s of nodes) this.#q.insertNode.run(s.level, s.index, s.hash);
-        this.#db.exec('COMMIT');
-      } catch (err) {
-        if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
-        throw err;
+      const nodes: Array<[number, number, Uint8Array]> = [];
+      let total = 0;
+      for (const w of batch) total += w.data.length;
+      const data = new Uint8Array(total);
+      const ends = new Uint32Array(batch.length);
+      const leaves = new Uint8Array(batch.length * 32);
+      let at = 0;
+      for (let i = 0; i < batch.length; i++) {
+        const d = batch[i]!.data;
+        data.set(d, at);
+        ends[i] = at += d.length;
+        const l = leafHash(d);
+        leaves.set(l, i * 32);
+        next.append(l, (s) => s.level % STRIDE === 0 && nodes.push([s.level, s.index, s.hash]));
       }
-      this.#tree = next;
-      this.#broken = null;
-      this.stats.flushes++;
-      this.stats.entries += batch.length;
+      request = { id: 0, op: 'append', start, data, ends, leaves, nodes };
+      // Fresh buffers of their own: moved to the writer, not copied.
+      transfer = [data.buffer, ends.buffer, leaves.buffer];
     } catch (err) {
-      this.stats.failures++;
-      const e = unavailable(err);
-      if (!this.#broken) this.#log.error({ err }, 'audit log write failed: refusing audited acts until a write succeeds');
-      this.#broken = e;
-      for (const w of batch) w.reject(e);
+      this.#fail(batch, err);
       return;
     }
-    for (const w of batch) w.resolve();
+    this.#inFlight = this.#writer.request(request, transfer).then(
+      () => {
+        this.#tree = next;
+        this.#broken = null;
+        this.stats.flushes++;
+        this.stats.entries += batch.length;
+        for (const w of batch) w.resolve();
+      },
+      (err: unknown) => this.#fail(batch, err),
+    ).finally(() => {
+      this.#inFlight = null;
+      if (this.#queue.length > 0) this.#schedule();
+    });
+  }
+
+  #fail(batch: Waiter[], err: unknown): void {
+    this.stats.failures++;
+    const e = unavailable(err);
+    if (!this.#broken) this.#log.error({ err }, 'audit log write failed: refusing audited acts until a write succeeds');
+    this.#broken = e;
+    for (const w of batch) w.reject(e);
   }
 
   /**
@@ -352,7 +391,7 @@ export class AuditLog implements AuditSink {
     if (used !== pk.keyVersion) throw new SigilError('AUDIT_UNAVAILABLE', 'the audit key changed while signing a checkpoint; retry');
     const cp: StoredCheckpoint = { size, root, note, keyVersion: used, createdAt: this.#clock.now() };
     try {
-      this.#q.insertCheckpoint.run(size, root, note, used, cp.createdAt.getTime());
+      await this.#writer.request({ id: 0, op: 'checkpoint', size, root, note, keyVersion: used, createdAt: cp.createdAt.getTime() });
     } catch (err) {
       throw unavailable(err);
     }
@@ -367,16 +406,87 @@ export class AuditLog implements AuditSink {
     return { ...pk, keyName: this.origin, keyId: noteKeyId(this.origin, type, publicKey) };
   }
 
-  /** Writes what is queued, then closes the file; later records reject. */
-  close(): void {
-    if (this.#closed) return;
-    this.#flush();
-    this.#closed = true;
-    this.#db.close();
+  /** Writes what is queued, then stops the writer and closes the file; records made after the call reject. */
+  close(): Promise<void> {
+    return (this.#closing ??= (async () => {
+      this.#closed = true;
+      for (;;) {
+        if (this.#inFlight) await this.#inFlight;
+        else if (this.#queue.length > 0) this.#flush();
+        else break;
+      }
+      await this.#writer.close();
+      this.#db.close();
+    })());
   }
 
   #checkSize(size: number, what: string): void {
     if (!Number.isSafeInteger(size) || size < 0 || size > this.#tree.size) throw new SigilError('INVALID_ARGUMENT', `${what} ${size} must be between 0 and ${this.#tree.size}`);
+  }
+}
+
+/**
+ * The worker thread that writes the log's file (`audit-writer.ts`), with one request in flight per
+ * message. A writer that dies fails what it was asked and is started again on the next request.
+ */
+class WriterThread {
+  readonly #path: string;
+  readonly #log: Logger;
+  #worker: Worker | null = null;
+  #pending = new Map<number, { resolve(): void; reject(err: unknown): void }>();
+  #nextId = 1;
+
+  constructor(path: string, log: Logger) {
+    this.#path = path;
+    this.#log = log;
+    this.#start();
+  }
+
+  #start(): Worker {
+    const w = new Worker(WRITER_URL, { workerData: { path: this.#path } satisfies WriterData, name: 'sigil-audit-writer' });
+    // Idle, it does not keep the process alive; a request in flight does (see request()).
+    w.unref();
+    w.on('message', (r: WriterReply) => {
+      const p = this.#pending.get(r.id);
+      if (!p) return;
+      this.#pending.delete(r.id);
+      if (this.#pending.size === 0) w.unref();
+      if (r.ok) p.resolve();
+      else p.reject(Object.assign(new Error(r.message), r.sqlite ? { errstr: r.sqlite } : {}));
+    });
+    const lost = (err: unknown): void => {
+      if (this.#worker !== w) return;
+      this.#worker = null;
+      if (this.#pending.size > 0) this.#log.error({ err }, 'audit writer thread stopped');
+      const pending = [...this.#pending.values()];
+      this.#pending.clear();
+      for (const p of pending) p.reject(err);
+    };
+    w.on('error', lost);
+    w.on('exit', (code) => lost(new Error(`the audit writer thread exited (code ${code})`)));
+    this.#worker = w;
+    return w;
+  }
+
+  /** Sends one request; resolves when its transaction committed. */
+  request(m: WriterRequest, transfer: ArrayBuffer[] = []): Promise<void> {
+    const w = this.#worker ?? this.#start();
+    const id = this.#nextId++;
+    return new Promise<void>((resolve, reject) => {
+      if (this.#pending.size === 0) w.ref();
+      this.#pending.set(id, { resolve, reject });
+      w.postMessage({ ...m, id }, transfer);
+    });
+  }
+
+  /** Closes the writer's connection and waits for the thread to end. */
+  async close(): Promise<void> {
+    const w = this.#worker;
+    if (!w) return;
+    const ended = new Promise<void>((resolve) => w.once('exit', () => resolve()));
+    await this.request({ id: 0, op: 'close' }).catch(() => undefined);
+    this.#worker = null;
+    await ended;
   }
 }
 

@@ -60,7 +60,7 @@ test('group commit: concurrent records share one transaction and none resolves b
     assert.ok(entries.every((e, i) => i === 0 || decodeEntry(e.data).t >= decodeEntry(entries[i - 1]!.data).t), 'times never decrease');
   } finally {
     other.close();
-    log.close();
+    await log.close();
     t.cleanup();
   }
 });
@@ -90,7 +90,31 @@ test('a failed write rejects every waiter with AUDIT_UNAVAILABLE, ready() throws
     assert.deepEqual(log.root(), cr.root(), 'memory matches the file');
   } finally {
     locker.close();
-    log.close();
+    await log.close();
+    t.cleanup();
+  }
+});
+
+test('close writes what was recorded before it, refuses what comes after, and a reopened log holds exactly that', async () => {
+  const t = tempLog();
+  let log = t.open();
+  try {
+    await log.record(event(0));
+    // A transaction in flight and a group waiting behind it, when close is called.
+    const first = Array.from({ length: 20 }, (_, i) => log.record(event(1 + i)));
+    await new Promise((r) => setImmediate(r));
+    const second = Array.from({ length: 20 }, (_, i) => log.record(event(21 + i)));
+    const closed = log.close();
+    await assert.rejects(log.record(event(99)), (e) => isSigilError(e, 'AUDIT_UNAVAILABLE'));
+    assert.throws(() => log.ready(), (e) => isSigilError(e, 'AUDIT_UNAVAILABLE'));
+    await Promise.all([...first, ...second]);
+    await closed;
+    assert.equal(log.close(), closed, 'closing twice is the same close');
+    log = t.open();
+    assert.equal(log.size, 41);
+    assert.deepEqual(log.entries(0, 100).map((e) => decodeEntry(e.data).digest), Array.from({ length: 41 }, (_, i) => event(i).digest));
+  } finally {
+    await log.close();
     t.cleanup();
   }
 });
@@ -123,7 +147,7 @@ test('checkpoints are signed notes over the current tree; proofs from the file v
     assert.throws(() => log.inclusionProof(337, 337), (e) => isSigilError(e, 'INVALID_ARGUMENT'));
     assert.throws(() => log.consistencyProof(5, 400), (e) => isSigilError(e, 'INVALID_ARGUMENT'));
   } finally {
-    log.close();
+    await log.close();
     t.cleanup();
   }
 });
@@ -135,7 +159,7 @@ test('a reopened log recomputes the same root and keeps its checkpoints', async 
     await Promise.all(Array.from({ length: 100 }, (_, i) => log.record(event(i))));
     const cp = await log.latestCheckpoint();
     const root = log.root();
-    log.close();
+    await log.close();
     log = t.open();
     assert.equal(log.size, 100);
     assert.deepEqual(log.root(), root);
@@ -144,7 +168,7 @@ test('a reopened log recomputes the same root and keeps its checkpoints', async 
     assert.equal(log.size, 101);
     assert.ok(verifyConsistency(100, 101, root, log.root(), log.consistencyProof(100)));
   } finally {
-    log.close();
+    await log.close();
     t.cleanup();
   }
 });
@@ -166,7 +190,7 @@ test('a log tampered on disk refuses to open, saying how', async (t) => {
       try {
         await Promise.all(Array.from({ length: 20 }, (_, i) => log.record(event(i))));
         await log.latestCheckpoint();
-        log.close();
+        await log.close();
         const db = new DatabaseSync(tl.path);
         tamper(db);
         db.close();
