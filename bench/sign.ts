@@ -9,7 +9,7 @@
  *
  *   node bench/sign.ts [--seconds N] [--out bench/results/sign.json] [--only a,b,c] [--scenarios unary-1,...]
  *                      [--channels 4] [--batch-size 128] [--batch-inflight 4] [--stream-window 256]
- *                      [--rsa-inflight 16] [--rsa-batch-size 64] [--sessions 4] [--profile DIR] [--daemon-flags "--node-flag ..."]
+ *                      [--rsa-inflight 16] [--rsa-batch-size 64] [--sessions 8] [--profile DIR] [--daemon-flags "--node-flag ..."]
  *
  * --profile writes a CPU profile of the daemon (node --cpu-prof) into DIR; --daemon-flags passes Node
  * flags to the daemon only. Environment, for investigation: SIGIL_BENCH_TEE=1 copies child output to
@@ -708,7 +708,7 @@ async function orchestrate(): Promise<void> {
       'rsa-inflight': { type: 'string', default: '16' },
       'rsa-batch-size': { type: 'string', default: '64' },
       channels: { type: 'string', default: '4' },
-      sessions: { type: 'string', default: '4' },
+      sessions: { type: 'string', default: '8' },
       scenarios: { type: 'string' },
       'daemon-flags': { type: 'string' },
     },

@@ -90,10 +90,14 @@ export class AuditLog implements AuditSink {
   readonly #q: Record<'insertNode' | 'leaf' | 'node' | 'page' | 'count' | 'checkpointAt' | 'latestCheckpoint', StatementSync>;
   // Started once the file has been verified: a log that refuses to open leaves no thread holding it.
   #writer!: WriterThread;
+  /** The tree of the committed entries: what every read and proof uses. */
   #tree: CompactRange;
+  /** The tree of everything sent to the writer (committed or not): where the next batch appends. */
+  #tip: CompactRange;
   #queue: Waiter[] = [];
   #scheduled = false;
-  #inFlight: Promise<void> | null = null;
+  /** Batches sent to the writer and not yet answered, in order. */
+  #inFlight = new Set<Promise<void>>();
   #closing: Promise<void> | null = null;
   #broken: SigilError | null = null;
   #lastT = 0;
@@ -118,6 +122,7 @@ export class AuditLog implements AuditSink {
       latestCheckpoint: db.prepare('SELECT * FROM checkpoints ORDER BY size DESC LIMIT 1'),
     };
     this.#tree = new CompactRange();
+    this.#tip = this.#tree;
     this.#latest = null;
   }
 
@@ -180,30 +185,32 @@ export class AuditLog implements AuditSink {
   }
 
   #schedule(): void {
-    if (this.#scheduled || this.#inFlight) return;
+    if (this.#scheduled) return;
     this.#scheduled = true;
-    // Everything recorded in this turn of the event loop goes into one transaction.
+    // Everything recorded in this turn of the event loop goes to the writer as one batch.
     setImmediate(() => this.#flush());
   }
 
   /**
-   * Hands every queued entry to the writer thread as one transaction; their promises settle when it
-   * reports the commit. One transaction is in flight at a time: what is recorded meanwhile waits and goes
-   * into the next, so a slow fsync makes bigger groups rather than a longer queue of transactions.
+   * Sends every queued entry to the writer thread as one batch, without waiting for batches still being
+   * committed (the writer puts everything that arrived during a commit into its next transaction); the
+   * promises settle when the writer reports the commit. The committed tree moves in the order the writer
+   * answers, which is the order of the batches.
    */
   #flush(): void {
     this.#scheduled = false;
-    if (this.#inFlight) return;
+    if (this.#queue.length === 0) return;
+    // After a failed write, later batches in flight fail too (their indices follow the failed one): let them
+    // settle, then make memory agree with the file before appending again.
+    if (this.#broken && this.#inFlight.size > 0) return;
     const batch = this.#queue;
     this.#queue = [];
-    if (batch.length === 0) return;
     let next: CompactRange;
     let request: Extract<WriterRequest, { op: 'append' }>;
     let transfer: ArrayBuffer[];
     try {
       if (this.#broken) this.#resync();
-      // Append to a copy: the in-memory tree moves only once the file has the entries.
-      next = this.#tree.clone();
+      next = this.#tip.clone();
       const start = next.size;
       const nodes: Array<[number, number, Uint8Array]> = [];
       let total = 0;
@@ -227,7 +234,8 @@ export class AuditLog implements AuditSink {
       this.#fail(batch, err);
       return;
     }
-    this.#inFlight = this.#writer.request(request, transfer).then(
+    this.#tip = next;
+    const sent: Promise<void> = this.#writer.request(request, transfer).then(
       () => {
         this.#tree = next;
         this.#broken = null;
@@ -237,9 +245,10 @@ export class AuditLog implements AuditSink {
       },
       (err: unknown) => this.#fail(batch, err),
     ).finally(() => {
-      this.#inFlight = null;
+      this.#inFlight.delete(sent);
       if (this.#queue.length > 0) this.#schedule();
     });
+    this.#inFlight.add(sent);
   }
 
   #fail(batch: Waiter[], err: unknown): void {
@@ -255,6 +264,7 @@ export class AuditLog implements AuditSink {
    * writing). Reload the tree from the file so the two agree before appending again.
    */
   #resync(): void {
+    this.#tip = this.#tree;
     const { n, max } = this.#q.count.get() as { n: number; max: number };
     if (n === this.#tree.size && max === n - 1) return;
     this.#log.warn({ memory: this.#tree.size, file: n }, 'audit log file and memory disagree after a failed write: reloading');
@@ -302,6 +312,7 @@ export class AuditLog implements AuditSink {
       throw err;
     }
     this.#tree = tree;
+    this.#tip = tree;
     this.#latest = latest;
     const last = this.#tree.size > 0 ? (this.#q.page.get(this.#tree.size - 1, this.#tree.size) as { data: Uint8Array } | undefined) : undefined;
     if (last) this.#lastT = Math.max(this.#lastT, Date.parse((JSON.parse(Buffer.from(last.data).toString('utf8')) as { t: string }).t) || 0);
@@ -411,7 +422,7 @@ export class AuditLog implements AuditSink {
     return (this.#closing ??= (async () => {
       this.#closed = true;
       for (;;) {
-        if (this.#inFlight) await this.#inFlight;
+        if (this.#inFlight.size > 0) await Promise.all(this.#inFlight);
         else if (this.#queue.length > 0) this.#flush();
         else break;
       }
@@ -426,8 +437,8 @@ export class AuditLog implements AuditSink {
 }
 
 /**
- * The worker thread that writes the log's file (`audit-writer.ts`), with one request in flight per
- * message. A writer that dies fails what it was asked and is started again on the next request.
+ * The worker thread that writes the log's file (`audit-writer.ts`). It answers requests in the order they
+ * were sent. A writer that dies fails what it was asked and is started again on the next request.
  */
 class WriterThread {
   readonly #path: string;
@@ -447,12 +458,14 @@ class WriterThread {
     // Idle, it does not keep the process alive; a request in flight does (see request()).
     w.unref();
     w.on('message', (r: WriterReply) => {
-      const p = this.#pending.get(r.id);
-      if (!p) return;
-      this.#pending.delete(r.id);
+      for (const id of r.ids) {
+        const p = this.#pending.get(id);
+        if (!p) continue;
+        this.#pending.delete(id);
+        if (r.ok) p.resolve();
+        else p.reject(Object.assign(new Error(r.message), r.sqlite ? { errstr: r.sqlite } : {}));
+      }
       if (this.#pending.size === 0) w.unref();
-      if (r.ok) p.resolve();
-      else p.reject(Object.assign(new Error(r.message), r.sqlite ? { errstr: r.sqlite } : {}));
     });
     const lost = (err: unknown): void => {
       if (this.#worker !== w) return;
@@ -486,6 +499,8 @@ class WriterThread {
     const ended = new Promise<void>((resolve) => w.once('exit', () => resolve()));
     await this.request({ id: 0, op: 'close' }).catch(() => undefined);
     this.#worker = null;
+    // Keep the process up until the thread is gone (the reply unref'd it).
+    w.ref();
     await ended;
   }
 }

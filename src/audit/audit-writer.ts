@@ -1,7 +1,9 @@
 // The audit log's writer thread: it owns the one connection that writes the log's SQLite file, so the
 // fsync of every group commit happens here and not on the daemon's event loop (which must keep starting
 // signatures meanwhile). It imports nothing of sigil's: the main thread computes entries, leaf hashes and
-// subtree nodes, and this thread only stores them, one transaction per message.
+// subtree nodes, and this thread only stores them. The main thread sends each event-loop turn's entries
+// without waiting for earlier commits; everything that arrived while a commit was running goes into the
+// next transaction (one fsync for all of it).
 import { parentPort, workerData } from 'node:worker_threads';
 import { DatabaseSync } from 'node:sqlite';
 
@@ -23,8 +25,8 @@ export type WriterRequest =
   | { id: number; op: 'checkpoint'; size: number; root: Uint8Array; note: string; keyVersion: string; createdAt: number }
   | { id: number; op: 'close' };
 
-/** The writer's answer: the transaction committed, or why it did not. */
-export type WriterReply = { id: number; ok: true } | { id: number; ok: false; message: string; sqlite?: string };
+/** The writer's answer for requests `ids`: their transaction committed, or why it did not. */
+export type WriterReply = { ids: number[]; ok: true } | { ids: number[]; ok: false; message: string; sqlite?: string };
 
 /** What the writer is started with. */
 export interface WriterData {
@@ -52,39 +54,97 @@ function transaction(body: () => void): void {
   }
 }
 
-function handle(m: WriterRequest): void {
-  switch (m.op) {
-    case 'append': {
-      const n = m.ends.length;
-      transaction(() => {
+type Append = Extract<WriterRequest, { op: 'append' }>;
+
+/** The index the next entry must have: the file's entry count. */
+const countEntries = db.prepare('SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM entries');
+let expected = (countEntries.get() as { n: number }).n;
+let queue: WriterRequest[] = [];
+let scheduled = false;
+
+function failure(ids: number[], err: unknown): WriterReply {
+  const e = err as { message?: unknown; errstr?: unknown };
+  return { ids, ok: false, message: String(e.message ?? err), ...(typeof e.errstr === 'string' ? { sqlite: e.errstr } : {}) };
+}
+
+/** Writes a run of consecutive appends in one transaction. */
+function commit(group: Append[]): void {
+  if (group.length === 0) return;
+  const ids = group.map((m) => m.id);
+  try {
+    let next = expected;
+    transaction(() => {
+      for (const m of group) {
         let from = 0;
-        for (let i = 0; i < n; i++) {
+        for (let i = 0; i < m.ends.length; i++) {
           const to = m.ends[i]!;
           insertEntry.run(m.start + i, m.data.subarray(from, to), m.leaves.subarray(i * 32, i * 32 + 32));
           from = to;
         }
         for (const [level, index, hash] of m.nodes) insertNode.run(level, index, hash);
-      });
-      return;
+        next = m.start + m.ends.length;
+      }
+    });
+    expected = next;
+    port!.postMessage({ ids, ok: true } satisfies WriterReply);
+  } catch (err) {
+    // A commit may fail after writing: what counts is what the file holds.
+    try {
+      expected = (countEntries.get() as { n: number }).n;
+    } catch {
+      // The file cannot be read either; the next append's index check decides.
     }
-    case 'checkpoint':
-      transaction(() => insertCheckpoint.run(m.size, m.root, m.note, m.keyVersion, m.createdAt));
-      return;
-    case 'close':
-      db.close();
-      return;
+    port!.postMessage(failure(ids, err));
   }
 }
 
-port.on('message', (m: WriterRequest) => {
-  let reply: WriterReply;
-  try {
-    handle(m);
-    reply = { id: m.id, ok: true };
-  } catch (err) {
-    const e = err as { message?: unknown; code?: unknown; errstr?: unknown };
-    reply = { id: m.id, ok: false, message: String(e.message ?? err), ...(typeof e.errstr === 'string' ? { sqlite: e.errstr } : {}) };
+/** Handles everything that arrived since the last run, in order, appends grouped into transactions. */
+function run(): void {
+  scheduled = false;
+  const msgs = queue;
+  queue = [];
+  let group: Append[] = [];
+  let tip = expected;
+  const flush = (): void => {
+    commit(group);
+    group = [];
+    tip = expected;
+  };
+  for (const m of msgs) {
+    if (m.op === 'append') {
+      if (m.start !== tip) {
+        flush();
+        // Sent on top of a write that failed: its indices are wrong, the main thread resends after a resync.
+        if (m.start !== tip) {
+          port!.postMessage({ ids: [m.id], ok: false, message: `an earlier audit write failed (entry ${m.start} sent, ${tip} expected)` } satisfies WriterReply);
+          continue;
+        }
+      }
+      group.push(m);
+      tip += m.ends.length;
+      continue;
+    }
+    flush();
+    try {
+      if (m.op === 'checkpoint') transaction(() => insertCheckpoint.run(m.size, m.root, m.note, m.keyVersion, m.createdAt));
+      else db.close();
+      port!.postMessage({ ids: [m.id], ok: true } satisfies WriterReply);
+    } catch (err) {
+      port!.postMessage(failure([m.id], err));
+    }
+    if (m.op === 'close') {
+      port!.close();
+      return;
+    }
   }
-  port.postMessage(reply);
-  if (m.op === 'close') port.close();
+  flush();
+}
+
+port.on('message', (m: WriterRequest) => {
+  queue.push(m);
+  if (!scheduled) {
+    scheduled = true;
+    // Messages delivered in the same turn (those that queued during the last commit) share a transaction.
+    setImmediate(run);
+  }
 });

@@ -51,7 +51,7 @@ export async function prepareDevDir(dirArg: string, listen: string): Promise<Dev
     auth: { roles: { admin: ['cn:sigil-admin'], signer: ['cn:sigil-admin', 'cn:sigil-signer'] } },
     store: { sqlite: { path: 'sigil.db' } },
     backends: {
-      softhsm: { type: 'pkcs11', module: hsm.module, token: hsm.label, pinFile: hsm.pinFile, softhsmConf: hsm.conf, sessions: 4 },
+      softhsm: { type: 'pkcs11', module: hsm.module, token: hsm.label, pinFile: hsm.pinFile, softhsmConf: hsm.conf, sessions: 8 },
     },
     defaultBackend: 'softhsm',
     // The identity CA's key is created in the token on first start; any attested dev builder may use dev/* keys.

@@ -13,7 +13,7 @@ export const pkcs11ConfigSchema = z.strictObject({
   /** File whose content (trailing newline trimmed) is the user PIN. */
   pinFile: z.string().min(1),
   /** Sessions in the pool; each runs one operation at a time. */
-  sessions: z.number().int().min(1).max(64).default(4),
+  sessions: z.number().int().min(1).max(64).default(8),
   /** SoftHSM only: a softhsm2.conf, set as SOFTHSM2_CONF before C_Initialize (SoftHSM reads it then). */
   softhsmConf: z.string().min(1).optional(),
 });

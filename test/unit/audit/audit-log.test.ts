@@ -95,6 +95,44 @@ test('a failed write rejects every waiter with AUDIT_UNAVAILABLE, ready() throws
   }
 });
 
+test('batches sent while earlier ones are still being committed: a failure fails the ones behind it, and the log recovers in order', async () => {
+  const t = tempLog();
+  const log = t.open();
+  const locker = new DatabaseSync(t.path);
+  const turn = () => new Promise((r) => setImmediate(r));
+  try {
+    await log.record(event(0));
+    // Three batches, one per event-loop turn, all in flight at once behind a held write lock.
+    locker.exec('BEGIN IMMEDIATE');
+    const doomed: Promise<void>[] = [];
+    for (let b = 0; b < 3; b++) {
+      for (let i = 0; i < 5; i++) doomed.push(log.record(event(1 + b * 5 + i)));
+      await turn();
+    }
+    const results = await Promise.allSettled(doomed);
+    assert.ok(results.every((r) => r.status === 'rejected' && isSigilError(r.reason, 'AUDIT_UNAVAILABLE')), 'every batch behind the failed one failed too');
+    assert.equal(log.size, 1);
+    locker.exec('COMMIT');
+    // Recovery: again several batches in flight, all committed, in order.
+    const ok: Promise<void>[] = [];
+    for (let b = 0; b < 4; b++) {
+      for (let i = 0; i < 5; i++) ok.push(log.record(event(100 + b * 5 + i)));
+      await turn();
+    }
+    await Promise.all(ok);
+    assert.equal(log.size, 21);
+    const entries = log.entries(0, 100);
+    assert.deepEqual(entries.map((e) => decodeEntry(e.data).digest), [0, ...Array.from({ length: 20 }, (_, i) => 100 + i)].map((i) => event(i).digest));
+    const cr = new CompactRange();
+    for (const e of entries) cr.append(leafHash(e.data));
+    assert.deepEqual(log.root(), cr.root(), 'memory matches the file');
+  } finally {
+    locker.close();
+    await log.close();
+    t.cleanup();
+  }
+});
+
 test('close writes what was recorded before it, refuses what comes after, and a reopened log holds exactly that', async () => {
   const t = tempLog();
   let log = t.open();
