@@ -9,7 +9,7 @@
  *
  *   node bench/sign.ts [--seconds N] [--out bench/results/sign.json] [--only a,b,c] [--scenarios unary-1,...]
  *                      [--channels 4] [--batch-size 128] [--batch-inflight 4] [--stream-window 256]
- *                      [--rsa-inflight 16] [--rsa-batch-size 64] [--sessions 8] [--profile DIR] [--daemon-flags "--node-flag ..."]
+ *                      [--rsa-inflight 16] [--rsa-batch-size 64] [--sessions 8] [--sign-thread] [--profile DIR] [--daemon-flags "--node-flag ..."]
  *
  * --profile writes a CPU profile of the daemon (node --cpu-prof) into DIR; --daemon-flags passes Node
  * flags to the daemon only. Environment, for investigation: SIGIL_BENCH_TEE=1 copies child output to
@@ -709,6 +709,7 @@ async function orchestrate(): Promise<void> {
       'rsa-batch-size': { type: 'string', default: '64' },
       channels: { type: 'string', default: '4' },
       sessions: { type: 'string', default: '8' },
+      'sign-thread': { type: 'boolean', default: false },
       scenarios: { type: 'string' },
       'daemon-flags': { type: 'string' },
     },
@@ -781,7 +782,7 @@ async function orchestrate(): Promise<void> {
       auth: { roles: { admin: ['cn:bench-admin'], signer: ['cn:bench-signer'] } },
       store: { sqlite: { path: join(dir, 'sigil.db') } },
       backends: {
-        softhsm: { type: 'pkcs11', module: token.module, token: token.label, pinFile: token.pinFile, sessions: Number(values.sessions), softhsmConf: token.conf },
+        softhsm: { type: 'pkcs11', module: token.module, token: token.label, pinFile: token.pinFile, sessions: Number(values.sessions), signThread: values['sign-thread'] === true, softhsmConf: token.conf },
       },
       defaultBackend: 'softhsm',
       log: { level: 'warn' },
@@ -954,7 +955,7 @@ async function orchestrate(): Promise<void> {
       command: `node bench/sign.ts ${process.argv.slice(2).join(' ')}`.trim(),
       secondsPerScenario: seconds,
       machine,
-      settings: { batchSize, batchInflight, streamWindow, rsaInflight, channels: Number(values.channels), sessions: Number(values.sessions), daemonFlags: values['daemon-flags'] ?? '' },
+      settings: { batchSize, batchInflight, streamWindow, rsaInflight, channels: Number(values.channels), sessions: Number(values.sessions), signThread: values['sign-thread'] === true, daemonFlags: values['daemon-flags'] ?? '' },
       scenarios,
       daemonRssReadyMb: round2(daemonRssReady),
       daemonRssMaxMb: round2(daemonRssMax),

@@ -29,7 +29,7 @@ export async function tempToken(label = 'sigil'): Promise<TempToken> {
       label: t.label,
       pinFile: t.pinFile,
       soPinFile: t.soPinFile,
-      config: { type: 'pkcs11', module: t.module, token: t.label, pinFile: t.pinFile, sessions: 4, softhsmConf: t.conf },
+      config: { type: 'pkcs11', module: t.module, token: t.label, pinFile: t.pinFile, sessions: 4, signThread: false, softhsmConf: t.conf },
       cleanup: () => rm(dir, { recursive: true, force: true }),
     };
   } catch (err) {

@@ -52,7 +52,8 @@ describe('pkcs11 backend on SoftHSM', { skip: skip ?? false }, () => {
     await tool('--keypairgen', '--key-type', 'EC:prime256v1', '--label', 'dup', '--id', '01');
     await tool('--keypairgen', '--key-type', 'EC:prime256v1', '--label', 'dup', '--id', '02');
     const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) });
-    backend = await open(token.config, ctx(log));
+    // The signing thread on (the daemon's default is off; test/conformance runs both).
+    backend = await open({ ...token.config, signThread: true }, ctx(log));
     // A second, independent pkcs11js handle on the module the backend initialized, to inspect the token.
     raw = new pkcs11js.PKCS11();
     raw.load(token.module);
@@ -215,19 +216,27 @@ describe('pkcs11 backend on SoftHSM', { skip: skip ?? false }, () => {
     for (let i = 0; i < 8; i++) {
       await assertCode(signer.sign(Buffer.alloc(32)), 'BACKEND_ERROR', (m) => assert.match(m, /^pkcs11 sign failed: CKR_[A-Z_]+$/));
     }
+    // Twenty at once form one batch on the signing thread: the first failure stops the batch, the rest
+    // are retried, and every one is answered with the error.
+    const burst = await Promise.allSettled(Array.from({ length: 20 }, () => signer.sign(Buffer.alloc(32))));
+    assert.ok(burst.every((r) => r.status === 'rejected' && isSigilError(r.reason, 'BACKEND_ERROR')), 'every signature of the burst failed with BACKEND_ERROR');
     const k = await backend.getKey('pkcs11:object=legacy');
     const ok = await Promise.all(Array.from({ length: 50 }, () => signAndVerify(k, 'ECDSA_P256_SHA256')));
     assert.equal(ok.length, 50);
   });
 
   it('waits for signatures in flight on close, then refuses: BACKEND_UNAVAILABLE', async () => {
-    const second = await open(token.config, ctx());
+    const second = await open({ ...token.config, signThread: true }, ctx());
     const k = await second.getKey('pkcs11:object=legacy-rsa');
     const signer = await second.signer(k.uri, 'RSA_PKCS1_SHA256');
+    const ec = await second.signer((await second.getKey('pkcs11:object=legacy')).uri, 'ECDSA_P256_SHA256');
     const inflight = Array.from({ length: 20 }, () => signer.sign(Buffer.alloc(32, 1)));
+    const ecInflight = Array.from({ length: 20 }, () => ec.sign(Buffer.alloc(32, 1)));
     const closed = second.close();
     const sigs = await Promise.all(inflight);
+    assert.equal((await Promise.all(ecInflight)).length, 20, 'ECDSA batches on the signing thread finish before close');
     await closed;
+    await assertCode(ec.sign(Buffer.alloc(32, 1)), 'BACKEND_UNAVAILABLE');
     assert.equal(sigs.length, 20);
     await assertCode(signer.sign(Buffer.alloc(32, 1)), 'BACKEND_UNAVAILABLE');
     // The first backend shares the module and the login; it must still work.

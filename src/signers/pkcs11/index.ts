@@ -31,6 +31,7 @@ import {
 import type { Pkcs11Config } from './config.ts';
 import { pkcs11Error } from './errors.ts';
 import { acquireLibrary, type Library } from './library.ts';
+import { SignThread } from './sign-thread.ts';
 import { SessionPool } from './pool.ts';
 import { EcdsaSigner, Ed25519Signer, RsaSigner, type SignerHost } from './signers.ts';
 
@@ -162,6 +163,7 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
   readonly algorithms: readonly Algorithm[];
   readonly pk: pkcs11js.PKCS11;
   readonly pool: SessionPool;
+  readonly signThread: SignThread | null;
   readonly #token: string;
   readonly #log: Logger;
   readonly #lib: Library;
@@ -178,6 +180,7 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
     this.#slot = slot;
     this.pool = new SessionPool(sessions);
     this.algorithms = algorithms;
+    this.signThread = config.signThread ? new SignThread(config.module) : null;
   }
 
   failed(session: Buffer, err: unknown): SigilError {
@@ -329,7 +332,12 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
 
   async close(): Promise<void> {
     this.#closing ??= (async () => {
+      // ECDSA requests queued for their signer's next drain (a setImmediate) were accepted: let those drains
+      // take their sessions before the pool stops lending.
+      await new Promise((resolve) => setImmediate(resolve));
+      // Every session back in the pool: no batch is on the signing thread any more.
       const sessions = await this.pool.drain();
+      await this.signThread?.close();
       this.#keys.clear();
       this.#signers.clear();
       if (sessions.length > 0) this.#lib.logout(this.#slot, sessions[0]!);

@@ -3,6 +3,7 @@ import { SigilError } from '../../errors.ts';
 import { ecdsaRawToDer, type Algorithm, type KeySigner } from '../signer.ts';
 import { CKM_EDDSA } from './attrs.ts';
 import type { SessionPool } from './pool.ts';
+import type { SignThread } from './sign-thread.ts';
 
 /** What a signer needs from its backend: the module, the pool and a way to recover a session after an error. */
 export interface SignerHost {
@@ -10,6 +11,8 @@ export interface SignerHost {
   readonly pool: SessionPool;
   /** Replaces a session an error may have left with an active operation, releases it, and wraps the error. */
   failed(session: Buffer, err: unknown): SigilError;
+  /** The signing thread ECDSA batches go to, or null to sign on the event loop. */
+  readonly signThread: SignThread | null;
 }
 
 // Mechanisms are built once: the hot path hands the same objects to pkcs11js every time.
@@ -32,8 +35,9 @@ function badLength(algorithm: Algorithm, want: number, got: number): SigilError 
 }
 
 /**
- * ECDSA over a digest, signed synchronously (SignInit + Sign) and returned DER-encoded. Requests that arrive
- * in the same turn of the event loop are signed together, back to back.
+ * ECDSA over a digest (SignInit + Sign), returned DER-encoded. Requests that arrive in the same turn of the
+ * event loop are signed together, back to back on one session: on the backend's signing thread when it
+ * has one, else synchronously on the event loop.
  */
 export class EcdsaSigner implements KeySigner {
   readonly algorithm: Algorithm;
@@ -72,6 +76,12 @@ export class EcdsaSigner implements KeySigner {
   // ~130 us of daemon CPU and SignStream from 12k to 14k/s (docs/benchmarks.md).
   readonly #drain = (): void => {
     const q = this.#queue.splice(0);
+    if (this.#host.signThread) {
+      const s = this.#pool.tryAcquire();
+      if (s !== undefined) this.#onThread(s, q);
+      else this.#pool.acquire().then((x) => this.#onThread(x, q), (err: unknown) => q.forEach((j) => j.reject(err)));
+      return;
+    }
     const s = this.#pool.tryAcquire();
     if (s === undefined) {
       for (const j of q) this.#pool.acquire().then((x) => this.#signOn(x, j.input)).then(j.resolve, j.reject);
@@ -93,6 +103,33 @@ export class EcdsaSigner implements KeySigner {
     }
     if (session !== undefined) this.#pool.release(session);
   };
+
+  /** Hands a batch to the signing thread; digests after a failed one go back to the queue. */
+  #onThread(session: Buffer, q: Array<{ input: Buffer; resolve(b: Buffer): void; reject(e: unknown): void }>): void {
+    const dl = this.#digestLength;
+    const digests = new Uint8Array(q.length * dl);
+    for (let i = 0; i < q.length; i++) digests.set(q[i]!.input, i * dl);
+    this.#host.signThread!.sign(session, this.#key, digests, dl, 2 * dl).then(
+      (r) => {
+        const n = r.sigs.length;
+        for (let i = 0; i < n; i++) q[i]!.resolve(ecdsaRawToDer(r.sigs[i]!));
+        if (!r.error) {
+          this.#pool.release(session);
+          return;
+        }
+        q[n]!.reject(this.#host.failed(session, r.error));
+        const rest = q.slice(n + 1);
+        if (rest.length === 0) return;
+        if (this.#queue.length === 0) setImmediate(this.#drain);
+        this.#queue.push(...rest);
+      },
+      (err: unknown) => {
+        // The thread died holding the session: it may have an operation active.
+        const e = this.#host.failed(session, err);
+        for (const j of q) j.reject(e);
+      },
+    );
+  }
 
   #signOn(s: Buffer, input: Buffer): Promise<Buffer> {
     let raw: Buffer;

@@ -23,7 +23,8 @@ test('defaults are filled and relative paths resolve against the config file', (
   assert.equal(c.limits.maxBatch, 1024);
   assert.equal(c.store.sqlite.path, '/srv/sigil/db/sigil.db');
   const hsm = c.backends.hsm!;
-  assert.equal(hsm.type === 'pkcs11' && hsm.sessions, 4);
+  assert.equal(hsm.type === 'pkcs11' && hsm.sessions, 8);
+  assert.equal(hsm.type === 'pkcs11' && hsm.signThread, false);
   assert.equal(c.log.level, 'info');
 });
 
