@@ -1,10 +1,10 @@
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { mkdirSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
 import { dirname } from 'node:path';
 import { SigilError } from '../errors.ts';
 import type { Clock } from '../clock.ts';
 import type { Logger } from '../log.ts';
+import { siblingModule, WorkerClient } from '../worker-client.ts';
 import type { AuditEvent, AuditSink } from './audit-sink.ts';
 import { encodeEntry } from './entry.ts';
 import { CompactRange, consistencyProof, inclusionProof, leafHash, nodeHash, rangeRoot, type CompletedSubtree, type PerfectReader } from './merkle.ts';
@@ -69,9 +69,6 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) STRICT, WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL, key_version TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT;
 `;
-
-// The writer is a sibling module: `.ts` when running from src/, `.js` from the build.
-const WRITER_URL = new URL(`./audit-writer${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
 
 const unavailable = (cause: unknown): SigilError => new SigilError('AUDIT_UNAVAILABLE', 'the audit log cannot be written', { cause });
 
@@ -436,72 +433,29 @@ export class AuditLog implements AuditSink {
   }
 }
 
-/**
- * The worker thread that writes the log's file (`audit-writer.ts`). It answers requests in the order they
- * were sent. A writer that dies fails what it was asked and is started again on the next request.
- */
+/** The log's writer thread (`audit-writer.ts`); a failed transaction rejects, with SQLite's error text. */
 class WriterThread {
-  readonly #path: string;
-  readonly #log: Logger;
-  #worker: Worker | null = null;
-  #pending = new Map<number, { resolve(): void; reject(err: unknown): void }>();
-  #nextId = 1;
+  readonly #client: WorkerClient<WriterRequest, WriterReply>;
 
   constructor(path: string, log: Logger) {
-    this.#path = path;
-    this.#log = log;
-    this.#start();
-  }
-
-  #start(): Worker {
-    const w = new Worker(WRITER_URL, { workerData: { path: this.#path } satisfies WriterData, name: 'sigil-audit-writer' });
-    // Idle, it does not keep the process alive; a request in flight does (see request()).
-    w.unref();
-    w.on('message', (r: WriterReply) => {
-      for (const id of r.ids) {
-        const p = this.#pending.get(id);
-        if (!p) continue;
-        this.#pending.delete(id);
-        if (r.ok) p.resolve();
-        else p.reject(Object.assign(new Error(r.message), r.sqlite ? { errstr: r.sqlite } : {}));
-      }
-      if (this.#pending.size === 0) w.unref();
+    this.#client = new WorkerClient({
+      url: siblingModule(import.meta.url, 'audit-writer'),
+      workerData: { path } satisfies WriterData,
+      name: 'sigil-audit-writer',
+      onLost: (err) => log.error({ err }, 'audit writer thread stopped'),
     });
-    const lost = (err: unknown): void => {
-      if (this.#worker !== w) return;
-      this.#worker = null;
-      if (this.#pending.size > 0) this.#log.error({ err }, 'audit writer thread stopped');
-      const pending = [...this.#pending.values()];
-      this.#pending.clear();
-      for (const p of pending) p.reject(err);
-    };
-    w.on('error', lost);
-    w.on('exit', (code) => lost(new Error(`the audit writer thread exited (code ${code})`)));
-    this.#worker = w;
-    return w;
+    this.#client.start();
   }
 
   /** Sends one request; resolves when its transaction committed. */
-  request(m: WriterRequest, transfer: ArrayBuffer[] = []): Promise<void> {
-    const w = this.#worker ?? this.#start();
-    const id = this.#nextId++;
-    return new Promise<void>((resolve, reject) => {
-      if (this.#pending.size === 0) w.ref();
-      this.#pending.set(id, { resolve, reject });
-      w.postMessage({ ...m, id }, transfer);
-    });
+  async request(m: WriterRequest, transfer: ArrayBuffer[] = []): Promise<void> {
+    const r = await this.#client.request(m, transfer);
+    if (!r.ok) throw Object.assign(new Error(r.message), r.sqlite ? { errstr: r.sqlite } : {});
   }
 
   /** Closes the writer's connection and waits for the thread to end. */
-  async close(): Promise<void> {
-    const w = this.#worker;
-    if (!w) return;
-    const ended = new Promise<void>((resolve) => w.once('exit', () => resolve()));
-    await this.request({ id: 0, op: 'close' }).catch(() => undefined);
-    this.#worker = null;
-    // Keep the process up until the thread is gone (the reply unref'd it).
-    w.ref();
-    await ended;
+  close(): Promise<void> {
+    return this.#client.close({ id: 0, op: 'close' });
   }
 }
 

@@ -22,7 +22,7 @@ export interface SignBatchRequest {
  * failure of digest `done` and the rest were not attempted (the session may hold an active operation).
  */
 export interface SignBatchReply {
-  id: number;
+  ids: [number];
   done: number;
   sigs: Uint8Array;
   error?: { message: string; code: number; method: string };
@@ -69,6 +69,6 @@ port.on('message', (m: SignBatchRequest) => {
       break;
     }
   }
-  const reply: SignBatchReply = { id: m.id, done, sigs: new Uint8Array(sigs.buffer, sigs.byteOffset, done * m.sigLength), ...(error ? { error } : {}) };
+  const reply: SignBatchReply = { ids: [m.id], done, sigs: new Uint8Array(sigs.buffer, sigs.byteOffset, done * m.sigLength), ...(error ? { error } : {}) };
   port.postMessage(reply, [sigs.buffer as ArrayBuffer]);
 });
