@@ -4,7 +4,7 @@ import type { Logger } from '../log.ts';
 import type { Clock } from '../clock.ts';
 import type { AuditSink } from '../audit/audit-sink.ts';
 import type { BackendRegistry } from '../signers/registry.ts';
-import { canCreateKeys, canDestroyKeys, type Backend } from '../signers/signer.ts';
+import { canCreateKeys, canDestroyKeys, canEnableKeys, type Backend } from '../signers/signer.ts';
 import { formatDuration } from '../config/duration.ts';
 import type {
   ActorRef,
@@ -163,9 +163,10 @@ export class KeyLifecycle {
           updated = this.#store.updateVersion(name, version, ['ENABLED'], { state: 'DISABLED', disabledAt: now });
         }
         this.#keys.invalidate(name);
+        const mirrored = await this.#mirrorDisabled(key.backend, v);
         return {
           value: this.#keys.getKey(name),
-          detail: { from: v.state, to: updated.state, compromised: opts.compromised === true, ...(updated.revokedAt ? { since: updated.revokedAt.toISOString() } : {}) },
+          detail: { from: v.state, to: updated.state, compromised: opts.compromised === true, ...(updated.revokedAt ? { since: updated.revokedAt.toISOString() } : {}), ...mirrored },
         };
       });
     });
@@ -179,6 +180,9 @@ export class KeyLifecycle {
         const v = findVersion(this.#keys.getKey(name), version);
         if (v.revokedAt) throw new SigilError('FAILED_PRECONDITION', `key ${ref} was disabled as compromised and can never be enabled again: rotate the key instead`);
         if (v.state !== 'DISABLED') throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state}, not DISABLED`);
+        // The backend first: if it cannot enable the key, sigil keeps it DISABLED rather than hand out a key that fails.
+        const backend = await this.#backends.get(this.#keys.getKey(name).backend);
+        if (canEnableKeys(backend)) await backend.setKeyEnabled(v.uri, true);
         this.#store.updateVersion(name, version, ['DISABLED'], { state: 'ENABLED', disabledAt: null });
         this.#keys.invalidate(name);
         return { value: this.#keys.getKey(name), detail: { from: 'DISABLED', to: 'ENABLED' } };
@@ -218,7 +222,8 @@ export class KeyLifecycle {
         const destroyAt = new Date(now.getTime() + window);
         this.#store.updateVersion(name, version, ['ENABLED', 'DISABLED'], { state: 'DESTROY_SCHEDULED', destroyAt });
         this.#keys.invalidate(name);
-        return { value: { key: this.#keys.getKey(name), approval: null }, detail: { from: v.state, windowMs: window, destroyAt: destroyAt.toISOString() } };
+        const mirrored = await this.#mirrorDisabled(key.backend, v);
+        return { value: { key: this.#keys.getKey(name), approval: null }, detail: { from: v.state, windowMs: window, destroyAt: destroyAt.toISOString(), ...mirrored } };
       });
     });
   }
@@ -325,6 +330,10 @@ export class KeyLifecycle {
           return decided;
         });
         this.#keys.invalidate(cur.key);
+        if (cur.kind === 'destroy') {
+          const key = this.#keys.getKey(cur.key);
+          Object.assign(effect, await this.#mirrorDisabled(key.backend, findVersion(key, cur.version!)));
+        }
         return {
           value: { approval, key: this.#keys.getKey(cur.key) },
           detail: { id, kind: cur.kind, requestedBy: cur.requestedBy.subject, fingerprint: who.fingerprint, effect },
@@ -405,8 +414,38 @@ export class KeyLifecycle {
         report.failed.push({ keyVersion: ref, error: err instanceof SigilError ? err.message : 'internal error' });
       }
     }
+    // A disable that reached sigil's store but not the backend (it was down) is sent again.
+    for (const v of this.#store.versionsInState(['DISABLED', 'DESTROY_SCHEDULED'])) {
+      const key = this.#store.getKey(v.name)!;
+      if (!this.#backends.has(key.backend)) continue;
+      const mirrored = await this.#mirrorDisabled(key.backend, v);
+      if (mirrored.backendDisabled === false) report.failed.push({ keyVersion: keyVersionRef(v.name, v.version), error: `backend ${key.backend} could not disable it: ${mirrored.backendError}` });
+    }
     if (report.dropped.length + report.destroyed.length + report.failed.length > 0) this.#log.warn(report, 'key lifecycle recovery pass');
     return report;
+  }
+
+  /**
+   * Disables a version in its backend too, where the backend keeps a state of its own (cloud KMS), so the
+   * key cannot be used by going to the backend directly. Sigil's own state already refuses it, so a
+   * backend that cannot be reached does not undo the act: the audit detail says so and the start-up
+   * recovery pass tries again.
+   */
+  async #mirrorDisabled(backendName: string, v: KeyVersionRecord): Promise<{ backendDisabled?: boolean; backendError?: string }> {
+    let backend: Backend;
+    try {
+      backend = await this.#backends.get(backendName);
+    } catch (err) {
+      return { backendDisabled: false, backendError: err instanceof SigilError ? err.message : 'internal error' };
+    }
+    if (!canEnableKeys(backend)) return {};
+    try {
+      await backend.setKeyEnabled(v.uri, false);
+      return { backendDisabled: true };
+    } catch (err) {
+      this.#log.warn({ err, key: v.name, version: v.version, backend: backendName }, 'key disabled in sigil but not in its backend');
+      return { backendDisabled: false, backendError: err instanceof SigilError ? err.message : 'internal error' };
+    }
   }
 
   async #finishDestroy(backendName: string, v: KeyVersionRecord): Promise<void> {

@@ -1,9 +1,14 @@
 import { z } from 'zod';
 import { pkcs11ConfigSchema } from './pkcs11/config.ts';
+import { resilienceSchema } from './resilience.ts';
 import { softConfigSchema } from './soft/config.ts';
 
+// Every backend takes the same `resilience` block: deadlines, retries and the circuit breaker are sigil's,
+// applied in one place (registry.ts) whatever the backend.
+const withResilience = { resilience: resilienceSchema };
+
 /** One configured backend; `type` picks the module in `registry.ts`. */
-export const backendConfigSchema = z.discriminatedUnion('type', [pkcs11ConfigSchema, softConfigSchema]);
+export const backendConfigSchema = z.discriminatedUnion('type', [pkcs11ConfigSchema.extend(withResilience), softConfigSchema.extend(withResilience)]);
 
 /** A parsed backend config. */
 export type BackendConfig = z.infer<typeof backendConfigSchema>;

@@ -2,6 +2,10 @@ import { SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Backend, BackendModule } from './signer.ts';
 import type { BackendConfig } from './config.ts';
+import { resilienceSchema, resilient } from './resilience.ts';
+
+/** A backend's config as code hands it over: the `resilience` block may be left out (its defaults apply). */
+export type BackendConfigInput = BackendConfig extends infer C ? (C extends BackendConfig ? Omit<C, 'resilience'> & { resilience?: Partial<C['resilience']> } : never) : never;
 
 /** Backend modules by kind, loaded on first use so an unused backend costs nothing. */
 const MODULES = {
@@ -14,12 +18,12 @@ const MODULES = {
  * and hands the same instance to every later caller.
  */
 export class BackendRegistry {
-  readonly #configs: ReadonlyMap<string, BackendConfig>;
+  readonly #configs: ReadonlyMap<string, BackendConfigInput>;
   readonly #opening = new Map<string, Promise<Backend>>();
   readonly #log: Logger;
   readonly #production: boolean;
 
-  constructor(configs: Record<string, BackendConfig>, opts: { log: Logger; production: boolean }) {
+  constructor(configs: Record<string, BackendConfigInput>, opts: { log: Logger; production: boolean }) {
     this.#configs = new Map(Object.entries(configs));
     this.#log = opts.log;
     this.#production = opts.production;
@@ -48,12 +52,13 @@ export class BackendRegistry {
     return p;
   }
 
-  async #open(name: string, config: BackendConfig): Promise<Backend> {
+  async #open(name: string, config: BackendConfigInput): Promise<Backend> {
     const mod = (await MODULES[config.type]()) as BackendModule<BackendConfig>;
     const log = this.#log.child({ module: 'backend', backend: name });
-    const backend = await mod.open(config, { name, log, production: this.#production });
+    const { resilience, ...own } = config;
+    const backend = await mod.open(own as BackendConfig, { name, log, production: this.#production });
     log.info({ kind: backend.kind }, 'backend opened');
-    return backend;
+    return resilient(backend, resilienceSchema.parse(resilience ?? {}), { name, log });
   }
 
   /** Closes every backend that was opened. */

@@ -102,6 +102,19 @@ export function canDestroyKeys(b: Backend): b is Backend & KeyDestroyer {
   return typeof d.destroyKey === 'function' && typeof d.findKeyByLabel === 'function';
 }
 
+/**
+ * A backend whose keys have an enabled state of their own (cloud KMS): sigil mirrors its disable and enable
+ * acts there, so a key sigil has retired cannot be used by going to the backend directly. Idempotent.
+ */
+export interface KeyEnabler {
+  setKeyEnabled(uri: string, enabled: boolean): Promise<void>;
+}
+
+/** True when the backend keeps an enabled state of its own for keys. */
+export function canEnableKeys(b: Backend): b is Backend & KeyEnabler {
+  return typeof (b as Partial<KeyEnabler>).setKeyEnabled === 'function';
+}
+
 /** What every backend module gets when it is opened. */
 export interface BackendContext {
   /** The configured name of this backend instance, e.g. `softhsm`. */
