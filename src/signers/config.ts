@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { gcpKmsConfigSchema } from './gcpkms/config.ts';
 import { pkcs11ConfigSchema } from './pkcs11/config.ts';
 import { resilienceSchema } from './resilience.ts';
 import { softConfigSchema } from './soft/config.ts';
@@ -8,7 +9,7 @@ import { softConfigSchema } from './soft/config.ts';
 const withResilience = { resilience: resilienceSchema };
 
 /** One configured backend; `type` picks the module in `registry.ts`. */
-export const backendConfigSchema = z.discriminatedUnion('type', [pkcs11ConfigSchema.extend(withResilience), softConfigSchema.extend(withResilience)]);
+export const backendConfigSchema = z.discriminatedUnion('type', [pkcs11ConfigSchema.extend(withResilience), softConfigSchema.extend(withResilience), gcpKmsConfigSchema.extend(withResilience)]);
 
 /** A parsed backend config. */
 export type BackendConfig = z.infer<typeof backendConfigSchema>;

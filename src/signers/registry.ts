@@ -9,6 +9,7 @@ export type BackendConfigInput = BackendConfig extends infer C ? (C extends Back
 
 /** Backend modules by kind, loaded on first use so an unused backend costs nothing. */
 const MODULES = {
+  gcpkms: () => import('./gcpkms/index.ts'),
   pkcs11: () => import('./pkcs11/index.ts'),
   soft: () => import('./soft/index.ts'),
 } satisfies Record<BackendConfig['type'], () => Promise<BackendModule<never>>>;
