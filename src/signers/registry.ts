@@ -12,6 +12,7 @@ const MODULES = {
   gcpkms: () => import('./gcpkms/index.ts'),
   pkcs11: () => import('./pkcs11/index.ts'),
   soft: () => import('./soft/index.ts'),
+  tpm: () => import('./tpm/index.ts'),
 } satisfies Record<BackendConfig['type'], () => Promise<BackendModule<never>>>;
 
 /**

@@ -10,11 +10,13 @@ import {
   parseNvPublic,
   parsePcrSelections,
   readPublic2B,
+  readSignatureFrom,
   readTicket,
   type NvPublic,
   type PcrSelection,
   type Ticket,
   type TpmPublic,
+  type TpmSignature,
 } from './structures.ts';
 import { openTransport, type TpmTransport } from './transport.ts';
 
@@ -206,6 +208,17 @@ export class Tpm {
     const [p] = await this.getProperties(property, 1);
     if (p === undefined || p.property !== property) throw new SigilError('BACKEND_ERROR', `tpm does not report property ${hex8(property)}`);
     return p.value;
+  }
+
+  /** ECC curves the TPM implements (TPM_CAP_ECC_CURVES, TPML_ECC_CURVE of TPM_ECC_CURVE ids). */
+  async getEccCurves(): Promise<number[]> {
+    const { r } = await this.#capability(TPM_CAP.ECC_CURVES, 0, 64);
+    const n = r.u32();
+    if (n > 64) throw new TpmFormatError(`${n} ecc curves`);
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) out.push(r.u16());
+    r.end();
+    return out;
   }
 
   /** Allocated PCR banks (TPM_CAP_PCRS); a bank with no PCRs selected is allocated but inactive. */
@@ -507,6 +520,26 @@ export class Tpm {
       off += n;
     }
     return Buffer.concat(parts);
+  }
+
+  /**
+   * TPM2_Sign of a digest with an unrestricted signing key (empty password), choosing the scheme
+   * (TPMT_SIG_SCHEME: ECDSA, RSASSA or RSAPSS with `hash`). The validation ticket is the NULL
+   * TPMT_TK_HASHCHECK, which only an unrestricted key accepts (Part 3, 20.2).
+   */
+  async sign(keyHandle: number, digest: Buffer, scheme: number, hash: number): Promise<TpmSignature> {
+    const params = new Writer()
+      .sized(digest)
+      .u16(scheme)
+      .u16(hash)
+      .u16(TPM_ST.HASHCHECK)
+      .u32(TPM_RH.NULL)
+      .sized(Buffer.alloc(0))
+      .finish();
+    const { r } = await this.#run(TPM_CC.Sign, [keyHandle], [passwordAuth()], params);
+    const sig = readSignatureFrom(r);
+    r.end();
+    return sig;
   }
 
   /** TPM2_EvictControl by the owner: persists a transient object at `persistent`, or evicts a persistent one. */

@@ -1,0 +1,398 @@
+import { SigilError } from '../../errors.ts';
+import type { Logger } from '../../log.ts';
+import { TPM_ALG, TPM_ECC, TPM_RH, TPMA_OBJECT } from '../../tpm/constants.ts';
+import { TpmError } from '../../tpm/rc.ts';
+import { objectName, spkiOf, type TpmPublic, type TpmSignature } from '../../tpm/structures.ts';
+import { SRK_TEMPLATE_ECC, templateBytes } from '../../tpm/templates.ts';
+import { Tpm } from '../../tpm/tpm.ts';
+import { openTcp, openTransport, type TpmTransport } from '../../tpm/transport.ts';
+import {
+  ALGORITHM_INFO,
+  ALGORITHMS,
+  ecdsaRawToDer,
+  keyTypeOfSpki,
+  type Algorithm,
+  type Backend,
+  type BackendContext,
+  type BackendKey,
+  type KeyCreator,
+  type KeyDestroyer,
+  type KeySigner,
+  type KeySpec,
+  type KeyType,
+} from '../signer.ts';
+import type { TpmConfig } from './config.ts';
+import { isHandleMissing, tpmFailure } from './errors.ts';
+import { KeyTable, type KeyEntry } from './key-table.ts';
+import { signingKeyTemplate } from './templates.ts';
+import { formatTpmUri, parseTpmUri } from './uri.ts';
+
+/** A usable signing key at a persistent handle, as read from its public area. */
+interface TpmKey {
+  handle: number;
+  uri: string;
+  keyType: KeyType;
+  spki: Buffer;
+  public: TpmPublic;
+  /** Bytes of one ECDSA coordinate (r or s), or of the RSA modulus. */
+  size: number;
+}
+
+// TPMT_SIG_SCHEME per algorithm (TPM 2.0 Part 2, 11.2.1.5): the scheme and the hash of the digest.
+const SCHEMES: Readonly<Record<Exclude<Algorithm, 'ED25519'>, { scheme: number; hash: number }>> = {
+  ECDSA_P256_SHA256: { scheme: TPM_ALG.ECDSA, hash: TPM_ALG.SHA256 },
+  ECDSA_P384_SHA384: { scheme: TPM_ALG.ECDSA, hash: TPM_ALG.SHA384 },
+  RSA_PKCS1_SHA256: { scheme: TPM_ALG.RSASSA, hash: TPM_ALG.SHA256 },
+  RSA_PSS_SHA256: { scheme: TPM_ALG.RSAPSS, hash: TPM_ALG.SHA256 },
+};
+
+const LABEL = /^[^\u0000-\u001f\u007f]{1,128}$/u;
+const PERSISTENT_TYPE = 0x81000000;
+
+/**
+ * Opens a TPM backend: keys persisted in the TPM's owner hierarchy, created under a storage primary
+ * key (the standard ECC P-256 SRK template, made on demand and flushed after each creation), so the
+ * private keys never leave the TPM. The TPM must answer at open: the algorithms depend on its curves.
+ */
+export async function open(config: TpmConfig, ctx: BackendContext): Promise<Backend & KeyCreator & KeyDestroyer> {
+  const table = await KeyTable.open(config.stateDir);
+  const transport = await openTpmTransport(config.transport, Math.max(config.timeoutMs, config.createTimeoutMs));
+  const tpm = new Tpm(transport);
+  try {
+    const curves = await withDeadline(config.timeoutMs, 'tpm capability query', () => tpm.getEccCurves()).catch((err: unknown) => {
+      throw tpmFailure('tpm capability query', err);
+    });
+    const algorithms = ALGORITHMS.filter((a) => {
+      if (a === 'ED25519') return false;
+      if (a === 'ECDSA_P256_SHA256') return curves.includes(TPM_ECC.NIST_P256);
+      if (a === 'ECDSA_P384_SHA384') return curves.includes(TPM_ECC.NIST_P384);
+      return true;
+    });
+    return new TpmBackend(config, ctx.log, tpm, table, algorithms);
+  } catch (err) {
+    await tpm.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * Opens the transport; for swtpm's TCP port with a per-command timeout, since `openTransport` keeps
+ * its 120 s default. A command that times out drops the connection and the next one reconnects.
+ */
+async function openTpmTransport(spec: string, timeoutMs: number): Promise<TpmTransport> {
+  if (!spec.startsWith('swtpm:')) return openTransport(spec);
+  const opts = new Map<string, string>();
+  for (const part of spec.slice('swtpm:'.length).split(',')) {
+    if (part === '') continue;
+    const eq = part.indexOf('=');
+    const k = eq < 0 ? part : part.slice(0, eq).trim();
+    if (eq < 0 || (k !== 'host' && k !== 'port')) throw new SigilError('CONFIG_INVALID', `tpm transport: bad swtpm option ${JSON.stringify(part)}`);
+    opts.set(k, part.slice(eq + 1).trim());
+  }
+  const port = Number(opts.get('port') ?? '2321');
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new SigilError('CONFIG_INVALID', `tpm transport: bad port ${JSON.stringify(opts.get('port'))}`);
+  return openTcp({ host: opts.get('host') ?? '127.0.0.1', port, timeoutMs });
+}
+
+/** Runs `f`, or fails with BACKEND_UNAVAILABLE once `ms` have passed (the TPM call itself runs on). */
+function withDeadline<T>(ms: number, what: string, f: () => Promise<T>): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new SigilError('BACKEND_UNAVAILABLE', `${what}: no answer from the tpm in ${ms} ms`)), ms);
+    f().then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
+}
+
+// One multi-command act at a time: key creation holds two transient slots, and handle allocation and
+// the table must not interleave. Signatures are single commands and bypass it.
+class Mutex {
+  #tail: Promise<unknown> = Promise.resolve();
+
+  run<T>(f: () => Promise<T>): Promise<T> {
+    const next = this.#tail.then(f, f);
+    this.#tail = next.catch(() => undefined);
+    return next;
+  }
+}
+
+function hex8(n: number): string {
+  return `0x${n.toString(16).padStart(8, '0')}`;
+}
+
+/**
+ * Checks that the public area at `handle` is a key sigil can sign with through TPM2_Sign and a
+ * password session, and describes it. A restricted key signs only digests the TPM hashed itself.
+ */
+function describeKey(handle: number, pub: TpmPublic): TpmKey {
+  const at = hex8(handle);
+  if (pub.type !== TPM_ALG.RSA && pub.type !== TPM_ALG.ECC) throw new SigilError('FAILED_PRECONDITION', `tpm object at ${at} is not an rsa or ecc key`);
+  const a = pub.objectAttributes;
+  if ((a & TPMA_OBJECT.sign) === 0) throw new SigilError('FAILED_PRECONDITION', `tpm object at ${at} is not a signing key (sign attribute clear)`);
+  if (a & TPMA_OBJECT.restricted) {
+    throw new SigilError('FAILED_PRECONDITION', `tpm key at ${at} is restricted: it signs only digests the tpm computed itself, not outside digests`);
+  }
+  if ((a & TPMA_OBJECT.userWithAuth) === 0) {
+    throw new SigilError('FAILED_PRECONDITION', `tpm key at ${at} needs a policy session to sign (userWithAuth clear); sigil uses its password`);
+  }
+  let spki: Buffer;
+  try {
+    spki = spkiOf(pub);
+  } catch (err) {
+    throw new SigilError('BACKEND_ERROR', `tpm key at ${at} has an unreadable public key`, { cause: err });
+  }
+  const keyType = keyTypeOfSpki(spki);
+  if (keyType === null) throw new SigilError('UNSUPPORTED_ALGORITHM', `tpm key at ${at} is of a kind sigil does not sign with`);
+  const size = pub.rsa !== undefined ? pub.rsa.modulus.length : keyType === 'EC_P256' ? 32 : 48;
+  return { handle, uri: formatTpmUri(handle), keyType, spki, public: pub, size };
+}
+
+/** Whether the key's own scheme (fixed at creation, or TPM_ALG_NULL for any) lets it sign `alg`. */
+function schemeAllows(pub: TpmPublic, alg: Exclude<Algorithm, 'ED25519'>): boolean {
+  const d = pub.rsa ?? pub.ecc;
+  if (d === undefined) return false;
+  if (d.scheme === TPM_ALG.NULL) return true;
+  return d.scheme === SCHEMES[alg].scheme && d.schemeHash === SCHEMES[alg].hash;
+}
+
+function leftPad(b: Buffer, size: number, what: string): Buffer {
+  if (b.length > size) throw new SigilError('BACKEND_ERROR', `tpm returned a ${b.length}-byte ${what} for a ${size}-byte key`);
+  return b.length === size ? b : Buffer.concat([Buffer.alloc(size - b.length), b]);
+}
+
+class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
+  readonly kind = 'tpm';
+  readonly algorithms: readonly Algorithm[];
+  readonly #tpm: Tpm;
+  readonly #table: KeyTable;
+  readonly #log: Logger;
+  readonly #range: { first: number; last: number };
+  readonly #timeoutMs: number;
+  readonly #createTimeoutMs: number;
+  readonly #admin = new Mutex();
+  readonly #keys = new Map<number, TpmKey>();
+  #closed = false;
+
+  constructor(config: TpmConfig, log: Logger, tpm: Tpm, table: KeyTable, algorithms: Algorithm[]) {
+    this.algorithms = algorithms;
+    this.#tpm = tpm;
+    this.#table = table;
+    this.#log = log;
+    this.#range = config.handleRange;
+    this.#timeoutMs = config.timeoutMs;
+    this.#createTimeoutMs = config.createTimeoutMs;
+  }
+
+  /** Runs one act against the TPM within its deadline and classifies what it throws. */
+  async #call<T>(what: string, ms: number, f: () => Promise<T>): Promise<T> {
+    if (this.#closed) throw new SigilError('BACKEND_UNAVAILABLE', 'tpm backend is closed');
+    try {
+      return await withDeadline(ms, what, f);
+    } catch (err) {
+      throw tpmFailure(what, err);
+    }
+  }
+
+  #checkAlgorithm(algorithm: Algorithm): Exclude<Algorithm, 'ED25519'> {
+    if (ALGORITHM_INFO[algorithm] === undefined) throw new SigilError('UNSUPPORTED_ALGORITHM', `unknown algorithm ${JSON.stringify(String(algorithm))}`);
+    if (!this.algorithms.includes(algorithm) || algorithm === 'ED25519') throw new SigilError('UNSUPPORTED_ALGORITHM', `this tpm does not offer ${algorithm}`);
+    return algorithm;
+  }
+
+  async createKey(spec: KeySpec): Promise<BackendKey> {
+    const algorithm = this.#checkAlgorithm(spec.algorithm);
+    const label = spec.label;
+    if (typeof label !== 'string' || !LABEL.test(label)) throw new SigilError('INVALID_ARGUMENT', 'tpm key label must be 1 to 128 characters without control characters');
+    const template = signingKeyTemplate(ALGORITHM_INFO[algorithm].keyType)!;
+    return this.#call(`tpm key creation for ${label}`, this.#createTimeoutMs, () =>
+      this.#admin.run(async () => {
+        const existing = this.#table.get(label);
+        if (existing !== undefined) {
+          if (await this.#holds(existing)) throw new SigilError('KEY_EXISTS', `a tpm key labelled ${JSON.stringify(label)} already exists at ${hex8(existing.handle)}`);
+          await this.#table.delete(label);
+        }
+        const handle = await this.#freeHandle();
+        const tpm = this.#tpm;
+        const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
+        let key: TpmKey;
+        try {
+          const made = await tpm.create(srk.handle, templateBytes(template));
+          const name = objectName(made.public);
+          key = describeKey(handle, made.public);
+          // The table entry goes first: after a crash, findKeyByLabel checks the handle for this name.
+          await this.#table.put({ label, handle, name: name.toString('hex'), algorithm, createdAt: new Date().toISOString() });
+          let evictSent = false;
+          try {
+            const loaded = await tpm.load(srk.handle, made.private, made.public);
+            try {
+              if (!loaded.name.equals(name)) throw new SigilError('BACKEND_ERROR', 'tpm loaded a key whose name differs from the one it created');
+              evictSent = true;
+              await tpm.evictControl(loaded.handle, handle);
+            } finally {
+              await this.#flush(loaded.handle);
+            }
+          } catch (err) {
+            // Nothing persisted when EvictControl was not sent or the TPM refused it; a lost answer may
+            // hide a persisted key, so that trail stays for findKeyByLabel.
+            if (!evictSent || err instanceof TpmError) await this.#table.delete(label).catch(() => undefined);
+            throw err;
+          }
+        } finally {
+          await this.#flush(srk.handle);
+        }
+        this.#keys.set(handle, key);
+        this.#log.info({ uri: key.uri, algorithm, label }, 'tpm key created');
+        return { uri: key.uri, spki: key.spki, keyType: key.keyType };
+      }),
+    );
+  }
+
+  async getKey(uri: string): Promise<BackendKey> {
+    const handle = parseTpmUri(uri);
+    const k = await this.#call(`tpm key lookup for ${uri}`, this.#timeoutMs, () => this.#load(handle));
+    return { uri: k.uri, spki: k.spki, keyType: k.keyType };
+  }
+
+  async signer(uri: string, algorithm: Algorithm): Promise<KeySigner> {
+    const alg = this.#checkAlgorithm(algorithm);
+    const handle = parseTpmUri(uri);
+    const k = this.#keys.get(handle) ?? (await this.#call(`tpm key lookup for ${uri}`, this.#timeoutMs, () => this.#load(handle)));
+    const info = ALGORITHM_INFO[alg];
+    if (k.keyType !== info.keyType) throw new SigilError('INVALID_ARGUMENT', `key ${k.uri} is a ${k.keyType} key and cannot sign ${alg}`);
+    if (!schemeAllows(k.public, alg)) throw new SigilError('INVALID_ARGUMENT', `key ${k.uri} has a fixed signing scheme other than ${alg}`);
+    return { algorithm: alg, sign: (input) => this.#sign(k, alg, input) };
+  }
+
+  async #sign(k: TpmKey, alg: Exclude<Algorithm, 'ED25519'>, input: Buffer): Promise<Buffer> {
+    const want = ALGORITHM_INFO[alg].digestLength;
+    if (!Buffer.isBuffer(input) || input.length !== want) throw new SigilError('INVALID_ARGUMENT', `${alg} signs a ${want}-byte digest, got ${input?.length ?? 0} bytes`);
+    const { scheme, hash } = SCHEMES[alg];
+    const what = `tpm signature with ${k.uri}`;
+    const sig = await this.#call(what, this.#timeoutMs, async () => {
+      try {
+        return await this.#tpm.sign(k.handle, input, scheme, hash);
+      } catch (err) {
+        if (!isHandleMissing(err)) throw err;
+        if (this.#keys.get(k.handle) === k) this.#keys.delete(k.handle);
+        throw new SigilError('KEY_NOT_FOUND', `no tpm key at ${hex8(k.handle)}`, { cause: err });
+      }
+    });
+    return wireSignature(k, scheme, hash, sig);
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#keys.clear();
+    await this.#tpm.close();
+  }
+
+  async destroyKey(uri: string): Promise<void> {
+    const handle = parseTpmUri(uri);
+    await this.#call(`tpm key destruction for ${uri}`, this.#timeoutMs, () =>
+      this.#admin.run(async () => {
+        this.#keys.delete(handle);
+        const entry = this.#table.byHandle(handle);
+        let pub: { public: TpmPublic; name: Buffer };
+        try {
+          pub = await this.#tpm.readPublic(handle);
+        } catch (err) {
+          if (!isHandleMissing(err)) throw err;
+          if (entry !== undefined) await this.#table.delete(entry.label);
+          return;
+        }
+        if (entry !== undefined && pub.name.toString('hex') !== entry.name) {
+          // The key sigil made there is already gone and another object took the handle: not ours to evict.
+          this.#log.warn({ uri, label: entry.label }, 'tpm handle holds another key than the one sigil created; entry dropped, object left alone');
+          await this.#table.delete(entry.label);
+          return;
+        }
+        describeKey(handle, pub.public);
+        try {
+          // A persistent objectHandle with persistentHandle equal to it evicts (Part 3, 28.5).
+          await this.#tpm.evictControl(handle, handle);
+        } catch (err) {
+          if (!isHandleMissing(err)) throw err;
+        }
+        if (entry !== undefined) await this.#table.delete(entry.label);
+        this.#log.info({ uri, label: entry?.label }, 'tpm key destroyed');
+      }),
+    );
+  }
+
+  async findKeyByLabel(label: string): Promise<string | null> {
+    if (typeof label !== 'string' || !LABEL.test(label)) throw new SigilError('INVALID_ARGUMENT', 'tpm key label must be 1 to 128 characters without control characters');
+    return this.#call(`tpm key search for ${label}`, this.#timeoutMs, () =>
+      this.#admin.run(async () => {
+        const entry = this.#table.get(label);
+        if (entry === undefined) return null;
+        if (await this.#holds(entry)) return formatTpmUri(entry.handle);
+        this.#log.info({ label, handle: hex8(entry.handle) }, 'stale tpm key table entry dropped');
+        await this.#table.delete(label);
+        return null;
+      }),
+    );
+  }
+
+  /** True when the entry's handle still holds the object of the recorded name; TPM trouble propagates. */
+  async #holds(entry: KeyEntry): Promise<boolean> {
+    try {
+      const { name } = await this.#tpm.readPublic(entry.handle);
+      return name.toString('hex') === entry.name;
+    } catch (err) {
+      if (isHandleMissing(err)) return false;
+      throw err;
+    }
+  }
+
+  async #load(handle: number): Promise<TpmKey> {
+    let pub: TpmPublic;
+    try {
+      pub = (await this.#tpm.readPublic(handle)).public;
+    } catch (err) {
+      if (isHandleMissing(err)) throw new SigilError('KEY_NOT_FOUND', `no tpm key at ${hex8(handle)}`, { cause: err });
+      throw err;
+    }
+    const k = describeKey(handle, pub);
+    this.#keys.set(handle, k);
+    return k;
+  }
+
+  async #freeHandle(): Promise<number> {
+    const taken = new Set(await this.#tpm.getHandles(PERSISTENT_TYPE));
+    const reserved = this.#table.handles();
+    for (let h = this.#range.first; h <= this.#range.last; h++) {
+      if (!taken.has(h) && !reserved.has(h)) return h;
+    }
+    throw new SigilError('FAILED_PRECONDITION', `no free persistent handle in ${hex8(this.#range.first)}-${hex8(this.#range.last)}`);
+  }
+
+  async #flush(handle: number): Promise<void> {
+    try {
+      await this.#tpm.flushContext(handle);
+    } catch (err) {
+      // A slot left taken costs a later command TPM_RC_OBJECT_MEMORY; a restart of the TPM clears it.
+      this.#log.warn({ err, handle: hex8(handle) }, 'tpm transient object could not be flushed');
+    }
+  }
+}
+
+/** The TPM's TPMT_SIGNATURE in sigil's wire form: DER for ECDSA, the raw block for RSA. */
+function wireSignature(k: TpmKey, scheme: number, hash: number, sig: TpmSignature): Buffer {
+  if (sig.sigAlg !== scheme || sig.hash !== hash) throw new SigilError('BACKEND_ERROR', `tpm answered with signature scheme ${hex8(sig.sigAlg)}/${hex8(sig.hash)}`);
+  if (scheme === TPM_ALG.ECDSA) {
+    const ecc = sig.ecc;
+    if (ecc === undefined) throw new SigilError('BACKEND_ERROR', 'tpm ecdsa signature without r and s');
+    // The TPM drops leading zero bytes of r and s: pad back to the curve size.
+    return ecdsaRawToDer(Buffer.concat([leftPad(ecc.r, k.size, 'ecdsa r'), leftPad(ecc.s, k.size, 'ecdsa s')]));
+  }
+  if (sig.rsa === undefined || sig.rsa.length !== k.size) throw new SigilError('BACKEND_ERROR', 'tpm rsa signature of the wrong length');
+  return sig.rsa;
+}

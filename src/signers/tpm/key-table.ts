@@ -1,0 +1,138 @@
+import { chmod, mkdir, open, readFile, rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { SigilError } from '../../errors.ts';
+import { ALGORITHMS, type Algorithm } from '../signer.ts';
+
+/** One key sigil created: where it was persisted and the TPM name (nameAlg || H(public area)) it had. */
+export interface KeyEntry {
+  label: string;
+  handle: number;
+  /** Hex of the object's TPM name; a handle holding another name holds another key. */
+  name: string;
+  algorithm: Algorithm;
+  createdAt: string;
+}
+
+const FILE = 'keys.json';
+
+const fileSchema = z.strictObject({
+  version: z.literal(1),
+  keys: z.array(
+    z.strictObject({
+      label: z.string().min(1),
+      handle: z.number().int().min(0x81000000).max(0x817fffff),
+      name: z.string().regex(/^[0-9a-f]{4,132}$/),
+      algorithm: z.enum(ALGORITHMS as [string, ...string[]]),
+      createdAt: z.string(),
+    }),
+  ),
+});
+
+/**
+ * The label -> persistent handle table of one TPM backend, a JSON file in its state directory (mode
+ * 0700, file 0600). Every change is written whole to a temporary file, synced and renamed over the old
+ * one, so a crash leaves either the old table or the new one. One process owns a directory.
+ */
+export class KeyTable {
+  readonly #dir: string;
+  readonly #byLabel = new Map<string, KeyEntry>();
+
+  private constructor(dir: string) {
+    this.#dir = dir;
+  }
+
+  /** Opens (creating if needed) the table in `dir`. */
+  static async open(dir: string): Promise<KeyTable> {
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await chmod(dir, 0o700);
+    } catch (err) {
+      throw new SigilError('CONFIG_INVALID', `tpm state directory ${dir} cannot be created`, { cause: err });
+    }
+    const t = new KeyTable(dir);
+    let text: string | null = null;
+    try {
+      text = await readFile(join(dir, FILE), 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new SigilError('BACKEND_ERROR', `tpm key table ${join(dir, FILE)} cannot be read`, { cause: err });
+    }
+    if (text !== null) {
+      let parsed: z.infer<typeof fileSchema>;
+      try {
+        parsed = fileSchema.parse(JSON.parse(text));
+      } catch (err) {
+        throw new SigilError('BACKEND_ERROR', `tpm key table ${join(dir, FILE)} is corrupt`, { cause: err });
+      }
+      for (const e of parsed.keys) t.#byLabel.set(e.label, e as KeyEntry);
+    }
+    return t;
+  }
+
+  /** The entry for `label`, if any. */
+  get(label: string): KeyEntry | undefined {
+    return this.#byLabel.get(label);
+  }
+
+  /** The entry whose handle is `handle`, if any. */
+  byHandle(handle: number): KeyEntry | undefined {
+    for (const e of this.#byLabel.values()) if (e.handle === handle) return e;
+    return undefined;
+  }
+
+  /** Every handle the table reserves, live or not. */
+  handles(): Set<number> {
+    return new Set([...this.#byLabel.values()].map((e) => e.handle));
+  }
+
+  /** Records (or replaces) an entry and makes it durable before returning. */
+  async put(e: KeyEntry): Promise<void> {
+    const before = this.#byLabel.get(e.label);
+    this.#byLabel.set(e.label, e);
+    try {
+      await this.#write();
+    } catch (err) {
+      if (before === undefined) this.#byLabel.delete(e.label);
+      else this.#byLabel.set(e.label, before);
+      throw err;
+    }
+  }
+
+  /** Drops the entry for `label` (no-op when absent) and makes that durable. */
+  async delete(label: string): Promise<void> {
+    const before = this.#byLabel.get(label);
+    if (before === undefined) return;
+    this.#byLabel.delete(label);
+    try {
+      await this.#write();
+    } catch (err) {
+      this.#byLabel.set(label, before);
+      throw err;
+    }
+  }
+
+  async #write(): Promise<void> {
+    const body = JSON.stringify({ version: 1, keys: [...this.#byLabel.values()] }, null, 2) + '\n';
+    const path = join(this.#dir, FILE);
+    const tmp = `${path}.tmp`;
+    try {
+      const fh = await open(tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(body);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, path);
+      // The rename is durable only once the directory is synced.
+      const dh = await open(this.#dir, 'r');
+      try {
+        await dh.sync();
+      } finally {
+        await dh.close();
+      }
+    } catch (err) {
+      throw new SigilError('BACKEND_ERROR', `tpm key table ${path} cannot be written`, { cause: err });
+    }
+  }
+}
