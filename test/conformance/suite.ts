@@ -164,6 +164,20 @@ export function runConformance(name: string, makeBackend: () => Promise<Conforma
       });
     }
 
+    it('refuses an algorithm it does not offer, clearly, at creation', async (t) => {
+      const lacking = ALGORITHMS.filter((a) => !backend.algorithms.includes(a));
+      if (lacking.length === 0) return t.skip(`${name} offers every algorithm`);
+      if (typeof backend.createKey !== 'function') return t.skip(`${name} cannot create keys`);
+      for (const alg of lacking) {
+        await assert.rejects(backend.createKey({ label: `conformance-lacking-${alg.toLowerCase()}-v1`, algorithm: alg }), (err: unknown) => {
+          assert.ok(isSigilError(err), `a SigilError for ${alg}, got ${String(err)}`);
+          assert.ok(['UNSUPPORTED_ALGORITHM', 'NOT_IMPLEMENTED', 'INVALID_ARGUMENT'].includes(err.code), `${alg}: ${err.code}`);
+          assert.match(err.message, new RegExp(alg.split('_')[0]!.toLowerCase() === 'ed25519' ? 'ed25519' : alg.split('_')[0]!, 'i'));
+          return true;
+        });
+      }
+    });
+
     it('answers KEY_NOT_FOUND for a well-formed uri naming no key', async () => {
       const uri = target.unknownUri ?? `${backend.kind}:id=${randomUUID()}`;
       await assertCode(backend.getKey(uri), 'KEY_NOT_FOUND');
