@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { awsKmsConfigSchema } from './awskms/config.ts';
 import { gcpKmsConfigSchema } from './gcpkms/config.ts';
 import { pkcs11ConfigSchema } from './pkcs11/config.ts';
 import { resilienceSchema } from './resilience.ts';
@@ -13,6 +14,7 @@ const withResilience = { resilience: resilienceSchema };
 export const backendConfigSchema = z.discriminatedUnion('type', [
   pkcs11ConfigSchema.extend(withResilience),
   softConfigSchema.extend(withResilience),
+  awsKmsConfigSchema.extend(withResilience),
   gcpKmsConfigSchema.extend(withResilience),
   tpmConfigSchema.extend(withResilience),
 ]);

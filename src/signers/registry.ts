@@ -9,6 +9,7 @@ export type BackendConfigInput = BackendConfig extends infer C ? (C extends Back
 
 /** Backend modules by kind, loaded on first use so an unused backend costs nothing. */
 const MODULES = {
+  awskms: () => import('./awskms/index.ts'),
   gcpkms: () => import('./gcpkms/index.ts'),
   pkcs11: () => import('./pkcs11/index.ts'),
   soft: () => import('./soft/index.ts'),
