@@ -209,17 +209,17 @@ describe('pkcs11 backend on SoftHSM', { skip: skip ?? false }, () => {
     await assertCode(backend.getKey('pkcs11:object=lonely-ec'), 'KEY_NOT_FOUND', (m) => assert.match(m, /no public key object/));
   });
 
-  it('turns a token error into BACKEND_ERROR with the CKR name and keeps its sessions usable', async () => {
+  it('a key deleted under a cached signer answers KEY_NOT_FOUND (looked up again, not a stale handle) and keeps its sessions usable', async () => {
     const doomed = await backend.createKey({ label: 'doomed', algorithm: 'ECDSA_P256_SHA256' });
     const signer = await backend.signer(doomed.uri, 'ECDSA_P256_SHA256');
     raw.C_DestroyObject(rawSession, findOne([{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }, { type: pkcs11js.CKA_LABEL, value: 'doomed' }]));
     for (let i = 0; i < 8; i++) {
-      await assertCode(signer.sign(Buffer.alloc(32)), 'BACKEND_ERROR', (m) => assert.match(m, /^pkcs11 sign failed: CKR_[A-Z_]+$/));
+      await assertCode(signer.sign(Buffer.alloc(32)), 'KEY_NOT_FOUND', (m) => assert.match(m, /^no private key on token/));
     }
     // Twenty at once form one batch on the signing thread: the first failure stops the batch, the rest
     // are retried, and every one is answered with the error.
     const burst = await Promise.allSettled(Array.from({ length: 20 }, () => signer.sign(Buffer.alloc(32))));
-    assert.ok(burst.every((r) => r.status === 'rejected' && isSigilError(r.reason, 'BACKEND_ERROR')), 'every signature of the burst failed with BACKEND_ERROR');
+    assert.ok(burst.every((r) => r.status === 'rejected' && isSigilError(r.reason, 'KEY_NOT_FOUND')), 'every signature of the burst failed with KEY_NOT_FOUND');
     const k = await backend.getKey('pkcs11:object=legacy');
     const ok = await Promise.all(Array.from({ length: 50 }, () => signAndVerify(k, 'ECDSA_P256_SHA256')));
     assert.equal(ok.length, 50);
@@ -276,13 +276,13 @@ describe('pkcs11 backend on SoftHSM', { skip: skip ?? false }, () => {
     const sigs = await Promise.all(msgs.map((m) => signer.sign(createHash('sha256').update(m).digest())));
     sigs.forEach((sig, i) => assert.ok(verify('sha256', msgs[i]!, { key, dsaEncoding: 'der' }, sig), `burst signature ${i}`));
     // Delete the private key behind the backend's cached handle: every queued request fails with a clear
-    // BACKEND_ERROR, none hangs, and the session pool keeps serving other keys.
+    // KEY_NOT_FOUND (the stale handle is looked up again), none hangs, and the session pool keeps serving other keys.
     raw.C_DestroyObject(rawSession, findOne([{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }, { type: pkcs11js.CKA_LABEL, value: 'burst' }]));
     const results = await Promise.allSettled(msgs.slice(0, 10).map((m) => signer.sign(createHash('sha256').update(m).digest())));
     for (const r of results) {
       assert.equal(r.status, 'rejected');
-      assert.ok(isSigilError(r.reason, 'BACKEND_ERROR'), String(r.reason));
-      assert.match((r.reason as Error).message, /CKR_(KEY_HANDLE_INVALID|OBJECT_HANDLE_INVALID)/);
+      assert.ok(isSigilError(r.reason, 'KEY_NOT_FOUND'), String(r.reason));
+      assert.match((r.reason as Error).message, /^no private key on token/);
     }
     for (let i = 0; i < 3; i++) await signAndVerify(await backend.getKey('pkcs11:object=legacy'), 'ECDSA_P256_SHA256');
   });

@@ -58,6 +58,33 @@ const CKR_NAMES = new Map<number, string>([
 /** Return values meaning the token or the login is gone rather than this one request being bad. */
 const UNAVAILABLE = new Set<number>([0x30, 0x31, 0x32, 0xb0, 0xb3, 0xe0, 0xe1, 0x101, 0x190]);
 
+/**
+ * What a failure says the backend must repair before the operation can succeed again: `session` (the
+ * session is closed), `login` (this application is no longer logged in), `handle` (a cached object
+ * handle is stale: the object was re-created, the token re-initialised, or the login lost and private
+ * objects hidden), `token` (the token or device is gone).
+ */
+export type Fault = 'session' | 'login' | 'handle' | 'token';
+
+// PKCS#11 v2.40 section 3.6 (return values) grouped by what recovers from them.
+const FAULTS = new Map<number, Fault>([
+  [0xb0, 'session'], // CKR_SESSION_CLOSED
+  [0xb3, 'session'], // CKR_SESSION_HANDLE_INVALID
+  [0x101, 'login'], // CKR_USER_NOT_LOGGED_IN
+  [0x60, 'handle'], // CKR_KEY_HANDLE_INVALID
+  [0x82, 'handle'], // CKR_OBJECT_HANDLE_INVALID
+  [0x03, 'token'], // CKR_SLOT_ID_INVALID
+  [0x30, 'token'], // CKR_DEVICE_ERROR
+  [0x32, 'token'], // CKR_DEVICE_REMOVED
+  [0xe0, 'token'], // CKR_TOKEN_NOT_PRESENT
+  [0xe1, 'token'], // CKR_TOKEN_NOT_RECOGNIZED
+]);
+
+/** The fault a pkcs11js error reports, or null when it is not one the backend recovers from. */
+export function faultOf(err: unknown): Fault | null {
+  return err instanceof pkcs11js.Pkcs11Error ? (FAULTS.get(err.code) ?? null) : null;
+}
+
 /** The PKCS#11 return value carried by a pkcs11js error, or null when it is not a Pkcs11Error. */
 export function ckrCode(err: unknown): number | null {
   return err instanceof pkcs11js.Pkcs11Error ? err.code : null;

@@ -1,4 +1,4 @@
-import { createPublicKey, randomBytes } from 'node:crypto';
+import { createHmac, createPublicKey, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import pkcs11js from 'pkcs11js';
 import { SigilError } from '../../errors.ts';
@@ -29,11 +29,11 @@ import {
   ulong,
 } from './attrs.ts';
 import type { Pkcs11Config } from './config.ts';
-import { pkcs11Error } from './errors.ts';
+import { ckrCode, faultOf, pkcs11Error, type Fault } from './errors.ts';
 import { acquireLibrary, type Library } from './library.ts';
 import { SignThread } from './sign-thread.ts';
 import { SessionPool } from './pool.ts';
-import { EcdsaSigner, Ed25519Signer, RsaSigner, type SignerHost } from './signers.ts';
+import { EcdsaSigner, Ed25519Signer, RsaSigner, type KeyHandle, type SignerHost } from './signers.ts';
 
 /** A private key found on the token, with what signing and getKey need. */
 interface KeyEntry {
@@ -43,6 +43,8 @@ interface KeyEntry {
   spki: Buffer;
   /** RSA only: bytes of the modulus, the signature length. */
   modulusBytes: number;
+  /** The backend's recovery epoch when the handle was read. */
+  epoch: number;
 }
 
 // RFC 7512 section 2.3 attributes: sigil interprets token, object, id and type; the others are accepted and ignored.
@@ -52,11 +54,19 @@ const URI_ATTRS = new Set([
 ]);
 
 const RSA_BITS = 2048;
+// PKCS#11 v2.40 section 5.6 (session states): the two in which the normal user is logged in.
+const CKS_RO_USER_FUNCTIONS = 1;
+const CKS_RW_USER_FUNCTIONS = 3;
+const CKR_USER_NOT_LOGGED_IN = 0x101;
+const CKR_TOKEN_NOT_PRESENT = 0xe0;
+const CKR_PIN_INCORRECT = 0xa0;
 const RSA_EXPONENT = Buffer.from([0x01, 0x00, 0x01]);
 
 /**
- * Opens a PKCS#11 backend: loads and initializes the module, finds the token by label, opens the
- * session pool and logs in once as CKU_USER with the PIN read from `pinFile`.
+ * Opens a PKCS#11 backend: loads and initializes the module, finds the token by label, opens a control
+ * session and the session pool, and logs in once as CKU_USER with the PIN read from `pinFile`. A session
+ * or login lost later, a re-initialised token or a token found again under another slot is recovered
+ * on the next call that meets it, with the PIN read from `pinFile` again.
  */
 export async function open(config: Pkcs11Config, ctx: BackendContext): Promise<Backend & KeyCreator & KeyDestroyer> {
   const pin = await readPin(config.pinFile);
@@ -65,17 +75,22 @@ export async function open(config: Pkcs11Config, ctx: BackendContext): Promise<B
   const lib = acquireLibrary(config.module, config.softhsmConf);
   const sessions: Buffer[] = [];
   let slot: Buffer | undefined;
+  let control: Buffer | undefined;
   let loggedIn = false;
   try {
     slot = findSlot(lib.pk, config.token);
+    // The control session logs in and stays open for the backend's life, so the login survives
+    // whatever happens to the pool's sessions (closing an application's last session logs it out).
+    control = openSession(lib.pk, slot);
     for (let i = 0; i < config.sessions; i++) sessions.push(openSession(lib.pk, slot));
-    lib.login(slot, sessions[0]!, pin);
+    lib.login(slot, control, pin);
     loggedIn = true;
     const algorithms = supportedAlgorithms(lib.pk, slot);
-    return new Pkcs11Backend(config, ctx.log, lib, slot, sessions, algorithms);
+    return new Pkcs11Backend(config, ctx.log, lib, slot, control, sessions, algorithms);
   } catch (err) {
-    if (loggedIn) lib.logout(slot!, sessions[0]!);
+    if (loggedIn) lib.logout(slot!, control!);
     for (const s of sessions) closeSession(lib.pk, s);
+    if (control !== undefined) closeSession(lib.pk, control);
     lib.release();
     throw err;
   }
@@ -164,23 +179,203 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
   readonly pk: pkcs11js.PKCS11;
   readonly pool: SessionPool;
   readonly signThread: SignThread | null;
+  /** Bumped by every completed recovery: object handles looked up in an older epoch are stale. */
+  epoch = 0;
   readonly #token: string;
+  readonly #pinFile: string;
   readonly #log: Logger;
   readonly #lib: Library;
-  readonly #slot: Buffer;
+  #slot: Buffer;
+  #control: Buffer;
   readonly #keys = new Map<string, KeyEntry>();
+  readonly #lookups = new Map<string, Promise<KeyEntry>>();
+  /** Counts the times the key cache was emptied: a lookup that began before one does not fill it. */
+  #cleared = 0;
   readonly #signers = new Map<string, KeySigner>();
+  #recovering: Promise<void> | null = null;
+  // A keyed hash of a PIN the token refused at recovery (never the PIN): not tried again until the pin
+  // file changes, so recoveries cannot use up the token's PIN retry counter.
+  readonly #macKey = randomBytes(32);
+  #refusedPin: Buffer | null = null;
   #closing: Promise<void> | null = null;
 
-  constructor(config: Pkcs11Config, log: Logger, lib: Library, slot: Buffer, sessions: Buffer[], algorithms: Algorithm[]) {
+  constructor(config: Pkcs11Config, log: Logger, lib: Library, slot: Buffer, control: Buffer, sessions: Buffer[], algorithms: Algorithm[]) {
     this.#token = config.token;
+    this.#pinFile = config.pinFile;
     this.#log = log;
     this.#lib = lib;
     this.pk = lib.pk;
     this.#slot = slot;
+    this.#control = control;
     this.pool = new SessionPool(sessions);
     this.algorithms = algorithms;
     this.signThread = config.signThread ? new SignThread(config.module) : null;
+  }
+
+  async repair(session: Buffer, fault: Fault, startEpoch: number): Promise<Buffer> {
+    try {
+      if (this.#closing !== null) throw new SigilError('BACKEND_UNAVAILABLE', 'pkcs11 backend is closed');
+      // A stale handle on a live, logged-in session of a token still in its slot is the key's business (the
+      // signer looks it up again); anything else, unless a recovery completed since the operation began,
+      // needs one, shared by every caller failing meanwhile.
+      if (this.epoch === startEpoch && (fault !== 'handle' || !this.#loggedIn(session) || !this.#tokenPresent())) {
+        await (this.#recovering ??= this.#recover().finally(() => {
+          this.#recovering = null;
+        }));
+      }
+      return this.#renew(session, this.#slot, true);
+    } catch (err) {
+      this.pool.release(session);
+      throw err instanceof SigilError ? err : pkcs11Error('pkcs11 recovery', err, 'BACKEND_UNAVAILABLE');
+    }
+  }
+
+  keyHandle(uri: string, stale: Buffer | null): Promise<KeyHandle> {
+    if (stale !== null) {
+      const cached = this.#keys.get(uri);
+      if (cached !== undefined && cached.handle.equals(stale)) this.#forget(uri);
+    }
+    return this.#lookup(uri);
+  }
+
+  /**
+   * Finds the token again (by label: slot ids change), swaps closed sessions for fresh ones, logs in
+   * again with the PIN read from the pin file now when the login is gone, and forgets every cached
+   * object handle. BACKEND_UNAVAILABLE when the token is not there.
+   */
+  async #recover(): Promise<void> {
+    const pin = await readPin(this.#pinFile);
+    if (this.#closing !== null) throw new SigilError('BACKEND_UNAVAILABLE', 'pkcs11 backend is closed');
+    // From here on synchronous: nothing else runs on the event loop while the sessions are swapped.
+    // Cached keys are suspect whatever comes of this (a getKey must not answer with a public key from
+    // before a re-initialisation): forget them first.
+    this.#keys.clear();
+    this.#cleared++;
+    const prevSlot = this.#slot;
+    let slot: Buffer;
+    try {
+      slot = findSlot(this.pk, this.#token);
+    } catch (err) {
+      this.#log.warn({ token: this.#token }, 'pkcs11 token not found; recovery will be tried again on a later call');
+      throw err;
+    }
+    const moved = !slot.equals(prevSlot);
+    this.#slot = slot;
+    let replaced = 0;
+    const control = this.#renew(this.#control, slot, true);
+    if (control !== this.#control) replaced++;
+    this.#control = control;
+    let relogin = false;
+    if (!this.#loggedIn(control)) {
+      const mac = createHmac('sha256', this.#macKey).update(pin, 'utf8').digest();
+      if (this.#refusedPin !== null && timingSafeEqual(this.#refusedPin, mac)) {
+        throw new SigilError('BACKEND_UNAVAILABLE', 'pkcs11 login failed: CKR_PIN_INCORRECT (the pin file has not changed since)');
+      }
+      try {
+        this.#lib.relogin(prevSlot, slot, control, pin);
+      } catch (err) {
+        if (ckrCode((err as Error).cause) === CKR_PIN_INCORRECT) this.#refusedPin = mac;
+        throw err;
+      }
+      this.#refusedPin = null;
+      relogin = true;
+      this.#log.info({ token: this.#token }, 'pkcs11 login restored');
+    } else {
+      this.#lib.moveLogin(prevSlot, slot);
+    }
+    this.pool.renewFree((s) => {
+      const n = this.#renew(s, slot, false);
+      if (n !== s) replaced++;
+      return n;
+    });
+    this.epoch++;
+    this.#log.info({ token: this.#token, slotChanged: moved, sessionsReplaced: replaced, relogin, epoch: this.epoch }, 'pkcs11 backend recovered');
+  }
+
+  /**
+   * `s` when it is open on `slot`, else a fresh session in its place (opened before the old one is
+   * closed, so the application never drops to zero sessions and out of its login). When no session can
+   * be opened: throws if `strict`, else keeps `s` for a later recovery to swap.
+   */
+  #renew(s: Buffer, slot: Buffer, strict: boolean): Buffer {
+    try {
+      if (this.pk.C_GetSessionInfo(s).slotID.equals(slot)) return s;
+    } catch {
+      // Closed or invalid: replaced below.
+    }
+    let fresh: Buffer;
+    try {
+      fresh = openSession(this.pk, slot);
+    } catch (err) {
+      if (strict) throw err;
+      return s;
+    }
+    closeSession(this.pk, s);
+    return fresh;
+  }
+
+  /** True when the token is still in the slot it was found in (SoftHSM answers a deleted token with CKR_GENERAL_ERROR). */
+  #tokenPresent(): boolean {
+    try {
+      return this.pk.C_GetTokenInfo(this.#slot).label.trim() === this.#token;
+    } catch {
+      return false;
+    }
+  }
+
+  /** True when `s` is open and the normal user is logged in on it. */
+  #loggedIn(s: Buffer): boolean {
+    try {
+      const state = this.pk.C_GetSessionInfo(s).state;
+      return state === CKS_RO_USER_FUNCTIONS || state === CKS_RW_USER_FUNCTIONS;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Drops the cached entry of `uri` and every alias of the same key. */
+  #forget(uri: string): void {
+    const e = this.#keys.get(uri);
+    for (const [u, x] of this.#keys) if (u === uri || (e !== undefined && x === e)) this.#keys.delete(u);
+  }
+
+  /**
+   * Runs the synchronous `fn` on a pooled session; when it meets a lost session, login or token, the
+   * backend recovers and `fn` runs once more.
+   */
+  async #withSession<T>(what: string, fn: (s: Buffer) => T): Promise<T> {
+    const epoch = this.epoch;
+    let s = await this.pool.acquire();
+    let first: unknown;
+    try {
+      const r = fn(s);
+      this.pool.release(s);
+      return r;
+    } catch (err) {
+      first = err;
+    }
+    const fault = faultOf(first);
+    if (fault === null || fault === 'handle') {
+      this.pool.release(s);
+      throw pkcs11Error(what, first);
+    }
+    s = await this.repair(s, fault, epoch);
+    try {
+      return fn(s);
+    } catch (err) {
+      throw pkcs11Error(what, err);
+    } finally {
+      this.pool.release(s);
+    }
+  }
+
+  /**
+   * Before a search that found nothing counts as "absent": throws CKR_USER_NOT_LOGGED_IN when `s` lost its
+   * login (private objects are then hidden) and CKR_TOKEN_NOT_PRESENT when the token left its slot.
+   */
+  #assertSearchable(s: Buffer, method: string): void {
+    if (!this.#loggedIn(s)) throw new pkcs11js.Pkcs11Error('CKR_USER_NOT_LOGGED_IN', CKR_USER_NOT_LOGGED_IN, method);
+    if (!this.#tokenPresent()) throw new pkcs11js.Pkcs11Error('CKR_TOKEN_NOT_PRESENT', CKR_TOKEN_NOT_PRESENT, method);
   }
 
   failed(session: Buffer, err: unknown): SigilError {
@@ -219,14 +414,14 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
     switch (algorithm) {
       case 'ECDSA_P256_SHA256':
       case 'ECDSA_P384_SHA384':
-        s = new EcdsaSigner(this, k.handle, algorithm);
+        s = new EcdsaSigner(this, uri, k, algorithm);
         break;
       case 'RSA_PKCS1_SHA256':
       case 'RSA_PSS_SHA256':
-        s = new RsaSigner(this, k.handle, algorithm, k.modulusBytes);
+        s = new RsaSigner(this, uri, k, algorithm, k.modulusBytes);
         break;
       case 'ED25519':
-        s = new Ed25519Signer(this, k.handle);
+        s = new Ed25519Signer(this, uri, k);
         break;
     }
     this.#signers.set(cacheKey, s);
@@ -285,8 +480,7 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
     }
     for (const u of forget) this.#keys.delete(u);
     for (const k of [...this.#signers.keys()]) if (forget.has(k.slice(k.indexOf(' ') + 1))) this.#signers.delete(k);
-    const s = await this.pool.acquire();
-    try {
+    await this.#withSession('pkcs11 key destruction', (s) => {
       const privs = this.#find(s, template, 2);
       if (privs.length > 1) throw new SigilError('INVALID_ARGUMENT', `key uri ${uri} is ambiguous: several private keys match`);
       // The public half: same CKA_ID (and label, when the uri has one), as createKey made it.
@@ -299,21 +493,16 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
         try {
           this.pk.C_DestroyObject(s, h);
         } catch (err) {
-          if (!/CKR_OBJECT_HANDLE_INVALID/.test(String((err as Error).message))) throw err;
+          if (ckrCode(err) !== pkcs11js.CKR_OBJECT_HANDLE_INVALID) throw err;
         }
       }
       this.#log.info({ uri, objects: privs.length + pubs.length }, 'pkcs11 key destroyed');
-    } catch (err) {
-      throw pkcs11Error('pkcs11 key destruction', err);
-    } finally {
-      this.pool.release(s);
-    }
+    });
   }
 
   async findKeyByLabel(label: string): Promise<string | null> {
     const labelBytes = Buffer.from(label, 'utf8');
-    const s = await this.pool.acquire();
-    try {
+    return this.#withSession('pkcs11 key lookup', (s) => {
       for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
         const found = this.#find(s, [{ type: pkcs11js.CKA_CLASS, value: cls }, { type: pkcs11js.CKA_LABEL, value: labelBytes }], 2);
         if (found.length === 0) continue;
@@ -322,12 +511,9 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
         if (id.length > 0) parts.push(['id', id]);
         return formatKeyUri('pkcs11', parts);
       }
+      this.#assertSearchable(s, 'C_FindObjects');
       return null;
-    } catch (err) {
-      throw pkcs11Error('pkcs11 key lookup', err);
-    } finally {
-      this.pool.release(s);
-    }
+    });
   }
 
   async close(): Promise<void> {
@@ -340,31 +526,45 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
       await this.signThread?.close();
       this.#keys.clear();
       this.#signers.clear();
-      if (sessions.length > 0) this.#lib.logout(this.#slot, sessions[0]!);
+      this.#lib.logout(this.#slot, this.#control);
       for (const s of sessions) closeSession(this.pk, s);
+      closeSession(this.pk, this.#control);
       this.#lib.release();
     })();
     return this.#closing;
   }
 
-  async #lookup(uri: string): Promise<KeyEntry> {
+  /** The cached entry of `uri`, else one lookup on the token shared by every caller asking meanwhile. */
+  #lookup(uri: string): Promise<KeyEntry> {
     const cached = this.#keys.get(uri);
-    if (cached !== undefined) return cached;
+    if (cached !== undefined) return Promise.resolve(cached);
+    let pending = this.#lookups.get(uri);
+    if (pending === undefined) {
+      pending = this.#lookupNow(uri).finally(() => this.#lookups.delete(uri));
+      this.#lookups.set(uri, pending);
+    }
+    return pending;
+  }
+
+  async #lookupNow(uri: string): Promise<KeyEntry> {
     const template = this.#templateOf(uri);
-    const s = await this.pool.acquire();
-    try {
+    const cleared = this.#cleared;
+    const entry = await this.#withSession('pkcs11 key lookup', (s) => {
       const found = this.#find(s, template, 2);
-      if (found.length === 0) throw new SigilError('KEY_NOT_FOUND', `no private key on token ${JSON.stringify(this.#token)} matches ${uri}`);
+      if (found.length === 0) {
+        this.#assertSearchable(s, 'C_FindObjects');
+        throw new SigilError('KEY_NOT_FOUND', `no private key on token ${JSON.stringify(this.#token)} matches ${uri}`);
+      }
       if (found.length > 1) throw new SigilError('INVALID_ARGUMENT', `key uri ${uri} is ambiguous: several private keys match`);
-      const entry = this.#entry(s, null, found[0]!, null, null);
+      return this.#entry(s, null, found[0]!, null, null);
+    });
+    // A recovery while this lookup ran may have made its handle stale: hand it out (the signer checks
+    // the epoch) but do not cache it.
+    if (this.epoch === entry.epoch && this.#cleared === cleared) {
       this.#keys.set(uri, entry);
       this.#keys.set(entry.uri, entry);
-      return entry;
-    } catch (err) {
-      throw pkcs11Error('pkcs11 key lookup', err);
-    } finally {
-      this.pool.release(s);
     }
+    return entry;
   }
 
   /** The private-key search template of a pkcs11 key URI (RFC 7512), after checking the URI. */
@@ -462,7 +662,7 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
       throw new SigilError('KEY_NOT_FOUND', `key ${uri} has no public key object (same id or label) to read its public key from`);
     }
     if (keyType === 'RSA') modulusBytes = rsaModulusBytes(spki);
-    return { uri, handle, keyType, spki, modulusBytes };
+    return { uri, handle, keyType, spki, modulusBytes, epoch: this.epoch };
   }
 
   /** Attribute values; attributes the object lacks (or hides) are absent from the map. */

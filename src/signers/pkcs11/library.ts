@@ -15,6 +15,14 @@ export interface Library {
   readonly pk: pkcs11js.PKCS11;
   /** Logs in as CKU_USER on the token of `slot` unless another user of the library already did. */
   login(slot: Buffer, session: Buffer, pin: string): void;
+  /**
+   * Logs in again after the token dropped this application's login (sessions closed, token
+   * re-initialised), on `slot` where the token is now; `prevSlot` is where it was logged in before.
+   * The PIN that worked replaces the one remembered.
+   */
+  relogin(prevSlot: Buffer, slot: Buffer, session: Buffer, pin: string): void;
+  /** Moves the login bookkeeping of a token found again under another slot id. */
+  moveLogin(prevSlot: Buffer, slot: Buffer): void;
   /** Undoes one `login`; the last one logs out. */
   logout(slot: Buffer, session: Buffer): void;
   /** Undoes one `acquireLibrary`; the last one finalizes and unloads the module. */
@@ -77,6 +85,24 @@ export function acquireLibrary(path: string, softhsmConf?: string): Library {
         if (ckrCode(err) !== CKR_USER_ALREADY_LOGGED_IN) throw pkcs11Error('pkcs11 login', err, 'BACKEND_UNAVAILABLE');
       }
       logins.set(key, { n: 1, mac });
+    },
+    relogin(prevSlot, slot, session, pin) {
+      try {
+        pk.C_Login(session, pkcs11js.CKU_USER, pin);
+      } catch (err) {
+        if (ckrCode(err) !== CKR_USER_ALREADY_LOGGED_IN) throw pkcs11Error('pkcs11 login', err, 'BACKEND_UNAVAILABLE');
+      }
+      const prev = prevSlot.toString('hex');
+      const n = logins.get(prev)?.n ?? logins.get(slot.toString('hex'))?.n ?? 1;
+      logins.delete(prev);
+      logins.set(slot.toString('hex'), { n, mac: pinMac(pin) });
+    },
+    moveLogin(prevSlot, slot) {
+      const prev = prevSlot.toString('hex');
+      const known = logins.get(prev);
+      if (known === undefined || prevSlot.equals(slot)) return;
+      logins.delete(prev);
+      logins.set(slot.toString('hex'), known);
     },
     logout(slot, session) {
       const key = slot.toString('hex');

@@ -31,6 +31,14 @@ export class SessionPool {
     return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
   }
 
+  /**
+   * Passes every free session through `renew`, which returns it or a fresh one in its place (recovery
+   * swaps closed sessions); sessions lent out are renewed by their borrowers before they come back.
+   */
+  renewFree(renew: (s: Buffer) => Buffer): void {
+    for (let i = 0; i < this.#free.length; i++) this.#free[i] = renew(this.#free[i]!);
+  }
+
   /** Hands a session back: to the oldest waiter, else to the free list (or, draining, to the parked ones). */
   release(s: Buffer): void {
     const w = this.#waiters.shift();
