@@ -50,7 +50,7 @@ async function writePair(dir: string, name: string, p: PemPair): Promise<Identit
 }
 
 /** Starts sigild in this process on a free port; every test file makes its own. `clock` replaces the wall clock. */
-export async function startTestDaemon(opts: { extraConfig?: Record<string, unknown>; start?: boolean; clock?: Clock } = {}): Promise<TestDaemon> {
+export async function startTestDaemon(opts: { extraConfig?: Record<string, unknown>; extraBackends?: Record<string, unknown>; start?: boolean; clock?: Clock } = {}): Promise<TestDaemon> {
   const dir = await mkdtemp(join(tmpdir(), 'sigil-e2e-'));
   const token = await tempToken('sigil');
   const ca = await createDevCa('sigil test operator CA');
@@ -75,7 +75,7 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
     tls: { certFile: server.cert, keyFile: server.key, clientCaFile: caFile },
     auth: { roles: { admin: ['cn:test-admin', 'cn:test-admin-2'], approver: ['cn:test-approver', 'cn:test-approver-2'], signer: ['cn:ci-signer-*'], auditor: ['cn:test-auditor'] } },
     store: { sqlite: { path: join(dir, 'sigil.db') } },
-    backends: { softhsm: token.config },
+    backends: { softhsm: token.config, ...opts.extraBackends },
     defaultBackend: 'softhsm',
     log: { level: 'silent' },
     ...opts.extraConfig,
