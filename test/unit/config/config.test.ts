@@ -28,6 +28,28 @@ test('defaults are filled and relative paths resolve against the config file', (
   assert.equal(c.log.level, 'info');
 });
 
+test('cloud KMS and TPM backends: relative credential and state paths resolve, resilience defaults fill in, a missing credentials file is a problem', () => {
+  const text = base.replace(
+    'defaultBackend: hsm',
+    `  aws: { type: awskms, region: eu-west-1, credentialsFile: creds/aws.json }
+  gcp: { type: gcpkms, project: my-project, location: global, keyRing: sigil, credentialsFile: creds/sa.json, resilience: { retries: 0 } }
+  tpm: { type: tpm, transport: "device:/dev/tpmrm0", stateDir: tpm-state, handleRange: { first: 0x81000200, last: "0x810002ff" } }
+defaultBackend: hsm`,
+  );
+  const c = parseConfig(text, '/srv/sigil/config.yaml', { checkFiles: false });
+  const { aws, gcp, tpm } = c.backends;
+  assert.ok(aws?.type === 'awskms' && gcp?.type === 'gcpkms' && tpm?.type === 'tpm');
+  assert.equal(aws.credentialsFile, '/srv/sigil/creds/aws.json');
+  assert.equal(gcp.credentialsFile, '/srv/sigil/creds/sa.json');
+  assert.equal(tpm.stateDir, '/srv/sigil/tpm-state');
+  assert.deepEqual(tpm.handleRange, { first: 0x81000200, last: 0x810002ff });
+  assert.equal(aws.resilience.retries, 2);
+  assert.equal(gcp.resilience.retries, 0);
+  assert.equal(gcp.protectionLevel, 'HSM');
+  assert.throws(() => parseConfig(text, '/srv/sigil/config.yaml'), /backends\.aws\.credentialsFile/);
+  assert.throws(() => parseConfig(text.replace('retries: 0', 'retries: 99'), '/x/c.yaml', { checkFiles: false }), /backends\.gcp\.resilience\.retries/);
+});
+
 test('production is the default mode', () => {
   const c = parseConfig(base.replace('mode: development\n', ''), '/x/c.yaml');
   assert.equal(c.mode, 'production');
