@@ -18,6 +18,7 @@ import { SigilError, isSigilError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
 import {
   ALGORITHM_INFO,
+  isDerEcdsaSignature,
   keyTypeOfSpki,
   type Algorithm,
   type Backend,
@@ -32,7 +33,6 @@ import {
 } from '../signer.ts';
 import { createKmsClient, readCredentialsFile } from './client.ts';
 import type { AwsKmsConfig } from './config.ts';
-import { isDerEcdsaSignature } from './der.ts';
 import { awsErrorName, mapAwsError } from './errors.ts';
 import { formatAwsKmsUri, keyIdKind, parseAwsKmsUri, type AwsKmsKeyRef } from './key-uri.ts';
 

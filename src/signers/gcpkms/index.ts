@@ -5,6 +5,7 @@ import { SigilError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
 import {
   ALGORITHM_INFO,
+  isDerEcdsaSignature,
   keyTypeOfSpki,
   type Algorithm,
   type Backend,
@@ -246,7 +247,7 @@ export class GcpKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
     }
     if (k.keyType === 'RSA') {
       if (sig.length !== 256) throw new SigilError('BACKEND_ERROR', `gcpkms sign ${k.name}: rsa signature of ${sig.length} bytes`);
-    } else if (!isDerEcdsa(sig, k.keyType === 'EC_P256' ? 32 : 48)) {
+    } else if (!isDerEcdsaSignature(sig, k.keyType === 'EC_P256' ? 32 : 48)) {
       throw new SigilError('BACKEND_ERROR', `gcpkms sign ${k.name}: malformed der ecdsa signature`);
     }
     return sig;
@@ -463,31 +464,4 @@ function gcpError(op: string, subject: string, err: unknown): SigilError {
   }
   if (typeof code === 'string' && NET_ERRORS.has(code)) return new SigilError('BACKEND_UNAVAILABLE', `gcpkms ${op} ${subject}: ${code.toLowerCase()}`, { cause: err });
   return new SigilError('BACKEND_ERROR', `gcpkms ${op} ${subject} failed`, { cause: err });
-}
-
-/** True when `sig` is a DER ECDSA-Sig-Value: SEQUENCE of two minimal positive INTEGERs of at most `size` bytes. */
-export function isDerEcdsa(sig: Buffer, size: number): boolean {
-  if (sig.length < 8 || sig[0] !== 0x30) return false;
-  let off = 2;
-  let body = sig[1]!;
-  if (body === 0x81) {
-    body = sig[2]!;
-    off = 3;
-    if (body < 0x80) return false;
-  } else if (body > 0x7f) {
-    return false;
-  }
-  if (off + body !== sig.length) return false;
-  for (let i = 0; i < 2; i++) {
-    if (sig[off] !== 0x02 || off + 2 > sig.length) return false;
-    const len = sig[off + 1]!;
-    if (len < 1 || len > size + 1 || off + 2 + len > sig.length) return false;
-    const v = sig.subarray(off + 2, off + 2 + len);
-    if (v[0]! & 0x80) return false;
-    if (len > 1 && v[0] === 0 && !(v[1]! & 0x80)) return false;
-    if (len === size + 1 && v[0] !== 0) return false;
-    if (v.every((b) => b === 0)) return false;
-    off += 2 + len;
-  }
-  return off === sig.length;
 }

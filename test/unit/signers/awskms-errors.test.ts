@@ -11,7 +11,7 @@ import {
 } from '@aws-sdk/client-kms';
 import fc from 'fast-check';
 import { ecdsaRawToDer } from '../../../src/signers/signer.ts';
-import { isDerEcdsaSignature } from '../../../src/signers/awskms/der.ts';
+import { isDerEcdsaSignature } from '../../../src/signers/signer.ts';
 import { mapAwsError } from '../../../src/signers/awskms/errors.ts';
 
 const meta = (status: number) => ({ $metadata: { httpStatusCode: status } });

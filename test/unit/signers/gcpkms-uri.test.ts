@@ -3,7 +3,8 @@ import { test } from 'node:test';
 import fc from 'fast-check';
 import { isSigilError } from '../../../src/errors.ts';
 import { gcpKmsConfigSchema } from '../../../src/signers/gcpkms/config.ts';
-import { isDerEcdsa, open } from '../../../src/signers/gcpkms/index.ts';
+import { open } from '../../../src/signers/gcpkms/index.ts';
+import { isDerEcdsaSignature as isDerEcdsa } from '../../../src/signers/signer.ts';
 import {
   formatGcpKeyUri,
   labelTarget,
