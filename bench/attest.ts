@@ -21,9 +21,8 @@
  */
 import { execFile, execFileSync, type ChildProcess } from 'node:child_process';
 import { createHash, createPublicKey, generateKeyPairSync, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,6 +44,7 @@ import { activate, createAk, quoteWithPcrs, readEk } from '../src/tpm/attestatio
 import { openTransport } from '../src/tpm/transport.ts';
 import { Tpm } from '../src/tpm/tpm.ts';
 import { startSwtpm, type Swtpm } from '../test/helpers/swtpm.ts';
+import { childPidNamed, cpuSeconds, freePort, percentile } from './measure.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const run = promisify(execFile);
@@ -70,11 +70,6 @@ interface Summary {
   min: number;
 }
 
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
 function summary(ms: number[]): Summary {
   const s = [...ms].sort((a, b) => a - b);
   return {
@@ -88,51 +83,11 @@ function summary(ms: number[]): Summary {
   };
 }
 
-/** Cumulative user+system CPU seconds of one process (not its children), from /proc/PID/stat. */
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  // utime and stime are fields 14 and 15, at 11 and 12 after the command name; clock ticks of 10 ms.
-  return (Number(rest[11]) + Number(rest[12])) / 100;
-}
-
 /** This process's own CPU seconds (microsecond resolution). */
 function selfCpuSeconds(): number {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1e6;
 }
-
-/** The pid of the swtpm this process started (startSwtpm does not expose it). */
-function swtpmPid(): number | undefined {
-  for (const tid of readdirSync(`/proc/${process.pid}/task`)) {
-    let kids: string[] = [];
-    try {
-      kids = readFileSync(`/proc/${process.pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-    } catch {
-      continue;
-    }
-    for (const k of kids) {
-      try {
-        if (readFileSync(`/proc/${k}/comm`, 'utf8').trim() === 'swtpm') return Number(k);
-      } catch {
-        // Gone.
-      }
-    }
-  }
-  return undefined;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as AddressInfo).port;
-      s.close(() => res(p));
-    });
-  });
-}
-
 
 function version(cmd: string, args: string[]): string {
   try {
@@ -214,7 +169,7 @@ function checkIdentity(id: Identity, caKey: KeyObject, caPem: string): void {
 
 async function sigilFlow(d: Daemon, sw: Swtpm, runs: number): Promise<OpResult[]> {
   const opts = (ak: AkAlg): AttestorOptions => ({ addr: d.addr, ca: d.caFile, tpm: sw.tcti, policy: 'bench', ek: 'rsa', ak, claims: { repository: 'acme/widgets' }, lifetimeSeconds: 0 });
-  const swPid = swtpmPid();
+  const swPid = childPidNamed('swtpm') ?? undefined;
   if (swPid === undefined) throw new Error('swtpm process not found');
   const pid = d.child.pid!;
 
@@ -235,13 +190,13 @@ async function sigilFlow(d: Daemon, sw: Swtpm, runs: number): Promise<OpResult[]
   const measure = async (id: string, title: string, op: (i: number) => Promise<Identity>, cold?: number): Promise<OpResult> => {
     const ms: number[] = [];
     const ids: Identity[] = [];
-    const c0 = { sigild: cpuSeconds(pid), agent: selfCpuSeconds(), swtpm: cpuSeconds(swPid) };
+    const c0 = { sigild: cpuSeconds(pid, false), agent: selfCpuSeconds(), swtpm: cpuSeconds(swPid, false) };
     for (let i = 0; i < runs; i++) {
       const t = performance.now();
       ids.push(await op(i));
       ms.push(performance.now() - t);
     }
-    const c1 = { sigild: cpuSeconds(pid), agent: selfCpuSeconds(), swtpm: cpuSeconds(swPid) };
+    const c1 = { sigild: cpuSeconds(pid, false), agent: selfCpuSeconds(), swtpm: cpuSeconds(swPid, false) };
     for (const x of ids) checkIdentity(x, caKey, caPem);
     const per = (k: keyof typeof c0) => ((c1[k] - c0[k]) * 1000) / runs;
     const r: OpResult = {

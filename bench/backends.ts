@@ -25,9 +25,8 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -50,6 +49,7 @@ import { tpmConfigSchema } from '../src/signers/tpm/config.ts';
 import { open as openTpm } from '../src/signers/tpm/index.ts';
 import { startSwtpm, type Swtpm } from '../test/helpers/swtpm.ts';
 import { spawnSigild, type SigildProcess } from './sigild-process.ts';
+import { childPidNamed, cpuSeconds, freePort, machineBusySeconds, percentile } from './measure.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const SELF = fileURLToPath(import.meta.url);
@@ -127,11 +127,6 @@ function messagePool(): { msgs: Buffer[]; digests: Buffer[] } {
   return { msgs, digests };
 }
 
-function percentile(sorted: Float64Array, p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
 /** What one closed loop measured. */
 interface LoopResult {
   sigs: number;
@@ -185,43 +180,6 @@ function errText(err: unknown): string {
   return `${e?.name ?? 'Error'}: ${String(e?.message ?? err).slice(0, 300)}`;
 }
 
-/** Cumulative user+system CPU seconds of a process, its reaped children included (tpm2_sign runs). */
-function cpuSeconds(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-    return (Number(rest[11]) + Number(rest[12]) + Number(rest[13]) + Number(rest[14])) / 100;
-  } catch {
-    return NaN;
-  }
-}
-
-/** Busy CPU seconds of the whole machine (/proc/stat: user nice system irq softirq steal). */
-function machineBusySeconds(): number {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  return (f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!) / 100;
-}
-
-/** The pid of the swtpm this process started (a direct child named swtpm), for CPU accounting. */
-function swtpmPid(): number | null {
-  for (const tid of readdirSync(`/proc/${process.pid}/task`)) {
-    let kids: string[];
-    try {
-      kids = readFileSync(`/proc/${process.pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-    } catch {
-      continue;
-    }
-    for (const k of kids) {
-      try {
-        if (readFileSync(`/proc/${k}/comm`, 'utf8').trim() === 'swtpm') return Number(k);
-      } catch {
-        // Gone meanwhile.
-      }
-    }
-  }
-  return null;
-}
-
 /** One measured scenario, as reported. */
 interface Scenario {
   id: string;
@@ -256,17 +214,6 @@ const round = (x: number, d = 2): number => (Number.isFinite(x) ? Math.round(x *
 // The run.
 
 const children = new Set<ChildProcess>();
-
-async function freePort(): Promise<number> {
-  return new Promise((r, j) => {
-    const s = createServer();
-    s.once('error', j);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as AddressInfo).port;
-      s.close(() => r(p));
-    });
-  });
-}
 
 function execTool(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<void> {
   return new Promise((res, rej) =>
@@ -343,7 +290,7 @@ async function orchestrate(): Promise<void> {
     const [aws, gcp] = await Promise.all([startFake('aws'), startFake('gcp')]);
     fakes.push(aws, gcp);
     sw = await startSwtpm();
-    const swPid = swtpmPid();
+    const swPid = childPidNamed('swtpm');
     const token = await initSoftHsmToken({ dir: join(dir, 'hsm'), label: 'bench' });
 
     // Operator PKI and sigild's config.

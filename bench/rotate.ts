@@ -18,9 +18,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { createHash, createPublicKey, verify as nodeVerify, X509Certificate, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -34,6 +32,7 @@ import { initSoftHsmToken } from '../src/dev/softhsm.ts';
 import { Algorithm, type SignerClient } from '../src/gen/sigil/v1/signer.ts';
 import { startSwtpm } from '../test/helpers/swtpm.ts';
 import { trustedKeyVersions, type TrustedKeyVersion } from './trusted-root-keys.ts';
+import { freePort, rssMb } from './measure.ts';
 
 const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
 const ZEROS = Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]));
@@ -57,17 +56,6 @@ const CHANNELS = Number(args.channels);
 const INTERVAL_MS = Number(args.interval);
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as AddressInfo).port;
-      s.close(() => res(p));
-    });
-  });
-}
 
 function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return NaN;
@@ -181,15 +169,6 @@ async function startDaemon(dir: string, ekCaFile: string): Promise<Daemon> {
       if (exitCode !== 0 && signalCode !== 'SIGTERM') process.stderr.write(`sigild exit ${exitCode}/${signalCode}:\n${sigild.output()}\n`);
     },
   };
-}
-
-function rssMb(pid: number): number {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
-  }
 }
 
 /** Verifies every signature against the trusted root's public key of the version it names, inside its window. */

@@ -22,7 +22,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -39,6 +38,7 @@ import { createDevCa, issueLeaf } from '../src/dev/pki.ts';
 import { initSoftHsmToken, type SoftHsmToken } from '../src/dev/softhsm.ts';
 import { attrText, parseKeyUri } from '../src/signers/key-uri.ts';
 import { rawRate } from './raw-pkcs11.ts';
+import { cpuSeconds, freePort, machineBusySeconds, percentile, rssMb } from './measure.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const SELF = fileURLToPath(import.meta.url);
@@ -76,12 +76,6 @@ class Latencies {
   values(): Float64Array {
     return this.#a.subarray(0, this.n);
   }
-}
-
-function percentile(sorted: Float64Array, p: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i]!;
 }
 
 /** p50/p99/max of latencies (ms). */
@@ -569,35 +563,6 @@ function safeReaddir(p: string): string[] {
   }
 }
 
-/** Busy CPU seconds of the whole machine, from /proc/stat. */
-function machineBusySeconds(): number {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  // user nice system idle iowait irq softirq steal
-  return (f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!) / 100;
-}
-
-/** Cumulative user+system CPU seconds of one process, from /proc. */
-function cpuSeconds(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-    // Fields 14-17 (utime, stime, cutime, cstime) are at 11-14 after the command name. Reaped children
-    // count, so a child that exits between two readings is neither lost nor counted twice.
-    return (Number(rest[11]) + Number(rest[12]) + Number(rest[13]) + Number(rest[14])) / 100;
-  } catch {
-    return NaN;
-  }
-}
-
-function rssMb(pid: number): number {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
-  }
-}
-
 /** Runs workers that report `ready`, starts them together, and collects their results with CPU use. */
 async function runWorkers(
   specs: Array<{ args: string[]; env: NodeJS.ProcessEnv; name: string }>,
@@ -664,17 +629,6 @@ function verifySamples(results: WorkerResult[], spki: Buffer, msgs: Buffer[]): s
 
 function round2(x: number): number {
   return Math.round(x * 100) / 100;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((r, j) => {
-    const s = createServer();
-    s.once('error', j);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as AddressInfo).port;
-      s.close(() => r(p));
-    });
-  });
 }
 
 async function waitFor(cond: () => Promise<boolean> | boolean, ms: number, what: string, alive?: () => boolean): Promise<void> {
