@@ -194,7 +194,8 @@ export function runConformance(name: string, makeBackend: () => Promise<Conforma
   });
 }
 
-function inputFor(alg: Algorithm, msg: Buffer): Buffer {
+/** What a backend signs for `msg`: its digest, or the message itself for Ed25519. */
+export function inputFor(alg: Algorithm, msg: Buffer): Buffer {
   const { hash } = ALGORITHM_INFO[alg];
   return hash === null ? msg : createHash(hash).update(msg).digest();
 }
@@ -203,7 +204,8 @@ function publicKey(k: BackendKey): KeyObject {
   return createPublicKey({ key: k.spki, format: 'der', type: 'spki' });
 }
 
-function verifies(alg: Algorithm, key: KeyObject, msg: Buffer, sig: Buffer): boolean {
+/** True when `sig` is a valid `alg` signature of `msg` by `key`, checked with node:crypto. */
+export function verifies(alg: Algorithm, key: KeyObject, msg: Buffer, sig: Buffer): boolean {
   switch (alg) {
     case 'ECDSA_P256_SHA256':
       return verify('sha256', msg, { key, dsaEncoding: 'der' }, sig);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { constants, createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
+import { createPublicKey } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { open, type GcpKmsBackend } from '../../src/signers/gcpkms/index.ts';
 import type { Algorithm, BackendKey } from '../../src/signers/signer.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startGcpKmsFake, type GcpKmsFake } from '../fakes/gcp-kms.ts';
+import { inputFor, verifies as verifyWith } from '../conformance/suite.ts';
 
 process.env.METADATA_SERVER_DETECTION = 'none';
 
@@ -22,24 +23,10 @@ const run = promisify(execFile);
 const RING = 'projects/sigil-test/locations/global/keyRings/integration';
 const TIMEOUT_MS = 1000;
 
-function digestFor(alg: Algorithm, msg: Buffer): Buffer {
-  return createHash(alg === 'ECDSA_P384_SHA384' ? 'sha384' : 'sha256').update(msg).digest();
-}
+const digestFor = inputFor;
 
 function verifies(alg: Algorithm, k: BackendKey, msg: Buffer, sig: Buffer): boolean {
-  const key: KeyObject = createPublicKey({ key: k.spki, format: 'der', type: 'spki' });
-  switch (alg) {
-    case 'ECDSA_P256_SHA256':
-      return verify('sha256', msg, { key, dsaEncoding: 'der' }, sig);
-    case 'ECDSA_P384_SHA384':
-      return verify('sha384', msg, { key, dsaEncoding: 'der' }, sig);
-    case 'RSA_PKCS1_SHA256':
-      return verify('sha256', msg, { key, padding: constants.RSA_PKCS1_PADDING }, sig);
-    case 'RSA_PSS_SHA256':
-      return verify('sha256', msg, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, sig);
-    default:
-      throw new Error(`no verifier for ${alg}`);
-  }
+  return verifyWith(alg, createPublicKey({ key: k.spki, format: 'der', type: 'spki' }), msg, sig);
 }
 
 async function rejectsWith(p: Promise<unknown>, code: ErrorCode, message?: RegExp): Promise<void> {
