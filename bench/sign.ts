@@ -5,7 +5,8 @@
  *               loop on sigild's own key object, with per-call latency and verified signatures;
  *   (b) peer    the same token and key object through `p11-kit server` over a unix socket, 1 and 4 in flight;
  *   (c) sigild  as a subprocess, driven by a load generator in another process: unary at 1 and 32 in
- *               flight, SignBatch, SignStream, and RSA-2048 unary.
+ *               flight (and 32 from four client processes, the p11kit-4 peer's client topology),
+ *               SignBatch, SignStream, and RSA-2048 unary.
  *
  *   node bench/sign.ts [--seconds N] [--out bench/results/sign.json] [--only a,b,c] [--scenarios unary-1,...]
  *                      [--channels 4] [--batch-size 128] [--batch-inflight 4] [--stream-window 256]
@@ -329,7 +330,7 @@ function closedLoop(
         else if (active === 0) {
           onEnd();
           const st = stats(lat.values());
-          resolve({ sigs, seconds: (last - start) / 1000, p50: st.p50, p99: st.p99, errors, firstError, samples, encoding: 'der' });
+          resolve({ sigs, seconds: (last - start) / 1000, p50: st.p50, p99: st.p99, latencies: sampleLatencies(lat.values()), errors, firstError, samples, encoding: 'der' });
         }
       });
     };
@@ -851,7 +852,8 @@ async function orchestrate(): Promise<void> {
         '--key-name', keyName, '--mode', mode, '--inflight', String(inflight), '--batch', String(batch), '--channels', String(conns),
         '--seconds', String(seconds), '--warmup', String(warmup),
       ];
-      const runs: Array<{ id: string; title: string; alg: Scenario['alg']; args: string[]; pub: Buffer }> = [
+      // `procs` > 1 splits the in-flight requests over that many load generator processes, one connection each.
+      const runs: Array<{ id: string; title: string; alg: Scenario['alg']; args: string[]; pub: Buffer; procs?: number }> = [
         { id: 'unary-1', title: '(c) sigild Sign, 1 in flight', alg: 'ECDSA P-256', args: loadArgs('bench/ec', 'unary', 1), pub: ecPub },
         { id: 'unary-32-1conn', title: '(c) sigild Sign, 32 in flight on 1 connection', alg: 'ECDSA P-256', args: loadArgs('bench/ec', 'unary', 32), pub: ecPub },
         {
@@ -861,6 +863,11 @@ async function orchestrate(): Promise<void> {
         {
           id: 'unary-32-h2', title: `(c) sigild Sign, 32 in flight over ${channels} connections, lean HTTP/2 client`, alg: 'ECDSA P-256',
           args: loadArgs('bench/ec', 'h2unary', 32, 0, channels), pub: ecPub,
+        },
+        {
+          // The client topology of the p11kit-4 peer row: four client processes, so both sides may use both cores.
+          id: 'unary-32-h2-4proc', title: '(c) sigild Sign, 32 in flight from 4 client processes (8 each, 1 connection each), lean HTTP/2 client', alg: 'ECDSA P-256',
+          args: loadArgs('bench/ec', 'h2unary', 8, 0, 1), pub: ecPub, procs: 4,
         },
         {
           id: 'batch', title: `(c) sigild SignBatch, ${batchSize} per batch, ${batchInflight} batches in flight`, alg: 'ECDSA P-256',
@@ -882,7 +889,8 @@ async function orchestrate(): Promise<void> {
       for (const s of runs) {
         if (pick && !pick.has(s.id)) continue;
         scenarioRss = 0;
-        const r = await runWorkers([{ args: s.args, env: { ...process.env }, name: 'loadgen' }], watchDaemon);
+        const specs = Array.from({ length: s.procs ?? 1 }, (_, i) => ({ args: s.args, env: { ...process.env }, name: s.procs ? `loadgen#${i}` : 'loadgen' }));
+        const r = await runWorkers(specs, watchDaemon);
         const m = merge(r.results);
         log({
           id: s.id, group: 'c', title: s.title, alg: s.alg, sigsPerSec: m.sigsPerSec, p50: m.p50, p99: m.p99, errors: m.errors,
@@ -963,11 +971,19 @@ function evaluate(s: Scenario[], rss: number): { floors: Floor[] } {
     floors.push({ name: `SignStream or SignBatch >= 0.5 x raw (aim 0.7)`, measured: `${bestBulk.id} ${r.toFixed(2)} x raw`, required: '>= 0.50', met: r >= 0.5 });
   }
   const p1 = by('p11kit-1');
-  for (const u32 of [by('unary-32'), by('unary-32-1conn'), by('unary-32-h2')]) {
+  const p4async = by('p11kit-4-async');
+  const p4proc = by('p11kit-4');
+  for (const u32 of [by('unary-32'), by('unary-32-1conn'), by('unary-32-h2'), by('unary-32-h2-4proc')]) {
     if (u32 === undefined) continue;
     if (peer) {
       const r = u32.sigsPerSec / peer.sigsPerSec;
       floors.push({ name: `${u32.id} >= p11-kit peer (best variant)`, measured: `${r.toFixed(2)} x ${peer.id}`, required: '>= 1.00', met: r >= 1 });
+    }
+    // The same client topology on both sides: one client process against p11kit-4-async, four against p11kit-4.
+    const twin = u32.id.endsWith('-4proc') ? p4proc : p4async;
+    if (twin && twin !== peer) {
+      const r = u32.sigsPerSec / twin.sigsPerSec;
+      floors.push({ name: `(context) ${u32.id} vs the peer with the same client processes`, measured: `${r.toFixed(2)} x ${twin.id}`, required: '-', met: null });
     }
     if (p1 && p1 !== peer) {
       const r = u32.sigsPerSec / p1.sigsPerSec;
