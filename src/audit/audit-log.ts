@@ -433,7 +433,11 @@ export class AuditLog implements AuditSink {
   }
 }
 
-/** The log's writer thread (`audit-writer.ts`); a failed transaction rejects, with SQLite's error text. */
+/**
+ * The log's writer thread (`audit-writer.ts`); a failed transaction rejects, with SQLite's error text. A
+ * thread that dies rejects what it held (the log fails those records and reloads from the file before its
+ * next append, since the thread may have committed without answering) and is started again on the next request.
+ */
 class WriterThread {
   readonly #client: WorkerClient<WriterRequest, WriterReply>;
 

@@ -1,7 +1,10 @@
 import type { Logger } from '../log.ts';
 
-/** The outcome of an audited act. */
-export type AuditResult = 'ok' | 'refused' | 'failed';
+/**
+ * The outcome of an audited act, or `started`: the intent an admin act writes before it runs (write-ahead),
+ * which the outcome entry with the same `detail.intent` follows.
+ */
+export type AuditResult = 'ok' | 'refused' | 'failed' | 'started';
 
 /** One act as the audit log records it; the log adds the time. Never holds a secret. */
 export interface AuditEvent {

@@ -1,4 +1,5 @@
-import { SigilError } from '../errors.ts';
+import { randomUUID } from 'node:crypto';
+import { SigilError, isSigilError } from '../errors.ts';
 import type { AuditEvent, AuditResult, AuditSink } from './audit-sink.ts';
 
 // Codes that mean the request was turned down (by policy or for its content), not that sigil failed to do it.
@@ -26,9 +27,26 @@ export function resultOf(err: unknown): AuditResult {
 }
 
 /**
- * Runs an audited act, fail closed: refuses before starting when the log cannot take entries, records the
- * outcome (ok, or refused/failed with the reason) and returns only once that entry is durable. When the
- * entry cannot be written the act's result is dropped and the caller gets AUDIT_UNAVAILABLE.
+ * Writes ahead the intent of an act about to run (`result: 'started'`, `detail.intent` a fresh id) and
+ * returns that id, which the act's outcome entry repeats. Resolves only once the intent is durable; rejects
+ * AUDIT_UNAVAILABLE when it cannot be written, and then the act must not run.
+ */
+export async function recordIntent(sink: AuditSink, event: Omit<AuditEvent, 'result' | 'reason'>): Promise<string> {
+  const intent = randomUUID();
+  try {
+    await sink.record({ ...event, result: 'started', detail: { ...event.detail, intent } });
+  } catch (err) {
+    throw isSigilError(err, 'AUDIT_UNAVAILABLE') ? err : new SigilError('AUDIT_UNAVAILABLE', 'the audit log cannot be written', { cause: err });
+  }
+  return intent;
+}
+
+/**
+ * Runs an audited admin act, fail closed and written ahead: its intent entry is durable before the act
+ * starts (the act is refused with AUDIT_UNAVAILABLE when it cannot be written, which is also the write that
+ * heals a log that failed before), then the outcome (ok, or refused/failed with the reason) carrying the same
+ * `detail.intent`, and only then does the result return. When the outcome cannot be written the act's result
+ * is dropped and the caller gets AUDIT_UNAVAILABLE; the intent stays in the log.
  */
 export async function audited<T>(
   sink: AuditSink,
@@ -36,14 +54,15 @@ export async function audited<T>(
   act: () => Promise<T> | T,
   onOk?: (r: T) => Partial<Omit<AuditEvent, 'result'>>,
 ): Promise<T> {
+  const intent = await recordIntent(sink, event);
   let r: T;
   try {
-    sink.ready();
     r = await act();
   } catch (err) {
-    await sink.record({ ...event, result: resultOf(err), reason: reasonOf(err) });
+    await sink.record({ ...event, detail: { ...event.detail, intent }, result: resultOf(err), reason: reasonOf(err) });
     throw err;
   }
-  await sink.record({ ...event, ...onOk?.(r), result: 'ok' });
+  const extra = onOk?.(r);
+  await sink.record({ ...event, ...extra, detail: { ...(extra?.detail ?? event.detail), intent }, result: 'ok' });
   return r;
 }

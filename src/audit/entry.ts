@@ -7,7 +7,7 @@ export interface AuditEntry extends AuditEvent {
   t: string;
 }
 
-const RESULTS: readonly AuditResult[] = ['ok', 'refused', 'failed'];
+const RESULTS: readonly AuditResult[] = ['ok', 'refused', 'failed', 'started'];
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
 /** JSON with object keys sorted at every level (the detail object), so one value has one encoding. */

@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { SigilError, type ErrorCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Clock } from '../clock.ts';
-import type { AuditSink } from '../audit/audit-sink.ts';
+import type { AuditEvent, AuditResult, AuditSink } from '../audit/audit-sink.ts';
+import { recordIntent } from '../audit/audited.ts';
 import type { BackendRegistry } from '../signers/registry.ts';
 import { canCreateKeys, canDestroyKeys, canEnableKeys, type Backend } from '../signers/signer.ts';
 import { formatDuration } from '../config/duration.ts';
@@ -70,6 +71,11 @@ interface Done<T> {
   act?: string;
   key?: string;
   detail?: Record<string, unknown>;
+  /** Overrides `ok` where the step ran but what it was for did not happen (recovery dropping an interrupted rotation). */
+  result?: AuditResult;
+  reason?: string;
+  /** Further entries of the same act (an approval's effect), written in the outcome's transaction. */
+  effects?: Array<Pick<AuditEvent, 'act' | 'key' | 'detail'>>;
 }
 
 /**
@@ -77,7 +83,8 @@ interface Done<T> {
  * window (with approval where the key's policy asks), key policy, approvals, and the crash recovery pass.
  * Store and backend steps are ordered so a crash at any point leaves a state `recover()` resolves:
  * rotate = PENDING row -> backend create -> ENABLED + primary; destroy = DESTROYING -> backend destroy -> DESTROYED.
- * Every act, refusals included, is recorded through the audit sink before its result is returned.
+ * Every act is written ahead to the audit sink: an intent entry (`result: 'started'`) is durable before the
+ * act starts, and the outcome (ok, refused or failed, with the same `detail.intent`) before its result returns.
  */
 export class KeyLifecycle {
   readonly #store: Store;
@@ -307,7 +314,7 @@ export class KeyLifecycle {
    */
   async approve(who: ActorRef, id: string): Promise<{ approval: ApprovalRecord; key: KeyRecord }> {
     const a = this.#store.getApproval(id);
-    const out = await this.#act(who, 'approval.approve', a ? approvalRef(a) : undefined, async () => {
+    return this.#act(who, 'approval.approve', a ? approvalRef(a) : undefined, async () => {
       const cur = this.#decidable(who, id);
       return this.#locked(cur.key, async () => {
         const now = this.#clock.now();
@@ -337,19 +344,17 @@ export class KeyLifecycle {
         return {
           value: { approval, key: this.#keys.getKey(cur.key) },
           detail: { id, kind: cur.kind, requestedBy: cur.requestedBy.subject, fingerprint: who.fingerprint, effect },
+          // The effect is an act of its own in the log, by the approver, naming the request it carries out.
+          effects: [
+            {
+              act: cur.kind === 'destroy' ? 'key.schedule-destroy' : 'key.policy',
+              key: approvalRef(cur),
+              detail: { approval: cur.id, requestedBy: cur.requestedBy.subject, approvedBy: who.subject },
+            },
+          ],
         };
       });
     });
-    // The effect is an act of its own in the log, by the approver, naming the request it carries out.
-    const effect = out.approval;
-    await this.#audit.record({
-      who: who.subject,
-      act: effect.kind === 'destroy' ? 'key.schedule-destroy' : 'key.policy',
-      key: approvalRef(effect),
-      result: 'ok',
-      detail: { approval: effect.id, requestedBy: effect.requestedBy.subject, approvedBy: who.subject },
-    });
-    return out;
   }
 
   /** Rejects a pending request; nothing else changes. The requester may not reject (they cancel instead). */
@@ -389,26 +394,32 @@ export class KeyLifecycle {
       const ref = keyVersionRef(v.name, v.version);
       const key = this.#store.getKey(v.name)!;
       try {
-        const backend = await this.#backends.get(key.backend);
+        // The daemon's own acts are written ahead like an admin's: the intent names the state being resolved.
         if (v.state === 'PENDING') {
-          let removed = false;
-          if (canDestroyKeys(backend) && v.label) {
-            const uri = await backend.findKeyByLabel(v.label);
-            // Never destroy an object some recorded version uses (labels of different names can collide).
-            if (uri !== null && !this.#store.uriInUse(key.backend, uri)) {
-              await backend.destroyKey(uri);
-              removed = true;
+          const removed = await this.#act(SIGILD, 'key.rotate', ref, async (): Promise<Done<boolean>> => {
+            const backend = await this.#backends.get(key.backend);
+            let objectRemoved = false;
+            if (canDestroyKeys(backend) && v.label) {
+              const uri = await backend.findKeyByLabel(v.label);
+              // Never destroy an object some recorded version uses (labels of different names can collide).
+              if (uri !== null && !this.#store.uriInUse(key.backend, uri)) {
+                await backend.destroyKey(uri);
+                objectRemoved = true;
+              }
             }
-          }
-          this.#store.deletePendingVersion(v.name, v.version);
+            this.#store.deletePendingVersion(v.name, v.version);
+            this.#keys.invalidate(v.name);
+            return { value: objectRemoved, result: 'failed', reason: 'INTERRUPTED', detail: { recovered: 'dropped', objectRemoved } };
+          }, { recovering: 'PENDING' });
           report.dropped.push({ keyVersion: ref, objectRemoved: removed });
-          await this.#audit.record({ who: SIGILD.subject, act: 'key.rotate', key: ref, result: 'failed', reason: 'INTERRUPTED', detail: { recovered: 'dropped', objectRemoved: removed } });
         } else {
-          await this.#finishDestroy(key.backend, v);
+          await this.#act(SIGILD, 'key.destroy', ref, async (): Promise<Done<void>> => {
+            await this.#finishDestroy(key.backend, v);
+            this.#keys.invalidate(v.name);
+            return { value: undefined, detail: { recovered: true, uri: v.uri } };
+          }, { recovering: 'DESTROYING' });
           report.destroyed.push(ref);
-          await this.#audit.record({ who: SIGILD.subject, act: 'key.destroy', key: ref, result: 'ok', detail: { recovered: true, uri: v.uri } });
         }
-        this.#keys.invalidate(v.name);
       } catch (err) {
         this.#log.error({ err, key: ref, state: v.state }, 'key version recovery failed');
         report.failed.push({ keyVersion: ref, error: err instanceof SigilError ? err.message : 'internal error' });
@@ -511,9 +522,16 @@ export class KeyLifecycle {
     if (ms > LONGEST_WINDOW_MS) throw new SigilError('INVALID_ARGUMENT', `destroy window ${fmt(ms)} is longer than 366d`);
   }
 
-  /** Records the act (ok, refused or failed) durably before its result or error leaves; fails closed when the log is down. */
-  async #act<T>(who: ActorRef, act: string, key: string | undefined, fn: () => Promise<Done<T>>): Promise<T> {
-    this.#audit.ready();
+  /**
+   * Runs an act written ahead: its intent (`started`, with `intentDetail`) is durable before `fn` runs, or
+   * the act is refused with AUDIT_UNAVAILABLE and nothing happens; then the outcome (ok, refused or failed)
+   * with the same `detail.intent` is durable before the result or error leaves. An outcome that cannot be
+   * written fails the call with AUDIT_UNAVAILABLE, and the intent in the log says the act may have happened.
+   */
+  async #act<T>(who: ActorRef, act: string, key: string | undefined, fn: () => Promise<Done<T>>, intentDetail?: Record<string, unknown>): Promise<T> {
+    // The intent write replaces a ready() check: it refuses while the log cannot be written, and it is the
+    // write that heals a log whose last write failed.
+    const intent = await recordIntent(this.#audit, { who: who.subject, act, key, detail: intentDetail });
     let done: Done<T>;
     try {
       done = await fn();
@@ -526,14 +544,19 @@ export class KeyLifecycle {
           key,
           result: REFUSALS.has(code) ? 'refused' : 'failed',
           reason: code,
-          detail: { message: err instanceof SigilError ? err.message : 'internal error' },
+          detail: { ...intentDetail, message: err instanceof SigilError ? err.message : 'internal error', intent },
         });
       } catch (auditErr) {
-        this.#log.error({ err: auditErr, act, key }, 'could not record a refused act');
+        this.#log.error({ err: auditErr, act, key, intent }, 'could not record the outcome of a refused or failed act; its intent is in the audit log');
       }
       throw err;
     }
-    await this.#audit.record({ who: who.subject, act: done.act ?? act, key: done.key ?? key, result: 'ok', detail: done.detail });
+    const entries: AuditEvent[] = [
+      { who: who.subject, act: done.act ?? act, key: done.key ?? key, result: done.result ?? 'ok', reason: done.reason, detail: { ...done.detail, intent } },
+      ...(done.effects ?? []).map((e): AuditEvent => ({ who: who.subject, ...e, result: 'ok', detail: { ...e.detail, intent } })),
+    ];
+    // Recorded in one turn of the event loop, so the outcome and its effects share one transaction.
+    await Promise.all(entries.map((e) => this.#audit.record(e)));
     return done.value;
   }
 

@@ -5,6 +5,7 @@ import type { Logger } from '../log.ts';
 import type { RevokedBuilderRecord, RevokedIdentityRecord, Store } from '../store/store.ts';
 import { buildCrl, crlEntries, crlPem, type CrlSigner } from './crl.ts';
 import { parseAkName, parseEkHash, parseReason, parseSerial } from './inputs.ts';
+import { recordIntent } from '../audit/audited.ts';
 
 /** The identity CA as the CRL needs it: its name, its key identifier and its signature. */
 export interface CrlIssuer extends CrlSigner {
@@ -207,16 +208,17 @@ export class Revocations {
   }
 
   async #audited<T>(who: string, act: string, attempted: Record<string, unknown>, fn: () => Promise<{ rec: T; detail: Record<string, unknown> }>): Promise<T> {
-    this.#o.sink.ready();
+    // Written ahead like every admin act: no revocation happens unless its intent is durable first.
+    const intent = await recordIntent(this.#o.sink, { who, act, detail: attempted });
     let out: { rec: T; detail: Record<string, unknown> };
     try {
       out = await fn();
     } catch (err) {
-      const e: AuditEvent = { who, act, result: isSigilError(err) && err.code !== 'INTERNAL' ? 'refused' : 'failed', reason: isSigilError(err) ? err.code : 'INTERNAL', detail: attempted };
+      const e: AuditEvent = { who, act, result: isSigilError(err) && err.code !== 'INTERNAL' ? 'refused' : 'failed', reason: isSigilError(err) ? err.code : 'INTERNAL', detail: { ...attempted, intent } };
       await this.#o.sink.record(e);
       throw err;
     }
-    await this.#o.sink.record({ who, act, result: 'ok', detail: out.detail });
+    await this.#o.sink.record({ who, act, result: 'ok', detail: { ...out.detail, intent } });
     return out.rec;
   }
 

@@ -85,7 +85,15 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
     const page = await promised<ListEntriesResponse>((md, cb) => client('auditor').audit.listEntries({ from: 0, count: 1000 }, md, cb));
     const entries = page.entries.map((e) => JSON.parse(e.data.toString()) as Record<string, unknown>);
     assert.ok(entries.some((e) => e.act === 'key.create' && e.key === 'sigil/audit@1' && e.who === 'sigild'), 'the audit key creation');
-    assert.ok(entries.some((e) => e.act === 'key.create' && e.key === 'release/app@1' && e.who === 'CN=test-admin'), 'the admin act');
+    const created = entries.find((e) => e.act === 'key.create' && e.key === 'release/app@1' && e.who === 'CN=test-admin' && e.result === 'ok');
+    assert.ok(created, 'the admin act');
+    // Written ahead: its intent comes first, with the same intent id.
+    const intent = (created.detail as { intent?: string }).intent;
+    assert.ok(intent);
+    const started = entries.filter((e) => e.result === 'started' && (e.detail as { intent?: string } | undefined)?.intent === intent);
+    assert.equal(started.length, 1);
+    assert.deepEqual([started[0]!.act, started[0]!.key, started[0]!.who], ['key.create', 'release/app', 'CN=test-admin']);
+    assert.ok(entries.indexOf(started[0]!) < entries.indexOf(created));
     const signs = entries.filter((e) => e.act === 'sign' && e.result === 'ok');
     assert.equal(signs.length, 20);
     assert.equal(signs[0]!.digest, createHash('sha256').update('artifact 0').digest('hex'));

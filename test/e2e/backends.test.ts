@@ -143,7 +143,7 @@ describe('cloud KMS and TPM keys behind sigild', { skip: skip ?? false }, () => 
       assert.ok(await verifies(s.keyVersion, Buffer.from('enabled again'), s.signature));
     }
     // The audit log says the backend followed.
-    const acts = d.auditEntries().filter((e) => e.act === 'key.disable' && String(e.key).startsWith('be/'));
+    const acts = d.auditEntries().filter((e) => e.act === 'key.disable' && e.result === 'ok' && String(e.key).startsWith('be/'));
     assert.equal(acts.length, 2);
     for (const a of acts) assert.equal((a.detail as Record<string, unknown>)['backendDisabled'], true);
   });

@@ -145,7 +145,14 @@ describe('key lifecycle on SoftHSM', { skip: skip ?? false }, () => {
     await life.updatePolicy(alice, 'rel/app', { minVerifyVersion: 2 });
     assert.throws(() => keys.publicKey('rel/app@1'), code('FAILED_PRECONDITION', /min_verify_version/));
     await life.updatePolicy(alice, 'rel/app', { minSignVersion: 1, minVerifyVersion: 1 });
-    assert.deepEqual(sink.acts().filter((a) => a.startsWith('key.policy')), ['key.policy:ok', 'key.policy:refused', 'key.policy:refused', 'key.policy:ok', 'key.policy:ok']);
+    // Each act: its intent written ahead, then its outcome naming the same intent.
+    const policy = sink.events.filter((e) => e.act === 'key.policy');
+    assert.deepEqual(
+      policy.map((e) => e.result),
+      ['started', 'ok', 'started', 'refused', 'started', 'refused', 'started', 'ok', 'started', 'ok'],
+    );
+    for (let i = 0; i < policy.length; i += 2) assert.equal(policy[i + 1]!.detail!['intent'], policy[i]!.detail!['intent'], `act ${i / 2}: outcome and intent paired`);
+    assert.equal(new Set(policy.map((e) => e.detail!['intent'])).size, 5, 'one intent id per act');
   });
 
   it('disable is instant, enable restores; the primary cannot be disabled without a rotation', async () => {

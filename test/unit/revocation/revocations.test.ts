@@ -126,7 +126,11 @@ describe('revocations and the identity ca crl', { skip: skip ?? false }, () => {
     assert.equal(r.ekHash, ek1);
     assert.ok(rev.isIdentityRevoked(canonical));
     assert.ok(!rev.isIdentityRevoked(BigInt(`0x${certB.serial}`).toString(16)));
-    assert.deepEqual(sink.events.at(-1), { who: 'CN=test-admin', act: 'identity.revoke', result: 'ok', detail: { serial: canonical, reason: 'keyCompromise', ekHash: ek1, san: certA.san, notAfter: certA.notAfter.toISOString() } });
+    // Written ahead: the intent (what was asked) is durable before the revocation, the outcome repeats its id.
+    const [intent, outcome] = sink.events.slice(-2);
+    assert.deepEqual({ ...intent, detail: { ...intent!.detail, intent: undefined } }, { who: 'CN=test-admin', act: 'identity.revoke', result: 'started', detail: { serial: spelled, reason: 'keyCompromise', intent: undefined } });
+    assert.match(String(intent!.detail!.intent), /^[0-9a-f-]{36}$/);
+    assert.deepEqual(outcome, { who: 'CN=test-admin', act: 'identity.revoke', result: 'ok', detail: { serial: canonical, reason: 'keyCompromise', ekHash: ek1, san: certA.san, notAfter: certA.notAfter.toISOString(), intent: intent!.detail!.intent } });
 
     const crl = await rev.crl();
     assert.ok(crl.number > before.number, 'the crl number grows');
@@ -163,11 +167,18 @@ describe('revocations and the identity ca crl', { skip: skip ?? false }, () => {
     await assert.rejects(rev.revokeIdentity('not-hex', '', 'CN=a'), (e) => isSigilError(e, 'INVALID_ARGUMENT'));
     await assert.rejects(rev.revokeIdentity(certB.serial, 'certificateHold', 'CN=a'), (e) => isSigilError(e, 'INVALID_ARGUMENT') && /unknown revocation reason/.test(e.message));
     assert.deepEqual(sink.events.slice(n).map((e) => [e.act, e.result, e.reason]), [
+      ['identity.revoke', 'started', undefined],
       ['identity.revoke', 'refused', 'KEY_NOT_FOUND'],
+      ['identity.revoke', 'started', undefined],
       ['identity.revoke', 'refused', 'FAILED_PRECONDITION'],
+      ['identity.revoke', 'started', undefined],
       ['identity.revoke', 'refused', 'INVALID_ARGUMENT'],
+      ['identity.revoke', 'started', undefined],
       ['identity.revoke', 'refused', 'INVALID_ARGUMENT'],
     ]);
+    // Each outcome names the intent just before it.
+    const evs = sink.events.slice(n);
+    for (let i = 0; i < evs.length; i += 2) assert.equal(evs[i + 1]!.detail!.intent, evs[i]!.detail!.intent);
     assert.ok(!rev.isIdentityRevoked(BigInt(`0x${certB.serial}`).toString(16)));
   });
 
@@ -198,11 +209,14 @@ describe('revocations and the identity ca crl', { skip: skip ?? false }, () => {
   test('fail closed: with the audit log down a revocation is refused before it happens', async () => {
     sink.down = true;
     try {
-      await assert.rejects(rev.revokeIdentity(certB.serial, '', 'CN=a'));
+      await assert.rejects(rev.revokeIdentity(certB.serial, '', 'CN=a'), (e) => isSigilError(e, 'AUDIT_UNAVAILABLE'));
     } finally {
       sink.down = false;
     }
     assert.ok(!rev.isIdentityRevoked(BigInt(`0x${certB.serial}`).toString(16)));
+    // Nor in the store: a daemon started from it does not see the revocation either.
+    const fresh = new Revocations({ store, sink, clock, log: silentLogger(), ca });
+    assert.ok(!fresh.isIdentityRevoked(BigInt(`0x${certB.serial}`).toString(16)));
   });
 
   test('the crl is made anew past half its validity, and drops entries whose certificate expired', async () => {
