@@ -90,6 +90,11 @@ export interface AwsKmsFake {
   failNext(op: string, exceptionName: string, times?: number): void;
   /** Delays every answer by `ms` (0 to stop); a delay beyond a client's timeout looks like a hung service. */
   setLatency(ms: number): void;
+  /**
+   * Caps the items of every List* page at `n` (null: only the request's Limit counts). AWS documents that a
+   * list call may return fewer items than Limit while `Truncated` is true; this exercises a client's paging.
+   */
+  setMaxPageSize(n: number | null): void;
   /** The key a reference (id, ARN, alias name or alias ARN) names, or undefined. */
   resolve(ref: string): FakeKey | undefined;
   /** Stops listening and drops every open connection. */
@@ -160,6 +165,7 @@ export async function startAwsKmsFake(opts: AwsKmsFakeOptions): Promise<AwsKmsFa
   const requests: FakeRequest[] = [];
   const faults = new Map<string, { name: string; times: number }>();
   let latencyMs = 0;
+  let maxPageSize: number | null = null;
   let server: Server | null = null;
   let port = opts.port ?? 0;
   const arnPrefix = `arn:aws:kms:${opts.region}:${accountId}:`;
@@ -265,7 +271,7 @@ export async function startAwsKmsFake(opts: AwsKmsFakeOptions): Promise<AwsKmsFa
     },
     ListKeys(input) {
       const all = [...keys.values()].map((k) => ({ KeyId: k.keyId, KeyArn: k.arn }));
-      return page(input, all, 'Keys');
+      return page(input, all, 'Keys', { byDefault: 100, max: 1000, cap: maxPageSize });
     },
     GetPublicKey(input) {
       const k = keyOf(input);
@@ -336,7 +342,7 @@ export async function startAwsKmsFake(opts: AwsKmsFakeOptions): Promise<AwsKmsFa
         .filter((a) => target === undefined || a.targetKeyId === target.keyId)
         .sort((a, b) => a.name.localeCompare(b.name))
         .map((a) => ({ AliasName: a.name, AliasArn: `${arnPrefix}${a.name}`, TargetKeyId: a.targetKeyId, CreationDate: a.creationDate, LastUpdatedDate: a.lastUpdatedDate }));
-      return page(input, list, 'Aliases');
+      return page(input, list, 'Aliases', { byDefault: 50, max: 100, cap: maxPageSize });
     },
     DisableKey(input) {
       const k = keyOf(input, 'KeyId', false);
@@ -379,7 +385,7 @@ export async function startAwsKmsFake(opts: AwsKmsFakeOptions): Promise<AwsKmsFa
     },
     ListResourceTags(input) {
       const k = keyOf(input, 'KeyId', false);
-      return page(input, [...k.tags].map(([TagKey, TagValue]) => ({ TagKey, TagValue })), 'Tags');
+      return page(input, [...k.tags].map(([TagKey, TagValue]) => ({ TagKey, TagValue })), 'Tags', { byDefault: 50, max: 50, cap: maxPageSize });
     },
   };
 
@@ -470,6 +476,9 @@ export async function startAwsKmsFake(opts: AwsKmsFakeOptions): Promise<AwsKmsFa
     },
     setLatency(ms) {
       latencyMs = ms;
+    },
+    setMaxPageSize(n) {
+      maxPageSize = n;
     },
     resolve: (ref) => resolve(ref),
     stop,
@@ -710,9 +719,16 @@ function tagList(input: Record<string, unknown>): Map<string, string> {
   return out;
 }
 
-function page<T>(input: Record<string, unknown>, all: T[], field: string): Record<string, unknown> {
-  const limit = int(input, 'Limit') ?? 50;
-  if (limit < 1 || limit > 1000) throw new KmsError('ValidationException', "1 validation error detected: Value at 'limit' failed to satisfy constraint: Member must have value between 1 and 1000");
+/**
+ * One page of a List* answer. `byDefault` and `max` are the operation's documented Limit default and
+ * maximum (ListKeys 100/1000, ListAliases 50/100, ListResourceTags 50/50); `cap` shortens pages further.
+ */
+function page<T>(input: Record<string, unknown>, all: T[], field: string, o: { byDefault: number; max: number; cap: number | null }): Record<string, unknown> {
+  const asked = int(input, 'Limit') ?? o.byDefault;
+  if (asked < 1 || asked > o.max) {
+    throw new KmsError('ValidationException', `1 validation error detected: Value '${asked}' at 'limit' failed to satisfy constraint: Member must have value between 1 and ${o.max}`);
+  }
+  const limit = o.cap === null ? asked : Math.min(asked, o.cap);
   const marker = str(input, 'Marker', { max: 1024 });
   const start = marker === undefined ? 0 : Number(marker);
   if (!Number.isInteger(start) || start < 0 || start > all.length) throw new KmsError('InvalidMarkerException', 'Invalid marker');

@@ -39,6 +39,11 @@ export const awsKmsConfigSchema = z.strictObject({
     .default('alias/sigil/'),
   /** Waiting period of ScheduleKeyDeletion when sigil destroys a key version (AWS allows 7 to 30 days). */
   pendingWindowDays: z.number().int().min(7).max(30).default(30),
+  /**
+   * When a label has no alias, `findKeyByLabel` looks for a key an interrupted create left tagged but
+   * unaliased: at most this many keys of the account and region are listed (a warning says when it cut the search).
+   */
+  orphanSearchLimit: z.number().int().min(1).max(100_000).default(1000),
 });
 
 /** A parsed AWS KMS backend config. */

@@ -7,6 +7,8 @@ import {
   EnableKeyCommand,
   GetPublicKeyCommand,
   ListAliasesCommand,
+  ListKeysCommand,
+  ListResourceTagsCommand,
   ScheduleKeyDeletionCommand,
   SignCommand,
   type KeySpec as AwsKeySpec,
@@ -39,6 +41,18 @@ import { formatAwsKmsUri, keyIdKind, parseAwsKmsUri, type AwsKmsKeyRef } from '.
 /** The tag every key sigil creates carries, naming its sigil label (finds keys left without an alias). */
 export const LABEL_TAG = 'sigil:label';
 
+/**
+ * The tag naming the full alias a key was made for, so that deployments with different alias prefixes in
+ * one account never adopt each other's keys (keys made before this tag existed match on the label alone).
+ */
+export const ALIAS_TAG = 'sigil:alias';
+
+// A search reads the tags of each key once per this period: a retry after a deadline, and the recovery
+// pass asking for several labels, then cost one ListKeys page per 1000 keys instead of a call per key.
+const TAG_CACHE_TTL_MS = 5 * 60_000;
+// ListResourceTags calls in flight during a search: a few, to stay well under AWS's request quotas.
+const TAG_READS_IN_FLIGHT = 4;
+
 // Labels become alias names, so they follow AWS's alias grammar.
 const LABEL = /^[A-Za-z0-9/_-]{1,200}$/;
 
@@ -57,6 +71,9 @@ const KEY_SPECS: ReadonlyMap<string, KeyType> = new Map<string, KeyType>([
   ['RSA_3072', 'RSA'],
   ['RSA_4096', 'RSA'],
 ]);
+
+/** The sigil tags of a key as read by an orphan search, or `unreadable` when AWS refused to show them. */
+type SigilTags = { label: string | undefined; alias: string | undefined; at: number } | 'unreadable';
 
 interface AwsKey {
   /** The key ARN, which names the key in every call after the lookup. */
@@ -91,6 +108,10 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
   /** Public keys by key ARN and by key id as given: the SPKI of a KMS key never changes. */
   readonly #keys = new Map<string, AwsKey>();
   readonly #loading = new Map<string, Promise<AwsKey>>();
+  /** Sigil tags of keys seen by orphan searches, by key ARN. */
+  readonly #tags = new Map<string, Exclude<SigilTags, 'unreadable'>>();
+  /** Orphan searches under way, by alias: a retry joins the search in flight instead of starting another. */
+  readonly #searches = new Map<string, Promise<string | null>>();
 
   /** Use `open`; the constructor takes a client already configured. */
   constructor(config: AwsKmsConfig, client: KMSClient, log: Logger) {
@@ -145,7 +166,10 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
           KeySpec: signing.createSpec,
           Origin: 'AWS_KMS',
           Description: `sigil key version ${spec.label}`,
-          Tags: [{ TagKey: LABEL_TAG, TagValue: spec.label }],
+          Tags: [
+            { TagKey: LABEL_TAG, TagValue: spec.label },
+            { TagKey: ALIAS_TAG, TagValue: alias },
+          ],
         }),
         o,
       ),
@@ -158,17 +182,21 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
     return { uri: k.uri, spki: k.spki, keyType: k.keyType };
   }
 
+  /**
+   * The key behind the label's alias; without one, a key an interrupted `createKey` left tagged with the
+   * label but unaliased is adopted (its alias created; older duplicates scheduled for deletion). Null only
+   * when the search completed (up to `orphanSearchLimit` keys) and found none; a failed search throws.
+   */
   async findKeyByLabel(label: string): Promise<string | null> {
     const alias = this.#alias(label);
-    try {
-      const out = await this.#call(`aws kms describe ${alias}`, (o) => this.#client.send(new DescribeKeyCommand({ KeyId: alias }), o));
-      const arn = out.KeyMetadata?.Arn;
-      if (arn === undefined || keyIdKind(arn) !== 'arn') throw new SigilError('BACKEND_ERROR', `aws kms describe ${alias}: answer lacks a key arn`);
-      return this.#uriOf(arn);
-    } catch (err) {
-      if (isSigilError(err, 'KEY_NOT_FOUND')) return null;
-      throw err;
+    const arn = await this.#resolveArn({ keyId: alias, region: this.#config.region, endpoint: null });
+    if (arn !== null) return this.#uriOf(arn);
+    let search = this.#searches.get(alias);
+    if (search === undefined) {
+      search = this.#adoptOrphan(label, alias).finally(() => this.#searches.delete(alias));
+      this.#searches.set(alias, search);
     }
+    return search;
   }
 
   async destroyKey(uri: string): Promise<void> {
@@ -316,8 +344,8 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
     return out.KeyMetadata?.KeyState ?? null;
   }
 
-  /** The aliases of a key that sigil made (those under the alias prefix). */
-  async #aliasesOf(arn: string): Promise<string[]> {
+  /** The aliases of a key that sigil made (those under the alias prefix), or all its aliases. */
+  async #aliasesOf(arn: string, all = false): Promise<string[]> {
     const found: string[] = [];
     let marker: string | undefined;
     for (let page = 0; page < 100; page++) {
@@ -325,7 +353,7 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
         this.#client.send(new ListAliasesCommand({ KeyId: arn, ...(marker !== undefined ? { Marker: marker } : {}) }), o),
       );
       for (const a of out.Aliases ?? []) {
-        if (a.AliasName?.startsWith(this.#config.aliasPrefix)) found.push(a.AliasName);
+        if (a.AliasName !== undefined && (all || a.AliasName.startsWith(this.#config.aliasPrefix))) found.push(a.AliasName);
       }
       if (out.Truncated !== true || out.NextMarker === undefined) break;
       marker = out.NextMarker;
@@ -351,10 +379,10 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
           this.#client.send(new ScheduleKeyDeletionCommand({ KeyId: arn, PendingWindowInDays: 7 }), o),
         ).then(
           () => this.#log.warn({ arn, label, alias }, 'aws kms alias not created; the new key was scheduled for deletion'),
-          (e: unknown) => this.#log.warn({ arn, label, alias, err: e }, 'aws kms alias not created; the new key is left without an alias (tagged sigil:label)'),
+          (e: unknown) => this.#log.warn({ arn, label, alias, err: e }, 'aws kms alias not created; the new key is left without an alias (tagged sigil:label, findKeyByLabel adopts it)'),
         );
       } else {
-        this.#log.warn({ arn, label, alias }, 'aws kms alias not created and its state unknown; the new key may be left without an alias (tagged sigil:label)');
+        this.#log.warn({ arn, label, alias }, 'aws kms alias not created and its state unknown; the new key may be left without an alias (tagged sigil:label, findKeyByLabel adopts it)');
       }
       if (awsErrorName((err as SigilError).cause) === 'AlreadyExistsException') {
         throw new SigilError('KEY_EXISTS', `aws kms label ${label} is taken: alias ${alias} already names another key`, { cause: err });
@@ -362,4 +390,160 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
       throw err;
     }
   }
+
+  /**
+   * Completes a create that a crash cut between CreateKey and CreateAlias: finds the unaliased keys tagged
+   * with the label, keeps the newest, schedules the others for deletion, then creates the alias.
+   */
+  async #adoptOrphan(label: string, alias: string): Promise<string | null> {
+    const found = await this.#orphansOf(label, alias);
+    if (found.length === 0) {
+      // A search that started just after another one made the alias sees no unaliased key: ask the alias again.
+      const arn = await this.#resolveArn({ keyId: alias, region: this.#config.region, endpoint: null });
+      return arn === null ? null : this.#uriOf(arn);
+    }
+    // Newest first; the key ARN breaks ties so that every search (and a retry) keeps the same key.
+    found.sort((a, b) => b.created - a.created || (a.arn < b.arn ? -1 : a.arn > b.arn ? 1 : 0));
+    const [keep, ...extra] = found as [{ arn: string; created: number }, ...Array<{ arn: string; created: number }>];
+    // The duplicates go before the alias is made: if this fails or sigild dies here, the next search still
+    // sees no alias, finds the same newest key and carries on.
+    for (const k of extra) {
+      await this.#scheduleDeletion(k.arn);
+      this.#log.warn(
+        { label, arn: k.arn, kept: keep.arn, pendingWindowDays: this.#config.pendingWindowDays },
+        'aws kms duplicate key of an interrupted create scheduled for deletion',
+      );
+    }
+    try {
+      await this.#call(`aws kms create alias ${alias}`, (o) => this.#client.send(new CreateAliasCommand({ AliasName: alias, TargetKeyId: keep.arn }), o));
+    } catch (err) {
+      if (!isSigilError(err, 'KEY_EXISTS')) throw err;
+      // Someone made the alias meanwhile (a concurrent create or search): the alias is the answer.
+      const target = await this.#resolveArn({ keyId: alias, region: this.#config.region, endpoint: null });
+      if (target === null) throw new SigilError('BACKEND_UNAVAILABLE', `aws kms alias ${alias} changed while sigil adopted a key for it`, { cause: err });
+      return this.#uriOf(target);
+    }
+    this.#log.warn({ label, alias, arn: keep.arn, duplicates: extra.length }, 'aws kms key of an interrupted create adopted: alias created');
+    return this.#uriOf(keep.arn);
+  }
+
+  /**
+   * Keys tagged `sigil:label=<label>` (and, when they carry it, `sigil:alias=<alias>`) that are not pending
+   * deletion and have no alias at all, with their creation time. Lists at most `orphanSearchLimit` keys.
+   */
+  async #orphansOf(label: string, alias: string): Promise<Array<{ arn: string; created: number }>> {
+    const limit = this.#config.orphanSearchLimit;
+    const matches: string[] = [];
+    let listed = 0;
+    let unreadable = 0;
+    let cut = false;
+    let marker: string | undefined;
+    for (let pages = 1; ; pages++) {
+      const out = await this.#call('aws kms list keys', (o) =>
+        this.#client.send(new ListKeysCommand({ Limit: Math.min(1000, limit - listed), ...(marker !== undefined ? { Marker: marker } : {}) }), o),
+      );
+      const page = (out.Keys ?? []).slice(0, limit - listed);
+      listed += page.length;
+      await eachLimited(page, TAG_READS_IN_FLIGHT, async (entry) => {
+        const arn = entry.KeyArn;
+        if (arn === undefined || keyIdKind(arn) !== 'arn') return;
+        const tags = await this.#sigilTags(arn);
+        if (tags === 'unreadable') unreadable++;
+        else if (tags.label === label && (tags.alias === undefined || tags.alias === alias)) matches.push(arn);
+      });
+      if (out.Truncated !== true || out.NextMarker === undefined) break;
+      // A service that keeps answering empty pages must not keep the search going either.
+      if (listed >= limit || pages >= limit) {
+        cut = true;
+        break;
+      }
+      marker = out.NextMarker;
+    }
+    if (cut) {
+      this.#log.warn({ label, orphanSearchLimit: limit }, 'aws kms orphan search stopped at orphanSearchLimit keys; a key left unaliased beyond them is not found');
+    }
+    if (unreadable > 0) this.#log.warn({ label, keys: unreadable }, 'aws kms orphan search skipped keys whose tags it may not read (access denied)');
+    const found: Array<{ arn: string; created: number }> = [];
+    for (const arn of matches) {
+      let state: string | undefined;
+      let created: number;
+      try {
+        const out = await this.#call(`aws kms describe ${arn}`, (o) => this.#client.send(new DescribeKeyCommand({ KeyId: arn }), o));
+        state = out.KeyMetadata?.KeyState;
+        created = out.KeyMetadata?.CreationDate?.getTime() ?? Number.NaN;
+      } catch (err) {
+        if (isSigilError(err, 'KEY_NOT_FOUND')) continue;
+        throw err;
+      }
+      if (state === 'PendingDeletion' || state === 'PendingReplicaDeletion') continue;
+      if (!Number.isFinite(created)) throw new SigilError('BACKEND_ERROR', `aws kms describe ${arn}: answer lacks the creation date`);
+      // A key with any alias is in use (re-aliased by hand, or another deployment's): never adopt or delete it.
+      if ((await this.#aliasesOf(arn, true)).length > 0) continue;
+      found.push({ arn, created });
+    }
+    return found;
+  }
+
+  /** The sigil tags of a key (cached for a while), or `unreadable` when access to them is denied. */
+  async #sigilTags(arn: string): Promise<SigilTags> {
+    const hit = this.#tags.get(arn);
+    if (hit !== undefined && Date.now() - hit.at < TAG_CACHE_TTL_MS) return hit;
+    let label: string | undefined;
+    let alias: string | undefined;
+    let marker: string | undefined;
+    try {
+      // AWS allows 50 tags per key, so one page in practice; the bound only guards against a looping marker.
+      for (let page = 0; page < 10; page++) {
+        const out = await this.#call(`aws kms list tags of ${arn}`, (o) =>
+          this.#client.send(new ListResourceTagsCommand({ KeyId: arn, Limit: 50, ...(marker !== undefined ? { Marker: marker } : {}) }), o),
+        );
+        for (const t of out.Tags ?? []) {
+          if (t.TagKey === LABEL_TAG) label = t.TagValue;
+          else if (t.TagKey === ALIAS_TAG) alias = t.TagValue;
+        }
+        if (out.Truncated !== true || out.NextMarker === undefined) break;
+        marker = out.NextMarker;
+      }
+    } catch (err) {
+      // Gone since ListKeys: nothing to adopt. Tags hidden by the iam policy: not a key sigil made with these credentials.
+      if (isSigilError(err, 'KEY_NOT_FOUND')) return { label: undefined, alias: undefined, at: Date.now() };
+      if (awsErrorName((err as SigilError).cause) === 'AccessDeniedException') return 'unreadable';
+      throw err;
+    }
+    if (this.#tags.size >= 4 * this.#config.orphanSearchLimit) this.#tags.clear();
+    const tags = { label, alias, at: Date.now() };
+    this.#tags.set(arn, tags);
+    return tags;
+  }
+
+  /** ScheduleKeyDeletion with the configured window; a key already pending deletion or gone counts as done. */
+  async #scheduleDeletion(arn: string): Promise<void> {
+    try {
+      await this.#call(`aws kms schedule deletion of ${arn}`, (o) =>
+        this.#client.send(new ScheduleKeyDeletionCommand({ KeyId: arn, PendingWindowInDays: this.#config.pendingWindowDays }), o),
+      );
+    } catch (err) {
+      if (isSigilError(err, 'KEY_NOT_FOUND')) return;
+      if (isSigilError(err, 'FAILED_PRECONDITION') && (await this.#keyState(arn)) === 'PendingDeletion') return;
+      throw err;
+    }
+  }
+}
+
+/** Runs `fn` on every item with at most `n` in flight; after a failure no further item starts. */
+async function eachLimited<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed = false;
+  const worker = async (): Promise<void> => {
+    while (!failed && next < items.length) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
 }
