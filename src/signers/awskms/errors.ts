@@ -70,11 +70,13 @@ export function mapAwsError(err: unknown, what: string, timeoutMs: number): Sigi
     }
     return new SigilError('BACKEND_ERROR', `${what}: aws kms refused the request${safeName(name)}`, { cause: err });
   }
+  // The SDK's HTTP handler renames socket resets (ECONNRESET, EPIPE, ETIMEDOUT) `TimeoutError`, keeping the
+  // code: a reset of a pooled connection the service closed is not a timeout, so the code is read first.
+  const code = networkCode(err);
+  if (code !== null) return new SigilError('BACKEND_UNAVAILABLE', `${what}: aws kms unreachable (${code.toLowerCase()})`, { cause: err });
   if (TIMEOUT_NAMES.has(name)) {
     return new SigilError('BACKEND_UNAVAILABLE', `${what}: no answer from aws kms within ${timeoutMs} ms`, { cause: err });
   }
-  const code = networkCode(err);
-  if (code !== null) return new SigilError('BACKEND_UNAVAILABLE', `${what}: aws kms unreachable (${code.toLowerCase()})`, { cause: err });
   if (name === 'CredentialsProviderError') {
     return new SigilError('BACKEND_ERROR', `${what}: no aws credentials found (set credentialsFile or the sdk's standard sources)`, { cause: err });
   }

@@ -16,6 +16,16 @@ import { mapAwsError } from '../../../src/signers/awskms/errors.ts';
 
 const meta = (status: number) => ({ $metadata: { httpStatusCode: status } });
 
+test('a socket reset the SDK renames TimeoutError reads as unreachable, a real timeout as no answer', () => {
+  // What the SDK's HTTP handler throws when a pooled connection the service closed is reused.
+  const reset = Object.assign(new Error('socket hang up'), { code: 'ECONNRESET', name: 'TimeoutError' });
+  const e1 = mapAwsError(reset, 'aws kms sign with k', 1000);
+  assert.equal(e1.code, 'BACKEND_UNAVAILABLE');
+  assert.equal(e1.message, 'aws kms sign with k: aws kms unreachable (econnreset)');
+  const timeout = Object.assign(new Error('Connection timed out after 1000 ms'), { name: 'TimeoutError' });
+  assert.equal(mapAwsError(timeout, 'aws kms sign with k', 1000).message, 'aws kms sign with k: no answer from aws kms within 1000 ms');
+});
+
 test('maps the SDK exception classes to sigil codes', () => {
   const cases: Array<[unknown, string]> = [
     [new NotFoundException({ message: 'Key does not exist', ...meta(400) }), 'KEY_NOT_FOUND'],
