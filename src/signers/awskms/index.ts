@@ -375,6 +375,7 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
       // A lost answer to a CreateAlias that did happen: the alias is ours, nothing to undo.
       if (target === arn) return;
       if (target !== undefined) {
+        // A key that never signed anything and no version names: the shortest window AWS allows, not pendingWindowDays.
         await this.#call(`aws kms schedule deletion of ${arn}`, (o) =>
           this.#client.send(new ScheduleKeyDeletionCommand({ KeyId: arn, PendingWindowInDays: 7 }), o),
         ).then(
