@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { SigilError } from '../errors.ts';
-import { TPM_ALG, TPM_CAP, TPM_CC, TPM_CC_NAMES, TPM_HEADER_SIZE, TPM_PT, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION } from './constants.ts';
+import { TPM_ALG, TPM_CAP, TPM_CC, TPM_CC_NAMES, TPM_HEADER_SIZE, TPM_HT, TPM_PT, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION } from './constants.ts';
 import { Reader, TpmFormatError, Writer } from './marshal.ts';
-import { isRetryable, TpmError } from './rc.ts';
+import { baseRc, isRetryable, TPM_RC, TpmError } from './rc.ts';
 import {
   digestSize,
   marshalPcrSelections,
@@ -86,6 +86,9 @@ export interface PcrReadResult {
 }
 
 const MAX_RETRIES = 20;
+
+/** First handle of TPM_HT_TRANSIENT (TPM 2.0 Part 2, 7.2): loaded objects that are not persisted. */
+export const TRANSIENT_FIRST = (TPM_HT.TRANSIENT << 24) >>> 0;
 
 function hex8(n: number): string {
   return `0x${n.toString(16).padStart(8, '0')}`;
@@ -283,6 +286,24 @@ export class Tpm {
   async flushContext(handle: number): Promise<void> {
     const { r } = await this.#run(TPM_CC.FlushContext, [], null, new Writer().u32(handle).finish());
     r.end();
+  }
+
+  /**
+   * Flushes every transient object the TPM lists (TPM_CAP_HANDLES from TPM_HT_TRANSIENT, Part 2, 7.2)
+   * and returns the handles flushed. One that vanished meanwhile (TPM_RC_HANDLE) is skipped. Only for
+   * a TPM this client has to itself: through no resource manager it flushes other users' objects too.
+   */
+  async flushTransients(): Promise<number[]> {
+    const flushed: number[] = [];
+    for (const h of await this.getHandles(TRANSIENT_FIRST)) {
+      try {
+        await this.flushContext(h);
+        flushed.push(h);
+      } catch (err) {
+        if (!(err instanceof TpmError && baseRc(err.rc) === TPM_RC.HANDLE)) throw err;
+      }
+    }
+    return flushed;
   }
 
   // TPM2B_SENSITIVE_CREATE with empty userAuth and data, empty outsideInfo, no creation PCRs.

@@ -8,6 +8,13 @@ export interface TpmTransport {
   /** Sends one complete command and resolves with the complete response. */
   send(command: Buffer): Promise<Buffer>;
   close(): Promise<void>;
+  /**
+   * Connections made so far, for a transport that reconnects after a drop (swtpm TCP); a new one
+   * means transient objects may have been left by whatever used the TPM in between.
+   */
+  readonly connections?: number;
+  /** False while a reconnecting transport has no live connection (the next command makes one). */
+  readonly connected?: boolean;
 }
 
 // Part 2 caps commands and responses at MAX_COMMAND_SIZE/MAX_RESPONSE_SIZE (4096 on most TPMs);
@@ -55,9 +62,20 @@ class TcpTransport implements TpmTransport {
   readonly #serial = new Serial();
   #socket: Socket | undefined;
   #closed = false;
+  #connections = 0;
 
   constructor(opts: TcpOptions) {
     this.#opts = { timeoutMs: 120_000, ...opts };
+  }
+
+  /** Connections made so far (the first at open, one more after every drop). */
+  get connections(): number {
+    return this.#connections;
+  }
+
+  /** Whether a connection is up; after a drop the next command reconnects. */
+  get connected(): boolean {
+    return this.#socket !== undefined && !this.#socket.destroyed;
   }
 
   /** Connects now so that a wrong address fails at open rather than at the first command. */
@@ -77,6 +95,7 @@ class TcpTransport implements TpmTransport {
     // error from becoming an uncaught exception.
     s.on('error', () => undefined);
     this.#socket = s;
+    this.#connections++;
     return s;
   }
 

@@ -23,13 +23,36 @@ export const tpmConfigSchema = z.strictObject({
     .strictObject({ first: persistentHandle, last: persistentHandle })
     .refine((r) => r.first <= r.last, 'handleRange.first must not exceed handleRange.last')
     .default({ first: 0x81000100, last: 0x810001ff }),
-  /** Directory (mode 0700) of the label -> handle table; one sigild per directory. */
+  /** Directory (mode 0700) of the label -> handle table; one sigild per directory (locked while open). */
   stateDir: z.string().min(1),
   /** Deadline of every call but key creation, and of each TPM command on the swtpm transport. */
   timeoutMs: z.number().int().min(100).max(120000).default(5000),
   /** Deadline of key creation: RSA key generation on a hardware TPM can take tens of seconds. */
   createTimeoutMs: z.number().int().min(1000).max(600000).default(60000),
+  /**
+   * Flush every transient object in the TPM at open and after a reconnect, to free the slots a killed
+   * sigild left. Safe only when sigild is the TPM's only user. Default true without a resource manager,
+   * ignored through one (`/dev/tpmrmN`, tpm2-abrmd), where each connection's objects are its own.
+   */
+  flushTransientsOnOpen: z.boolean().optional(),
 });
 
 /** A parsed TPM backend config. */
 export type TpmConfig = z.infer<typeof tpmConfigSchema>;
+
+/**
+ * True when the transport reaches the TPM through a resource manager (the kernel's `/dev/tpmrmN` or
+ * tpm2-abrmd), which virtualizes transient objects per connection and flushes them when it closes.
+ */
+export function throughResourceManager(transport: string): boolean {
+  const spec = transport.startsWith('tcti:') ? transport.slice('tcti:'.length) : transport;
+  if (/^(?:tabrmd|libtss2-tcti-tabrmd)/.test(spec)) return true;
+  const path = spec.startsWith('device:') ? spec.slice('device:'.length).split(',')[0]! : spec;
+  return /(?:^|\/)tpmrm\d+$/.test(path);
+}
+
+/** Whether the backend flushes the TPM's transient objects at open and after a reconnect. */
+export function flushesTransients(config: Pick<TpmConfig, 'transport' | 'flushTransientsOnOpen'>): boolean {
+  if (throughResourceManager(config.transport)) return false;
+  return config.flushTransientsOnOpen ?? true;
+}

@@ -21,9 +21,10 @@ import {
   type KeySpec,
   type KeyType,
 } from '../signer.ts';
-import type { TpmConfig } from './config.ts';
+import { flushesTransients, type TpmConfig } from './config.ts';
 import { isHandleMissing, tpmFailure } from './errors.ts';
 import { KeyTable, type KeyEntry } from './key-table.ts';
+import { lockStateDir, type StateLock } from './state-lock.ts';
 import { signingKeyTemplate } from './templates.ts';
 import { formatTpmUri, parseTpmUri } from './uri.ts';
 
@@ -55,11 +56,17 @@ const PERSISTENT_TYPE = 0x81000000;
  * private keys never leave the TPM. The TPM must answer at open: the algorithms depend on its curves.
  */
 export async function open(config: TpmConfig, ctx: BackendContext): Promise<Backend & KeyCreator & KeyDestroyer> {
-  const table = await KeyTable.open(config.stateDir);
-  const transport = await openTpmTransport(config.transport, Math.max(config.timeoutMs, config.createTimeoutMs));
-  const tpm = new Tpm(transport);
+  // The lock comes first: a second sigild on the same directory is refused before it reads the table
+  // or takes the TPM's one connection.
+  const lock = await lockStateDir(config.stateDir, ctx.log);
+  let tpm: Tpm | undefined;
   try {
-    const curves = await withDeadline(config.timeoutMs, 'tpm capability query', () => tpm.getEccCurves()).catch((err: unknown) => {
+    const table = await KeyTable.open(config.stateDir);
+    tpm = new Tpm(await openTpmTransport(config.transport, Math.max(config.timeoutMs, config.createTimeoutMs)));
+    const flush = flushesTransients(config);
+    if (flush) await flushAtOpen(tpm, config.timeoutMs, ctx.log);
+    const t = tpm;
+    const curves = await withDeadline(config.timeoutMs, 'tpm capability query', () => t.getEccCurves()).catch((err: unknown) => {
       throw tpmFailure('tpm capability query', err);
     });
     const algorithms = ALGORITHMS.filter((a) => {
@@ -68,11 +75,26 @@ export async function open(config: TpmConfig, ctx: BackendContext): Promise<Back
       if (a === 'ECDSA_P384_SHA384') return curves.includes(TPM_ECC.NIST_P384);
       return true;
     });
-    return new TpmBackend(config, ctx.log, tpm, table, algorithms);
+    return new TpmBackend(config, ctx.log, tpm, table, algorithms, lock, flush);
   } catch (err) {
-    await tpm.close().catch(() => undefined);
+    await tpm?.close().catch(() => undefined);
+    await lock.release();
     throw err;
   }
+}
+
+/**
+ * Flushes the transient objects a TPM without a resource manager still holds (a sigild killed while
+ * a key was loaded leaves them; swtpm has three slots), within the deadline.
+ */
+async function flushAtOpen(tpm: Tpm, ms: number, log: Logger): Promise<void> {
+  let flushed: number[];
+  try {
+    flushed = await withDeadline(ms, 'tpm transient object flush', () => tpm.flushTransients());
+  } catch (err) {
+    throw tpmFailure('tpm transient object flush', err);
+  }
+  if (flushed.length > 0) log.warn({ handles: flushed.map(hex8) }, 'tpm transient objects left by an earlier user flushed');
 }
 
 /**
@@ -178,10 +200,18 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
   readonly #createTimeoutMs: number;
   readonly #admin = new Mutex();
   readonly #keys = new Map<number, TpmKey>();
+  readonly #lock: StateLock;
+  readonly #flushTransients: boolean;
+  // The transport's connection count when transients were last flushed; a new connection means
+  // whatever used the TPM in between may have left objects.
+  #flushedAt: number | undefined;
   #closed = false;
 
-  constructor(config: TpmConfig, log: Logger, tpm: Tpm, table: KeyTable, algorithms: Algorithm[]) {
+  constructor(config: TpmConfig, log: Logger, tpm: Tpm, table: KeyTable, algorithms: Algorithm[], lock: StateLock, flush: boolean) {
     this.algorithms = algorithms;
+    this.#lock = lock;
+    this.#flushTransients = flush;
+    this.#flushedAt = tpm.transport.connections;
     this.#tpm = tpm;
     this.#table = table;
     this.#log = log;
@@ -194,7 +224,11 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
   async #call<T>(what: string, ms: number, f: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new SigilError('BACKEND_UNAVAILABLE', 'tpm backend is closed');
     try {
-      return await withDeadline(ms, what, f);
+      return await withDeadline(ms, what, async () => {
+        // On swtpm, even a persistent key needs a free object slot to sign: leftovers block everything.
+        if (this.#needsFlush()) await this.#admin.run(() => this.#flushLeftovers());
+        return f();
+      });
     } catch (err) {
       throw tpmFailure(what, err);
     }
@@ -219,6 +253,8 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
           await this.#table.delete(label);
         }
         const handle = await this.#freeHandle();
+        // Again after that command: a connection that died unnoticed is remade by it.
+        await this.#flushLeftovers();
         const tpm = this.#tpm;
         const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
         let key: TpmKey;
@@ -291,7 +327,29 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     if (this.#closed) return;
     this.#closed = true;
     this.#keys.clear();
-    await this.#tpm.close();
+    try {
+      await this.#tpm.close();
+    } finally {
+      await this.#lock.release();
+    }
+  }
+
+  /** True when the connection to a TPM without a resource manager dropped (or was remade) since the last flush. */
+  #needsFlush(): boolean {
+    if (!this.#flushTransients) return false;
+    const t = this.#tpm.transport;
+    return t.connected === false || (t.connections !== undefined && t.connections !== this.#flushedAt);
+  }
+
+  /**
+   * Flushes what other users left while the backend was disconnected. Runs inside the admin mutex,
+   * so no key creation of ours holds a transient slot meanwhile.
+   */
+  async #flushLeftovers(): Promise<void> {
+    if (!this.#needsFlush()) return;
+    const flushed = await this.#tpm.flushTransients();
+    this.#flushedAt = this.#tpm.transport.connections;
+    if (flushed.length > 0) this.#log.warn({ handles: flushed.map(hex8) }, 'tpm transient objects left while disconnected flushed');
   }
 
   async destroyKey(uri: string): Promise<void> {
