@@ -190,7 +190,10 @@ export class KeyLifecycle {
         // The backend first: if it cannot enable the key, sigil keeps it DISABLED rather than hand out a key that fails.
         const backend = await this.#backends.get(this.#keys.getKey(name).backend);
         if (canEnableKeys(backend)) await backend.setKeyEnabled(v.uri, true);
-        this.#store.updateVersion(name, version, ['DISABLED'], { state: 'ENABLED', disabledAt: null });
+        this.#store.transaction(() => {
+          this.#store.updateVersion(name, version, ['DISABLED'], { state: 'ENABLED', disabledAt: null });
+          this.#store.setBackendDisabled(name, version, false);
+        });
         this.#keys.invalidate(name);
         return { value: this.#keys.getKey(name), detail: { from: 'DISABLED', to: 'ENABLED' } };
       });
@@ -425,8 +428,9 @@ export class KeyLifecycle {
         report.failed.push({ keyVersion: ref, error: err instanceof SigilError ? err.message : 'internal error' });
       }
     }
-    // A disable that reached sigil's store but not the backend (it was down) is sent again.
-    for (const v of this.#store.versionsInState(['DISABLED', 'DESTROY_SCHEDULED'])) {
+    // A disable that reached sigil's store but not the backend (it was down) is sent again, once it is known
+    // not to have arrived: versions whose backend confirmed it are not asked again at every start.
+    for (const v of this.#store.versionsAwaitingBackendDisable()) {
       const key = this.#store.getKey(v.name)!;
       if (!this.#backends.has(key.backend)) continue;
       const mirrored = await this.#mirrorDisabled(key.backend, v);
@@ -449,9 +453,13 @@ export class KeyLifecycle {
     } catch (err) {
       return { backendDisabled: false, backendError: err instanceof SigilError ? err.message : 'internal error' };
     }
-    if (!canEnableKeys(backend)) return {};
+    if (!canEnableKeys(backend)) {
+      this.#store.setBackendDisabled(v.name, v.version, true);
+      return {};
+    }
     try {
       await backend.setKeyEnabled(v.uri, false);
+      this.#store.setBackendDisabled(v.name, v.version, true);
       return { backendDisabled: true };
     } catch (err) {
       this.#log.warn({ err, key: v.name, version: v.version, backend: backendName }, 'key disabled in sigil but not in its backend');

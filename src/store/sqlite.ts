@@ -125,6 +125,8 @@ const MIGRATIONS: readonly string[] = [
      id INTEGER PRIMARY KEY CHECK (id = 1),
      last INTEGER NOT NULL
    ) STRICT;`,
+  // Migration 7: whether a disable reached the backend (null: not known, so start-up sends it once more).
+  `ALTER TABLE key_versions ADD COLUMN backend_disabled INTEGER;`,
 ];
 
 interface EnrollmentRow {
@@ -375,6 +377,17 @@ export class SqliteStore implements Store {
       this.#q.updateKey.run(p.minSignVersion, p.minVerifyVersion, p.autoRotatePeriodMs, p.destroyNeedsApproval ? 1 : 0, ms(next), name);
       return this.#getKey(name);
     });
+  }
+
+  setBackendDisabled(name: string, version: number, disabled: boolean): void {
+    this.#db.prepare('UPDATE key_versions SET backend_disabled = ? WHERE name = ? AND version = ?').run(disabled ? 1 : null, name, version);
+  }
+
+  versionsAwaitingBackendDisable(): KeyVersionRecord[] {
+    const rows = this.#db
+      .prepare("SELECT * FROM key_versions WHERE state IN ('DISABLED', 'DESTROY_SCHEDULED') AND backend_disabled IS NULL ORDER BY name, version")
+      .all();
+    return (rows as unknown as VersionRow[]).map(toVersion);
   }
 
   versionsInState(states: readonly KeyVersionState[]): KeyVersionRecord[] {

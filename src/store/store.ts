@@ -218,6 +218,13 @@ export interface Store {
   updateKey(name: string, patch: { policy?: KeyPolicy | undefined; nextRotationAt?: Date | null | undefined }): KeyRecord;
   /** Versions in any of the given states, ordered by name and version. */
   versionsInState(states: readonly KeyVersionState[]): KeyVersionRecord[];
+  /**
+   * Records whether the backend is known to hold a version disabled too (true once a disable reached it or the
+   * backend has no key states of its own; false when it is enabled again), so start-up sends a missed disable once.
+   */
+  setBackendDisabled(name: string, version: number, disabled: boolean): void;
+  /** DISABLED and DESTROY_SCHEDULED versions whose disable is not known to have reached their backend, ordered by name and version. */
+  versionsAwaitingBackendDisable(): KeyVersionRecord[];
   /** Names of keys whose `nextRotationAt` is at or before `now`. */
   keysDueForRotation(now: Date): string[];
   /** Records a new approval. */

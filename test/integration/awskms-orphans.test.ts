@@ -330,4 +330,51 @@ describe('awskms: keys an interrupted createKey left without an alias', () => {
       store.close();
     }
   });
+  it('lifecycle recover(): a disable that missed the backend is sent once at the next start, not at every start', async () => {
+    const audit: AuditSink = { ready: () => {}, record: async () => {} };
+    const log = silentLogger();
+    const clock = { now: () => new Date() };
+    const admin = { subject: 'CN=admin', fingerprint: 'ab'.repeat(32) };
+    const store = new SqliteStore(join(dir, 'mirror.db'));
+    // No retries and a long breaker: each failure is one request, so the counts below are exact.
+    const backends = new BackendRegistry({ aws: { ...configWith(), resilience: { retries: 0, breakerFailures: 100 } } as AwsKmsConfig }, { log, production: true });
+    try {
+      const keys = new KeyService({ store, backends, defaultBackend: 'aws', maxMessageBytes: 1 << 20, log, clock });
+      const life = new KeyLifecycle({ store, backends, keys, audit, clock, log, minDestroyWindowMs: 86_400_000, defaultDestroyWindowMs: 7 * 86_400_000, approvalTtlMs: 86_400_000 });
+      await keys.createKey('rel/mirror', 'ECDSA_P256_SHA256');
+      await life.rotate(admin, 'rel/mirror');
+      await life.rotate(admin, 'rel/mirror');
+      const kmsKey = (v: number): FakeKey => fake.resolve(parseAwsKmsUri(store.getKey('rel/mirror')!.versions.find((x) => x.version === v)!.uri).keyId)!;
+
+      // v1 is disabled while AWS fails the DisableKey: sigil's state holds, the KMS key is still Enabled.
+      fake.failNext('DisableKey', 'KMSInternalException', 1);
+      await life.disable(admin, 'rel/mirror@1');
+      assert.equal(kmsKey(1).state, 'Enabled');
+      // v2 is disabled with AWS up: mirrored at once.
+      await life.disable(admin, 'rel/mirror@2');
+      assert.equal(kmsKey(2).state, 'Disabled');
+
+      let from = fake.requests.length;
+      assert.deepEqual(await life.recover(), { dropped: [], destroyed: [], failed: [] });
+      assert.equal(count('DisableKey', from), 1, 'only the version whose disable was missed is sent again');
+      assert.equal(kmsKey(1).state, 'Disabled');
+
+      from = fake.requests.length;
+      await life.recover();
+      assert.equal(count('DisableKey', from), 0, 'a second start sends nothing');
+
+      // Enabled and disabled again while AWS fails: the mark is gone, so the next start sends it once more.
+      await life.enable(admin, 'rel/mirror@1');
+      assert.equal(kmsKey(1).state, 'Enabled');
+      fake.failNext('DisableKey', 'KMSInternalException', 1);
+      await life.disable(admin, 'rel/mirror@1');
+      from = fake.requests.length;
+      await life.recover();
+      assert.equal(count('DisableKey', from), 1);
+      assert.equal(kmsKey(1).state, 'Disabled');
+    } finally {
+      await backends.closeAll();
+      store.close();
+    }
+  });
 });
