@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
-import { isSigilError, type ErrorCode } from '../../src/errors.ts';
+import { isSigilError } from '../../src/errors.ts';
 import {
   ALGORITHM_INFO,
   ALGORITHMS,
@@ -16,6 +16,7 @@ import {
   type KeyCreator,
 } from '../../src/signers/signer.ts';
 import { missingTools } from '../helpers/hw.ts';
+import { assertCode } from '../helpers/assert.ts';
 
 const run = promisify(execFile);
 
@@ -242,11 +243,3 @@ function assertDerEcdsa(sig: Buffer, size: number): void {
   assert.equal(off, sig.length);
 }
 
-async function assertCode(p: Promise<unknown>, code: ErrorCode): Promise<void> {
-  await assert.rejects(p, (e) => {
-    assert.ok(isSigilError(e), `expected a SigilError, got ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    assert.doesNotMatch(e.message, /\.$/, 'no trailing period');
-    return true;
-  });
-}

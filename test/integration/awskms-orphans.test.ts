@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { inspect } from 'node:util';
 import { CreateAliasCommand, CreateKeyCommand, KMSClient, TagResourceCommand } from '@aws-sdk/client-kms';
 import { pino } from 'pino';
-import { isSigilError, type ErrorCode } from '../../src/errors.ts';
+import { isSigilError } from '../../src/errors.ts';
 import { silentLogger } from '../../src/log.ts';
 import { awsKmsConfigSchema, type AwsKmsConfig } from '../../src/signers/awskms/config.ts';
 import { ALIAS_TAG, LABEL_TAG, open, type AwsKmsBackend } from '../../src/signers/awskms/index.ts';
@@ -19,6 +19,7 @@ import { KeyLifecycle } from '../../src/keys/lifecycle.ts';
 import { backendLabel } from '../../src/keys/names.ts';
 import type { AuditEvent, AuditSink } from '../../src/audit/audit-sink.ts';
 import { startAwsKmsFake, type AwsKmsFake, type FakeKey } from '../fakes/aws-kms.ts';
+import { assertCode } from '../helpers/assert.ts';
 
 // Crash recovery of createKey: a KMS key made and tagged but never aliased is found by its tag and adopted.
 
@@ -40,14 +41,6 @@ function capturingLogger(): { log: pino.Logger; lines: LogLine[] } {
   return { log, lines };
 }
 
-async function assertCode(p: Promise<unknown>, code: ErrorCode, check?: (message: string) => void): Promise<void> {
-  await assert.rejects(p, (e) => {
-    assert.ok(isSigilError(e), `expected a SigilError, got ${inspect(e)}`);
-    assert.equal(e.code, code, e.message);
-    check?.(e.message);
-    return true;
-  });
-}
 
 const uniq = (what: string): string => `${what}-${randomUUID().slice(0, 8)}-v1`;
 

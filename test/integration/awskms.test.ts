@@ -5,9 +5,9 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { inspect, promisify } from 'node:util';
+import { promisify } from 'node:util';
 import { CreateAliasCommand, CreateKeyCommand, DeleteAliasCommand, KMSClient } from '@aws-sdk/client-kms';
-import { isSigilError, type ErrorCode } from '../../src/errors.ts';
+import type { ErrorCode } from '../../src/errors.ts';
 import { silentLogger } from '../../src/log.ts';
 import { awsKmsConfigSchema, type AwsKmsConfig } from '../../src/signers/awskms/config.ts';
 import { open, LABEL_TAG, type AwsKmsBackend } from '../../src/signers/awskms/index.ts';
@@ -16,6 +16,7 @@ import { formatAwsKmsUri, parseAwsKmsUri } from '../../src/signers/awskms/key-ur
 import type { BackendKey } from '../../src/signers/signer.ts';
 import { startAwsKmsFake, type AwsKmsFake } from '../fakes/aws-kms.ts';
 import { missingTools } from '../helpers/hw.ts';
+import { assertCode } from '../helpers/assert.ts';
 
 process.env.AWS_EC2_METADATA_DISABLED = 'true';
 const run = promisify(execFile);
@@ -26,15 +27,6 @@ const TIMEOUT_MS = 400;
 const SLACK_MS = 400;
 const ctx = { name: 'awskms', log: silentLogger(), production: true };
 
-async function assertCode(p: Promise<unknown>, code: ErrorCode, check?: (message: string) => void): Promise<void> {
-  await assert.rejects(p, (e) => {
-    assert.ok(isSigilError(e), `expected a SigilError, got ${inspect(e)}`);
-    assert.equal(e.code, code, e.message);
-    assert.doesNotMatch(e.message, /\.$/, 'no trailing period');
-    check?.(e.message);
-    return true;
-  });
-}
 
 function digest(msg: Buffer, hash = 'sha256'): Buffer {
   return createHash(hash).update(msg).digest();

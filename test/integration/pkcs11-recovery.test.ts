@@ -6,25 +6,18 @@ import { after, before, describe, it } from 'node:test';
 import { inspect, promisify } from 'node:util';
 import { pino } from 'pino';
 import pkcs11js from 'pkcs11js';
-import { isSigilError, type ErrorCode } from '../../src/errors.ts';
+import { isSigilError } from '../../src/errors.ts';
 import { open } from '../../src/signers/pkcs11/index.ts';
 import type { Algorithm, Backend, BackendKey, KeyCreator, KeySigner } from '../../src/signers/signer.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { tempToken, type TempToken } from '../helpers/softhsm.ts';
+import { assertCode } from '../helpers/assert.ts';
 
 const run = promisify(execFile);
 const skip = missingTools('softhsm2-util', 'softhsm');
 const P256 = Buffer.from('06082a8648ce3d030107', 'hex');
 const CKF_TOKEN_INITIALIZED = 0x400;
 
-async function assertCode(p: Promise<unknown>, code: ErrorCode, check?: (message: string) => void): Promise<void> {
-  await assert.rejects(p, (e) => {
-    assert.ok(isSigilError(e), `expected a SigilError, got ${inspect(e)}`);
-    assert.equal(e.code, code, e.message);
-    check?.(e.message);
-    return true;
-  });
-}
 
 /** The input sigil's signers take for `message`: its digest, or the message itself for Ed25519. */
 function inputOf(alg: Algorithm, message: Buffer): Buffer {

@@ -8,26 +8,19 @@ import { inspect, promisify } from 'node:util';
 import { pino } from 'pino';
 import pkcs11js from 'pkcs11js';
 import { initSoftHsmToken } from '../../src/dev/softhsm.ts';
-import { isSigilError, type ErrorCode } from '../../src/errors.ts';
+import { isSigilError } from '../../src/errors.ts';
 import { silentLogger, type Logger } from '../../src/log.ts';
 import { parseKeyUri } from '../../src/signers/key-uri.ts';
 import { open } from '../../src/signers/pkcs11/index.ts';
 import type { Backend, BackendKey, KeyCreator } from '../../src/signers/signer.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { tempToken, type TempToken } from '../helpers/softhsm.ts';
+import { assertCode } from '../helpers/assert.ts';
 
 const run = promisify(execFile);
 const skip = missingTools('softhsm2-util', 'pkcs11-tool', 'softhsm');
 const ctx = (log: Logger = silentLogger()) => ({ name: 'softhsm', log, production: false });
 
-async function assertCode(p: Promise<unknown>, code: ErrorCode, check?: (message: string) => void): Promise<void> {
-  await assert.rejects(p, (e) => {
-    assert.ok(isSigilError(e), `expected a SigilError, got ${inspect(e)}`);
-    assert.equal(e.code, code, e.message);
-    check?.(e.message);
-    return true;
-  });
-}
 
 describe('pkcs11 backend on SoftHSM', { skip: skip ?? false }, () => {
   let token: TempToken;

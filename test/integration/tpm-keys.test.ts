@@ -8,12 +8,13 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { launchSwtpm, prepareSwtpmState } from '../../src/dev/swtpm.ts';
-import { isSigilError, type ErrorCode } from '../../src/errors.ts';
+import { isSigilError } from '../../src/errors.ts';
 import { silentLogger } from '../../src/log.ts';
 import type { Backend, KeyCreator, KeyDestroyer } from '../../src/signers/signer.ts';
 import { tpmConfigSchema, type TpmConfig } from '../../src/signers/tpm/config.ts';
 import { open } from '../../src/signers/tpm/index.ts';
 import { missingTools } from '../helpers/hw.ts';
+import { assertCode } from '../helpers/assert.ts';
 
 // The TPM backend against a real swtpm, with tpm2-tools as an independent TPM client and openssl as an
 // independent verifier. swtpm serves one connection at a time: the backend is closed around tool use.
@@ -88,14 +89,6 @@ async function restartSwtpm(): Promise<void> {
   throw new Error('swtpm did not come back');
 }
 
-async function assertCode(p: Promise<unknown>, code: ErrorCode, message?: RegExp): Promise<void> {
-  await assert.rejects(p, (e) => {
-    assert.ok(isSigilError(e), `expected a SigilError, got ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    if (message) assert.match(e.message, message);
-    return true;
-  });
-}
 
 function pub(spki: Buffer): KeyObject {
   return createPublicKey({ key: spki, format: 'der', type: 'spki' });

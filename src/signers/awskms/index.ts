@@ -213,14 +213,11 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
           if (!isSigilError(err, 'KEY_NOT_FOUND')) throw err;
         }
       }
-      await this.#call(`aws kms schedule deletion of ${arn}`, (o) =>
-        this.#client.send(new ScheduleKeyDeletionCommand({ KeyId: arn, PendingWindowInDays: this.#config.pendingWindowDays }), o),
-      );
     } catch (err) {
       if (isSigilError(err, 'KEY_NOT_FOUND')) return;
-      if (isSigilError(err, 'FAILED_PRECONDITION') && (await this.#keyState(arn)) === 'PendingDeletion') return;
       throw err;
     }
+    await this.#scheduleDeletion(arn);
     this.#log.info({ uri, arn, pendingWindowDays: this.#config.pendingWindowDays }, 'aws kms key scheduled for deletion');
   }
 

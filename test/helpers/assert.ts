@@ -1,0 +1,18 @@
+import assert from 'node:assert/strict';
+import { inspect } from 'node:util';
+import { isSigilError, type ErrorCode } from '../../src/errors.ts';
+
+/**
+ * Asserts that `p` rejects with a SigilError of `code` whose message follows the house style (no trailing
+ * period), and, when given, matches `check` (a pattern, or a function that asserts on the message).
+ */
+export async function assertCode(p: Promise<unknown>, code: ErrorCode, check?: RegExp | ((message: string) => void)): Promise<void> {
+  await assert.rejects(p, (e) => {
+    assert.ok(isSigilError(e), `expected a SigilError, got ${inspect(e)}`);
+    assert.equal(e.code, code, e.message);
+    assert.doesNotMatch(e.message, /\.$/, 'no trailing period');
+    if (check instanceof RegExp) assert.match(e.message, check);
+    else check?.(e.message);
+    return true;
+  });
+}
