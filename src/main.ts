@@ -19,6 +19,7 @@ import type { Store } from './store/store.ts';
 import { Revocations } from './revocation/revocations.ts';
 import { TRUST_ROOT_KEY, TrustedRootPublisher } from './revocation/trusted-root-publisher.ts';
 import { AuditLog } from './audit/audit-log.ts';
+import { auditKeyOf } from './audit/audit-key.ts';
 import { isSigilError } from './errors.ts';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -69,7 +70,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   try {
     // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
     await backends.get(cfg.defaultBackend);
-    auditLog = await openAuditLog(cfg, keys, backends, clock, log);
+    const opened = (auditLog = await openAuditLog(cfg, keys, backends, clock, log));
     lifecycle = new KeyLifecycle({
       store,
       backends,
@@ -80,6 +81,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       minDestroyWindowMs: cfg.keys.minDestroyWindow,
       defaultDestroyWindowMs: cfg.keys.defaultDestroyWindow,
       approvalTtlMs: cfg.keys.approvalTtl,
+      auditKey: { name: cfg.audit.key, rotated: () => opened.latestCheckpoint() },
     });
     scheduler = new KeyScheduler({ store, lifecycle, clock, log: log.child({ module: 'scheduler' }), intervalMs: cfg.keys.schedulerInterval });
     // Resolve what a crash left half-done (PENDING and DESTROYING versions) before anyone can sign.
@@ -236,16 +238,7 @@ async function openAuditLog(cfg: Config, keys: KeyService, backends: BackendRegi
     origin,
     clock,
     log: log.child({ module: 'audit' }),
-    key: {
-      publicKey: (keyVersion) => {
-        const pk = keys.publicKey(keyVersion ?? name);
-        return { keyVersion: pk.keyVersion, spki: pk.spki };
-      },
-      sign: async (text) => {
-        const s = await keys.sign(name, { message: text });
-        return { signature: s.signature, keyVersion: s.keyVersion };
-      },
-    },
+    key: auditKeyOf(keys, name),
   });
   if (created !== null) {
     const [kv, algorithm, backend] = created.split(' ');

@@ -10,13 +10,24 @@ import { encodeEntry } from './entry.ts';
 import { CompactRange, consistencyProof, inclusionProof, leafHash, nodeHash, rangeRoot, type CompletedSubtree, type PerfectReader } from './merkle.ts';
 import { checkOrigin, noteKeyId, noteKeyOfSpki, noteVerifier, openCheckpoint, signCheckpoint } from './note.ts';
 import type { WriterData, WriterReply, WriterRequest } from './audit-writer.ts';
+import type { AuditKeyVersion } from './audit-key.ts';
 
-/** The key that signs checkpoints: the reserved key `sigil/audit`, reached through the key service. */
+/** The key that signs checkpoints: the reserved key `sigil/audit`, reached through the key service (`auditKeyOf`). */
 export interface AuditKey {
   /** The public key (DER SPKI) of `keyVersion`, or of the current version. */
   publicKey(keyVersion?: string): { keyVersion: string; spki: Buffer };
   /** Signs note text (Ed25519: the text; ECDSA: its SHA-256) with the current version. */
   sign(text: Buffer): Promise<{ signature: Buffer; keyVersion: string }>;
+  /** Every version, oldest first, with its window; without it the log knows the current version only. */
+  versions?(): AuditKeyVersion[];
+}
+
+/** One audit key version as verifiers need it: the version, its window, and its signed-note identity. */
+export interface AuditKeyVersionInfo extends AuditKeyVersion {
+  /** The note key name: the log's origin. */
+  keyName: string;
+  /** The note key id (4 bytes) that this version's checkpoint signatures carry. */
+  keyId: Buffer;
 }
 
 /** How to open the audit log. */
@@ -410,8 +421,21 @@ export class AuditLog implements AuditSink {
   /** The audit key's public key and note identity, for verifiers. */
   publicKey(): { keyVersion: string; spki: Buffer; keyName: string; keyId: Buffer } {
     const pk = this.#key.publicKey();
-    const { type, publicKey } = noteKeyOfSpki(pk.spki);
-    return { ...pk, keyName: this.origin, keyId: noteKeyId(this.origin, type, publicKey) };
+    return { ...pk, keyName: this.origin, keyId: this.#noteKeyId(pk.spki) };
+  }
+
+  /**
+   * Every version of the audit key, oldest first, with its window and note key id: a checkpoint signed
+   * before a rotation is verified with the version whose key id its signature line carries.
+   */
+  keyVersions(): AuditKeyVersionInfo[] {
+    const versions = this.#key.versions?.() ?? [{ ...this.#key.publicKey(), version: 0, createdAt: null, supersededAt: null, current: true }];
+    return versions.map((v) => ({ ...v, keyName: this.origin, keyId: this.#noteKeyId(v.spki) }));
+  }
+
+  #noteKeyId(spki: Buffer): Buffer {
+    const { type, publicKey } = noteKeyOfSpki(spki);
+    return noteKeyId(this.origin, type, publicKey);
   }
 
   /** Writes what is queued, then stops the writer and closes the file; records made after the call reject. */

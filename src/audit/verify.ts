@@ -1,7 +1,7 @@
-import { isSigilError } from '../errors.ts';
+import { isSigilError, SigilError } from '../errors.ts';
 import { decodeEntry } from './entry.ts';
 import { CompactRange, leafHash, verifyConsistency } from './merkle.ts';
-import { noteVerifier, openCheckpoint, type Checkpoint } from './note.ts';
+import { noteVerifier, openCheckpoint, parseNote, type Checkpoint, type NoteVerifier } from './note.ts';
 
 /** One entry as the server hands it out: its index, its bytes and (optionally) the leaf hash it stores. */
 export interface VerifyEntry {
@@ -10,15 +10,33 @@ export interface VerifyEntry {
   leaf?: Uint8Array | undefined;
 }
 
-/** What the verifier checks: every entry, the latest checkpoint, the audit key and, optionally, a saved checkpoint. */
+/** A trusted audit key version: its public key and how reports name it (`sigil/audit@2`, or a pinned file). */
+export interface VerifyKey {
+  /** DER SubjectPublicKeyInfo. */
+  spki: Uint8Array;
+  label: string;
+}
+
+/** What the verifier checks: every entry, the latest checkpoint, the trusted audit keys and, optionally, a saved checkpoint. */
 export interface VerifyInput {
   /** All entries from index 0, in order (more than the checkpoint's size is fine: the rest is ignored). */
   entries: AsyncIterable<VerifyEntry> | Iterable<VerifyEntry>;
   /** The latest signed checkpoint (note text). */
   checkpoint: string;
-  /** The audit public key (DER SPKI) and its note key name (the log's origin). */
-  spki: Uint8Array;
+  /**
+   * The trusted audit key versions: each checkpoint is verified with the one whose note key id its
+   * signature line carries (a rotation leaves older checkpoints under older versions).
+   */
+  keys?: readonly VerifyKey[] | undefined;
+  /** One trusted key, as `keys` with a single entry (labelled `audit key`); used when `keys` is absent. */
+  spki?: Uint8Array | undefined;
+  /** The note key name: the log's origin. */
   origin: string;
+  /**
+   * Names of key ids the verifier knows but does not trust (the server's versions that were not pinned),
+   * hex key id -> label: a checkpoint signed by one of them fails with that name in the message.
+   */
+  untrusted?: ReadonlyMap<string, string> | undefined;
   /** A checkpoint an auditor saved earlier, and the server's consistency proof from its size to the latest. */
   saved?: { checkpoint: string; proof: readonly Uint8Array[] } | undefined;
 }
@@ -43,17 +61,46 @@ export interface VerifyFailure {
   message: string;
 }
 
-/** The outcome: the checkpoint verified against, and the failure if any. */
+/** The outcome: the checkpoint verified against, the key versions that signed it and the saved one, and the failure if any. */
 export interface VerifyReport {
   ok: boolean;
   size: number;
   root: string;
+  /** The label of the key that signed the latest checkpoint; null when it did not verify. */
+  signedBy: string | null;
   savedSize: number | null;
+  /** The label of the key that signed the saved checkpoint; null without one or when it did not verify. */
+  savedSignedBy: string | null;
   failure: VerifyFailure | null;
 }
 
-function open(note: string, input: VerifyInput): Checkpoint {
-  return openCheckpoint(note, noteVerifier(input.origin, input.spki), input.origin);
+/** A checkpoint verified with one of several trusted keys, and that key. */
+export interface OpenedCheckpoint {
+  checkpoint: Checkpoint;
+  key: VerifyKey;
+}
+
+/**
+ * Verifies a signed checkpoint of `origin` with whichever trusted key signed it, picked by the note key id
+ * of its signature lines (C2SP signed-note). FAILED_PRECONDITION when no trusted key signed it (naming the
+ * key when `untrusted` knows its id) or a trusted key's signature does not verify; INVALID_ARGUMENT for a
+ * malformed note.
+ */
+export function openCheckpointWith(note: string, keys: readonly VerifyKey[], origin: string, untrusted?: ReadonlyMap<string, string>): OpenedCheckpoint {
+  if (keys.length === 0) throw new SigilError('INVALID_ARGUMENT', 'no audit key to verify with');
+  const verifiers: Array<{ key: VerifyKey; v: NoteVerifier }> = keys.map((key) => ({ key, v: noteVerifier(origin, key.spki) }));
+  const lines = parseNote(note).signatures.filter((s) => s.name === origin);
+  if (lines.length === 0) throw new SigilError('FAILED_PRECONDITION', `it carries no signature by ${origin}`);
+  for (const line of lines) {
+    const m = verifiers.find((x) => x.v.keyId.equals(line.keyId));
+    if (m) return { checkpoint: openCheckpoint(note, m.v, origin), key: m.key };
+  }
+  const ids = lines.map((l) => {
+    const hex = l.keyId.toString('hex');
+    const name = untrusted?.get(hex);
+    return name ? `${name} (key id ${hex})` : `key id ${hex}`;
+  });
+  throw new SigilError('FAILED_PRECONDITION', `it is signed by ${ids.join(', ')}, which is not among the trusted keys (${keys.map((k) => k.label).join(', ')}): pin that version with --key if you trust it`);
 }
 
 /**
@@ -62,23 +109,29 @@ function open(note: string, input: VerifyInput): Checkpoint {
  * prefix root recomputed from the entries, and the server's consistency proof).
  */
 export async function verifyLog(input: VerifyInput): Promise<VerifyReport> {
+  const keys: readonly VerifyKey[] = input.keys ?? (input.spki ? [{ spki: input.spki, label: 'audit key' }] : []);
+  const open = (note: string): OpenedCheckpoint => openCheckpointWith(note, keys, input.origin, input.untrusted);
   let latest: Checkpoint;
+  let signedBy: string;
   try {
-    latest = open(input.checkpoint, input);
+    ({ checkpoint: latest, key: { label: signedBy } } = open(input.checkpoint));
   } catch (err) {
-    return fail(0, '', null, { check: 'checkpoint-signature', message: `the latest checkpoint does not verify: ${why(err)}` });
+    return { ok: false, size: 0, root: '', signedBy: null, savedSize: null, savedSignedBy: null, failure: { check: 'checkpoint-signature', message: `the latest checkpoint does not verify: ${why(err)}` } };
   }
+  let saved: Checkpoint | null = null;
+  let savedSignedBy: string | null = null;
   const report = (failure: VerifyFailure | null): VerifyReport => ({
     ok: failure === null,
     size: latest.size,
     root: latest.root.toString('hex'),
+    signedBy,
     savedSize: saved?.size ?? null,
+    savedSignedBy,
     failure,
   });
-  let saved: Checkpoint | null = null;
   if (input.saved) {
     try {
-      saved = open(input.saved.checkpoint, input);
+      ({ checkpoint: saved, key: { label: savedSignedBy } } = open(input.saved.checkpoint));
     } catch (err) {
       return report({ check: 'saved-checkpoint-signature', message: `the saved checkpoint does not verify: ${why(err)}` });
     }
@@ -131,10 +184,6 @@ export async function verifyLog(input: VerifyInput): Promise<VerifyReport> {
     return report({ check: 'consistency', message: `the consistency proof from size ${saved.size} to ${latest.size} does not verify` });
   }
   return report(null);
-}
-
-function fail(size: number, root: string, savedSize: number | null, failure: VerifyFailure): VerifyReport {
-  return { ok: false, size, root, savedSize, failure };
 }
 
 function why(err: unknown): string {

@@ -38,6 +38,11 @@ export interface LifecycleOptions extends LifecycleWindows {
   audit: AuditSink;
   clock: Clock;
   log: Logger;
+  /**
+   * The audit log's checkpoint key, the one daemon key rotated through the lifecycle: right after its
+   * rotation (the outcome entry durable) `rotated` signs a checkpoint under the new version.
+   */
+  auditKey?: { name: string; rotated(): Promise<{ size: number; keyVersion: string }> } | undefined;
 }
 
 /** A policy change: only the fields given change. */
@@ -94,6 +99,7 @@ export class KeyLifecycle {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #w: LifecycleWindows;
+  readonly #auditKey: LifecycleOptions['auditKey'];
   readonly #locks = new Map<string, Promise<void>>();
 
   constructor(o: LifecycleOptions) {
@@ -103,6 +109,7 @@ export class KeyLifecycle {
     this.#audit = o.audit;
     this.#clock = o.clock;
     this.#log = o.log;
+    this.#auditKey = o.auditKey;
     this.#w = { minDestroyWindowMs: o.minDestroyWindowMs, defaultDestroyWindowMs: o.defaultDestroyWindowMs, approvalTtlMs: o.approvalTtlMs };
   }
 
@@ -111,8 +118,30 @@ export class KeyLifecycle {
     return this.#w;
   }
 
-  /** Makes a new version in the key's backend and makes it primary; older versions stay for verification. */
-  rotate(who: ActorRef, name: string, opts: { auto?: boolean } = {}): Promise<{ key: KeyRecord; version: number }> {
+  /** The name of the audit log's checkpoint key, when the lifecycle was given it (the one daemon key it rotates). */
+  get auditKeyName(): string | null {
+    return this.#auditKey?.name ?? null;
+  }
+
+  /**
+   * Makes a new version in the key's backend and makes it primary; older versions stay for verification.
+   * For the audit key, a checkpoint signed by the new version follows before this resolves.
+   */
+  async rotate(who: ActorRef, name: string, opts: { auto?: boolean } = {}): Promise<{ key: KeyRecord; version: number }> {
+    const r = await this.#rotate(who, name, opts);
+    if (this.#auditKey && name === this.#auditKey.name) {
+      // The rotation is done and recorded: a checkpoint that cannot be signed now is signed by the next reader.
+      try {
+        const cp = await this.#auditKey.rotated();
+        this.#log.info({ key: keyVersionRef(name, r.version), checkpoint: cp.size, signedBy: cp.keyVersion }, 'audit key rotated; checkpoint signed under the new version');
+      } catch (err) {
+        this.#log.warn({ err, key: keyVersionRef(name, r.version) }, 'audit key rotated but the checkpoint under the new version could not be signed yet');
+      }
+    }
+    return r;
+  }
+
+  #rotate(who: ActorRef, name: string, opts: { auto?: boolean }): Promise<{ key: KeyRecord; version: number }> {
     return this.#act(who, 'key.rotate', name, () =>
       this.#locked(name, async () => {
         const key = this.#keys.getKey(name);

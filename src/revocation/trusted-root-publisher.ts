@@ -2,6 +2,7 @@ import { createPublicKey } from 'node:crypto';
 import { isSigilError } from '../errors.ts';
 import type { KeyService } from '../keys/key-service.ts';
 import type { Logger } from '../log.ts';
+import { auditKeyVersions } from '../audit/audit-key.ts';
 import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot } from './trusted-root.ts';
 
 /** The trusted root as served: the exact JSON bytes, a detached signature over them and the root public key. */
@@ -83,8 +84,9 @@ export class TrustedRootPublisher {
     if (o.auditLog) {
       try {
         const k = o.keys.getKey(o.auditLog.key);
-        const v = k.versions.find((x) => x.version === k.primaryVersion)!;
-        auditLog = { baseUrl: typeof o.auditLog.baseUrl === 'string' ? o.auditLog.baseUrl : o.auditLog.baseUrl(), algorithm: k.algorithm, spki: v.spki, createdAt: v.createdAt };
+        // Every version: a rotation of the audit key changes the document, so the next read signs it anew.
+        const versions = auditKeyVersions(k);
+        auditLog = { baseUrl: typeof o.auditLog.baseUrl === 'string' ? o.auditLog.baseUrl : o.auditLog.baseUrl(), algorithm: k.algorithm, versions };
       } catch (err) {
         if (!isSigilError(err, 'KEY_NOT_FOUND')) throw err;
       }

@@ -23,12 +23,22 @@ export interface TrustedKeyVersion {
   hasKey: boolean;
 }
 
+/** One version of the audit log's checkpoint key: listed as its own tlog, valid from its creation until the next version's. */
+export interface AuditLogKeyVersion {
+  version: number;
+  /** DER SubjectPublicKeyInfo. */
+  spki: Buffer;
+  createdAt: Date;
+  /** When the next version took over; null for the current version (its window stays open). */
+  supersededAt: Date | null;
+}
+
 /** What the trusted root is made of. */
 export interface TrustedRootInput {
   /** The identity CA's self-signed certificate, DER. */
   identityCa: Buffer | null;
-  /** The audit log's checkpoint key, when the daemon has one. */
-  auditLog: { baseUrl: string; algorithm: Algorithm; spki: Buffer; createdAt: Date } | null;
+  /** The audit log and every version of its checkpoint key, when the daemon has one. */
+  auditLog: { baseUrl: string; algorithm: Algorithm; versions: readonly AuditLogKeyVersion[] } | null;
   keyVersions: readonly TrustedKeyVersion[];
 }
 
@@ -78,20 +88,27 @@ export interface TrustedRootDocument {
 
 /**
  * Builds the trusted-root document (a pure function of its input): the identity CA under
- * certificateAuthorities, the audit log under tlogs, every verifiable key version with its validity
+ * certificateAuthorities, the audit log under tlogs (one per audit key version, each with its window), every verifiable key version with its validity
  * window under `sigilKeyVersions`, all sorted so the same input gives the same bytes.
  */
 export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
   const doc: TrustedRootDocument = { mediaType: TRUSTED_ROOT_MEDIA_TYPE, tlogs: [], certificateAuthorities: [], ctlogs: [], timestampAuthorities: [], sigilKeyVersions: [] };
   if (input.auditLog) {
     const a = input.auditLog;
-    doc.tlogs.push({
-      baseUrl: a.baseUrl,
-      hashAlgorithm: 'SHA2_256',
-      publicKey: { rawBytes: a.spki.toString('base64'), keyDetails: keyDetails(a.algorithm, a.spki), validFor: { start: rfc3339(a.createdAt) } },
-      // RFC 6962, 3.2: the log id is the SHA-256 of the log's DER public key.
-      logId: { keyId: createHash('sha256').update(a.spki).digest('base64') },
-    });
+    // One tlog per key version (as a log that rotated its key appears in Sigstore's own trusted root), in version order.
+    for (const v of [...a.versions].sort((x, y) => x.version - y.version)) {
+      doc.tlogs.push({
+        baseUrl: a.baseUrl,
+        hashAlgorithm: 'SHA2_256',
+        publicKey: {
+          rawBytes: v.spki.toString('base64'),
+          keyDetails: keyDetails(a.algorithm, v.spki),
+          validFor: { start: rfc3339(v.createdAt), ...(v.supersededAt ? { end: rfc3339(v.supersededAt) } : {}) },
+        },
+        // RFC 6962, 3.2: the log id is the SHA-256 of the log's DER public key.
+        logId: { keyId: createHash('sha256').update(v.spki).digest('base64') },
+      });
+    }
   }
   if (input.identityCa) {
     const x = new X509Certificate(input.identityCa);

@@ -4,6 +4,7 @@ import { audited } from '../audit/audited.ts';
 import { parseKeyRef } from '../keys/names.ts';
 import type { KeyService } from '../keys/key-service.ts';
 import type { KeyLifecycle, PolicyPatch } from '../keys/lifecycle.ts';
+import { TRUST_ROOT_KEY } from '../revocation/trusted-root-publisher.ts';
 import { approvalStateFromPb, approvalToPb, algorithmFromPb, keyToPb, keyVersionToPb, policyToPb } from './convert.ts';
 import { unary, type RpcContext } from './rpc.ts';
 import type { Principal, Role } from './auth.ts';
@@ -18,6 +19,17 @@ export const APPROVAL_READERS: readonly Role[] = ['admin', 'approver', 'auditor'
 export const APPROVERS: readonly Role[] = ['approver'];
 
 const MAX_SECONDS = 10 * 366 * 86_400;
+
+/** The lifecycle acts of the Admin service, by what a refusal calls them. */
+type LifecycleAct = 'rotate' | 'disable' | 'enable' | 'schedule-destroy' | 'cancel-destroy' | 'policy';
+const PAST: Record<LifecycleAct, string> = {
+  rotate: 'rotated',
+  disable: 'disabled',
+  enable: 'enabled',
+  'schedule-destroy': 'scheduled for destruction',
+  'cancel-destroy': 'taken out of destruction',
+  policy: 'given a policy',
+};
 
 /** The actor of an act: the caller's certificate subject and fingerprint. */
 function actor(who: Principal): { subject: string; fingerprint: string } {
@@ -35,13 +47,31 @@ function seconds(n: number, what: string): number {
  */
 export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle, reserved: readonly string[] = []): AdminServer {
   /**
-   * The daemon's own keys (identity CA, audit, trusted root) are pinned by what they signed: a rotation or
-   * retirement through the API would strand the CA certificate or the audit checkpoints, so it is refused.
+   * The daemon's own keys (identity CA, audit, trusted root) are pinned by what they signed. The audit key
+   * may only be rotated: its older versions stay, so the checkpoints they signed stay verifiable. The other
+   * two are refused for every act: a new identity CA key needs a new CA certificate that clients trust, and
+   * the trusted-root key is the anchor verifiers pin.
    */
-  const notReserved = (ref: string): string => {
+  const daemonKey = (ref: string, act: LifecycleAct): string => {
     const name = parseKeyRef(ref).name;
-    if (reserved.includes(name)) throw new SigilError('FAILED_PRECONDITION', `key ${name} is reserved for the daemon's own use; its lifecycle is not managed through the admin api`);
-    return ref;
+    if (!reserved.includes(name)) return ref;
+    if (name === lifecycle.auditKeyName) {
+      if (act === 'rotate') return ref;
+      throw new SigilError(
+        'FAILED_PRECONDITION',
+        `key ${name} is reserved for the daemon's own use: it signs the audit log's checkpoints and can only be rotated (sigilctl key rotate ${name}); its older versions stay so the checkpoints they signed still verify (see docs/operations.md, the audit key is compromised)`,
+      );
+    }
+    if (name === TRUST_ROOT_KEY) {
+      throw new SigilError(
+        'FAILED_PRECONDITION',
+        `key ${name} is reserved for the daemon's own use: it signs the trusted root, the anchor verifiers pin, so it cannot be ${PAST[act]} through the admin api (see docs/security.md, daemon keys)`,
+      );
+    }
+    throw new SigilError(
+      'FAILED_PRECONDITION',
+      `key ${name} is reserved for the daemon's own use: it is the identity ca's key, and a new one needs a new ca certificate that every client trusts, so it cannot be ${PAST[act]} through the admin api (see docs/security.md, daemon keys)`,
+    );
   };
   return {
     createKey: unary(ctx, 'CreateKey', KEY_CHANGERS, async (req, who) => {
@@ -65,20 +95,20 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
     getKey: unary(ctx, 'GetKey', KEY_READERS, (req) => ({ key: keyToPb(keys.getKey(req.name)) })),
     listKeys: unary(ctx, 'ListKeys', KEY_READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
     rotateKey: unary(ctx, 'RotateKey', KEY_CHANGERS, async (req, who) => {
-      const { key, version } = await lifecycle.rotate(actor(who), notReserved(req.name));
+      const { key, version } = await lifecycle.rotate(actor(who), daemonKey(req.name, 'rotate'));
       return { key: keyToPb(key), newVersion: version };
     }),
     disableKeyVersion: unary(ctx, 'DisableKeyVersion', KEY_CHANGERS, async (req, who) => {
       if (req.compromiseTime && !req.compromised) throw new SigilError('INVALID_ARGUMENT', 'compromise_time needs compromised');
-      return { key: keyToPb(await lifecycle.disable(actor(who), notReserved(req.key), { compromised: req.compromised, since: req.compromiseTime ?? null })) };
+      return { key: keyToPb(await lifecycle.disable(actor(who), daemonKey(req.key, 'disable'), { compromised: req.compromised, since: req.compromiseTime ?? null })) };
     }),
-    enableKeyVersion: unary(ctx, 'EnableKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.enable(actor(who), notReserved(req.key))) })),
+    enableKeyVersion: unary(ctx, 'EnableKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.enable(actor(who), daemonKey(req.key, 'enable'))) })),
     scheduleDestroyKeyVersion: unary(ctx, 'ScheduleDestroyKeyVersion', KEY_CHANGERS, async (req, who) => {
       const window = req.windowSeconds === 0 ? null : seconds(req.windowSeconds, 'window_seconds');
-      const r = await lifecycle.scheduleDestroy(actor(who), notReserved(req.key), window);
+      const r = await lifecycle.scheduleDestroy(actor(who), daemonKey(req.key, 'schedule-destroy'), window);
       return { key: keyToPb(r.key), approval: r.approval ? approvalToPb(r.approval) : undefined };
     }),
-    cancelDestroyKeyVersion: unary(ctx, 'CancelDestroyKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.cancelDestroy(actor(who), notReserved(req.key))) })),
+    cancelDestroyKeyVersion: unary(ctx, 'CancelDestroyKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.cancelDestroy(actor(who), daemonKey(req.key, 'cancel-destroy'))) })),
     listKeyVersions: unary(ctx, 'ListKeyVersions', KEY_READERS, (req) => {
       const k = keys.getKey(req.name);
       return { versions: k.versions.map(keyVersionToPb), primaryVersion: k.primaryVersion, policy: policyToPb(k.policy) };
@@ -90,7 +120,7 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
       if (req.autoRotatePeriodSeconds !== undefined) patch.autoRotatePeriodMs = req.autoRotatePeriodSeconds === 0 ? null : seconds(req.autoRotatePeriodSeconds, 'auto_rotate_period_seconds');
       if (req.destroyNeedsApproval !== undefined) patch.destroyNeedsApproval = req.destroyNeedsApproval;
       if (Object.keys(patch).length === 0) throw new SigilError('INVALID_ARGUMENT', 'set at least one policy field');
-      const r = await lifecycle.updatePolicy(actor(who), notReserved(req.name), patch);
+      const r = await lifecycle.updatePolicy(actor(who), daemonKey(req.name, 'policy'), patch);
       return { key: keyToPb(r.key), approval: r.approval ? approvalToPb(r.approval) : undefined };
     }),
     listApprovals: unary(ctx, 'ListApprovals', APPROVAL_READERS, (req) => ({

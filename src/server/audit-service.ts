@@ -9,7 +9,7 @@ import type { Role } from './auth.ts';
 /** Who may read the audit log and its proofs. */
 export const AUDIT_READERS: readonly Role[] = ['auditor', 'admin'];
 
-/** The `sigil.v1.Audit` service: entries, signed checkpoints, inclusion and consistency proofs, the audit key. */
+/** The `sigil.v1.Audit` service: entries, signed checkpoints, inclusion and consistency proofs, the audit key's versions. */
 export function auditService(ctx: RpcContext, log: AuditLog): AuditServer {
   const checkpointPb = (c: StoredCheckpoint) => ({ note: c.note, treeSize: c.size, rootHash: c.root, keyVersion: c.keyVersion, createTime: c.createdAt });
   return {
@@ -35,8 +35,21 @@ export function auditService(ctx: RpcContext, log: AuditLog): AuditServer {
     }),
     getAuditKey: unary(ctx, 'GetAuditKey', AUDIT_READERS, () => {
       const k = log.publicKey();
-      const pem = createPublicKey({ key: k.spki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
-      return { keyVersion: k.keyVersion, spkiDer: k.spki, pem, noteKeyName: k.keyName, noteKeyId: k.keyId, verifierKey: verifierKeyText(k.keyName, k.spki) };
+      const versions = log.keyVersions().map((v) => ({
+        keyVersion: v.keyVersion,
+        spkiDer: v.spki,
+        pem: pemOf(v.spki),
+        noteKeyId: v.keyId,
+        verifierKey: verifierKeyText(v.keyName, v.spki),
+        createTime: v.createdAt ?? undefined,
+        supersedeTime: v.supersededAt ?? undefined,
+        current: v.current,
+      }));
+      return { keyVersion: k.keyVersion, spkiDer: k.spki, pem: pemOf(k.spki), noteKeyName: k.keyName, noteKeyId: k.keyId, verifierKey: verifierKeyText(k.keyName, k.spki), versions };
     }),
   };
+}
+
+function pemOf(spki: Buffer): string {
+  return createPublicKey({ key: spki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
 }

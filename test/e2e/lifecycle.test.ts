@@ -186,15 +186,18 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     await rejects(rpc.listApprovals(d.client('signer'), { state: 0, key: '' }), status.PERMISSION_DENIED, /./);
   });
 
-  test("the daemon's reserved keys cannot be rotated, retired or re-policied through the api", async () => {
+  test("the daemon's reserved keys: the audit key can only be rotated (test/e2e/audit-rotation.test.ts), the trusted-root key not even that", async () => {
     const admin = d.client('admin');
-    const before = (await rpc.getKey(admin, { name: 'sigil/audit' })).key!;
-    const why = /reserved for the daemon's own use/;
-    await rejects(rpc.rotateKey(admin, { name: 'sigil/audit' }), status.FAILED_PRECONDITION, why);
-    await rejects(rpc.disableKeyVersion(admin, { key: 'sigil/audit@1', compromised: false, compromiseTime: undefined }), status.FAILED_PRECONDITION, why);
-    await rejects(rpc.scheduleDestroyKeyVersion(admin, { key: 'sigil/trust-root@1', windowSeconds: 0 }), status.FAILED_PRECONDITION, why);
-    await rejects(rpc.updateKeyPolicy(admin, { name: 'sigil/trust-root', minSignVersion: 2 }), status.FAILED_PRECONDITION, why);
-    assert.deepEqual((await rpc.getKey(admin, { name: 'sigil/audit' })).key, before, 'nothing changed');
+    const before = await Promise.all(['sigil/audit', 'sigil/trust-root'].map(async (name) => (await rpc.getKey(admin, { name })).key!));
+    const audit = /reserved for the daemon's own use: it signs the audit log's checkpoints and can only be rotated/;
+    const root = /reserved for the daemon's own use: it signs the trusted root, the anchor verifiers pin/;
+    await rejects(rpc.rotateKey(admin, { name: 'sigil/trust-root' }), status.FAILED_PRECONDITION, root);
+    await rejects(rpc.disableKeyVersion(admin, { key: 'sigil/audit@1', compromised: false, compromiseTime: undefined }), status.FAILED_PRECONDITION, audit);
+    await rejects(rpc.scheduleDestroyKeyVersion(admin, { key: 'sigil/trust-root@1', windowSeconds: 0 }), status.FAILED_PRECONDITION, root);
+    await rejects(rpc.updateKeyPolicy(admin, { name: 'sigil/trust-root', minSignVersion: 2 }), status.FAILED_PRECONDITION, root);
+    await rejects(rpc.updateKeyPolicy(admin, { name: 'sigil/audit', minSignVersion: 1 }), status.FAILED_PRECONDITION, audit);
+    const after = await Promise.all(['sigil/audit', 'sigil/trust-root'].map(async (name) => (await rpc.getKey(admin, { name })).key!));
+    assert.deepEqual(after, before, 'nothing changed');
   });
 
   test('auto-rotation on the fake clock, and after a restart', async () => {

@@ -9,9 +9,9 @@ import type {
   GetInclusionProofResponse,
   ListEntriesResponse,
 } from '../../gen/sigil/v1/audit.ts';
-import { verifyLog, type VerifyEntry } from '../../audit/verify.ts';
+import { openCheckpointWith, verifyLog, type VerifyEntry, type VerifyKey } from '../../audit/verify.ts';
 import { leafHash, verifyInclusion } from '../../audit/merkle.ts';
-import { noteVerifier, openCheckpoint, parseCheckpoint, parseNote } from '../../audit/note.ts';
+import { noteVerifier, parseCheckpoint, parseNote } from '../../audit/note.ts';
 import { UsageError, type CliContext } from './context.ts';
 
 const PAGE = 1000;
@@ -39,7 +39,7 @@ function count(s: string, what: string): number {
   return Number(s);
 }
 
-/** The audit public key: pinned from a PEM file, or fetched from the server (said so on stderr). */
+/** A pinned audit public key (DER SPKI) read from a PEM file. */
 function pinnedSpki(file: string): Buffer {
   try {
     return createPublicKey(readFileSync(file)).export({ format: 'der', type: 'spki' });
@@ -49,7 +49,13 @@ function pinnedSpki(file: string): Buffer {
   }
 }
 
-/** `sigilctl audit tail|verify|proof|checkpoint`: read and verify the audit log (roles auditor or admin). */
+/** Every audit key version the server names, labelled `name@N` (a daemon before rotation sends only the current one). */
+function serverKeys(k: GetAuditKeyResponse): VerifyKey[] {
+  if (k.versions.length === 0) return [{ spki: k.spkiDer, label: k.keyVersion }];
+  return k.versions.map((v) => ({ spki: v.spkiDer, label: v.keyVersion }));
+}
+
+/** `sigilctl audit tail|keys|checkpoint|verify|proof`: read and verify the audit log (roles auditor or admin). */
 export function registerAuditCommands(program: Command, cli: CliContext): void {
   const audit = program.command('audit').description('read and verify the audit log');
 
@@ -76,6 +82,26 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
     });
 
   audit
+    .command('keys')
+    .description('list every audit key version with its window, note key id and public key (pin the ones you trust)')
+    .action(async () => {
+      const k = await call.key(cli.open());
+      const versions = (k.versions.length > 0 ? k.versions : [{ keyVersion: k.keyVersion, spkiDer: k.spkiDer, pem: k.pem, noteKeyId: k.noteKeyId, verifierKey: k.verifierKey, createTime: undefined, supersedeTime: undefined, current: true }]).map((v) => ({
+        keyVersion: v.keyVersion,
+        current: v.current,
+        created: v.createTime?.toISOString() ?? null,
+        superseded: v.supersedeTime?.toISOString() ?? null,
+        noteKeyId: v.noteKeyId.toString('hex'),
+        verifierKey: v.verifierKey,
+        pem: v.pem,
+      }));
+      cli.out(
+        { noteKeyName: k.noteKeyName, versions },
+        versions.map((v) => `${v.keyVersion}${v.current ? ' (current)' : ''}  created ${v.created ?? '?'}${v.superseded ? `  superseded ${v.superseded}` : ''}\n  ${v.verifierKey}\n${v.pem.trimEnd()}`).join('\n'),
+      );
+    });
+
+  audit
     .command('checkpoint')
     .description('get the latest signed checkpoint (save it to verify against later)')
     .option('--out <file>', 'write the signed checkpoint note to this file')
@@ -93,17 +119,27 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
     .command('verify')
     .description('verify the whole audit log against its latest checkpoint and, with --checkpoint, that it still extends a saved one')
     .option('--checkpoint <file>', 'a checkpoint saved earlier (sigilctl audit checkpoint --out)')
-    .option('--key <pem>', 'pin the audit public key (otherwise it is fetched from the server)')
-    .action(async (o: { checkpoint?: string; key?: string }) => {
+    .option('--key <pem>', 'pin an audit key version (repeat it for every version you trust; otherwise every version is fetched from the server)', (v: string, all: string[]) => [...all, v], [] as string[])
+    .action(async (o: { checkpoint?: string; key: string[] }) => {
       const c = cli.open();
       const k = await call.key(c);
-      let spki = k.spkiDer;
-      let keySource = 'fetched from the server (not pinned: use --key to pin it)';
-      if (o.key) {
-        spki = pinnedSpki(o.key);
-        keySource = `pinned from ${o.key}`;
+      const server = serverKeys(k);
+      let keys: VerifyKey[];
+      let untrusted: Map<string, string> | undefined;
+      let keySource: string;
+      if (o.key.length > 0) {
+        keys = o.key.map((file) => {
+          const spki = pinnedSpki(file);
+          const known = server.find((s) => spki.equals(s.spki));
+          return { spki, label: known ? `${known.label} (pinned from ${file})` : `the key pinned from ${file}` };
+        });
+        const ids = new Set(keys.map((x) => noteVerifier(k.noteKeyName, x.spki).keyId.toString('hex')));
+        untrusted = new Map(server.map((s) => [noteVerifier(k.noteKeyName, s.spki).keyId.toString('hex'), s.label] as const).filter(([id]) => !ids.has(id)));
+        keySource = `pinned from ${o.key.join(', ')}`;
       } else {
-        process.stderr.write(`sigilctl: the audit key was ${keySource}\n`);
+        keys = server;
+        keySource = `fetched from the server (${server.map((s) => s.label).join(', ')}; not pinned: use --key to pin them)`;
+        process.stderr.write(`sigilctl: the audit key versions were ${keySource}\n`);
       }
       let saved: { checkpoint: string; proof: Buffer[] } | undefined;
       let savedSize: number | null = null;
@@ -120,10 +156,15 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
       if (saved && savedSize !== null && savedSize <= latest.treeSize) {
         saved.proof = (await call.consistency(c, savedSize, latest.treeSize)).hashes;
       }
-      const r = await verifyLog({ entries: allEntries(c, latest.treeSize), checkpoint: latest.note, spki, origin: k.noteKeyName, saved });
-      const json = { ...r, key: { version: k.keyVersion, source: o.key ? 'pinned' : 'server', verifierKey: k.verifierKey, pem: k.pem } };
+      const r = await verifyLog({ entries: allEntries(c, latest.treeSize), checkpoint: latest.note, keys, untrusted, origin: k.noteKeyName, saved });
+      const json = {
+        ...r,
+        key: { version: k.keyVersion, source: o.key.length > 0 ? 'pinned' : 'server', verifierKey: k.verifierKey, pem: k.pem },
+        keys: keys.map((x) => x.label),
+      };
       if (r.ok) {
-        cli.out(json, `ok: ${r.size} entries verified against the checkpoint signed by ${k.noteKeyName} (root ${r.root})${r.savedSize !== null ? `; consistent with the saved checkpoint at size ${r.savedSize}` : ''}; key ${keySource}`);
+        const savedText = r.savedSize !== null ? `; consistent with the saved checkpoint at size ${r.savedSize} (signed by ${r.savedSignedBy})` : '';
+        cli.out(json, `ok: ${r.size} entries verified against the checkpoint signed by ${r.signedBy} (root ${r.root})${savedText}; keys ${keySource}`);
         return;
       }
       const f = r.failure!;
@@ -141,7 +182,8 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
       const index = count(o.index, '--index');
       const k = await call.key(c);
       const cp = o.size === undefined ? await call.checkpoint(c) : await call.checkpoint(c, count(o.size, '--size'));
-      const checkpoint = openCheckpoint(cp.note, noteVerifier(k.noteKeyName, k.spkiDer), k.noteKeyName);
+      // An older checkpoint may be signed by an older audit key version: pick it by the note key id.
+      const { checkpoint } = openCheckpointWith(cp.note, serverKeys(k), k.noteKeyName);
       const p = await call.inclusion(c, index, checkpoint.size);
       const ok = leafHash(p.data).equals(p.leafHash) && verifyInclusion(index, checkpoint.size, p.leafHash, p.hashes, checkpoint.root);
       const json = { ok, index, treeSize: checkpoint.size, root: checkpoint.root.toString('hex'), leafHash: p.leafHash.toString('hex'), hashes: p.hashes.map((h) => h.toString('hex')), entry: JSON.parse(p.data.toString('utf8')) as unknown };

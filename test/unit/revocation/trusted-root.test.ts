@@ -8,6 +8,7 @@ import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, TRUSTED_ROOT_MED
 import { parseAkName, parseEkHash, parseReason, parseSerial } from '../../../src/revocation/inputs.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { DEFAULT_KEY_POLICY, type KeyRecord } from '../../../src/store/store.ts';
+import { auditKeyVersions } from '../../../src/audit/audit-key.ts';
 
 const spki = (type: 'ec' | 'ed25519' | 'rsa', opts: object = {}): Buffer =>
   (generateKeyPairSync as (t: string, o: object) => { publicKey: { export(o: object): Buffer } })(type, opts).publicKey.export({ format: 'der', type: 'spki' });
@@ -34,7 +35,7 @@ test('trusted root: the CA, the audit log and each key version window, in proto 
   const caDer = Buffer.from(ca.cert.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
   const doc = buildTrustedRoot({
     identityCa: caDer,
-    auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', spki: ed, createdAt: t('2026-01-01T00:00:00Z') },
+    auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', versions: [{ version: 1, spki: ed, createdAt: t('2026-01-01T00:00:00Z'), supersededAt: null }] },
     keyVersions: [
       v({ keyName: 'release/fw', version: 3, createdAt: t('2026-03-01T00:00:00Z') }),
       v({ keyName: 'release/fw', version: 1, destroyedAt: t('2026-02-15T00:00:00Z') }),
@@ -77,6 +78,47 @@ test('trusted root: the CA, the audit log and each key version window, in proto 
   const bytes = serializeTrustedRoot(doc);
   assert.deepEqual(JSON.parse(bytes.toString()), doc);
   assert.ok(bytes.equals(serializeTrustedRoot(buildTrustedRoot({ identityCa: caDer, auditLog: null, keyVersions: [] }))) === false);
+});
+
+test('a rotated audit key: one tlog per version in version order, each closed when the next took over, the current one open', () => {
+  const ed2 = spki('ed25519');
+  const ed3 = spki('ed25519');
+  const versions = [
+    { version: 3, spki: ed3, createdAt: t('2026-03-01T00:00:00Z'), supersededAt: null },
+    { version: 1, spki: ed, createdAt: t('2026-01-01T00:00:00Z'), supersededAt: t('2026-02-01T10:00:00.250Z') },
+    { version: 2, spki: ed2, createdAt: t('2026-02-01T10:00:00.250Z'), supersededAt: t('2026-03-01T00:00:00Z') },
+  ];
+  const doc = buildTrustedRoot({ identityCa: null, auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', versions }, keyVersions: [] });
+  assert.deepEqual(
+    doc.tlogs.map((l) => [l.baseUrl, l.publicKey.rawBytes, l.publicKey.validFor, l.logId.keyId]),
+    [
+      ['https://sigil.example:8443', ed.toString('base64'), { start: '2026-01-01T00:00:00Z', end: '2026-02-01T10:00:00.250Z' }, createHash('sha256').update(ed).digest('base64')],
+      ['https://sigil.example:8443', ed2.toString('base64'), { start: '2026-02-01T10:00:00.250Z', end: '2026-03-01T00:00:00Z' }, createHash('sha256').update(ed2).digest('base64')],
+      ['https://sigil.example:8443', ed3.toString('base64'), { start: '2026-03-01T00:00:00Z' }, createHash('sha256').update(ed3).digest('base64')],
+    ],
+  );
+  // Any input order gives the same bytes.
+  const again = buildTrustedRoot({ identityCa: null, auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', versions: [...versions].reverse() }, keyVersions: [] });
+  assert.ok(serializeTrustedRoot(doc).equals(serializeTrustedRoot(again)));
+});
+
+test('auditKeyVersions: pending versions left out, each version superseded by the next one made, the primary current', () => {
+  const base: KeyRecord = { name: 'sigil/audit', algorithm: 'ED25519', backend: 'hsm', primaryVersion: 2, createdAt: t('2026-01-01T00:00:00Z'), versions: [], policy: { ...DEFAULT_KEY_POLICY }, nextRotationAt: null };
+  const key = {
+    ...base,
+    versions: [
+      { name: 'sigil/audit', version: 3, uri: '', state: 'PENDING', generated: true, spki: Buffer.alloc(0), createdAt: t('2026-04-01T00:00:00Z') },
+      { name: 'sigil/audit', version: 1, uri: 'u1', state: 'ENABLED', generated: true, spki: ed, createdAt: t('2026-01-01T00:00:00Z') },
+      { name: 'sigil/audit', version: 2, uri: 'u2', state: 'ENABLED', generated: true, spki: p256, createdAt: t('2026-02-01T00:00:00Z') },
+    ],
+  } as unknown as KeyRecord;
+  assert.deepEqual(
+    auditKeyVersions(key).map((v) => [v.keyVersion, v.version, v.createdAt.toISOString(), v.supersededAt?.toISOString() ?? null, v.current]),
+    [
+      ['sigil/audit@1', 1, '2026-01-01T00:00:00.000Z', '2026-02-01T00:00:00.000Z', false],
+      ['sigil/audit@2', 2, '2026-02-01T00:00:00.000Z', null, true],
+    ],
+  );
 });
 
 test('keyVersionsOf reads the lifecycle fields of key records, and skips reserved keys', () => {
