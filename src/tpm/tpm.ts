@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { SigilError } from '../errors.ts';
 import { TPM_ALG, TPM_CAP, TPM_CC, TPM_CC_NAMES, TPM_HEADER_SIZE, TPM_HT, TPM_PT, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION } from './constants.ts';
+import { cpHash, type HmacSession, hmacEquals, parseAuthResponses, ResponseHmacError, rpHash, sessionHmac, sessionKeyOf } from './hmac-session.ts';
 import { Reader, TpmFormatError, Writer } from './marshal.ts';
 import { baseRc, isRetryable, TPM_RC, TpmError } from './rc.ts';
 import {
@@ -30,6 +31,21 @@ interface Auth {
   nonce: Buffer;
   attributes: number;
   hmac: Buffer;
+}
+
+/**
+ * An HMAC session authorizing one handle of a command: the command HMAC is computed from the names
+ * given to #run and the entity's authValue, and the response HMAC is checked.
+ */
+interface SessionAuth {
+  session: HmacSession;
+  authValue: Buffer;
+}
+
+type CommandAuth = Auth | SessionAuth;
+
+function isSessionAuth(a: CommandAuth): a is SessionAuth {
+  return (a as SessionAuth).session !== undefined;
 }
 
 /** The password session (TPM_RS_PW) with an empty or given password. */
@@ -90,6 +106,9 @@ const MAX_RETRIES = 20;
 /** First handle of TPM_HT_TRANSIENT (TPM 2.0 Part 2, 7.2): loaded objects that are not persisted. */
 export const TRANSIENT_FIRST = (TPM_HT.TRANSIENT << 24) >>> 0;
 
+/** First handle of TPM_HT_LOADED_SESSION (TPM 2.0 Part 2, 7.2; the HMAC session type): loaded sessions of any kind. */
+export const LOADED_SESSION_FIRST = (TPM_HT.HMAC_SESSION << 24) >>> 0;
+
 function hex8(n: number): string {
   return `0x${n.toString(16).padStart(8, '0')}`;
 }
@@ -123,13 +142,29 @@ export class Tpm {
    * Sends a command and returns its response handles and a reader over its response parameters.
    * Any non-zero response code becomes a TpmError.
    */
-  async #run(cc: number, handles: number[], auths: Auth[] | null, params: Buffer, outHandles = 0): Promise<{ handles: number[]; r: Reader }> {
+  async #run(cc: number, handles: number[], auths: CommandAuth[] | null, params: Buffer, outHandles = 0, names?: Buffer[]): Promise<{ handles: number[]; r: Reader }> {
     const name = TPM_CC_NAMES.get(cc) ?? `command ${hex8(cc)}`;
     const body = new Writer();
     for (const h of handles) body.u32(h);
+    // Per HMAC session: the nonceCaller sent, to check the response HMAC with.
+    const sent = new Map<number, Buffer>();
     if (auths !== null) {
       const area = new Writer();
-      for (const a of auths) area.u32(a.handle).sized(a.nonce).u8(a.attributes).sized(a.hmac);
+      const sessions = auths.some(isSessionAuth);
+      if (sessions && (names === undefined || names.length !== handles.length)) throw new SigilError('INVALID_ARGUMENT', `${name}: an hmac session needs the name of every handle`);
+      const cp = sessions ? cpHash(cc, names!, params) : Buffer.alloc(0);
+      auths.forEach((a, i) => {
+        if (!isSessionAuth(a)) {
+          area.u32(a.handle).sized(a.nonce).u8(a.attributes).sized(a.hmac);
+          return;
+        }
+        // nonceCaller: a fresh digest-sized nonce per command (Part 1, 19.6.2).
+        const nonceCaller = randomBytes(32);
+        sent.set(i, nonceCaller);
+        const attrs = TPMA_SESSION.continueSession;
+        const hmac = sessionHmac(a.session.sessionKey, a.authValue, cp, nonceCaller, a.session.nonceTPM, attrs);
+        area.u32(a.session.handle).sized(nonceCaller).u8(attrs).sized(hmac);
+      });
       const areaBytes = area.finish();
       body.u32(areaBytes.length).bytes(areaBytes);
     }
@@ -163,9 +198,22 @@ export class Tpm {
     for (let i = 0; i < outHandles; i++) outH.push(r.u32());
     if (tag === TPM_ST.SESSIONS) {
       const paramSize = r.u32();
-      // The response authorization area after the parameters is not checked: no session here is
-      // bound or salted, so it carries nothing to verify.
-      return { handles: outH, r: new Reader(r.bytes(paramSize)) };
+      const rp = r.bytes(paramSize);
+      // Password and policy entries of the response authorization area carry nothing to verify; an
+      // HMAC session's entry must carry HMAC(rpHash || nonceTPM || nonceCaller || attributes).
+      if (sent.size > 0) {
+        const got = parseAuthResponses(r.bytes(r.remaining), auths!.length);
+        const rph = rpHash(0, cc, rp);
+        for (const [i, nonceCaller] of sent) {
+          const a = auths![i] as SessionAuth;
+          const g = got[i]!;
+          if (g.nonce.length < 16) throw new TpmFormatError(`${name} response nonce of ${g.nonce.length} bytes`);
+          a.session.nonceTPM = g.nonce;
+          const want = sessionHmac(a.session.sessionKey, a.authValue, rph, g.nonce, nonceCaller, g.attributes);
+          if (!hmacEquals(g.hmac, want)) throw new ResponseHmacError(name);
+        }
+      }
+      return { handles: outH, r: new Reader(rp) };
     }
     if (tag !== TPM_ST.NO_SESSIONS) throw new TpmFormatError(`${name} response tag ${tag}`);
     return { handles: outH, r };
@@ -265,6 +313,29 @@ export class Tpm {
     return handles[0]!;
   }
 
+  /**
+   * TPM2_StartAuthSession of an unsalted HMAC session with SHA-256 and no parameter encryption,
+   * unbound or bound to `bind` (whose authValue must then be given): returns its handle, session key
+   * and the TPM's first nonce.
+   */
+  async startHmacSession(opts: { bind?: { handle: number; authValue: Buffer } } = {}): Promise<HmacSession> {
+    const nonceCaller = randomBytes(32);
+    const params = new Writer().sized(nonceCaller).sized(Buffer.alloc(0)).u8(TPM_SE.HMAC).u16(TPM_ALG.NULL).u16(TPM_ALG.SHA256).finish();
+    const bind = opts.bind?.handle ?? TPM_RH.NULL;
+    const { handles, r } = await this.#run(TPM_CC.StartAuthSession, [TPM_RH.NULL, bind], null, params, 1);
+    const handle = handles[0]!;
+    try {
+      const nonceTPM = r.sized(64);
+      r.end();
+      if (nonceTPM.length < 16) throw new TpmFormatError(`StartAuthSession nonce of ${nonceTPM.length} bytes`);
+      const sessionKey = sessionKeyOf(opts.bind !== undefined, opts.bind?.authValue ?? Buffer.alloc(0), Buffer.alloc(0), nonceTPM, nonceCaller);
+      return { handle, sessionKey, nonceTPM };
+    } catch (err) {
+      await this.flushContext(handle).catch(() => undefined);
+      throw err;
+    }
+  }
+
   /** TPM2_PolicySecret: satisfies PolicySecret(authHandle) in `session`, authorizing authHandle by password. */
   async policySecret(session: number, authHandle: number = TPM_RH.ENDORSEMENT, password?: Buffer): Promise<void> {
     const params = new Writer().sized(Buffer.alloc(0)).sized(Buffer.alloc(0)).sized(Buffer.alloc(0)).u32(0).finish();
@@ -296,6 +367,25 @@ export class Tpm {
   async flushTransients(): Promise<number[]> {
     const flushed: number[] = [];
     for (const h of await this.getHandles(TRANSIENT_FIRST)) {
+      try {
+        await this.flushContext(h);
+        flushed.push(h);
+      } catch (err) {
+        if (!(err instanceof TpmError && baseRc(err.rc) === TPM_RC.HANDLE)) throw err;
+      }
+    }
+    return flushed;
+  }
+
+  /**
+   * Flushes every loaded session the TPM lists (TPM_CAP_HANDLES from TPM_HT_LOADED_SESSION, Part 2,
+   * 7.2) but those in `keep`, and returns the handles flushed; one gone meanwhile is skipped. Only for
+   * a TPM this client has to itself: through no resource manager it ends other users' sessions too.
+   */
+  async flushSessions(keep: ReadonlySet<number> = new Set()): Promise<number[]> {
+    const flushed: number[] = [];
+    for (const h of await this.getHandles(LOADED_SESSION_FIRST)) {
+      if (keep.has(h)) continue;
       try {
         await this.flushContext(h);
         flushed.push(h);
@@ -544,11 +634,14 @@ export class Tpm {
   }
 
   /**
-   * TPM2_Sign of a digest with an unrestricted signing key (empty password), choosing the scheme
+   * TPM2_Sign of a digest with an unrestricted signing key (empty authValue), choosing the scheme
    * (TPMT_SIG_SCHEME: ECDSA, RSASSA or RSAPSS with `hash`). The validation ticket is the NULL
-   * TPMT_TK_HASHCHECK, which only an unrestricted key accepts (Part 3, 20.2).
+   * TPMT_TK_HASHCHECK, which only an unrestricted key accepts (Part 3, 20.2). Authorized by the
+   * password session, or by `auth.session` with the key's Name `auth.name` in cpHash: the TPM then
+   * refuses (TPM_RC_BAD_AUTH, or TPM_RC_AUTH_FAIL for a DA-protected key) when the object at the
+   * handle has another name.
    */
-  async sign(keyHandle: number, digest: Buffer, scheme: number, hash: number): Promise<TpmSignature> {
+  async sign(keyHandle: number, digest: Buffer, scheme: number, hash: number, auth?: { session: HmacSession; name: Buffer }): Promise<TpmSignature> {
     const params = new Writer()
       .sized(digest)
       .u16(scheme)
@@ -557,7 +650,10 @@ export class Tpm {
       .u32(TPM_RH.NULL)
       .sized(Buffer.alloc(0))
       .finish();
-    const { r } = await this.#run(TPM_CC.Sign, [keyHandle], [passwordAuth()], params);
+    const { r } =
+      auth === undefined
+        ? await this.#run(TPM_CC.Sign, [keyHandle], [passwordAuth()], params)
+        : await this.#run(TPM_CC.Sign, [keyHandle], [{ session: auth.session, authValue: Buffer.alloc(0) }], params, 0, [auth.name]);
     const sig = readSignatureFrom(r);
     r.end();
     return sig;

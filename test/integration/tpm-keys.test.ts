@@ -34,6 +34,7 @@ let port: number;
 let child: ChildProcess;
 let config: TpmConfig;
 let backend: Backend & KeyCreator & KeyDestroyer;
+let importedName = '';
 
 const uriOf = (h: number) => `tpm:handle=0x${h.toString(16)}`;
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest();
@@ -116,7 +117,8 @@ before(async () => {
   await persist('ecc256', null, IMPORTED, 'imported');
   await persist('ecc256:ecdsa-sha256:null', 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign', RESTRICTED, 'restricted');
   await persist('rsa2048:rsassa-sha256:null', null, RSASSA_ONLY, 'rsassa');
-  await tool('tpm2_readpublic', ['-c', `0x${IMPORTED.toString(16)}`, '-f', 'pem', '-o', 'imported.pem']);
+  const shown = await tool('tpm2_readpublic', ['-c', `0x${IMPORTED.toString(16)}`, '-f', 'pem', '-o', 'imported.pem']);
+  importedName = shown.match(/^name: ([0-9a-f]+)$/m)?.[1] ?? '';
   await reopen();
 });
 
@@ -129,7 +131,10 @@ after(async () => {
 
 test('a key made with tpm2-tools is imported by handle and its signatures verify with openssl and node:crypto', { skip: skip ?? false }, async () => {
   const k = await backend.getKey(uriOf(IMPORTED));
-  assert.equal(k.uri, uriOf(IMPORTED));
+  // The URI an import records carries the key's name as tpm2_readpublic showed it: every signature is bound to it.
+  assert.match(importedName, /^000b[0-9a-f]{64}$/);
+  assert.equal(k.uri, `${uriOf(IMPORTED)};name=${importedName}`);
+  assert.equal((await backend.getKey(k.uri)).uri, k.uri, 'canonical: looked up again, the same uri');
   assert.equal(k.keyType, 'EC_P256');
   const toolPem = await readFile(join(dir, 'imported.pem'), 'utf8');
   assert.deepEqual(k.spki, createPublicKey(toolPem).export({ format: 'der', type: 'spki' }));

@@ -23,15 +23,18 @@ import {
 } from '../signer.ts';
 import { flushesTransients, type TpmConfig } from './config.ts';
 import { isHandleMissing, tpmFailure } from './errors.ts';
+import { isAuthRefused, isSessionGone, SessionPool } from './session-pool.ts';
 import { KeyTable, type KeyEntry } from './key-table.ts';
 import { lockStateDir, type StateLock } from './state-lock.ts';
 import { signingKeyTemplate } from './templates.ts';
-import { formatTpmUri, parseTpmUri } from './uri.ts';
+import { formatTpmUri, parseTpmKeyUri } from './uri.ts';
 
 /** A usable signing key at a persistent handle, as read from its public area. */
 interface TpmKey {
   handle: number;
   uri: string;
+  /** The name sigil recorded for the key: every TPM2_Sign is authorized with it in cpHash. */
+  name: Buffer;
   keyType: KeyType;
   spki: Buffer;
   public: TpmPublic;
@@ -48,6 +51,9 @@ const SCHEMES: Readonly<Record<Exclude<Algorithm, 'ED25519'>, { scheme: number; 
 };
 
 const LABEL = /^[^\u0000-\u001f\u007f]{1,128}$/u;
+// HMAC sessions kept open: swtpm has three loaded-session slots (TPM_PT_HR_LOADED_MIN); one stays free
+// for other uses such as an EK policy session.
+const SESSIONS = 2;
 const PERSISTENT_TYPE = 0x81000000;
 
 /**
@@ -95,6 +101,13 @@ async function flushAtOpen(tpm: Tpm, ms: number, log: Logger): Promise<void> {
     throw tpmFailure('tpm transient object flush', err);
   }
   if (flushed.length > 0) log.warn({ handles: flushed.map(hex8) }, 'tpm transient objects left by an earlier user flushed');
+  let sessions: number[];
+  try {
+    sessions = await withDeadline(ms, 'tpm session flush', () => tpm.flushSessions());
+  } catch (err) {
+    throw tpmFailure('tpm session flush', err);
+  }
+  if (sessions.length > 0) log.warn({ handles: sessions.map(hex8) }, 'tpm sessions left by an earlier user flushed');
 }
 
 /**
@@ -150,10 +163,11 @@ function hex8(n: number): string {
 }
 
 /**
- * Checks that the public area at `handle` is a key sigil can sign with through TPM2_Sign and a
- * password session, and describes it. A restricted key signs only digests the TPM hashed itself.
+ * Checks that the public area at `handle` is a key sigil can sign with through TPM2_Sign and an HMAC
+ * session with its empty authValue, and describes it under `name`, the name sigil recorded for it. A
+ * restricted key signs only digests the TPM hashed itself.
  */
-function describeKey(handle: number, pub: TpmPublic): TpmKey {
+function describeKey(handle: number, pub: TpmPublic, name: Buffer, uri: string): TpmKey {
   const at = hex8(handle);
   if (pub.type !== TPM_ALG.RSA && pub.type !== TPM_ALG.ECC) throw new SigilError('FAILED_PRECONDITION', `tpm object at ${at} is not an rsa or ecc key`);
   const a = pub.objectAttributes;
@@ -162,7 +176,7 @@ function describeKey(handle: number, pub: TpmPublic): TpmKey {
     throw new SigilError('FAILED_PRECONDITION', `tpm key at ${at} is restricted: it signs only digests the tpm computed itself, not outside digests`);
   }
   if ((a & TPMA_OBJECT.userWithAuth) === 0) {
-    throw new SigilError('FAILED_PRECONDITION', `tpm key at ${at} needs a policy session to sign (userWithAuth clear); sigil uses its password`);
+    throw new SigilError('FAILED_PRECONDITION', `tpm key at ${at} needs a policy session to sign (userWithAuth clear); sigil uses its authValue`);
   }
   let spki: Buffer;
   try {
@@ -173,7 +187,7 @@ function describeKey(handle: number, pub: TpmPublic): TpmKey {
   const keyType = keyTypeOfSpki(spki);
   if (keyType === null) throw new SigilError('UNSUPPORTED_ALGORITHM', `tpm key at ${at} is of a kind sigil does not sign with`);
   const size = pub.rsa !== undefined ? pub.rsa.modulus.length : keyType === 'EC_P256' ? 32 : 48;
-  return { handle, uri: formatTpmUri(handle), keyType, spki, public: pub, size };
+  return { handle, uri, name, keyType, spki, public: pub, size };
 }
 
 /** Whether the key's own scheme (fixed at creation, or TPM_ALG_NULL for any) lets it sign `alg`. */
@@ -182,6 +196,11 @@ function schemeAllows(pub: TpmPublic, alg: Exclude<Algorithm, 'ED25519'>): boole
   if (d === undefined) return false;
   if (d.scheme === TPM_ALG.NULL) return true;
   return d.scheme === SCHEMES[alg].scheme && d.schemeHash === SCHEMES[alg].hash;
+}
+
+/** The refusal when the object at a handle is not the one sigil recorded there. */
+function notRecorded(handle: number): SigilError {
+  return new SigilError('FAILED_PRECONDITION', `tpm object at ${hex8(handle)} is not the recorded key (its name differs from the one recorded when the key was created or imported); not signing with it`);
 }
 
 function leftPad(b: Buffer, size: number, what: string): Buffer {
@@ -202,6 +221,7 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
   readonly #keys = new Map<number, TpmKey>();
   readonly #lock: StateLock;
   readonly #flushTransients: boolean;
+  readonly #sessions: SessionPool;
   // The transport's connection count when transients were last flushed; a new connection means
   // whatever used the TPM in between may have left objects.
   #flushedAt: number | undefined;
@@ -213,6 +233,7 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     this.#flushTransients = flush;
     this.#flushedAt = tpm.transport.connections;
     this.#tpm = tpm;
+    this.#sessions = new SessionPool(tpm, SESSIONS, log);
     this.#table = table;
     this.#log = log;
     this.#range = config.handleRange;
@@ -261,7 +282,7 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
         try {
           const made = await tpm.create(srk.handle, templateBytes(template));
           const name = objectName(made.public);
-          key = describeKey(handle, made.public);
+          key = describeKey(handle, made.public, name, formatTpmUri(handle));
           // The table entry goes first: after a crash, findKeyByLabel checks the handle for this name.
           await this.#table.put({ label, handle, name: name.toString('hex'), algorithm, createdAt: new Date().toISOString() });
           let evictSent = false;
@@ -290,16 +311,31 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     );
   }
 
+  /**
+   * Looks a key up. A key sigil created keeps its plain `tpm:handle=` URI (its name is in the table);
+   * any other object at a plain handle is answered with `;name=` added, so the URI an import records
+   * carries the name every signature is then bound to.
+   */
   async getKey(uri: string): Promise<BackendKey> {
-    const handle = parseTpmUri(uri);
-    const k = await this.#call(`tpm key lookup for ${uri}`, this.#timeoutMs, () => this.#load(handle));
+    const { handle, name } = parseTpmKeyUri(uri);
+    const k = await this.#call(`tpm key lookup for ${uri}`, this.#timeoutMs, async () => {
+      const { public: pub, name: actual } = await this.#readPublic(handle);
+      const recorded = name ?? this.#recordedName(handle);
+      if (recorded !== null && !recorded.equals(actual)) throw notRecorded(handle);
+      return describeKey(handle, pub, actual, recorded === null ? formatTpmUri(handle, actual) : uri);
+    });
     return { uri: k.uri, spki: k.spki, keyType: k.keyType };
   }
 
   async signer(uri: string, algorithm: Algorithm): Promise<KeySigner> {
     const alg = this.#checkAlgorithm(algorithm);
-    const handle = parseTpmUri(uri);
-    const k = this.#keys.get(handle) ?? (await this.#call(`tpm key lookup for ${uri}`, this.#timeoutMs, () => this.#load(handle)));
+    const { handle, name } = parseTpmKeyUri(uri);
+    const recorded = name ?? this.#recordedName(handle);
+    const cached = this.#keys.get(handle);
+    const k =
+      cached !== undefined && recorded !== null && cached.name.equals(recorded) && cached.uri === uri
+        ? cached
+        : await this.#call(`tpm key lookup for ${uri}`, this.#timeoutMs, () => this.#load(uri, handle, name));
     const info = ALGORITHM_INFO[alg];
     if (k.keyType !== info.keyType) throw new SigilError('INVALID_ARGUMENT', `key ${k.uri} is a ${k.keyType} key and cannot sign ${alg}`);
     if (!schemeAllows(k.public, alg)) throw new SigilError('INVALID_ARGUMENT', `key ${k.uri} has a fixed signing scheme other than ${alg}`);
@@ -312,15 +348,53 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     const { scheme, hash } = SCHEMES[alg];
     const what = `tpm signature with ${k.uri}`;
     const sig = await this.#call(what, this.#timeoutMs, async () => {
+      const session = await this.#sessions.acquire();
+      let keep = false;
       try {
-        return await this.#tpm.sign(k.handle, input, scheme, hash);
+        const out = await this.#tpm.sign(k.handle, input, scheme, hash, { session, name: k.name });
+        keep = true;
+        return out;
       } catch (err) {
-        if (!isHandleMissing(err)) throw err;
-        if (this.#keys.get(k.handle) === k) this.#keys.delete(k.handle);
-        throw new SigilError('KEY_NOT_FOUND', `no tpm key at ${hex8(k.handle)}`, { cause: err });
+        // A TPM error leaves the session's nonces as they were; a refusal of its HMAC, a lost session or
+        // a failed exchange (nonce state unknown) gets a fresh session next time.
+        keep = err instanceof TpmError && !isAuthRefused(err) && !isSessionGone(err);
+        if (isHandleMissing(err)) {
+          this.#forget(k);
+          throw new SigilError('KEY_NOT_FOUND', `no tpm key at ${hex8(k.handle)}`, { cause: err });
+        }
+        if (isSessionGone(err)) throw new SigilError('BACKEND_UNAVAILABLE', `${what}: the tpm no longer holds the authorization session (restarted or flushed)`, { cause: err });
+        if (isAuthRefused(err)) throw await this.#refusal(k, err);
+        throw err;
+      } finally {
+        this.#sessions.release(session, keep);
       }
     });
     return wireSignature(k, scheme, hash, sig);
+  }
+
+  /**
+   * Explains a TPM refusal of the session HMAC: the TPM computed cpHash with the name of the object
+   * at the handle, so a different name there means another object (the decision was the TPM's; this
+   * read only picks the message). The same name means the key wants an authValue sigil lacks.
+   */
+  async #refusal(k: TpmKey, err: unknown): Promise<unknown> {
+    this.#forget(k);
+    let actual: Buffer;
+    try {
+      actual = (await this.#tpm.readPublic(k.handle)).name;
+    } catch (readErr) {
+      if (isHandleMissing(readErr)) return new SigilError('KEY_NOT_FOUND', `no tpm key at ${hex8(k.handle)}`, { cause: readErr });
+      return err;
+    }
+    if (!actual.equals(k.name)) {
+      this.#log.error({ uri: k.uri, recorded: k.name.toString('hex'), found: actual.toString('hex') }, 'tpm handle holds another object than the recorded key; signature refused');
+      return new SigilError('FAILED_PRECONDITION', notRecorded(k.handle).message, { cause: err });
+    }
+    return err;
+  }
+
+  #forget(k: TpmKey): void {
+    if (this.#keys.get(k.handle) === k) this.#keys.delete(k.handle);
   }
 
   async close(): Promise<void> {
@@ -328,6 +402,9 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     this.#closed = true;
     this.#keys.clear();
     try {
+      await withDeadline(this.#timeoutMs, 'tpm session flush', () => this.#sessions.close()).catch((err: unknown) => {
+        this.#log.warn({ err }, 'tpm sessions not flushed at close');
+      });
       await this.#tpm.close();
     } finally {
       await this.#lock.release();
@@ -348,38 +425,49 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
   async #flushLeftovers(): Promise<void> {
     if (!this.#needsFlush()) return;
     const flushed = await this.#tpm.flushTransients();
+    // Sessions too: ours from before the drop and any a killed sigild left. Those commands in flight
+    // hold are spared; idle ones are dropped and started afresh.
+    this.#sessions.discardIdle();
+    const sessions = await this.#tpm.flushSessions(this.#sessions.busyHandles());
+    this.#sessions.forgetStale();
     this.#flushedAt = this.#tpm.transport.connections;
     if (flushed.length > 0) this.#log.warn({ handles: flushed.map(hex8) }, 'tpm transient objects left while disconnected flushed');
+    if (sessions.length > 0) this.#log.info({ handles: sessions.map(hex8) }, 'tpm sessions from before the reconnect flushed');
   }
 
   async destroyKey(uri: string): Promise<void> {
-    const handle = parseTpmUri(uri);
+    const { handle, name } = parseTpmKeyUri(uri);
     await this.#call(`tpm key destruction for ${uri}`, this.#timeoutMs, () =>
       this.#admin.run(async () => {
         this.#keys.delete(handle);
         const entry = this.#table.byHandle(handle);
+        const recorded = name ?? this.#recordedName(handle);
+        const forget = async () => {
+          if (entry !== undefined) await this.#table.delete(entry.label);
+          await this.#table.unpin(handle);
+        };
         let pub: { public: TpmPublic; name: Buffer };
         try {
           pub = await this.#tpm.readPublic(handle);
         } catch (err) {
           if (!isHandleMissing(err)) throw err;
-          if (entry !== undefined) await this.#table.delete(entry.label);
+          await forget();
           return;
         }
-        if (entry !== undefined && pub.name.toString('hex') !== entry.name) {
-          // The key sigil made there is already gone and another object took the handle: not ours to evict.
-          this.#log.warn({ uri, label: entry.label }, 'tpm handle holds another key than the one sigil created; entry dropped, object left alone');
-          await this.#table.delete(entry.label);
+        if (recorded !== null && !pub.name.equals(recorded)) {
+          // The key sigil knew there is already gone and another object took the handle: not ours to evict.
+          this.#log.warn({ uri, label: entry?.label }, 'tpm handle holds another object than the recorded key; record dropped, object left alone');
+          await forget();
           return;
         }
-        describeKey(handle, pub.public);
+        describeKey(handle, pub.public, pub.name, uri);
         try {
           // A persistent objectHandle with persistentHandle equal to it evicts (Part 3, 28.5).
           await this.#tpm.evictControl(handle, handle);
         } catch (err) {
           if (!isHandleMissing(err)) throw err;
         }
-        if (entry !== undefined) await this.#table.delete(entry.label);
+        await forget();
         this.#log.info({ uri, label: entry?.label }, 'tpm key destroyed');
       }),
     );
@@ -410,15 +498,41 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     }
   }
 
-  async #load(handle: number): Promise<TpmKey> {
-    let pub: TpmPublic;
+  /** The name recorded for a plain `tpm:handle=` URI: the table's for a key sigil created, else a pinned one, else null. */
+  #recordedName(handle: number): Buffer | null {
+    const hex = this.#table.byHandle(handle)?.name ?? this.#table.pinnedName(handle);
+    return hex === undefined ? null : Buffer.from(hex, 'hex');
+  }
+
+  async #readPublic(handle: number): Promise<{ public: TpmPublic; name: Buffer }> {
     try {
-      pub = (await this.#tpm.readPublic(handle)).public;
+      return await this.#tpm.readPublic(handle);
     } catch (err) {
       if (isHandleMissing(err)) throw new SigilError('KEY_NOT_FOUND', `no tpm key at ${hex8(handle)}`, { cause: err });
       throw err;
     }
-    const k = describeKey(handle, pub);
+  }
+
+  /**
+   * Reads the key at `handle` for signing under the name recorded for `uri`. A plain URI of a key
+   * sigil did not create and has no name for (imported before names were recorded) gets the name
+   * the TPM reports now pinned in the table: held to from this first use on, and logged once.
+   */
+  async #load(uri: string, handle: number, uriName: Buffer | null): Promise<TpmKey> {
+    const { public: pub, name: actual } = await this.#readPublic(handle);
+    let recorded = uriName ?? this.#recordedName(handle);
+    if (recorded === null) {
+      recorded = await this.#admin.run(async () => {
+        const again = this.#recordedName(handle);
+        if (again !== null) return again;
+        describeKey(handle, pub, actual, uri);
+        await this.#table.pin(handle, actual.toString('hex'));
+        this.#log.warn({ uri, name: actual.toString('hex') }, 'tpm key imported without a recorded name: the name it has now is recorded and every signature is bound to it from here on');
+        return actual;
+      });
+    }
+    if (!recorded.equals(actual)) throw notRecorded(handle);
+    const k = describeKey(handle, pub, recorded, uri);
     this.#keys.set(handle, k);
     return k;
   }

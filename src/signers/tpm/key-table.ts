@@ -14,7 +14,18 @@ export interface KeyEntry {
   createdAt: string;
 }
 
+/**
+ * The name of an object sigil did not create (a key imported by a URI without `;name=`, from before
+ * names were recorded), taken from TPM2_ReadPublic at its first use and held to from then on.
+ */
+export interface PinnedName {
+  handle: number;
+  name: string;
+  pinnedAt: string;
+}
+
 const FILE = 'keys.json';
+const NAME = /^[0-9a-f]{4,132}$/;
 
 const fileSchema = z.strictObject({
   version: z.literal(1),
@@ -22,11 +33,15 @@ const fileSchema = z.strictObject({
     z.strictObject({
       label: z.string().min(1),
       handle: z.number().int().min(0x81000000).max(0x817fffff),
-      name: z.string().regex(/^[0-9a-f]{4,132}$/),
+      name: z.string().regex(NAME),
       algorithm: z.enum(ALGORITHMS as [string, ...string[]]),
       createdAt: z.string(),
     }),
   ),
+  // Added after version 1 shipped; absent in older tables.
+  pinned: z
+    .array(z.strictObject({ handle: z.number().int().min(0x81000000).max(0x817fffff), name: z.string().regex(NAME), pinnedAt: z.string() }))
+    .optional(),
 });
 
 /**
@@ -37,6 +52,7 @@ const fileSchema = z.strictObject({
 export class KeyTable {
   readonly #dir: string;
   readonly #byLabel = new Map<string, KeyEntry>();
+  readonly #pinned = new Map<number, PinnedName>();
 
   private constructor(dir: string) {
     this.#dir = dir;
@@ -65,6 +81,7 @@ export class KeyTable {
         throw new SigilError('BACKEND_ERROR', `tpm key table ${join(dir, FILE)} is corrupt`, { cause: err });
       }
       for (const e of parsed.keys) t.#byLabel.set(e.label, e as KeyEntry);
+      for (const p of parsed.pinned ?? []) t.#pinned.set(p.handle, p);
     }
     return t;
   }
@@ -111,8 +128,42 @@ export class KeyTable {
     }
   }
 
+  /** The name pinned for `handle` (hex), if any. */
+  pinnedName(handle: number): string | undefined {
+    return this.#pinned.get(handle)?.name;
+  }
+
+  /** Pins `name` (hex) for `handle`, replacing any earlier pin, and makes that durable. */
+  async pin(handle: number, name: string): Promise<void> {
+    if (!NAME.test(name)) throw new SigilError('INVALID_ARGUMENT', 'a tpm object name is lower-case hex');
+    const before = this.#pinned.get(handle);
+    this.#pinned.set(handle, { handle, name, pinnedAt: new Date().toISOString() });
+    try {
+      await this.#write();
+    } catch (err) {
+      if (before === undefined) this.#pinned.delete(handle);
+      else this.#pinned.set(handle, before);
+      throw err;
+    }
+  }
+
+  /** Drops the pin of `handle` (no-op when absent) and makes that durable. */
+  async unpin(handle: number): Promise<void> {
+    const before = this.#pinned.get(handle);
+    if (before === undefined) return;
+    this.#pinned.delete(handle);
+    try {
+      await this.#write();
+    } catch (err) {
+      this.#pinned.set(handle, before);
+      throw err;
+    }
+  }
+
   async #write(): Promise<void> {
-    const body = JSON.stringify({ version: 1, keys: [...this.#byLabel.values()] }, null, 2) + '\n';
+    const pinned = [...this.#pinned.values()];
+    const table = pinned.length > 0 ? { version: 1, keys: [...this.#byLabel.values()], pinned } : { version: 1, keys: [...this.#byLabel.values()] };
+    const body = JSON.stringify(table, null, 2) + '\n';
     const path = join(this.#dir, FILE);
     const tmp = `${path}.tmp`;
     try {

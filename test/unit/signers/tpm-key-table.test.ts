@@ -52,3 +52,23 @@ test('a failed write leaves the in-memory table as it was', async () => {
   await assert.rejects(t.delete('k-v1'), (e) => isSigilError(e, 'BACKEND_ERROR'));
   assert.deepEqual(t.get('k-v1'), entry('k-v1', 0x81000100));
 });
+
+test('pinned names: a table written before pins existed opens; pins survive a reopen and are dropped by unpin', async () => {
+  const dir = join(root, 'pins');
+  await KeyTable.open(dir);
+  const old = { version: 1, keys: [entry('k-v1', 0x81000100)] };
+  await writeFile(join(dir, 'keys.json'), JSON.stringify(old));
+  const t = await KeyTable.open(dir);
+  assert.equal(t.pinnedName(0x81000800), undefined);
+  await t.put(entry('k-v2', 0x81000101));
+  assert.equal('pinned' in JSON.parse(await readFile(join(dir, 'keys.json'), 'utf8')), false, 'without pins the file keeps the version-1 shape');
+  await t.pin(0x81000800, `000b${'ef'.repeat(32)}`);
+  await assert.rejects(t.pin(0x81000801, 'NOT-HEX'), (e) => isSigilError(e, 'INVALID_ARGUMENT'));
+  const again = await KeyTable.open(dir);
+  assert.equal(again.pinnedName(0x81000800), `000b${'ef'.repeat(32)}`);
+  assert.equal(again.pinnedName(0x81000801), undefined);
+  assert.equal(again.get('k-v1')?.handle, 0x81000100);
+  await again.unpin(0x81000800);
+  await again.unpin(0x81000800);
+  assert.equal((await KeyTable.open(dir)).pinnedName(0x81000800), undefined);
+});

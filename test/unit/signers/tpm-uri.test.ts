@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { isSigilError } from '../../../src/errors.ts';
-import { formatTpmUri, parseTpmUri } from '../../../src/signers/tpm/uri.ts';
+import { formatTpmUri, parseTpmKeyUri, parseTpmUri } from '../../../src/signers/tpm/uri.ts';
 
 const FIRST = 0x81000000;
 const LAST = 0x817fffff;
@@ -63,5 +63,60 @@ test('fuzz: arbitrary text either parses to an owner handle whose canonical uri 
       assert.equal(formatTpmUri(h), uri);
     }),
     { numRuns: 2000 },
+  );
+});
+
+const NAME = `000b${'ab'.repeat(32)}`;
+
+test('a name attribute after the handle is parsed when it is nameAlg || digest of that size', () => {
+  assert.deepEqual(parseTpmKeyUri(`tpm:handle=0x81000100;name=${NAME}`), { handle: 0x81000100, name: Buffer.from(NAME, 'hex') });
+  assert.deepEqual(parseTpmKeyUri('tpm:handle=0x81000100'), { handle: 0x81000100, name: null });
+  assert.equal(parseTpmUri(`tpm:handle=0x81000100;name=${NAME}`), 0x81000100);
+  assert.equal(formatTpmUri(0x81000100, Buffer.from(NAME, 'hex')), `tpm:handle=0x81000100;name=${NAME}`);
+  assert.equal(parseTpmKeyUri(`tpm:handle=0x81000100;name=000c${'01'.repeat(48)}`).name?.length, 50);
+  for (const uri of [
+    `tpm:name=${NAME};handle=0x81000100`, // order
+    `tpm:handle=0x81000100;name=${NAME.toUpperCase()}`,
+    `tpm:handle=0x81000100;name=${NAME}0`,
+    `tpm:handle=0x81000100;name=${NAME}00`, // digest longer than SHA-256's
+    `tpm:handle=0x81000100;name=000b${'ab'.repeat(20)}`, // SHA-1 size under the SHA-256 id
+    'tpm:handle=0x81000100;name=',
+    'tpm:handle=0x81000100;name=000b',
+    `tpm:handle=0x81000100;name=ffff${'ab'.repeat(32)}`,
+    `tpm:handle=0x81000100;name=${NAME};name=${NAME}`,
+    `tpm:handle=0x81000100;name=%30${NAME.slice(1)}`,
+    `tpm:handle=0x81000100;name=${NAME};id=1`,
+  ]) {
+    assert.throws(() => parseTpmKeyUri(uri), (e) => isSigilError(e, 'INVALID_ARGUMENT'), uri);
+  }
+});
+
+test('fuzz: handle and name uris round-trip; mutated ones parse only to their own canonical text', () => {
+  const digestOf: Record<number, number> = { 0x0004: 20, 0x000b: 32, 0x000c: 48, 0x000d: 64, 0x0012: 32 };
+  const name = fc.constantFrom(0x0004, 0x000b, 0x000c, 0x000d, 0x0012).chain((alg) =>
+    fc.uint8Array({ minLength: digestOf[alg]!, maxLength: digestOf[alg]! }).map((d) => Buffer.concat([Buffer.from([alg >> 8, alg & 0xff]), d])),
+  );
+  fc.assert(
+    fc.property(fc.integer({ min: FIRST, max: LAST }), name, (h, n) => {
+      assert.deepEqual(parseTpmKeyUri(formatTpmUri(h, n)), { handle: h, name: n });
+    }),
+  );
+  const mutated = fc.tuple(fc.integer({ min: FIRST, max: LAST }), name, fc.nat(), fc.string({ maxLength: 4 })).map(([h, n, at, ins]) => {
+    const u = formatTpmUri(h, n);
+    const i = at % (u.length + 1);
+    return u.slice(0, i) + ins + u.slice(i + (at % 3));
+  });
+  fc.assert(
+    fc.property(mutated, (uri) => {
+      let parsed;
+      try {
+        parsed = parseTpmKeyUri(uri);
+      } catch (e) {
+        assert.ok(isSigilError(e, 'INVALID_ARGUMENT'), `unexpected ${String(e)}`);
+        return;
+      }
+      assert.equal(formatTpmUri(parsed.handle, parsed.name), uri);
+    }),
+    { numRuns: 3000 },
   );
 });

@@ -1,0 +1,350 @@
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { createHash, createPublicKey, verify, constants as cryptoConstants } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { launchSwtpm, prepareSwtpmState } from '../../src/dev/swtpm.ts';
+import { isSigilError } from '../../src/errors.ts';
+import { silentLogger } from '../../src/log.ts';
+import type { Backend, KeyCreator, KeyDestroyer } from '../../src/signers/signer.ts';
+import { tpmConfigSchema, type TpmConfig } from '../../src/signers/tpm/config.ts';
+import { open } from '../../src/signers/tpm/index.ts';
+import { signingKeyTemplate } from '../../src/signers/tpm/templates.ts';
+import { TPM_ALG, TPM_CC, TPM_RH } from '../../src/tpm/constants.ts';
+import { TPM_RC, TpmError } from '../../src/tpm/rc.ts';
+import { objectName } from '../../src/tpm/structures.ts';
+import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
+import { LOADED_SESSION_FIRST, Tpm } from '../../src/tpm/tpm.ts';
+import { missingTools } from '../helpers/hw.ts';
+
+// TPM2_Sign authorized by an HMAC session whose cpHash holds the key name sigil recorded: another
+// object persisted at the key's handle is refused by the TPM itself, where a password session signs.
+
+const skip = missingTools('swtpm', 'swtpm_setup');
+const TIMEOUT_MS = 1000;
+const IMPORT_HANDLE = 0x81000700;
+
+let dir: string;
+let child: ChildProcess;
+let stopSwtpm: () => Promise<void>;
+let port: number;
+let tcti: string;
+let n = 0;
+
+before(async () => {
+  if (skip) return;
+  dir = await mkdtemp(join(tmpdir(), 'sigil-tpm-sessions-it-'));
+  const prepared = await prepareSwtpmState(join(dir, 'prep'));
+  const sw = await launchSwtpm(prepared.state);
+  child = sw.child;
+  stopSwtpm = sw.stop;
+  port = sw.port;
+  tcti = sw.tcti;
+});
+after(async () => {
+  if (skip) return;
+  await stopSwtpm?.();
+  await rm(dir, { recursive: true, force: true });
+});
+
+type Opened = Backend & KeyCreator & KeyDestroyer;
+
+function config(over: Partial<Record<string, unknown>> = {}): TpmConfig {
+  return tpmConfigSchema.parse({ type: 'tpm', transport: tcti, stateDir: join(dir, `state-${n++}`), timeoutMs: TIMEOUT_MS, createTimeoutMs: 1000, ...over });
+}
+
+const openBackend = (c: TpmConfig) => open(c, { name: 'swtpm', log: silentLogger(), production: false });
+const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest();
+const spkiKey = (spki: Buffer) => createPublicKey({ key: spki, format: 'der', type: 'spki' });
+const handleOf = (uri: string) => Number.parseInt(uri.slice('tpm:handle=0x'.length, 'tpm:handle=0x'.length + 8), 16);
+
+async function withClient<T>(f: (tpm: Tpm) => Promise<T>): Promise<T> {
+  const tpm = await Tpm.open(tcti);
+  try {
+    return await f(tpm);
+  } finally {
+    await tpm.close();
+  }
+}
+
+/** Pauses swtpm until the backend's command failed and its socket timed out, so the backend hangs up (swtpm serves one connection). */
+async function dropConnection(b: Opened, uri: string): Promise<void> {
+  child.kill('SIGSTOP');
+  try {
+    await assert.rejects(b.getKey(uri), (e) => isSigilError(e, 'BACKEND_UNAVAILABLE'));
+    await new Promise((r) => setTimeout(r, 300));
+  } finally {
+    child.kill('SIGCONT');
+  }
+}
+
+/** Persists a fresh P-256 signing key at `handle` (evicting what is there first): the swap an owner could make. */
+async function persistOther(tpm: Tpm, handle: number, evict: boolean): Promise<Buffer> {
+  if (evict) await tpm.evictControl(handle, handle);
+  const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
+  try {
+    const made = await tpm.create(srk.handle, templateBytes(signingKeyTemplate('EC_P256')!));
+    const loaded = await tpm.load(srk.handle, made.private, made.public);
+    try {
+      await tpm.evictControl(loaded.handle, handle);
+    } finally {
+      await tpm.flushContext(loaded.handle);
+    }
+    return objectName(made.public);
+  } finally {
+    await tpm.flushContext(srk.handle);
+  }
+}
+
+const notRecorded = (e: unknown) =>
+  isSigilError(e, 'FAILED_PRECONDITION') && /tpm object at 0x[0-9a-f]{8} is not the recorded key/.test(e.message) && !/\.$/.test(e.message);
+
+test('P-256, RSA PKCS#1 and RSA-PSS signatures verify; at most the pool size of sessions stays loaded, none after close', { skip: skip ?? false }, async () => {
+  const b = await openBackend(config());
+  try {
+    const ec = await b.createKey({ label: 'ec-v1', algorithm: 'ECDSA_P256_SHA256' });
+    const rsa = await b.createKey({ label: 'rsa-v1', algorithm: 'RSA_PSS_SHA256' });
+    const ecSigner = await b.signer(ec.uri, 'ECDSA_P256_SHA256');
+    const pss = await b.signer(rsa.uri, 'RSA_PSS_SHA256');
+    const pkcs1 = await b.signer(rsa.uri, 'RSA_PKCS1_SHA256');
+    // Concurrent signatures share the pool; each one's nonces must roll in order for all to verify.
+    const msgs = Array.from({ length: 12 }, (_, i) => Buffer.from(`message ${i}`));
+    const sigs = await Promise.all(msgs.map((m, i) => (i % 3 === 0 ? ecSigner : i % 3 === 1 ? pss : pkcs1).sign(sha256(m))));
+    msgs.forEach((m, i) => {
+      const ok =
+        i % 3 === 0
+          ? verify('sha256', m, { key: spkiKey(ec.spki), dsaEncoding: 'der' }, sigs[i]!)
+          : i % 3 === 1
+            ? verify('sha256', m, { key: spkiKey(rsa.spki), padding: cryptoConstants.RSA_PKCS1_PSS_PADDING, saltLength: 32 }, sigs[i]!)
+            : verify('sha256', m, spkiKey(rsa.spki), sigs[i]!);
+      assert.ok(ok, `signature ${i} verifies`);
+    });
+    assert.ok(!verify('sha256', Buffer.from('other'), { key: spkiKey(ec.spki), dsaEncoding: 'der' }, sigs[0]!), 'a wrong message does not');
+    await b.destroyKey(ec.uri);
+    await b.destroyKey(rsa.uri);
+  } finally {
+    await b.close();
+  }
+  assert.deepEqual(await withClient((tpm) => tpm.getHandles(LOADED_SESSION_FIRST)), [], 'close flushed the sessions');
+});
+
+test('swap attack: another key persisted at the handle is refused by the tpm (TPM_RC_BAD_AUTH) and no signature is made', { skip: skip ?? false }, async () => {
+  const b = await openBackend(config());
+  let handle = 0;
+  try {
+    const k = await b.createKey({ label: 'swapped-v1', algorithm: 'ECDSA_P256_SHA256' });
+    handle = handleOf(k.uri);
+    const signer = await b.signer(k.uri, 'ECDSA_P256_SHA256');
+    const msg = Buffer.from('before the swap');
+    assert.ok(verify('sha256', msg, { key: spkiKey(k.spki), dsaEncoding: 'der' }, await signer.sign(sha256(msg))));
+
+    await dropConnection(b, k.uri);
+    // The owner evicts sigil's key and persists another at the same handle. A password session (what
+    // sigil used before) signs with it without complaint: the attack is real.
+    const otherName = await withClient(async (tpm) => {
+      const name = await persistOther(tpm, handle, true);
+      const sig = await tpm.sign(handle, sha256('password session'), TPM_ALG.ECDSA, TPM_ALG.SHA256);
+      assert.equal(sig.sigAlg, TPM_ALG.ECDSA);
+      return name;
+    });
+
+    // The signer made before the swap goes straight to TPM2_Sign: the refusal is the TPM's own.
+    await assert.rejects(signer.sign(sha256('after the swap')), (e) => {
+      assert.ok(notRecorded(e), String(e));
+      const cause = (e as Error).cause;
+      assert.ok(cause instanceof TpmError && cause.rc === 0x9a2, `TPM_RC_BAD_AUTH on session 1, got ${String(cause)}`);
+      return true;
+    });
+    // A fresh lookup sees the other name and refuses before signing.
+    await assert.rejects(b.signer(k.uri, 'ECDSA_P256_SHA256'), notRecorded);
+    await assert.rejects(b.getKey(k.uri), notRecorded);
+    // The backend still works for its other keys, and destroying the swapped version leaves the foreign object alone.
+    const next = await b.createKey({ label: 'swapped-v2', algorithm: 'ECDSA_P256_SHA256' });
+    const m2 = Buffer.from('another key still signs');
+    assert.ok(verify('sha256', m2, { key: spkiKey(next.spki), dsaEncoding: 'der' }, await (await b.signer(next.uri, 'ECDSA_P256_SHA256')).sign(sha256(m2))));
+    await b.destroyKey(k.uri);
+    await b.destroyKey(next.uri);
+    await b.close();
+    const still = await withClient((tpm) => tpm.readPublic(handle));
+    assert.deepEqual(still.name, otherName, 'the foreign key was not evicted');
+  } finally {
+    await b.close();
+    if (handle !== 0) await withClient((tpm) => tpm.evictControl(handle, handle)).catch(() => undefined);
+  }
+});
+
+test('an import records the name in its uri; an old plain-handle import gets its name pinned at first use; both refuse a swap, across a reopen', { skip: skip ?? false }, async () => {
+  const firstName = await withClient((tpm) => persistOther(tpm, IMPORT_HANDLE, false));
+  const c = config();
+  const plain = `tpm:handle=0x${IMPORT_HANDLE.toString(16)}`;
+  let b = await openBackend(c);
+  try {
+    const imported = await b.getKey(plain);
+    assert.equal(imported.uri, `${plain};name=${firstName.toString('hex')}`);
+    // A plain URI recorded by the previous version: signs, and pins the name it has now.
+    const legacy = await b.signer(plain, 'ECDSA_P256_SHA256');
+    const msg = Buffer.from('legacy import');
+    assert.ok(verify('sha256', msg, { key: spkiKey(imported.spki), dsaEncoding: 'der' }, await legacy.sign(sha256(msg))));
+    const table = JSON.parse(await readFile(join(c.stateDir, 'keys.json'), 'utf8')) as { pinned?: Array<{ handle: number; name: string }> };
+    assert.deepEqual(table.pinned?.map((p) => [p.handle, p.name]), [[IMPORT_HANDLE, firstName.toString('hex')]]);
+    const named = await b.signer(imported.uri, 'ECDSA_P256_SHA256');
+    assert.ok(verify('sha256', msg, { key: spkiKey(imported.spki), dsaEncoding: 'der' }, await named.sign(sha256(msg))));
+
+    await dropConnection(b, imported.uri);
+    await withClient((tpm) => persistOther(tpm, IMPORT_HANDLE, true));
+    await assert.rejects(named.sign(sha256(msg)), notRecorded);
+    await assert.rejects(legacy.sign(sha256(msg)), notRecorded);
+    await b.close();
+
+    // After a restart of sigild the pin still holds: the plain URI is not re-learned from the new object.
+    b = await openBackend(c);
+    await assert.rejects(b.signer(plain, 'ECDSA_P256_SHA256'), notRecorded);
+    await assert.rejects(b.signer(imported.uri, 'ECDSA_P256_SHA256'), notRecorded);
+    // The plain URI stays bound to the pinned name; destroying that version drops the pin and leaves
+    // the foreign object alone, and only then does an import of the handle name the new object.
+    await assert.rejects(b.getKey(plain), notRecorded);
+    await b.destroyKey(plain);
+    const reimported = await b.getKey(plain);
+    assert.notEqual(reimported.uri, imported.uri);
+    assert.match(reimported.uri, /;name=000b[0-9a-f]{64}$/);
+  } finally {
+    await b.close();
+    await withClient((tpm) => tpm.evictControl(IMPORT_HANDLE, IMPORT_HANDLE)).catch(() => undefined);
+  }
+});
+
+test('sessions a killed client left are flushed at open (the default); with the flush off, signing finds no session slot', { skip: skip ?? false }, async () => {
+  const fill = () =>
+    withClient(async (tpm) => {
+      let started = 0;
+      for (; started < 16; started++) {
+        try {
+          await tpm.startHmacSession();
+        } catch (err) {
+          assert.ok(err instanceof TpmError && err.rc === TPM_RC.SESSION_MEMORY, String(err));
+          break;
+        }
+      }
+      return started;
+    });
+  assert.equal(await fill(), 3, 'swtpm has three loaded-session slots');
+  const off = config({ flushTransientsOnOpen: false });
+  let uri = '';
+  const b1 = await openBackend(off);
+  try {
+    const k = await b1.createKey({ label: 'no-slot-v1', algorithm: 'ECDSA_P256_SHA256' });
+    uri = k.uri;
+    await assert.rejects((await b1.signer(k.uri, 'ECDSA_P256_SHA256')).sign(sha256('x')), (e) => isSigilError(e, 'BACKEND_UNAVAILABLE') && /0x903/.test(e.message));
+  } finally {
+    await b1.close();
+  }
+  assert.equal((await withClient((tpm) => tpm.getHandles(LOADED_SESSION_FIRST))).length, 3, 'left alone with the flush off');
+
+  const on = config();
+  const b2 = await openBackend({ ...on, stateDir: off.stateDir });
+  try {
+    const k = await b2.getKey(uri);
+    const msg = Buffer.from('slots freed at open');
+    assert.ok(verify('sha256', msg, { key: spkiKey(k.spki), dsaEncoding: 'der' }, await (await b2.signer(uri, 'ECDSA_P256_SHA256')).sign(sha256(msg))));
+    await b2.destroyKey(uri);
+  } finally {
+    await b2.close();
+  }
+});
+
+test('after a reconnect the pool starts new sessions (old ones flushed); after a swtpm restart signing recovers', { skip: skip ?? false }, async () => {
+  const b = await openBackend(config());
+  try {
+    const k = await b.createKey({ label: 'reconnect-v1', algorithm: 'ECDSA_P256_SHA256' });
+    const signer = await b.signer(k.uri, 'ECDSA_P256_SHA256');
+    const check = async (what: string) => {
+      const msg = Buffer.from(what);
+      assert.ok(verify('sha256', msg, { key: spkiKey(k.spki), dsaEncoding: 'der' }, await signer.sign(sha256(msg))), what);
+    };
+    await Promise.all([check('a'), check('b'), check('c')]);
+    await dropConnection(b, k.uri);
+    const during = await withClient((tpm) => tpm.getHandles(LOADED_SESSION_FIRST));
+    assert.ok(during.length >= 1 && during.length <= 2, `the pool's sessions stay loaded while it is away: ${during.length}`);
+    for (let i = 0; i < 5; i++) await check(`after reconnect ${i}`);
+    await dropConnection(b, k.uri);
+    assert.ok((await withClient((tpm) => tpm.getHandles(LOADED_SESSION_FIRST))).length <= 2, 'old sessions were flushed, not leaked');
+    await check('after a second reconnect');
+    await b.destroyKey(k.uri);
+  } finally {
+    await b.close();
+  }
+});
+
+/**
+ * A TCP relay to swtpm that can alter the next TPM2_Sign response: a byte of its parameters is flipped,
+ * as an interposer on the TPM's bus could do.
+ */
+async function tamperingRelay(): Promise<{ port: number; tamperNextSign(): void; close(): Promise<void> }> {
+  let tamper = false;
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((down) => {
+    sockets.add(down);
+    const up = connect({ host: '127.0.0.1', port });
+    sockets.add(up);
+    let signPending = false;
+    let buf = Buffer.alloc(0);
+    down.on('data', (d) => {
+      if (d.length >= 10 && d.readUInt32BE(6) === TPM_CC.Sign) signPending = true;
+      up.write(d);
+    });
+    up.on('data', (d) => {
+      if (!signPending) {
+        down.write(d);
+        return;
+      }
+      buf = Buffer.concat([buf, d]);
+      if (buf.length < 10 || buf.length < buf.readUInt32BE(2)) return;
+      const rsp = buf;
+      buf = Buffer.alloc(0);
+      signPending = false;
+      if (tamper && rsp.readUInt32BE(6) === 0) {
+        tamper = false;
+        rsp[20]! ^= 0x01; // inside the TPMT_SIGNATURE parameter
+      }
+      down.write(rsp);
+    });
+    const end = () => {
+      down.destroy();
+      up.destroy();
+    };
+    down.on('close', end).on('error', end);
+    up.on('close', end).on('error', end);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    port: (server.address() as { port: number }).port,
+    tamperNextSign: () => {
+      tamper = true;
+    },
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+test('a response whose hmac does not verify is refused (BACKEND_ERROR), and the next signature works on a fresh session', { skip: skip ?? false }, async () => {
+  const relay = await tamperingRelay();
+  const b = await openBackend(config({ transport: `swtpm:host=127.0.0.1,port=${relay.port}` }));
+  try {
+    const k = await b.createKey({ label: 'tampered-v1', algorithm: 'ECDSA_P256_SHA256' });
+    const signer = await b.signer(k.uri, 'ECDSA_P256_SHA256');
+    const msg = Buffer.from('through the relay');
+    assert.ok(verify('sha256', msg, { key: spkiKey(k.spki), dsaEncoding: 'der' }, await signer.sign(sha256(msg))), 'an untouched relay changes nothing');
+    relay.tamperNextSign();
+    await assert.rejects(signer.sign(sha256(msg)), (e) => isSigilError(e, 'BACKEND_ERROR') && /response hmac does not verify/.test(e.message));
+    assert.ok(verify('sha256', msg, { key: spkiKey(k.spki), dsaEncoding: 'der' }, await signer.sign(sha256(msg))));
+    await b.destroyKey(k.uri);
+  } finally {
+    await b.close();
+    await relay.close();
+  }
+});
