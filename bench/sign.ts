@@ -101,10 +101,14 @@ interface WorkerResult {
   samples: Sample[];
   /** Encoding of the sampled signatures. */
   encoding: 'der' | 'ieee-p1363' | 'rsa';
+  /** The worker's CPU seconds since it started, when it reported. */
+  cpuSeconds?: number;
 }
 
 function send(obj: unknown): void {
-  process.stdout.write(JSON.stringify(obj) + '\n');
+  // A result carries the worker's own CPU total: the worker may have exited before the orchestrator reads /proc.
+  const o = typeof obj === 'object' && obj !== null && 'sigs' in obj ? { ...obj, cpuSeconds: (process.cpuUsage().user + process.cpuUsage().system) / 1e6 } : obj;
+  process.stdout.write(JSON.stringify(o) + '\n');
 }
 
 /** Waits for the orchestrator's `go` line on stdin. */
@@ -590,7 +594,10 @@ async function runWorkers(
     const cpu: Record<string, number> = {};
     pids.forEach((p, i) => {
       const key = p.name.replace(/#\d+$/, '');
-      cpu[key] = round2((cpu[key] ?? 0) + (treeCpuSeconds(p.pid) - before[i]!) / wall);
+      let now = treeCpuSeconds(p.pid);
+      // A worker that already exited: its own count at the time it reported.
+      if (Number.isNaN(now) && i >= watch.length) now = results[i - watch.length]!.cpuSeconds ?? NaN;
+      cpu[key] = round2((cpu[key] ?? 0) + (now - before[i]!) / wall);
     });
     cpu.machine = round2((machineBusySeconds() - machine0) / wall);
     await Promise.race([Promise.all(ws.map((w) => w.exited)), new Promise((r) => setTimeout(r, 5000))]);
