@@ -1,6 +1,6 @@
 import type { AdminServer } from '../gen/sigil/v1/admin.ts';
 import { SigilError } from '../errors.ts';
-import { audited } from '../audit/audited.ts';
+import { audited, reasonOf, resultOf } from '../audit/audited.ts';
 import { parseKeyRef } from '../keys/names.ts';
 import type { KeyService } from '../keys/key-service.ts';
 import type { KeyLifecycle, PolicyPatch } from '../keys/lifecycle.ts';
@@ -73,6 +73,25 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
       `key ${name} is reserved for the daemon's own use: it is the identity ca's key, and a new one needs a new ca certificate that every client trusts, so it cannot be ${PAST[act]} through the admin api (see docs/security.md, daemon keys)`,
     );
   };
+  /**
+   * Runs the checks the service makes before handing an act to the lifecycle (daemon keys, field ranges): a
+   * refusal there is an audit entry like any other (`refused`, with the reason), durable before the answer.
+   */
+  const checked = async <T>(who: Principal, act: LifecycleAct, key: string, fn: () => T): Promise<T> => {
+    try {
+      return fn();
+    } catch (err) {
+      await ctx.audit.record({
+        who: who.subject,
+        act: `key.${act}`,
+        key: key.slice(0, 200),
+        result: resultOf(err),
+        reason: reasonOf(err),
+        detail: { message: err instanceof SigilError ? err.message : 'internal error' },
+      });
+      throw err;
+    }
+  };
   return {
     createKey: unary(ctx, 'CreateKey', KEY_CHANGERS, async (req, who) => {
       const key = await audited(
@@ -95,32 +114,45 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
     getKey: unary(ctx, 'GetKey', KEY_READERS, (req) => ({ key: keyToPb(keys.getKey(req.name)) })),
     listKeys: unary(ctx, 'ListKeys', KEY_READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
     rotateKey: unary(ctx, 'RotateKey', KEY_CHANGERS, async (req, who) => {
-      const { key, version } = await lifecycle.rotate(actor(who), daemonKey(req.name, 'rotate'));
+      const { key, version } = await lifecycle.rotate(actor(who), await checked(who, 'rotate', req.name, () => daemonKey(req.name, 'rotate')));
       return { key: keyToPb(key), newVersion: version };
     }),
     disableKeyVersion: unary(ctx, 'DisableKeyVersion', KEY_CHANGERS, async (req, who) => {
-      if (req.compromiseTime && !req.compromised) throw new SigilError('INVALID_ARGUMENT', 'compromise_time needs compromised');
-      return { key: keyToPb(await lifecycle.disable(actor(who), daemonKey(req.key, 'disable'), { compromised: req.compromised, since: req.compromiseTime ?? null })) };
+      const ref = await checked(who, 'disable', req.key, () => {
+        if (req.compromiseTime && !req.compromised) throw new SigilError('INVALID_ARGUMENT', 'compromise_time needs compromised');
+        return daemonKey(req.key, 'disable');
+      });
+      return { key: keyToPb(await lifecycle.disable(actor(who), ref, { compromised: req.compromised, since: req.compromiseTime ?? null })) };
     }),
-    enableKeyVersion: unary(ctx, 'EnableKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.enable(actor(who), daemonKey(req.key, 'enable'))) })),
+    enableKeyVersion: unary(ctx, 'EnableKeyVersion', KEY_CHANGERS, async (req, who) => ({
+      key: keyToPb(await lifecycle.enable(actor(who), await checked(who, 'enable', req.key, () => daemonKey(req.key, 'enable')))),
+    })),
     scheduleDestroyKeyVersion: unary(ctx, 'ScheduleDestroyKeyVersion', KEY_CHANGERS, async (req, who) => {
-      const window = req.windowSeconds === 0 ? null : seconds(req.windowSeconds, 'window_seconds');
-      const r = await lifecycle.scheduleDestroy(actor(who), daemonKey(req.key, 'schedule-destroy'), window);
+      const { ref, window } = await checked(who, 'schedule-destroy', req.key, () => ({
+        window: req.windowSeconds === 0 ? null : seconds(req.windowSeconds, 'window_seconds'),
+        ref: daemonKey(req.key, 'schedule-destroy'),
+      }));
+      const r = await lifecycle.scheduleDestroy(actor(who), ref, window);
       return { key: keyToPb(r.key), approval: r.approval ? approvalToPb(r.approval) : undefined };
     }),
-    cancelDestroyKeyVersion: unary(ctx, 'CancelDestroyKeyVersion', KEY_CHANGERS, async (req, who) => ({ key: keyToPb(await lifecycle.cancelDestroy(actor(who), daemonKey(req.key, 'cancel-destroy'))) })),
+    cancelDestroyKeyVersion: unary(ctx, 'CancelDestroyKeyVersion', KEY_CHANGERS, async (req, who) => ({
+      key: keyToPb(await lifecycle.cancelDestroy(actor(who), await checked(who, 'cancel-destroy', req.key, () => daemonKey(req.key, 'cancel-destroy')))),
+    })),
     listKeyVersions: unary(ctx, 'ListKeyVersions', KEY_READERS, (req) => {
       const k = keys.getKey(req.name);
       return { versions: k.versions.map(keyVersionToPb), primaryVersion: k.primaryVersion, policy: policyToPb(k.policy) };
     }),
     updateKeyPolicy: unary(ctx, 'UpdateKeyPolicy', KEY_CHANGERS, async (req, who) => {
-      const patch: PolicyPatch = {};
-      if (req.minSignVersion !== undefined) patch.minSignVersion = req.minSignVersion;
-      if (req.minVerifyVersion !== undefined) patch.minVerifyVersion = req.minVerifyVersion;
-      if (req.autoRotatePeriodSeconds !== undefined) patch.autoRotatePeriodMs = req.autoRotatePeriodSeconds === 0 ? null : seconds(req.autoRotatePeriodSeconds, 'auto_rotate_period_seconds');
-      if (req.destroyNeedsApproval !== undefined) patch.destroyNeedsApproval = req.destroyNeedsApproval;
-      if (Object.keys(patch).length === 0) throw new SigilError('INVALID_ARGUMENT', 'set at least one policy field');
-      const r = await lifecycle.updatePolicy(actor(who), daemonKey(req.name, 'policy'), patch);
+      const { ref, patch } = await checked(who, 'policy', req.name, () => {
+        const patch: PolicyPatch = {};
+        if (req.minSignVersion !== undefined) patch.minSignVersion = req.minSignVersion;
+        if (req.minVerifyVersion !== undefined) patch.minVerifyVersion = req.minVerifyVersion;
+        if (req.autoRotatePeriodSeconds !== undefined) patch.autoRotatePeriodMs = req.autoRotatePeriodSeconds === 0 ? null : seconds(req.autoRotatePeriodSeconds, 'auto_rotate_period_seconds');
+        if (req.destroyNeedsApproval !== undefined) patch.destroyNeedsApproval = req.destroyNeedsApproval;
+        if (Object.keys(patch).length === 0) throw new SigilError('INVALID_ARGUMENT', 'set at least one policy field');
+        return { ref: daemonKey(req.name, 'policy'), patch };
+      });
+      const r = await lifecycle.updatePolicy(actor(who), ref, patch);
       return { key: keyToPb(r.key), approval: r.approval ? approvalToPb(r.approval) : undefined };
     }),
     listApprovals: unary(ctx, 'ListApprovals', APPROVAL_READERS, (req) => ({

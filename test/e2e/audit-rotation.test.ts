@@ -114,7 +114,22 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
     assert.match(cli.stderr, /FAILED_PRECONDITION.*can only be rotated/);
     const after = await Promise.all(names.map(async (name) => (await rpc.getKey(admin(), { name })).key));
     assert.deepEqual(after, before, 'no key changed');
-    assert.equal(td.daemon.audit.size, size, 'refused before the lifecycle: no act was started');
+    // Refused before the lifecycle: no act started (no intent), and each refusal is one entry of its own.
+    const refusals = td.auditEntries().slice(size);
+    assert.deepEqual(
+      refusals.map((e) => [e.act, e.key, e.result, e.reason]),
+      [
+        ['key.disable', 'sigil/audit@1', 'refused', 'FAILED_PRECONDITION'],
+        ['key.disable', 'sigil/audit@1', 'refused', 'FAILED_PRECONDITION'],
+        ['key.schedule-destroy', 'sigil/audit@1', 'refused', 'FAILED_PRECONDITION'],
+        ['key.policy', 'sigil/audit', 'refused', 'FAILED_PRECONDITION'],
+        ['key.rotate', 'sigil/identity-ca', 'refused', 'FAILED_PRECONDITION'],
+        ['key.rotate', 'sigil/trust-root', 'refused', 'FAILED_PRECONDITION'],
+        ['key.disable', 'sigil/trust-root@1', 'refused', 'FAILED_PRECONDITION'],
+        ['key.disable', 'sigil/audit@1', 'refused', 'FAILED_PRECONDITION'],
+      ],
+    );
+    assert.ok(refusals.every((e) => e.who === refusals[0]!.who && /reserved for the daemon's own use/.test(String(e.detail?.message))));
   });
 
   test('sigilctl key rotate sigil/audit: v2 becomes primary, the rotation is audited and the log\'s latest checkpoint is signed by v2 at once', async () => {

@@ -186,6 +186,24 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     await rejects(rpc.listApprovals(d.client('signer'), { state: 0, key: '' }), status.PERMISSION_DENIED, /./);
   });
 
+  test('requests refused by the admin service before an act starts are audit entries too, and change nothing', async () => {
+    const admin = d.client('admin');
+    const before = (await rpc.getKey(admin, { name: 'rel/app' })).key;
+    const at = d.auditEntries().length;
+    await rejects(rpc.disableKeyVersion(admin, { key: 'rel/app@1', compromised: false, compromiseTime: new Date() }), status.INVALID_ARGUMENT, /compromise_time needs compromised/);
+    await rejects(rpc.scheduleDestroyKeyVersion(admin, { key: 'rel/app@1', windowSeconds: Number.MAX_SAFE_INTEGER }), status.INVALID_ARGUMENT, /window_seconds must be between/);
+    await rejects(rpc.updateKeyPolicy(admin, { name: 'rel/app' }), status.INVALID_ARGUMENT, /set at least one policy field/);
+    assert.deepEqual(
+      d.auditEntries().slice(at).map((e) => [e.act, e.key, e.result, e.reason]),
+      [
+        ['key.disable', 'rel/app@1', 'refused', 'INVALID_ARGUMENT'],
+        ['key.schedule-destroy', 'rel/app@1', 'refused', 'INVALID_ARGUMENT'],
+        ['key.policy', 'rel/app', 'refused', 'INVALID_ARGUMENT'],
+      ],
+    );
+    assert.deepEqual((await rpc.getKey(admin, { name: 'rel/app' })).key, before, 'nothing changed');
+  });
+
   test("the daemon's reserved keys: the audit key can only be rotated (test/e2e/audit-rotation.test.ts), the trusted-root key not even that", async () => {
     const admin = d.client('admin');
     const before = await Promise.all(['sigil/audit', 'sigil/trust-root'].map(async (name) => (await rpc.getKey(admin, { name })).key!));
