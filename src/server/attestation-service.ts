@@ -8,8 +8,8 @@ import type { Attestation, QuoteEvidence, Verifier } from '../attest/verifier.ts
 import type { AttestationPolicy } from '../attest/policy.ts';
 import type { IdentityCa, IssuedCertificate } from '../identity/identity-ca.ts';
 import type { Metrics } from './metrics.ts';
-import type { Role } from './auth.ts';
-import { unary, type RpcContext } from './rpc.ts';
+import type { Principal, Role } from './auth.ts';
+import { recordRefusal, unary, type RpcContext } from './rpc.ts';
 import { hashOf } from '../tpm/structures.ts';
 import type { AuditSink } from '../audit/audit-sink.ts';
 import { reasonOf, resultOf } from '../audit/audited.ts';
@@ -90,7 +90,13 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
   return {
     beginEnrollment: unary(ctx, 'BeginEnrollment', null, async (req, call) => {
       if (req.renewal) {
-        const who = ctx.auth.require(call, BUILDERS);
+        let who: Principal;
+        try {
+          who = ctx.auth.require(call, BUILDERS);
+        } catch (err) {
+          // A renewal without a valid builder identity (expired, revoked, another role) is a refused request in the log.
+          throw await recordRefusal(ctx, call, 'BeginEnrollment', err);
+        }
         const b = who.builder!;
         return outcome('renew', b.policy, { ekHash: b.ekHash, san: b.san }, async () => {
           if (req.ekCertificate.length || req.ekPublic.length || req.akPublic.length || req.policy || req.joinToken) {

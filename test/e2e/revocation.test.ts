@@ -120,6 +120,10 @@ test('revoking a builder by ek hash: its identity stops working, renewal and a n
     await rpc.revokeBuilder(admin, { ekHash, reason: 'cessationOfOperation', akName: '' });
     await rejectsWith(sign(c), Status.UNAUTHENTICATED, /^builder tpm revoked$/);
     await rejectsWith(a.renew(id), Status.UNAUTHENTICATED, /builder tpm revoked/);
+    assert.ok(
+      td.auditEntries().some((l) => l.act === 'request.refused' && (l.detail as { rpc?: string; why?: string } | undefined)?.rpc === 'BeginEnrollment' && /builder tpm revoked/.test(String((l.detail as { why?: string }).why))),
+      'the refused renewal is audited',
+    );
     const seen = td.logs().length;
     await rejectsWith(agent().enroll(), Status.PERMISSION_DENIED, /builder tpm revoked/);
     assert.ok(td.logs().slice(seen).some((l) => l.msg === 'enrollment refused' && l.detail === 'builder tpm revoked'), 'the refused enrollment is audited');
