@@ -50,7 +50,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   const audit = auditChannel(log);
   const production = cfg.mode === 'production';
   const store = new SqliteStore(cfg.store.sqlite.path);
-  const backends = new BackendRegistry(cfg.backends, { log, production });
+  const metrics = new Metrics();
+  const backends = new BackendRegistry(cfg.backends, { log, production, onBreaker: (backend, state) => metrics.breakerState(backend, state) });
   const clock = opts.clock ?? systemClock;
   const keys = new KeyService({
     store,
@@ -123,7 +124,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     }, cfg.audit.checkpointInterval);
     checkpointTimer.unref();
   }
-  const metrics = new Metrics();
+  metrics.watchAudit(audited);
   const revocations = new Revocations({ store, sink: audited, clock, log: log.child({ module: 'revocation' }), ca: identity });
   const [host] = splitHostPort(cfg.listen);
   let attestation: AttestationDeps | null = null;

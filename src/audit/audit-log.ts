@@ -113,6 +113,8 @@ export class AuditLog implements AuditSink {
   #signing: Promise<StoredCheckpoint> | null = null;
   #closed = false;
   readonly stats: AuditLogStats = { flushes: 0, entries: 0, failures: 0 };
+  /** Called once per committed batch with the seconds from leaving the event loop to the commit (metrics). */
+  onCommit: ((seconds: number, entries: number) => void) | null = null;
 
   private constructor(o: AuditLogOptions, db: DatabaseSync) {
     this.origin = checkOrigin(o.origin);
@@ -166,6 +168,11 @@ export class AuditLog implements AuditSink {
   /** The root hash at the current size. */
   root(): Buffer {
     return this.#tree.root();
+  }
+
+  /** False while the last write failed (acts are refused until a write succeeds) or after close. */
+  get healthy(): boolean {
+    return !this.#closed && this.#broken === null;
   }
 
   /** Throws AUDIT_UNAVAILABLE while the last write failed: an act is refused before it starts. */
@@ -243,8 +250,10 @@ export class AuditLog implements AuditSink {
       return;
     }
     this.#tip = next;
+    const sentAt = performance.now();
     const sent: Promise<void> = this.#writer.request(request, transfer).then(
       () => {
+        this.onCommit?.((performance.now() - sentAt) / 1000, batch.length);
         this.#tree = next;
         this.#broken = null;
         this.stats.flushes++;

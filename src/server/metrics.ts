@@ -1,8 +1,10 @@
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { AuditLogStats } from '../audit/audit-log.ts';
+import type { BreakerState } from '../signers/resilience.ts';
 
-/** sigild's Prometheus metrics: requests, errors by code, latency, in-flight, and signatures per backend. */
+/** sigild's Prometheus metrics: requests, errors by code, latency, in-flight, signatures per backend, backend breakers and the audit log. */
 export class Metrics {
   readonly registry = new Registry();
   readonly requests = new Counter({ name: 'sigil_requests_total', help: 'RPCs handled, by method and status code', labelNames: ['rpc', 'code'], registers: [this.registry] });
@@ -40,10 +42,63 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly auditCommit = new Histogram({
+    name: 'sigil_audit_commit_seconds',
+    help: 'Per batch of audit entries: from leaving the event loop to its durable commit, which every answer in the batch waits for',
+    buckets: [0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1],
+    registers: [this.registry],
+  });
+  readonly breaker = new Gauge({
+    name: 'sigil_backend_breaker_state',
+    help: "A backend's circuit breaker: 1 for its current state (closed, open, half-open), 0 for the other two",
+    labelNames: ['backend', 'state'],
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'sigil_' });
   }
+
+  /** Records a backend's breaker state (called when the backend opens, and on every change). */
+  breakerState(backend: string, state: BreakerState): void {
+    for (const s of BREAKER_STATES) this.breaker.set({ backend, state: s }, s === state ? 1 : 0);
+  }
+
+  /** Exposes the audit log: entries and failed writes (read when scraped), health, and commit time per batch. */
+  watchAudit(log: { readonly stats: AuditLogStats; readonly healthy: boolean; onCommit: ((seconds: number, entries: number) => void) | null }): void {
+    const registers = [this.registry];
+    new Counter({
+      name: 'sigil_audit_entries_total',
+      help: 'Audit entries made durable',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(log.stats.entries);
+      },
+    });
+    new Counter({
+      name: 'sigil_audit_write_failures_total',
+      help: 'Audit batches whose write failed (their acts were refused)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(log.stats.failures);
+      },
+    });
+    new Gauge({
+      name: 'sigil_audit_log_up',
+      help: '1 while the audit log takes entries, 0 while it refuses acts after a failed write (fail closed)',
+      registers,
+      collect() {
+        this.set(log.healthy ? 1 : 0);
+      },
+    });
+    const commit = this.auditCommit;
+    log.onCommit = (seconds) => commit.observe(seconds);
+  }
 }
+
+const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
 
 /** Public documents the metrics port serves by plain HTTP GET. */
 export interface PublicDocuments {

@@ -2,7 +2,7 @@ import { SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Backend, BackendModule } from './signer.ts';
 import type { BackendConfig } from './config.ts';
-import { resilienceSchema, resilient } from './resilience.ts';
+import { resilienceSchema, resilient, type BreakerState } from './resilience.ts';
 
 /** A backend's config as code hands it over: the `resilience` block may be left out (its defaults apply). */
 export type BackendConfigInput = BackendConfig extends infer C ? (C extends BackendConfig ? Omit<C, 'resilience'> & { resilience?: Partial<C['resilience']> } : never) : never;
@@ -25,11 +25,14 @@ export class BackendRegistry {
   readonly #opening = new Map<string, Promise<Backend>>();
   readonly #log: Logger;
   readonly #production: boolean;
+  readonly #onBreaker: ((backend: string, state: BreakerState) => void) | undefined;
 
-  constructor(configs: Record<string, BackendConfigInput>, opts: { log: Logger; production: boolean }) {
+  /** `onBreaker` hears each backend's breaker state: `closed` when the backend opens, then every change. */
+  constructor(configs: Record<string, BackendConfigInput>, opts: { log: Logger; production: boolean; onBreaker?: (backend: string, state: BreakerState) => void }) {
     this.#configs = new Map(Object.entries(configs));
     this.#log = opts.log;
     this.#production = opts.production;
+    this.#onBreaker = opts.onBreaker;
   }
 
   /** The configured backend names. */
@@ -61,7 +64,9 @@ export class BackendRegistry {
     const { resilience, ...own } = config;
     const backend = await mod.open(own as BackendConfig, { name, log, production: this.#production });
     log.info({ kind: backend.kind }, 'backend opened');
-    return resilient(backend, resilienceSchema.parse(resilience ?? {}), { name, log });
+    const onBreaker = this.#onBreaker;
+    onBreaker?.(name, 'closed');
+    return resilient(backend, resilienceSchema.parse(resilience ?? {}), { name, log, ...(onBreaker ? { onBreaker: (state: BreakerState) => onBreaker(name, state) } : {}) });
   }
 
   /** Closes every backend that was opened. */

@@ -109,12 +109,13 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
  * circuit breaker shared by all calls of this backend fails fast while it is down. The wrapper offers
  * exactly the optional powers the backend has, so the `can...` guards keep working.
  */
-export function resilient(inner: Backend, settings: Resilience, o: { name: string; log: Logger; now?: () => number }): Backend {
+export function resilient(inner: Backend, settings: Resilience, o: { name: string; log: Logger; now?: () => number; onBreaker?: (state: BreakerState) => void }): Backend {
   const breaker = new CircuitBreaker({
     failures: settings.breakerFailures,
     cooldownMs: settings.breakerCooldownMs,
     ...(o.now ? { now: o.now } : {}),
     onChange: (to, from) => {
+      o.onBreaker?.(to);
       if (to === 'open') o.log.warn({ backend: o.name, from }, 'backend unavailable: circuit breaker open');
       else if (to === 'closed') o.log.info({ backend: o.name, from }, 'backend answering again: circuit breaker closed');
     },

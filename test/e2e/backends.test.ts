@@ -48,6 +48,7 @@ describe('cloud KMS and TPM keys behind sigild', { skip: skip ?? false }, () => 
       return { stdout: e.stdout, stderr: e.stderr, code: e.code };
     }
   };
+  const metricsText = async (): Promise<string> => (await fetch(`http://${d.daemon.metricsAddress}/metrics`)).text();
   const sign = async (key: string, msg: Buffer) => rpc.sign(signer, { key, digest: createHash('sha256').update(msg).digest(), message: undefined });
   const verifies = async (keyVersion: string, msg: Buffer, sig: Buffer): Promise<boolean> => {
     const pk = await rpc.getPublicKey(signer, { key: keyVersion });
@@ -179,6 +180,7 @@ describe('cloud KMS and TPM keys behind sigild', { skip: skip ?? false }, () => 
       const t1 = performance.now();
       await rejects(sign(`be/${b}`, msg), status.UNAVAILABLE, /circuit breaker open/);
       assert.ok(performance.now() - t1 < 500, 'refused at once while the breaker is open');
+      assert.match(await metricsText(), new RegExp(`sigil_backend_breaker_state\\{backend="${b}",state="open"\\} 1`), 'the metrics show the breaker open');
       // Other backends are not affected.
       const other = await sign('be/tpm', msg);
       assert.ok(await verifies(other.keyVersion, msg, other.signature));
@@ -192,6 +194,7 @@ describe('cloud KMS and TPM keys behind sigild', { skip: skip ?? false }, () => 
         });
       }
       assert.ok(s, `${b} signs again after it came back, without a daemon restart`);
+      assert.match(await metricsText(), new RegExp(`sigil_backend_breaker_state\\{backend="${b}",state="closed"\\} 1`), 'and closed again');
       assert.ok(await verifies(s.keyVersion, msg, s.signature));
     }
   });

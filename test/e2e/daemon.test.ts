@@ -255,6 +255,14 @@ describe('sigild end to end over gRPC and TLS', { skip: skip ?? false }, () => {
     assert.match(body, /sigil_request_duration_seconds_bucket\{le="0.005",rpc="Sign"\}/);
     assert.match(body, /sigil_requests_in_flight\{rpc="Sign"\} 0/);
     assert.match(body, /sigil_backend_sign_duration_seconds_count\{backend="softhsm"\} [1-9]\d*/);
+    // The audit log every answer waits for, and each backend's breaker.
+    const num = (re: RegExp): number => Number(re.exec(body)?.[1] ?? NaN);
+    assert.equal(num(/^sigil_audit_entries_total (\d+)$/m), d.daemon.audit.size, 'entries made durable = the log size');
+    assert.equal(num(/^sigil_audit_log_up (\d)$/m), 1);
+    assert.equal(num(/^sigil_audit_write_failures_total (\d+)$/m), 0);
+    assert.ok(num(/^sigil_audit_commit_seconds_count (\d+)$/m) > 0);
+    assert.match(body, /sigil_backend_breaker_state\{backend="softhsm",state="closed"\} 1/);
+    assert.match(body, /sigil_backend_breaker_state\{backend="softhsm",state="open"\} 0/);
   });
 });
 

@@ -77,6 +77,8 @@ test('a failed write rejects every waiter with AUDIT_UNAVAILABLE, ready() throws
     const results = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => log.record(event(i + 1))));
     assert.ok(results.every((r) => r.status === 'rejected' && isSigilError(r.reason, 'AUDIT_UNAVAILABLE')), 'every waiter rejected');
     assert.throws(() => log.ready(), (e) => isSigilError(e, 'AUDIT_UNAVAILABLE'));
+    assert.equal(log.healthy, false, 'sigil_audit_log_up reads 0');
+    assert.ok(log.stats.failures > 0);
     assert.equal(log.size, 1, 'the in-memory tree did not move');
     assert.deepEqual(log.root(), rootBefore);
     // Still broken: a new record fails too.
@@ -84,6 +86,7 @@ test('a failed write rejects every waiter with AUDIT_UNAVAILABLE, ready() throws
     locker.exec('COMMIT');
     await log.record(event(100));
     assert.doesNotThrow(() => log.ready());
+    assert.equal(log.healthy, true);
     assert.equal(log.size, 2);
     const cr = new CompactRange();
     for (const e of log.entries(0, 10)) cr.append(leafHash(e.data));
