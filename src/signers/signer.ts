@@ -153,12 +153,40 @@ export function keyTypeOfSpki(spki: Buffer): KeyType | null {
 export function ecdsaRawToDer(raw: Uint8Array): Buffer {
   if (raw.length === 0 || raw.length % 2 !== 0) throw new RangeError('raw ECDSA signature must be r||s of equal halves');
   const half = raw.length / 2;
-  const r = derInteger(raw.subarray(0, half));
-  const s = derInteger(raw.subarray(half));
-  const body = r.length + s.length;
+  // One allocation per signature (this runs for every ECDSA signature): find each integer's minimal
+  // form first, then write the SEQUENCE in place.
+  const r0 = firstSignificant(raw, 0, half);
+  const s0 = firstSignificant(raw, half, raw.length);
+  const rPad = raw[r0]! & 0x80 ? 1 : 0;
+  const sPad = raw[s0]! & 0x80 ? 1 : 0;
+  const rLen = rPad + half - r0;
+  const sLen = sPad + raw.length - s0;
+  const body = 4 + rLen + sLen;
   // Up to P-521 the body stays below 256 bytes, so the length takes one or two bytes.
-  const head = body < 0x80 ? Buffer.from([0x30, body]) : Buffer.from([0x30, 0x81, body]);
-  return Buffer.concat([head, r, s]);
+  const head = body < 0x80 ? 2 : 3;
+  const out = Buffer.allocUnsafe(head + body);
+  let at = 0;
+  out[at++] = 0x30;
+  if (head === 3) out[at++] = 0x81;
+  out[at++] = body;
+  at = writeDerInteger(out, at, raw, r0, half, rPad, rLen);
+  writeDerInteger(out, at, raw, s0, raw.length, sPad, sLen);
+  return out;
+}
+
+/** The index of the first byte of `raw[from, to)` that is not a leading zero (the last byte at least). */
+function firstSignificant(raw: Uint8Array, from: number, to: number): number {
+  let i = from;
+  while (i < to - 1 && raw[i] === 0) i++;
+  return i;
+}
+
+function writeDerInteger(out: Buffer, at: number, raw: Uint8Array, from: number, to: number, pad: number, len: number): number {
+  out[at++] = 0x02;
+  out[at++] = len;
+  if (pad) out[at++] = 0;
+  out.set(raw.subarray(from, to), at);
+  return at + to - from;
 }
 
 /**
@@ -193,14 +221,3 @@ export function isDerEcdsaSignature(sig: Uint8Array, orderBytes: number): boolea
   return off === sig.length;
 }
 
-function derInteger(bytes: Uint8Array): Buffer {
-  let i = 0;
-  while (i < bytes.length - 1 && bytes[i] === 0) i++;
-  const v = bytes.subarray(i);
-  const pad = v[0]! & 0x80 ? 1 : 0;
-  const out = Buffer.alloc(2 + pad + v.length);
-  out[0] = 0x02;
-  out[1] = pad + v.length;
-  out.set(v, 2 + pad);
-  return out;
-}

@@ -23,6 +23,35 @@ test('ecdsaRawToDer uses the long length form for P-384 and P-521 sizes', () => 
   assert.deepEqual([...der.subarray(0, 3)], [0x30, 0x81, 2 * (2 + 1 + 66)]);
 });
 
+/** The plain reading of RFC 3279 2.2.3 the encoder must agree with: minimal positive INTEGERs in a SEQUENCE. */
+function referenceDer(raw: Uint8Array): Buffer {
+  const int = (b: Uint8Array): Buffer => {
+    let i = 0;
+    while (i < b.length - 1 && b[i] === 0) i++;
+    const v = Buffer.from(b.subarray(i));
+    const body = v[0]! & 0x80 ? Buffer.concat([Buffer.of(0), v]) : v;
+    return Buffer.concat([Buffer.of(0x02, body.length), body]);
+  };
+  const half = raw.length / 2;
+  const seq = Buffer.concat([int(raw.subarray(0, half)), int(raw.subarray(half))]);
+  return Buffer.concat([seq.length < 0x80 ? Buffer.of(0x30, seq.length) : Buffer.of(0x30, 0x81, seq.length), seq]);
+}
+
+test('ecdsaRawToDer agrees with the plain encoding for every r||s, leading zeros and high bits included', () => {
+  const half = (n: number) =>
+    fc.tuple(fc.nat({ max: n }), fc.uint8Array({ minLength: n, maxLength: n })).map(([zeros, b]) => {
+      b.fill(0, 0, zeros);
+      return b;
+    });
+  fc.assert(
+    fc.property(fc.constantFrom(32, 48, 66).chain((n) => fc.tuple(half(n), half(n))), ([r, s]) => {
+      const raw = Buffer.concat([r, s]);
+      assert.equal(ecdsaRawToDer(raw).toString('hex'), referenceDer(raw).toString('hex'));
+    }),
+    { numRuns: 2000 },
+  );
+});
+
 test('ecdsaRawToDer refuses odd or empty input', () => {
   assert.throws(() => ecdsaRawToDer(Buffer.alloc(0)), RangeError);
   assert.throws(() => ecdsaRawToDer(Buffer.alloc(63)), RangeError);
