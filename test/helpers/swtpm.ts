@@ -16,6 +16,8 @@ export interface Swtpm {
   stateDir: string;
   /** PEM bundle: the swtpm_localca root and the intermediate that issued the EK certificates. */
   ekCaFile: string;
+  /** Sends a signal to the swtpm process (SIGSTOP and SIGCONT pause and resume it). */
+  signal(sig: NodeJS.Signals): void;
   /** Kills swtpm and removes its temp dir. */
   stop(): Promise<void>;
 }
@@ -70,6 +72,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
       tcti: tpm.tcti,
       stateDir,
       ekCaFile,
+      signal: (sig) => void tpm.child.kill(sig),
       async stop() {
         await tpm.stop();
         await rm(dir, { recursive: true, force: true });

@@ -1,12 +1,10 @@
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import { createHash, createPublicKey, verify, constants as cryptoConstants } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { launchSwtpm, prepareSwtpmState } from '../../src/dev/swtpm.ts';
 import { isSigilError } from '../../src/errors.ts';
 import { silentLogger } from '../../src/log.ts';
 import type { Backend, KeyCreator, KeyDestroyer } from '../../src/signers/signer.ts';
@@ -19,6 +17,7 @@ import { objectName } from '../../src/tpm/structures.ts';
 import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 import { LOADED_SESSION_FIRST, Tpm } from '../../src/tpm/tpm.ts';
 import { missingTools } from '../helpers/hw.ts';
+import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
 
 // TPM2_Sign authorized by an HMAC session whose cpHash holds the key name sigil recorded: another
 // object persisted at the key's handle is refused by the TPM itself, where a password session signs.
@@ -28,32 +27,24 @@ const TIMEOUT_MS = 1000;
 const IMPORT_HANDLE = 0x81000700;
 
 let dir: string;
-let child: ChildProcess;
-let stopSwtpm: () => Promise<void>;
-let port: number;
-let tcti: string;
+let sw: Swtpm;
 let n = 0;
 
 before(async () => {
   if (skip) return;
   dir = await mkdtemp(join(tmpdir(), 'sigil-tpm-sessions-it-'));
-  const prepared = await prepareSwtpmState(join(dir, 'prep'));
-  const sw = await launchSwtpm(prepared.state);
-  child = sw.child;
-  stopSwtpm = sw.stop;
-  port = sw.port;
-  tcti = sw.tcti;
+  sw = await startSwtpm();
 });
 after(async () => {
   if (skip) return;
-  await stopSwtpm?.();
+  await sw?.stop();
   await rm(dir, { recursive: true, force: true });
 });
 
 type Opened = Backend & KeyCreator & KeyDestroyer;
 
 function config(over: Partial<Record<string, unknown>> = {}): TpmConfig {
-  return tpmConfigSchema.parse({ type: 'tpm', transport: tcti, stateDir: join(dir, `state-${n++}`), timeoutMs: TIMEOUT_MS, createTimeoutMs: 1000, ...over });
+  return tpmConfigSchema.parse({ type: 'tpm', transport: sw.tcti, stateDir: join(dir, `state-${n++}`), timeoutMs: TIMEOUT_MS, createTimeoutMs: 1000, ...over });
 }
 
 const openBackend = (c: TpmConfig) => open(c, { name: 'swtpm', log: silentLogger(), production: false });
@@ -62,7 +53,7 @@ const spkiKey = (spki: Buffer) => createPublicKey({ key: spki, format: 'der', ty
 const handleOf = (uri: string) => Number.parseInt(uri.slice('tpm:handle=0x'.length, 'tpm:handle=0x'.length + 8), 16);
 
 async function withClient<T>(f: (tpm: Tpm) => Promise<T>): Promise<T> {
-  const tpm = await Tpm.open(tcti);
+  const tpm = await Tpm.open(sw.tcti);
   try {
     return await f(tpm);
   } finally {
@@ -72,12 +63,12 @@ async function withClient<T>(f: (tpm: Tpm) => Promise<T>): Promise<T> {
 
 /** Pauses swtpm until the backend's command failed and its socket timed out, so the backend hangs up (swtpm serves one connection). */
 async function dropConnection(b: Opened, uri: string): Promise<void> {
-  child.kill('SIGSTOP');
+  sw.signal('SIGSTOP');
   try {
     await assert.rejects(b.getKey(uri), (e) => isSigilError(e, 'BACKEND_UNAVAILABLE'));
     await new Promise((r) => setTimeout(r, 300));
   } finally {
-    child.kill('SIGCONT');
+    sw.signal('SIGCONT');
   }
 }
 
@@ -287,7 +278,7 @@ async function tamperingRelay(): Promise<{ port: number; tamperNextSign(): void;
   const sockets = new Set<Socket>();
   const server: Server = createServer((down) => {
     sockets.add(down);
-    const up = connect({ host: '127.0.0.1', port });
+    const up = connect({ host: '127.0.0.1', port: sw.port });
     sockets.add(up);
     let signPending = false;
     let buf = Buffer.alloc(0);

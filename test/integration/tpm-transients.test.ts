@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
 import { createHash, createPublicKey, verify } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { launchSwtpm, prepareSwtpmState } from '../../src/dev/swtpm.ts';
 import { isSigilError } from '../../src/errors.ts';
 import { silentLogger } from '../../src/log.ts';
 import type { Backend, KeyCreator, KeyDestroyer } from '../../src/signers/signer.ts';
@@ -16,6 +14,7 @@ import { TPM_RC, TpmError } from '../../src/tpm/rc.ts';
 import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 import { TRANSIENT_FIRST, Tpm } from '../../src/tpm/tpm.ts';
 import { missingTools } from '../helpers/hw.ts';
+import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
 
 // Transient objects left in swtpm (no resource manager, three object slots) by a client that went away
 // without flushing, as a sigild killed mid-creation does: key creation fails on a full TPM unless the
@@ -25,45 +24,39 @@ const skip = missingTools('swtpm', 'swtpm_setup');
 const TIMEOUT_MS = 1000;
 
 let dir: string;
-let child: ChildProcess;
-let stopSwtpm: () => Promise<void>;
-let tcti: string;
+let sw: Swtpm;
 let n = 0;
 
 before(async () => {
   if (skip) return;
   dir = await mkdtemp(join(tmpdir(), 'sigil-tpm-transients-it-'));
-  const prepared = await prepareSwtpmState(join(dir, 'prep'));
-  const sw = await launchSwtpm(prepared.state);
-  child = sw.child;
-  stopSwtpm = sw.stop;
-  tcti = sw.tcti;
+  sw = await startSwtpm();
 });
 after(async () => {
   if (skip) return;
-  await stopSwtpm?.();
+  await sw?.stop();
   await rm(dir, { recursive: true, force: true });
 });
 
 // createTimeoutMs also bounds each command on the socket: at its minimum (1 s), a hung TPM makes the
 // backend drop its connection within the reconnect tests.
 function config(flushTransientsOnOpen?: boolean, createTimeoutMs = 5000): TpmConfig {
-  return tpmConfigSchema.parse({ type: 'tpm', transport: tcti, stateDir: join(dir, `state-${n++}`), timeoutMs: TIMEOUT_MS, createTimeoutMs, flushTransientsOnOpen });
+  return tpmConfigSchema.parse({ type: 'tpm', transport: sw.tcti, stateDir: join(dir, `state-${n++}`), timeoutMs: TIMEOUT_MS, createTimeoutMs, flushTransientsOnOpen });
 }
 
 /** Pauses swtpm until the backend's command failed and its socket timed out, so the backend hangs up. */
 async function dropConnection(b: Opened, uri: string): Promise<void> {
-  child.kill('SIGSTOP');
+  sw.signal('SIGSTOP');
   try {
     await assert.rejects(b.getKey(uri), (e) => isSigilError(e, 'BACKEND_UNAVAILABLE'));
     await new Promise((r) => setTimeout(r, 300));
   } finally {
-    child.kill('SIGCONT');
+    sw.signal('SIGCONT');
   }
 }
 
 async function withClient<T>(f: (tpm: Tpm) => Promise<T>): Promise<T> {
-  const tpm = await Tpm.open(tcti);
+  const tpm = await Tpm.open(sw.tcti);
   try {
     return await f(tpm);
   } finally {
