@@ -1,9 +1,12 @@
+import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { launchSwtpm, prepareSwtpmState, type SwtpmState } from '../../src/dev/swtpm.ts';
+import { isSigilError } from '../../src/errors.ts';
+import { Tpm } from '../../src/tpm/tpm.ts';
 
 /** A running swtpm (TPM 2.0 simulator) on 127.0.0.1 with EK certificates issued by a local CA. */
 export interface Swtpm {
@@ -89,4 +92,28 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
 /** Environment for spawning tpm2-tools against `s`. */
 export function swtpmEnv(s: Swtpm): { TPM2TOOLS_TCTI: string } {
   return { TPM2TOOLS_TCTI: s.tcti };
+}
+
+/**
+ * Pauses `sw` until `probe` (a call on the backend under test) failed with BACKEND_UNAVAILABLE and the
+ * backend's socket timed out, so the backend hangs up; swtpm serves one connection, so the next call reconnects.
+ */
+export async function dropTpmConnection(sw: Swtpm, probe: () => Promise<unknown>): Promise<void> {
+  sw.signal('SIGSTOP');
+  try {
+    await assert.rejects(probe(), (e) => isSigilError(e, 'BACKEND_UNAVAILABLE'));
+    await new Promise((r) => setTimeout(r, 300));
+  } finally {
+    sw.signal('SIGCONT');
+  }
+}
+
+/** Runs `f` with a TPM client of its own on `sw` (a second user of the TPM, as another process would be). */
+export async function withTpmClient<T>(sw: Swtpm, f: (tpm: Tpm) => Promise<T>): Promise<T> {
+  const tpm = await Tpm.open(sw.tcti);
+  try {
+    return await f(tpm);
+  } finally {
+    await tpm.close();
+  }
 }

@@ -17,7 +17,7 @@ import { objectName } from '../../src/tpm/structures.ts';
 import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 import { LOADED_SESSION_FIRST, Tpm } from '../../src/tpm/tpm.ts';
 import { missingTools } from '../helpers/hw.ts';
-import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
+import { dropTpmConnection, startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
 
 // TPM2_Sign authorized by an HMAC session whose cpHash holds the key name sigil recorded: another
 // object persisted at the key's handle is refused by the TPM itself, where a password session signs.
@@ -52,25 +52,9 @@ const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest();
 const spkiKey = (spki: Buffer) => createPublicKey({ key: spki, format: 'der', type: 'spki' });
 const handleOf = (uri: string) => Number.parseInt(uri.slice('tpm:handle=0x'.length, 'tpm:handle=0x'.length + 8), 16);
 
-async function withClient<T>(f: (tpm: Tpm) => Promise<T>): Promise<T> {
-  const tpm = await Tpm.open(sw.tcti);
-  try {
-    return await f(tpm);
-  } finally {
-    await tpm.close();
-  }
-}
+const withClient = <T>(f: (tpm: Tpm) => Promise<T>): Promise<T> => withTpmClient(sw, f);
 
-/** Pauses swtpm until the backend's command failed and its socket timed out, so the backend hangs up (swtpm serves one connection). */
-async function dropConnection(b: Opened, uri: string): Promise<void> {
-  sw.signal('SIGSTOP');
-  try {
-    await assert.rejects(b.getKey(uri), (e) => isSigilError(e, 'BACKEND_UNAVAILABLE'));
-    await new Promise((r) => setTimeout(r, 300));
-  } finally {
-    sw.signal('SIGCONT');
-  }
-}
+const dropConnection = (b: Opened, uri: string): Promise<void> => dropTpmConnection(sw, () => b.getKey(uri));
 
 /** Persists a fresh P-256 signing key at `handle` (evicting what is there first): the swap an owner could make. */
 async function persistOther(tpm: Tpm, handle: number, evict: boolean): Promise<Buffer> {

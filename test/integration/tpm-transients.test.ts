@@ -14,7 +14,7 @@ import { TPM_RC, TpmError } from '../../src/tpm/rc.ts';
 import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 import { TRANSIENT_FIRST, Tpm } from '../../src/tpm/tpm.ts';
 import { missingTools } from '../helpers/hw.ts';
-import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
+import { dropTpmConnection, startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
 
 // Transient objects left in swtpm (no resource manager, three object slots) by a client that went away
 // without flushing, as a sigild killed mid-creation does: key creation fails on a full TPM unless the
@@ -44,25 +44,9 @@ function config(flushTransientsOnOpen?: boolean, createTimeoutMs = 5000): TpmCon
   return tpmConfigSchema.parse({ type: 'tpm', transport: sw.tcti, stateDir: join(dir, `state-${n++}`), timeoutMs: TIMEOUT_MS, createTimeoutMs, flushTransientsOnOpen });
 }
 
-/** Pauses swtpm until the backend's command failed and its socket timed out, so the backend hangs up. */
-async function dropConnection(b: Opened, uri: string): Promise<void> {
-  sw.signal('SIGSTOP');
-  try {
-    await assert.rejects(b.getKey(uri), (e) => isSigilError(e, 'BACKEND_UNAVAILABLE'));
-    await new Promise((r) => setTimeout(r, 300));
-  } finally {
-    sw.signal('SIGCONT');
-  }
-}
+const dropConnection = (b: Opened, uri: string): Promise<void> => dropTpmConnection(sw, () => b.getKey(uri));
 
-async function withClient<T>(f: (tpm: Tpm) => Promise<T>): Promise<T> {
-  const tpm = await Tpm.open(sw.tcti);
-  try {
-    return await f(tpm);
-  } finally {
-    await tpm.close();
-  }
-}
+const withClient = <T>(f: (tpm: Tpm) => Promise<T>): Promise<T> => withTpmClient(sw, f);
 
 /** Loads storage primaries until the TPM refuses one, then hangs up without flushing: a crashed client. */
 async function fillSlots(): Promise<number> {
