@@ -364,17 +364,8 @@ export class Tpm {
    * and returns the handles flushed. One that vanished meanwhile (TPM_RC_HANDLE) is skipped. Only for
    * a TPM this client has to itself: through no resource manager it flushes other users' objects too.
    */
-  async flushTransients(): Promise<number[]> {
-    const flushed: number[] = [];
-    for (const h of await this.getHandles(TRANSIENT_FIRST)) {
-      try {
-        await this.flushContext(h);
-        flushed.push(h);
-      } catch (err) {
-        if (!(err instanceof TpmError && baseRc(err.rc) === TPM_RC.HANDLE)) throw err;
-      }
-    }
-    return flushed;
+  flushTransients(): Promise<number[]> {
+    return this.#flushAll(TRANSIENT_FIRST, new Set());
   }
 
   /**
@@ -382,9 +373,14 @@ export class Tpm {
    * 7.2) but those in `keep`, and returns the handles flushed; one gone meanwhile is skipped. Only for
    * a TPM this client has to itself: through no resource manager it ends other users' sessions too.
    */
-  async flushSessions(keep: ReadonlySet<number> = new Set()): Promise<number[]> {
+  flushSessions(keep: ReadonlySet<number> = new Set()): Promise<number[]> {
+    return this.#flushAll(LOADED_SESSION_FIRST, keep);
+  }
+
+  /** Flushes every handle the TPM lists from `first` on, but those in `keep`; one gone meanwhile is skipped. */
+  async #flushAll(first: number, keep: ReadonlySet<number>): Promise<number[]> {
     const flushed: number[] = [];
-    for (const h of await this.getHandles(LOADED_SESSION_FIRST)) {
+    for (const h of await this.getHandles(first)) {
       if (keep.has(h)) continue;
       try {
         await this.flushContext(h);
