@@ -29,9 +29,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { connect, rpc } from '../src/cli/client.ts';
-import { spawnSigild } from './sigild-process.ts';
+import { spawnSigild, writeBenchPki, writePrivate } from './sigild-process.ts';
 import { Attestor, type AttestorOptions, type Identity } from '../src/cli/agent/attestor.ts';
-import { createDevCa, issueLeaf } from '../src/dev/pki.ts';
 import { initSoftHsmToken } from '../src/dev/softhsm.ts';
 import { makeCredential, tpm2ToolsCredentialFile } from '../src/attest/credential.ts';
 import { MemoryEnrollmentRecords } from '../src/attest/enrollment-records.ts';
@@ -120,27 +119,14 @@ interface Daemon {
 
 async function startDaemon(dir: string, sw: Swtpm): Promise<Daemon> {
   const token = await initSoftHsmToken({ dir: join(dir, 'hsm'), label: 'bench' });
-  const ca = await createDevCa('sigil attest bench CA');
-  const put = async (name: string, text: string): Promise<string> => {
-    const p = join(dir, name);
-    await writeFile(p, text, { mode: 0o600 });
-    return p;
-  };
-  const caFile = await put('ca.pem', ca.cert);
-  const server = await issueLeaf(ca, { cn: 'sigild', usage: 'server', dns: ['localhost'], ips: ['127.0.0.1'] });
-  const admin = await issueLeaf(ca, { cn: 'bench-admin', usage: 'client' });
-  const files = {
-    cert: await put('server.pem', server.cert),
-    key: await put('server-key.pem', server.key),
-    adminCert: await put('admin.pem', admin.cert),
-    adminKey: await put('admin-key.pem', admin.key),
-  };
+  const files = await writeBenchPki(dir, 'sigil attest bench CA');
+  const caFile = files.ca;
   const port = await freePort();
   const addr = `127.0.0.1:${port}`;
   const config = {
     mode: 'development',
     listen: addr,
-    tls: { certFile: files.cert, keyFile: files.key, clientCaFile: caFile },
+    tls: { certFile: files.serverCert, keyFile: files.serverKey, clientCaFile: caFile },
     auth: { roles: { admin: ['cn:bench-admin'] } },
     store: { sqlite: { path: join(dir, 'sigil.db') } },
     backends: { softhsm: { type: 'pkcs11', module: token.module, token: token.label, pinFile: token.pinFile, softhsmConf: token.conf } },
@@ -150,7 +136,7 @@ async function startDaemon(dir: string, sw: Swtpm): Promise<Daemon> {
     attestation: { policies: { bench: { ekCaFiles: [sw.ekCaFile], pcrs: { bank: 'sha256', select: PCRS }, golden: [ZEROS] } } },
     log: { level: 'warn' },
   };
-  const configFile = await put('config.yaml', stringify(config));
+  const configFile = await writePrivate(dir, 'config.yaml', stringify(config));
   const sigild = await spawnSigild(configFile, { addr, ca: caFile, cert: files.adminCert, key: files.adminKey });
   return { child: sigild.child, addr, caFile, stderr: sigild.output, stop: sigild.stop };
 }

@@ -37,7 +37,6 @@ import { KeyManagementServiceClient } from '@google-cloud/kms';
 import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { stringify } from 'yaml';
 import { connect, rpc } from '../src/cli/client.ts';
-import { createDevCa, issueLeaf } from '../src/dev/pki.ts';
 import { initSoftHsmToken } from '../src/dev/softhsm.ts';
 import { Algorithm, SignerClient, type SignResponse } from '../src/gen/sigil/v1/signer.ts';
 import { silentLogger } from '../src/log.ts';
@@ -48,7 +47,7 @@ import { crc32c } from '../src/signers/gcpkms/crc32c.ts';
 import { tpmConfigSchema } from '../src/signers/tpm/config.ts';
 import { open as openTpm } from '../src/signers/tpm/index.ts';
 import { startSwtpm, type Swtpm } from '../test/helpers/swtpm.ts';
-import { spawnSigild, type SigildProcess } from './sigild-process.ts';
+import { spawnSigild, writeBenchPki, writePrivate, type SigildProcess } from './sigild-process.ts';
 import { childPidNamed, cpuSeconds, freePort, machineBusySeconds, percentile } from './measure.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -294,25 +293,7 @@ async function orchestrate(): Promise<void> {
     const token = await initSoftHsmToken({ dir: join(dir, 'hsm'), label: 'bench' });
 
     // Operator PKI and sigild's config.
-    const ca = await createDevCa('sigil backend bench CA');
-    const put = async (name: string, text: string): Promise<string> => {
-      const p = join(dir, name);
-      await writeFile(p, text, { mode: 0o600 });
-      return p;
-    };
-    const server = await issueLeaf(ca, { cn: 'sigild', usage: 'server', dns: ['localhost'], ips: ['127.0.0.1'] });
-    const adminId = await issueLeaf(ca, { cn: 'bench-admin', usage: 'client' });
-    const signerId = await issueLeaf(ca, { cn: 'bench-signer', usage: 'client' });
-    const f = {
-      ca: await put('ca.pem', ca.cert),
-      serverCert: await put('server.pem', server.cert),
-      serverKey: await put('server-key.pem', server.key),
-      adminCert: await put('admin.pem', adminId.cert),
-      adminKey: await put('admin-key.pem', adminId.key),
-      signerCert: await put('signer.pem', signerId.cert),
-      signerKey: await put('signer-key.pem', signerId.key),
-      awsCreds: await put('aws-credentials.json', JSON.stringify(AWS_CREDS)),
-    };
+    const f = { ...(await writeBenchPki(dir, 'sigil backend bench CA')), awsCreds: await writePrivate(dir, 'aws-credentials.json', JSON.stringify(AWS_CREDS)) };
     const tpmState = join(dir, 'tpm-state');
     await mkdir(tpmState, { mode: 0o700 });
     const awsBackend = { type: 'awskms', region: REGION, endpoint: aws.info.endpoint!, credentialsFile: f.awsCreds, timeoutMs: TIMEOUT_MS };
@@ -333,7 +314,7 @@ async function orchestrate(): Promise<void> {
       defaultBackend: 'softhsm',
       log: { level: 'warn' },
     };
-    const configFile = await put('config.yaml', stringify(config));
+    const configFile = await writePrivate(dir, 'config.yaml', stringify(config));
     sigild = await spawnSigild(configFile, { addr, ca: f.ca, cert: f.adminCert, key: f.adminKey });
     const sigildPid = sigild.child.pid!;
 

@@ -1,10 +1,49 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, rpc } from '../src/cli/client.ts';
+import { createDevCa, issueLeaf } from '../src/dev/pki.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The operator PKI a benchmark's sigild runs with: file paths under the benchmark's directory. */
+export interface BenchPki {
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  /** Client `CN=bench-admin` (map it to the admin role). */
+  adminCert: string;
+  adminKey: string;
+  /** Client `CN=bench-signer` (map it to the signer role). */
+  signerCert: string;
+  signerKey: string;
+}
+
+/** Writes `text` to `dir/name`, readable by its owner only, and returns the path. */
+export async function writePrivate(dir: string, name: string, text: string): Promise<string> {
+  const p = join(dir, name);
+  await writeFile(p, text, { mode: 0o600 });
+  return p;
+}
+
+/** Makes an operator CA named `caName`, a server certificate for 127.0.0.1 and the admin and signer clients, in `dir`. */
+export async function writeBenchPki(dir: string, caName: string): Promise<BenchPki> {
+  const ca = await createDevCa(caName);
+  const server = await issueLeaf(ca, { cn: 'sigild', usage: 'server', dns: ['localhost'], ips: ['127.0.0.1'] });
+  const admin = await issueLeaf(ca, { cn: 'bench-admin', usage: 'client' });
+  const signer = await issueLeaf(ca, { cn: 'bench-signer', usage: 'client' });
+  return {
+    ca: await writePrivate(dir, 'ca.pem', ca.cert),
+    serverCert: await writePrivate(dir, 'server.pem', server.cert),
+    serverKey: await writePrivate(dir, 'server-key.pem', server.key),
+    adminCert: await writePrivate(dir, 'admin.pem', admin.cert),
+    adminKey: await writePrivate(dir, 'admin-key.pem', admin.key),
+    signerCert: await writePrivate(dir, 'signer.pem', signer.cert),
+    signerKey: await writePrivate(dir, 'signer-key.pem', signer.key),
+  };
+}
 
 /** sigild as a benchmark runs it: a subprocess, its recent output, and how to stop it. */
 export interface SigildProcess {

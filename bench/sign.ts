@@ -35,7 +35,7 @@ import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { connect as http2Connect } from 'node:http2';
 import { Algorithm, SignerClient, SignRequest, SignResponse, type SignBatchResponse, type SignStreamResponse } from '../src/gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from '../src/cli/client.ts';
-import { createDevCa, issueLeaf } from '../src/dev/pki.ts';
+import { writeBenchPki, writePrivate } from './sigild-process.ts';
 import { initSoftHsmToken, type SoftHsmToken } from '../src/dev/softhsm.ts';
 import { attrText, parseKeyUri } from '../src/signers/key-uri.ts';
 import { rawRate } from './raw-pkcs11.ts';
@@ -718,29 +718,13 @@ async function orchestrate(): Promise<void> {
   try {
     // A fresh token, an operator CA, and the daemon's config, all under `dir`.
     const token: SoftHsmToken = await initSoftHsmToken({ dir: join(dir, 'hsm'), label: 'bench' });
-    const ca = await createDevCa('sigil bench CA');
-    const files: Record<string, string> = {};
-    const put = async (name: string, text: string): Promise<string> => {
-      const p = join(dir, name);
-      await writeFile(p, text, { mode: 0o600 });
-      return (files[name] = p);
-    };
-    await put('ca.pem', ca.cert);
-    const server = await issueLeaf(ca, { cn: 'sigild', usage: 'server', dns: ['localhost'], ips: ['127.0.0.1'] });
-    const adminId = await issueLeaf(ca, { cn: 'bench-admin', usage: 'client' });
-    const signerId = await issueLeaf(ca, { cn: 'bench-signer', usage: 'client' });
-    await put('server.pem', server.cert);
-    await put('server-key.pem', server.key);
-    await put('admin.pem', adminId.cert);
-    await put('admin-key.pem', adminId.key);
-    await put('signer.pem', signerId.cert);
-    await put('signer-key.pem', signerId.key);
+    const pki = await writeBenchPki(dir, 'sigil bench CA');
     const port = await freePort();
     const addr = `127.0.0.1:${port}`;
     const config = {
       mode: 'development',
       listen: addr,
-      tls: { certFile: files['server.pem'], keyFile: files['server-key.pem'], clientCaFile: files['ca.pem'] },
+      tls: { certFile: pki.serverCert, keyFile: pki.serverKey, clientCaFile: pki.ca },
       auth: { roles: { admin: ['cn:bench-admin'], signer: ['cn:bench-signer'] } },
       store: { sqlite: { path: join(dir, 'sigil.db') } },
       backends: {
@@ -749,7 +733,7 @@ async function orchestrate(): Promise<void> {
       defaultBackend: 'softhsm',
       log: { level: 'warn' },
     };
-    const configFile = await put('config.yaml', stringify(config));
+    const configFile = await writePrivate(dir, 'config.yaml', stringify(config));
 
     // The daemon, as users run it.
     const nodeFlags = [
@@ -764,7 +748,7 @@ async function orchestrate(): Promise<void> {
       if (r > daemonRssMax) daemonRssMax = r;
       if (r > scenarioRss) scenarioRss = r;
     }, 100);
-    const admin = connect({ addr, ca: files['ca.pem']!, cert: files['admin.pem'], key: files['admin-key.pem'] });
+    const admin = connect({ addr, ca: pki.ca, cert: pki.adminCert, key: pki.adminKey });
     const d = daemon;
     await waitFor(
       () => rpc.adminListKeys(admin, { prefix: '' }).then(() => true, () => false),
@@ -774,7 +758,7 @@ async function orchestrate(): Promise<void> {
     );
     const ecKey = await rpc.createKey(admin, { name: 'bench/ec', algorithm: Algorithm.ECDSA_P256_SHA256, backend: '' });
     const rsaKey = await rpc.createKey(admin, { name: 'bench/rsa', algorithm: Algorithm.RSA_PKCS1_SHA256, backend: '' });
-    const signerClients = connect({ addr, ca: files['ca.pem']!, cert: files['signer.pem'], key: files['signer-key.pem'] });
+    const signerClients = connect({ addr, ca: pki.ca, cert: pki.signerCert, key: pki.signerKey });
     const ecPub = (await rpc.getPublicKey(signerClients, { key: 'bench/ec' })).spkiDer;
     const rsaPub = (await rpc.getPublicKey(signerClients, { key: 'bench/rsa' })).spkiDer;
     signerClients.close();
@@ -855,7 +839,7 @@ async function orchestrate(): Promise<void> {
       process.stderr.write('(c) sigild, load generator in another process\n');
       const channels = Number(values.channels);
       const loadArgs = (keyName: string, mode: LoadArgs['mode'], inflight: number, batch = 0, conns = 1): string[] => [
-        '--role', 'load', '--addr', addr, '--ca', files['ca.pem']!, '--cert', files['signer.pem']!, '--key', files['signer-key.pem']!,
+        '--role', 'load', '--addr', addr, '--ca', pki.ca, '--cert', pki.signerCert, '--key', pki.signerKey,
         '--key-name', keyName, '--mode', mode, '--inflight', String(inflight), '--batch', String(batch), '--channels', String(conns),
         '--seconds', String(seconds), '--warmup', String(warmup),
       ];
