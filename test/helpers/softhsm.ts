@@ -1,3 +1,5 @@
+import assert from 'node:assert/strict';
+import pkcs11js from 'pkcs11js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,4 +38,19 @@ export async function tempToken(label = 'sigil'): Promise<TempToken> {
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
+}
+
+/**
+ * A second, independent pkcs11js handle on a module the backend under test already initialized, to
+ * inspect or change the token behind the backend's back.
+ */
+export function rawPkcs11(module: string): pkcs11js.PKCS11 {
+  const raw = new pkcs11js.PKCS11();
+  raw.load(module);
+  try {
+    raw.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (e) {
+    assert.equal((e as pkcs11js.Pkcs11Error).code, pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED);
+  }
+  return raw;
 }

@@ -10,7 +10,7 @@ import { isSigilError } from '../../src/errors.ts';
 import { open } from '../../src/signers/pkcs11/index.ts';
 import type { Algorithm, Backend, BackendKey, KeyCreator, KeySigner } from '../../src/signers/signer.ts';
 import { missingTools } from '../helpers/hw.ts';
-import { tempToken, type TempToken } from '../helpers/softhsm.ts';
+import { rawPkcs11, tempToken, type TempToken } from '../helpers/softhsm.ts';
 import { assertCode } from '../helpers/assert.ts';
 
 const run = promisify(execFile);
@@ -111,13 +111,7 @@ for (const signThread of [false, true]) {
         },
       });
       backend = await open({ ...token.config, sessions: 8, signThread }, { name: 'softhsm', log, production: false });
-      raw = new pkcs11js.PKCS11();
-      raw.load(token.module);
-      try {
-        raw.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-      } catch (e) {
-        assert.equal((e as pkcs11js.Pkcs11Error).code, pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED);
-      }
+      raw = rawPkcs11(token.module);
       for (const [label, algorithm] of [['ec', 'ECDSA_P256_SHA256'], ['rsa', 'RSA_PKCS1_SHA256'], ['ed', 'ED25519'], ['keep', 'ECDSA_P256_SHA256'], ['gone', 'ECDSA_P256_SHA256']] as const) {
         keys.set(label, await backend.createKey({ label, algorithm }));
       }

@@ -14,7 +14,7 @@ import { parseKeyUri } from '../../src/signers/key-uri.ts';
 import { open } from '../../src/signers/pkcs11/index.ts';
 import type { Backend, BackendKey, KeyCreator } from '../../src/signers/signer.ts';
 import { missingTools } from '../helpers/hw.ts';
-import { tempToken, type TempToken } from '../helpers/softhsm.ts';
+import { rawPkcs11, tempToken, type TempToken } from '../helpers/softhsm.ts';
 import { assertCode } from '../helpers/assert.ts';
 
 const run = promisify(execFile);
@@ -48,13 +48,7 @@ describe('pkcs11 backend on SoftHSM', { skip: skip ?? false }, () => {
     // The signing thread on (the daemon's default is off; test/conformance runs both).
     backend = await open({ ...token.config, signThread: true }, ctx(log));
     // A second, independent pkcs11js handle on the module the backend initialized, to inspect the token.
-    raw = new pkcs11js.PKCS11();
-    raw.load(token.module);
-    try {
-      raw.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-    } catch (e) {
-      assert.equal((e as pkcs11js.Pkcs11Error).code, pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED);
-    }
+    raw = rawPkcs11(token.module);
     const slot = raw.C_GetSlotList(true).find((s) => raw.C_GetTokenInfo(s).label.trim() === token.label)!;
     rawSession = raw.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
   });

@@ -301,24 +301,12 @@ export class GcpKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
     return versions;
   }
 
-  async #getCryptoKey(name: string): Promise<ICryptoKey | null> {
-    try {
-      const [ck] = await this.#rpc('get crypto key', name, () => this.#client.getCryptoKey({ name }, this.#opts()));
-      return ck;
-    } catch (err) {
-      if (err instanceof SigilError && err.code === 'KEY_NOT_FOUND') return null;
-      throw err;
-    }
+  #getCryptoKey(name: string): Promise<ICryptoKey | null> {
+    return orNull(this.#rpc('get crypto key', name, () => this.#client.getCryptoKey({ name }, this.#opts())));
   }
 
-  async #getVersion(name: string): Promise<ICryptoKeyVersion | null> {
-    try {
-      const [v] = await this.#rpc('get version', name, () => this.#client.getCryptoKeyVersion({ name }, this.#opts()));
-      return v;
-    } catch (err) {
-      if (err instanceof SigilError && err.code === 'KEY_NOT_FOUND') return null;
-      throw err;
-    }
+  #getVersion(name: string): Promise<ICryptoKeyVersion | null> {
+    return orNull(this.#rpc('get version', name, () => this.#client.getCryptoKeyVersion({ name }, this.#opts())));
   }
 
   /** Creates the CryptoKey with its first version labelled; null when another writer created it first. */
@@ -464,4 +452,14 @@ function gcpError(op: string, subject: string, err: unknown): SigilError {
   }
   if (typeof code === 'string' && NET_ERRORS.has(code)) return new SigilError('BACKEND_UNAVAILABLE', `gcpkms ${op} ${subject}: ${code.toLowerCase()}`, { cause: err });
   return new SigilError('BACKEND_ERROR', `gcpkms ${op} ${subject} failed`, { cause: err });
+}
+
+/** The resource of a get call, or null when Cloud KMS has none by that name. */
+async function orNull<T>(call: Promise<[T, ...unknown[]]>): Promise<T | null> {
+  try {
+    return (await call)[0];
+  } catch (err) {
+    if (err instanceof SigilError && err.code === 'KEY_NOT_FOUND') return null;
+    throw err;
+  }
 }

@@ -94,20 +94,19 @@ export async function open(config: TpmConfig, ctx: BackendContext): Promise<Back
  * a key was loaded leaves them; swtpm has three slots), within the deadline.
  */
 async function flushAtOpen(tpm: Tpm, ms: number, log: Logger): Promise<void> {
-  let flushed: number[];
-  try {
-    flushed = await withDeadline(ms, 'tpm transient object flush', () => tpm.flushTransients());
-  } catch (err) {
-    throw tpmFailure('tpm transient object flush', err);
+  const kinds = [
+    { what: 'tpm transient object flush', left: 'tpm transient objects left by an earlier user flushed', flush: () => tpm.flushTransients() },
+    { what: 'tpm session flush', left: 'tpm sessions left by an earlier user flushed', flush: () => tpm.flushSessions() },
+  ];
+  for (const k of kinds) {
+    let flushed: number[];
+    try {
+      flushed = await withDeadline(ms, k.what, k.flush);
+    } catch (err) {
+      throw tpmFailure(k.what, err);
+    }
+    if (flushed.length > 0) log.warn({ handles: flushed.map(hex8) }, k.left);
   }
-  if (flushed.length > 0) log.warn({ handles: flushed.map(hex8) }, 'tpm transient objects left by an earlier user flushed');
-  let sessions: number[];
-  try {
-    sessions = await withDeadline(ms, 'tpm session flush', () => tpm.flushSessions());
-  } catch (err) {
-    throw tpmFailure('tpm session flush', err);
-  }
-  if (sessions.length > 0) log.warn({ handles: sessions.map(hex8) }, 'tpm sessions left by an earlier user flushed');
 }
 
 /**
