@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { isSigilError, SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Algorithm, Backend, BackendKey, KeyCreator, KeyDestroyer, KeyEnabler, KeySigner, KeySpec } from './signer.ts';
+import { withDeadline } from '../deadline.ts';
 
 /**
  * How sigil calls one backend: a deadline per call, bounded retries with backoff for transient faults
@@ -187,22 +188,4 @@ export function resilient(inner: Backend, settings: Resilience, o: { name: strin
     out.setKeyEnabled = (uri: string, enabled: boolean) => call('setKeyEnabled', () => f(uri, enabled), true);
   }
   return out;
-}
-
-/** Settles like `p`, or rejects with `timeout()` after `ms` (the call itself goes on; its result is dropped). */
-function withDeadline<T>(p: Promise<T>, ms: number, timeout: () => Error): Promise<T> {
-  if (ms <= 0) return Promise.reject(timeout());
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(timeout()), ms);
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(t);
-        reject(e);
-      },
-    );
-  });
 }

@@ -109,7 +109,8 @@ export const TRANSIENT_FIRST = (TPM_HT.TRANSIENT << 24) >>> 0;
 /** First handle of TPM_HT_LOADED_SESSION (TPM 2.0 Part 2, 7.2; the HMAC session type): loaded sessions of any kind. */
 export const LOADED_SESSION_FIRST = (TPM_HT.HMAC_SESSION << 24) >>> 0;
 
-function hex8(n: number): string {
+/** A TPM handle as `0x` and eight hex digits, as the specification writes them. */
+export function hex8(n: number): string {
   return `0x${n.toString(16).padStart(8, '0')}`;
 }
 

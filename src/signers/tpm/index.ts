@@ -4,7 +4,7 @@ import { TPM_ALG, TPM_ECC, TPM_RH, TPMA_OBJECT } from '../../tpm/constants.ts';
 import { TpmError } from '../../tpm/rc.ts';
 import { objectName, spkiOf, type TpmPublic, type TpmSignature } from '../../tpm/structures.ts';
 import { SRK_TEMPLATE_ECC, templateBytes } from '../../tpm/templates.ts';
-import { Tpm } from '../../tpm/tpm.ts';
+import { hex8, Tpm } from '../../tpm/tpm.ts';
 import { openTcp, openTransport, type TpmTransport } from '../../tpm/transport.ts';
 import {
   ALGORITHM_INFO,
@@ -28,6 +28,7 @@ import { KeyTable, type KeyEntry } from './key-table.ts';
 import { lockStateDir, type StateLock } from './state-lock.ts';
 import { signingKeyTemplate } from './templates.ts';
 import { formatTpmUri, parseTpmKeyUri } from './uri.ts';
+import { withDeadline } from '../../deadline.ts';
 
 /** A usable signing key at a persistent handle, as read from its public area. */
 interface TpmKey {
@@ -72,7 +73,7 @@ export async function open(config: TpmConfig, ctx: BackendContext): Promise<Back
     const flush = flushesTransients(config);
     if (flush) await flushAtOpen(tpm, config.timeoutMs, ctx.log);
     const t = tpm;
-    const curves = await withDeadline(config.timeoutMs, 'tpm capability query', () => t.getEccCurves()).catch((err: unknown) => {
+    const curves = await tpmDeadline(config.timeoutMs, 'tpm capability query', () => t.getEccCurves()).catch((err: unknown) => {
       throw tpmFailure('tpm capability query', err);
     });
     const algorithms = ALGORITHMS.filter((a) => {
@@ -101,7 +102,7 @@ async function flushAtOpen(tpm: Tpm, ms: number, log: Logger): Promise<void> {
   for (const k of kinds) {
     let flushed: number[];
     try {
-      flushed = await withDeadline(ms, k.what, k.flush);
+      flushed = await tpmDeadline(ms, k.what, k.flush);
     } catch (err) {
       throw tpmFailure(k.what, err);
     }
@@ -129,20 +130,8 @@ async function openTpmTransport(spec: string, timeoutMs: number): Promise<TpmTra
 }
 
 /** Runs `f`, or fails with BACKEND_UNAVAILABLE once `ms` have passed (the TPM call itself runs on). */
-function withDeadline<T>(ms: number, what: string, f: () => Promise<T>): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new SigilError('BACKEND_UNAVAILABLE', `${what}: no answer from the tpm in ${ms} ms`)), ms);
-    f().then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (err: unknown) => {
-        clearTimeout(timer);
-        reject(err);
-      },
-    );
-  });
+function tpmDeadline<T>(ms: number, what: string, f: () => Promise<T>): Promise<T> {
+  return withDeadline(f(), ms, () => new SigilError('BACKEND_UNAVAILABLE', `${what}: no answer from the tpm in ${ms} ms`));
 }
 
 // One multi-command act at a time: key creation holds two transient slots, and handle allocation and
@@ -155,10 +144,6 @@ class Mutex {
     this.#tail = next.catch(() => undefined);
     return next;
   }
-}
-
-function hex8(n: number): string {
-  return `0x${n.toString(16).padStart(8, '0')}`;
 }
 
 /**
@@ -244,7 +229,7 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
   async #call<T>(what: string, ms: number, f: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new SigilError('BACKEND_UNAVAILABLE', 'tpm backend is closed');
     try {
-      return await withDeadline(ms, what, async () => {
+      return await tpmDeadline(ms, what, async () => {
         // On swtpm, even a persistent key needs a free object slot to sign: leftovers block everything.
         if (this.#needsFlush()) await this.#admin.run(() => this.#flushLeftovers());
         return f();
@@ -401,7 +386,7 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     this.#closed = true;
     this.#keys.clear();
     try {
-      await withDeadline(this.#timeoutMs, 'tpm session flush', () => this.#sessions.close()).catch((err: unknown) => {
+      await tpmDeadline(this.#timeoutMs, 'tpm session flush', () => this.#sessions.close()).catch((err: unknown) => {
         this.#log.warn({ err }, 'tpm sessions not flushed at close');
       });
       await this.#tpm.close();
