@@ -19,6 +19,7 @@ import type {
 } from '../store/store.ts';
 import type { KeyService } from './key-service.ts';
 import { backendLabel, keyVersionRef, parseKeyRef } from './names.ts';
+import { KeyedSerial } from '../serial.ts';
 
 /** The daemon itself as the actor of its timers (auto-rotation, destruction, approval expiry, recovery). */
 export const SIGILD: ActorRef = { subject: 'sigild', fingerprint: '' };
@@ -100,7 +101,8 @@ export class KeyLifecycle {
   readonly #log: Logger;
   readonly #w: LifecycleWindows;
   readonly #auditKey: LifecycleOptions['auditKey'];
-  readonly #locks = new Map<string, Promise<void>>();
+  /** Runs lifecycle acts on one key one at a time (signing is not serialized). */
+  readonly #locks = new KeyedSerial();
 
   constructor(o: LifecycleOptions) {
     this.#store = o.store;
@@ -143,7 +145,7 @@ export class KeyLifecycle {
 
   #rotate(who: ActorRef, name: string, opts: { auto?: boolean }): Promise<{ key: KeyRecord; version: number }> {
     return this.#act(who, 'key.rotate', name, () =>
-      this.#locked(name, async () => {
+      this.#locks.run(name, async () => {
         const key = this.#keys.getKey(name);
         const backend = await this.#backends.get(key.backend);
         if (!canCreateKeys(backend)) throw new SigilError('NOT_IMPLEMENTED', `backend ${key.backend} cannot create keys: key ${name} cannot be rotated`);
@@ -180,7 +182,7 @@ export class KeyLifecycle {
   disable(who: ActorRef, ref: string, opts: { compromised?: boolean; since?: Date | null } = {}): Promise<KeyRecord> {
     return this.#act(who, 'key.disable', ref, async () => {
       const { name, version } = versionRef(ref);
-      return this.#locked(name, async () => {
+      return this.#locks.run(name, async () => {
         const key = this.#keys.getKey(name);
         const v = findVersion(key, version);
         const now = this.#clock.now();
@@ -212,7 +214,7 @@ export class KeyLifecycle {
   enable(who: ActorRef, ref: string): Promise<KeyRecord> {
     return this.#act(who, 'key.enable', ref, async () => {
       const { name, version } = versionRef(ref);
-      return this.#locked(name, async () => {
+      return this.#locks.run(name, async () => {
         const v = findVersion(this.#keys.getKey(name), version);
         if (v.revokedAt) throw new SigilError('FAILED_PRECONDITION', `key ${ref} was disabled as compromised and can never be enabled again: rotate the key instead`);
         if (v.state !== 'DISABLED') throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state}, not DISABLED`);
@@ -237,7 +239,7 @@ export class KeyLifecycle {
   scheduleDestroy(who: ActorRef, ref: string, windowMs?: number | null): Promise<MaybeApproved> {
     return this.#act<MaybeApproved>(who, 'key.schedule-destroy', ref, async () => {
       const { name, version } = versionRef(ref);
-      return this.#locked(name, async (): Promise<Done<MaybeApproved>> => {
+      return this.#locks.run(name, async (): Promise<Done<MaybeApproved>> => {
         const window = windowMs ?? this.#w.defaultDestroyWindowMs;
         this.#checkWindow(window);
         const key = this.#keys.getKey(name);
@@ -271,7 +273,7 @@ export class KeyLifecycle {
   cancelDestroy(who: ActorRef, ref: string): Promise<KeyRecord> {
     return this.#act(who, 'key.cancel-destroy', ref, async () => {
       const { name, version } = versionRef(ref);
-      return this.#locked(name, async () => {
+      return this.#locks.run(name, async () => {
         const v = findVersion(this.#keys.getKey(name), version);
         const now = this.#clock.now();
         if (v.state === 'DESTROY_SCHEDULED') {
@@ -294,7 +296,7 @@ export class KeyLifecycle {
   destroyDue(ref: string): Promise<KeyRecord> {
     return this.#act(SIGILD, 'key.destroy', ref, async () => {
       const { name, version } = versionRef(ref);
-      return this.#locked(name, async () => {
+      return this.#locks.run(name, async () => {
         const key = this.#keys.getKey(name);
         const v = findVersion(key, version);
         const now = this.#clock.now();
@@ -315,7 +317,7 @@ export class KeyLifecycle {
    */
   updatePolicy(who: ActorRef, name: string, patch: PolicyPatch): Promise<MaybeApproved> {
     return this.#act<MaybeApproved>(who, 'key.policy', name, () =>
-      this.#locked(name, async (): Promise<Done<MaybeApproved>> => {
+      this.#locks.run(name, async (): Promise<Done<MaybeApproved>> => {
         const key = this.#keys.getKey(name);
         const next = checkPolicy(key, patch);
         const now = this.#clock.now();
@@ -348,7 +350,7 @@ export class KeyLifecycle {
     const a = this.#store.getApproval(id);
     return this.#act(who, 'approval.approve', a ? approvalRef(a) : undefined, async () => {
       const cur = this.#decidable(who, id);
-      return this.#locked(cur.key, async () => {
+      return this.#locks.run(cur.key, async () => {
         const now = this.#clock.now();
         let effect: Record<string, unknown> = {};
         const approval = this.#store.transaction(() => {
@@ -595,22 +597,6 @@ export class KeyLifecycle {
     // Recorded in one turn of the event loop, so the outcome and its effects share one transaction.
     await Promise.all(entries.map((e) => this.#audit.record(e)));
     return done.value;
-  }
-
-  /** Runs lifecycle acts on one key one at a time (signing is not serialized). */
-  async #locked<T>(name: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.#locks.get(name) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    const tail = prev.then(() => mine);
-    this.#locks.set(name, tail);
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-      if (this.#locks.get(name) === tail) this.#locks.delete(name);
-    }
   }
 }
 

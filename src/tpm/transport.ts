@@ -2,6 +2,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { SigilError } from '../errors.ts';
 import { TPM_HEADER_SIZE } from './constants.ts';
+import { Serial } from '../serial.ts';
 
 /** Carries marshaled TPM commands to a TPM and brings back its responses, one at a time. */
 export interface TpmTransport {
@@ -37,16 +38,6 @@ function responseSize(header: Buffer): number {
   return size;
 }
 
-// Runs one operation at a time: a TPM takes a single command and answers before the next.
-class Serial {
-  #tail: Promise<unknown> = Promise.resolve();
-
-  run<T>(f: () => Promise<T>): Promise<T> {
-    const next = this.#tail.then(f, f);
-    this.#tail = next.catch(() => undefined);
-    return next;
-  }
-}
 
 /** Options of the TCP transport. */
 export interface TcpOptions {
@@ -59,6 +50,7 @@ export interface TcpOptions {
 /** swtpm's TCP command port (raw TPM commands, no framing); one connection kept open. */
 class TcpTransport implements TpmTransport {
   readonly #opts: Required<TcpOptions>;
+  // One command at a time: a TPM takes a single command and answers before the next.
   readonly #serial = new Serial();
   #socket: Socket | undefined;
   #closed = false;

@@ -31,6 +31,7 @@ import {
   versionName,
   type GcpKeyName,
 } from './resource-name.ts';
+import { KeyedSerial } from '../../serial.ts';
 
 type ICryptoKey = protos.google.cloud.kms.v1.ICryptoKey;
 type ICryptoKeyVersion = protos.google.cloud.kms.v1.ICryptoKeyVersion;
@@ -108,7 +109,7 @@ export class GcpKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
   readonly #config: GcpKmsConfig;
   readonly #log: Logger;
   readonly #keys = new Map<string, VersionKey>();
-  readonly #locks = new Map<string, Promise<unknown>>();
+  readonly #locks = new KeyedSerial();
   #closed = false;
 
   constructor(client: KeyManagementServiceClient, config: GcpKmsConfig, log: Logger) {
@@ -148,7 +149,7 @@ export class GcpKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
     const ring = { project: this.#config.project, location: this.#config.location, keyRing: this.#config.keyRing };
     const ckName = cryptoKeyName({ ...ring, cryptoKey: target.cryptoKeyId });
     // One creation at a time per CryptoKey in this process: the labels map is read, changed and written whole.
-    const made = await this.#locked(ckName, async () => {
+    const made = await this.#locks.run(ckName, async () => {
       let ck = await this.#getCryptoKey(ckName);
       if (ck === null) {
         ck = await this.#createCryptoKey(ckName, target.cryptoKeyId, target.labelKey, gcpAlgorithm);
@@ -411,17 +412,6 @@ export class GcpKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
     }
   }
 
-  async #locked<T>(key: string, f: () => Promise<T>): Promise<T> {
-    const prev = this.#locks.get(key) ?? Promise.resolve();
-    const run = prev.then(f, f);
-    const tail = run.catch(() => undefined);
-    this.#locks.set(key, tail);
-    try {
-      return await run;
-    } finally {
-      if (this.#locks.get(key) === tail) this.#locks.delete(key);
-    }
-  }
 }
 
 /** The sigil version -> native version id map recorded in a CryptoKey's labels. */

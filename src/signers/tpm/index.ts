@@ -29,6 +29,7 @@ import { lockStateDir, type StateLock } from './state-lock.ts';
 import { signingKeyTemplate } from './templates.ts';
 import { formatTpmUri, parseTpmKeyUri } from './uri.ts';
 import { withDeadline } from '../../deadline.ts';
+import { Serial } from '../../serial.ts';
 
 /** A usable signing key at a persistent handle, as read from its public area. */
 interface TpmKey {
@@ -134,18 +135,6 @@ function tpmDeadline<T>(ms: number, what: string, f: () => Promise<T>): Promise<
   return withDeadline(f(), ms, () => new SigilError('BACKEND_UNAVAILABLE', `${what}: no answer from the tpm in ${ms} ms`));
 }
 
-// One multi-command act at a time: key creation holds two transient slots, and handle allocation and
-// the table must not interleave. Signatures are single commands and bypass it.
-class Mutex {
-  #tail: Promise<unknown> = Promise.resolve();
-
-  run<T>(f: () => Promise<T>): Promise<T> {
-    const next = this.#tail.then(f, f);
-    this.#tail = next.catch(() => undefined);
-    return next;
-  }
-}
-
 /**
  * Checks that the public area at `handle` is a key sigil can sign with through TPM2_Sign and an HMAC
  * session with its empty authValue, and describes it under `name`, the name sigil recorded for it. A
@@ -201,7 +190,9 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
   readonly #range: { first: number; last: number };
   readonly #timeoutMs: number;
   readonly #createTimeoutMs: number;
-  readonly #admin = new Mutex();
+  // One multi-command act at a time: key creation holds two transient slots, and handle allocation and
+  // the table must not interleave. Signatures are single commands and bypass it.
+  readonly #admin = new Serial();
   readonly #keys = new Map<number, TpmKey>();
   readonly #lock: StateLock;
   readonly #flushTransients: boolean;
