@@ -1,4 +1,4 @@
-import { readFile, stat } from 'node:fs/promises';
+import { readSecretFile } from '../../config/secret-file.ts';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { z } from 'zod';
 import { SigilError } from '../../errors.ts';
@@ -24,13 +24,7 @@ const credentialsSchema = z.strictObject({
  * they are not kept as the cause either).
  */
 export async function readCredentialsFile(path: string, log: Logger): Promise<StaticCredentials> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-    if (((await stat(path)).mode & 0o077) !== 0) log.warn({ file: path }, 'aws credentials file is readable by group or others');
-  } catch (err) {
-    throw new SigilError('CONFIG_INVALID', `cannot read aws credentials file ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
+  const text = await readSecretFile(path, 'aws credentials file', log);
   let json: unknown;
   try {
     json = JSON.parse(text);

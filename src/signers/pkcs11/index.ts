@@ -1,5 +1,5 @@
 import { createHmac, createPublicKey, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { readSecretFile } from '../../config/secret-file.ts';
 import pkcs11js from 'pkcs11js';
 import { SigilError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
@@ -69,9 +69,7 @@ const RSA_EXPONENT = Buffer.from([0x01, 0x00, 0x01]);
  * on the next call that meets it, with the PIN read from `pinFile` again.
  */
 export async function open(config: Pkcs11Config, ctx: BackendContext): Promise<Backend & KeyCreator & KeyDestroyer> {
-  const pin = await readPin(config.pinFile);
-  const mode = (await stat(config.pinFile)).mode & 0o777;
-  if (mode & 0o077) ctx.log.warn({ pinFile: config.pinFile, mode: mode.toString(8) }, 'pin file is readable by group or others; chmod 600 it');
+  const pin = await readPin(config.pinFile, ctx.log);
   const lib = acquireLibrary(config.module, config.softhsmConf);
   const sessions: Buffer[] = [];
   let slot: Buffer | undefined;
@@ -96,14 +94,8 @@ export async function open(config: Pkcs11Config, ctx: BackendContext): Promise<B
   }
 }
 
-async function readPin(path: string): Promise<string> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? 'error';
-    throw new SigilError('CONFIG_INVALID', `cannot read pkcs11 pin file ${path}: ${code}`);
-  }
+async function readPin(path: string, log: Logger): Promise<string> {
+  const text = await readSecretFile(path, 'pkcs11 pin file', log);
   const pin = text.replace(/\r?\n$/, '');
   if (pin.length === 0) throw new SigilError('CONFIG_INVALID', `pkcs11 pin file ${path} is empty`);
   return pin;
@@ -244,7 +236,7 @@ class Pkcs11Backend implements Backend, KeyCreator, KeyDestroyer, SignerHost {
    * object handle. BACKEND_UNAVAILABLE when the token is not there.
    */
   async #recover(): Promise<void> {
-    const pin = await readPin(this.#pinFile);
+    const pin = await readPin(this.#pinFile, this.#log);
     if (this.#closing !== null) throw new SigilError('BACKEND_UNAVAILABLE', 'pkcs11 backend is closed');
     // From here on synchronous: nothing else runs on the event loop while the sessions are swapped.
     // Cached keys are suspect whatever comes of this (a getKey must not answer with a public key from
