@@ -151,7 +151,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       roles: cfg.auth.roles,
       identityCaPem: identity?.caCertificatePem() ?? null,
       builders: cfg.authorization.builders,
-      reservedKeys: [...(identity ? [identity.keyName] : []), cfg.audit.key, TRUST_ROOT_KEY],
+      daemonKeys: { identityCa: identity?.keyName ?? null, audit: cfg.audit.key, trustRoot: TRUST_ROOT_KEY },
       auditLog: audited,
       attestation,
       revocation: { revocations, trustedRoot },

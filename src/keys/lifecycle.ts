@@ -120,11 +120,6 @@ export class KeyLifecycle {
     return this.#w;
   }
 
-  /** The name of the audit log's checkpoint key, when the lifecycle was given it (the one daemon key it rotates). */
-  get auditKeyName(): string | null {
-    return this.#auditKey?.name ?? null;
-  }
-
   /**
    * Makes a new version in the key's backend and makes it primary; older versions stay for verification.
    * For the audit key, a checkpoint signed by the new version follows before this resolves.

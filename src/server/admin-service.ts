@@ -4,7 +4,6 @@ import { audited, reasonOf, resultOf } from '../audit/audited.ts';
 import { parseKeyRef } from '../keys/names.ts';
 import type { KeyService } from '../keys/key-service.ts';
 import type { KeyLifecycle, PolicyPatch } from '../keys/lifecycle.ts';
-import { TRUST_ROOT_KEY } from '../revocation/trusted-root-publisher.ts';
 import { approvalStateFromPb, approvalToPb, algorithmFromPb, keyToPb, keyVersionToPb, policyToPb } from './convert.ts';
 import { unary, type RpcContext } from './rpc.ts';
 import type { Principal, Role } from './auth.ts';
@@ -45,7 +44,17 @@ function seconds(n: number, what: string): number {
  * The `sigil.v1.Admin` service: key creation, import, inspection and lifecycle (rotation, disable,
  * destruction, policy, approvals). Every act is an audit log entry, durable before the answer (the lifecycle records its own).
  */
-export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle, reserved: readonly string[] = []): AdminServer {
+/** The names of the daemon's own keys (reserved: no RPC signs with them). */
+export interface DaemonKeys {
+  /** The identity CA's key, when the daemon has an identity CA. */
+  identityCa: string | null;
+  /** The audit log's checkpoint key. */
+  audit: string;
+  /** The key that signs the trusted root. */
+  trustRoot: string;
+}
+
+export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle, daemonKeys: DaemonKeys | null = null): AdminServer {
   /**
    * The daemon's own keys (identity CA, audit, trusted root) are pinned by what they signed. The audit key
    * may only be rotated: its older versions stay, so the checkpoints they signed stay verifiable. The other
@@ -54,24 +63,27 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
    */
   const daemonKey = (ref: string, act: LifecycleAct): string => {
     const name = parseKeyRef(ref).name;
-    if (!reserved.includes(name)) return ref;
-    if (name === lifecycle.auditKeyName) {
+    if (daemonKeys === null) return ref;
+    if (name === daemonKeys.audit) {
       if (act === 'rotate') return ref;
       throw new SigilError(
         'FAILED_PRECONDITION',
         `key ${name} is reserved for the daemon's own use: it signs the audit log's checkpoints and can only be rotated (sigilctl key rotate ${name}); its older versions stay so the checkpoints they signed still verify (see docs/operations.md, the audit key is compromised)`,
       );
     }
-    if (name === TRUST_ROOT_KEY) {
+    if (name === daemonKeys.trustRoot) {
       throw new SigilError(
         'FAILED_PRECONDITION',
         `key ${name} is reserved for the daemon's own use: it signs the trusted root, the anchor verifiers pin, so it cannot be ${PAST[act]} through the admin api (see docs/security.md, daemon keys)`,
       );
     }
-    throw new SigilError(
-      'FAILED_PRECONDITION',
-      `key ${name} is reserved for the daemon's own use: it is the identity ca's key, and a new one needs a new ca certificate that every client trusts, so it cannot be ${PAST[act]} through the admin api (see docs/security.md, daemon keys)`,
-    );
+    if (name === daemonKeys.identityCa) {
+      throw new SigilError(
+        'FAILED_PRECONDITION',
+        `key ${name} is reserved for the daemon's own use: it is the identity ca's key, and a new one needs a new ca certificate that every client trusts, so it cannot be ${PAST[act]} through the admin api (see docs/security.md, daemon keys)`,
+      );
+    }
+    return ref;
   };
   /**
    * Runs the checks the service makes before handing an act to the lifecycle (daemon keys, field ranges): a

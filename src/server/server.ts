@@ -23,7 +23,7 @@ import type { Clock } from '../clock.ts';
 import type { BuilderRule } from '../identity/builder-policy.ts';
 import { Metrics } from './metrics.ts';
 import { signerService } from './signer-service.ts';
-import { adminService } from './admin-service.ts';
+import { adminService, type DaemonKeys } from './admin-service.ts';
 import { GrpcH2Server } from './h2/server.ts';
 import { splitHostPort } from '../config/host-port.ts';
 import { toServiceError, toWireError } from './status.ts';
@@ -40,8 +40,8 @@ export interface ServerOptions {
   identityCaPem?: string | null;
   /** Which builders may use which keys. */
   builders?: readonly BuilderRule[];
-  /** Keys no RPC may sign with (the identity CA's). */
-  reservedKeys?: readonly string[];
+  /** The daemon's own keys: no RPC signs with them, and the admin API changes only the audit key (by rotation). */
+  daemonKeys?: DaemonKeys | null;
   clock?: Clock;
   /** TPM enrollment of builders, when attestation is configured. */
   attestation?: AttestationDeps | null;
@@ -87,9 +87,11 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     revoked: revocations ? (p) => revocations.refuseBuilder({ serial: p.serial, ekHash: p.builder.ekHash, akName: p.builder.akName }) : undefined,
   });
   const ctx = { auth, metrics: o.metrics, log: o.log, audit: o.auditLog };
-  const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys: o.reservedKeys ?? [] };
+  const dk = o.daemonKeys ?? null;
+  const reservedKeys = dk ? [dk.identityCa, dk.audit, dk.trustRoot].filter((k): k is string => k !== null) : [];
+  const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys };
   server.addService(SignerService, signerService(ctx, o.keys, o.limits, access) as unknown as UntypedServiceImplementation);
-  server.addService(AdminService, adminService(ctx, o.keys, o.lifecycle, o.reservedKeys ?? []) as unknown as UntypedServiceImplementation);
+  server.addService(AdminService, adminService(ctx, o.keys, o.lifecycle, dk) as unknown as UntypedServiceImplementation);
   server.addService(AuditService, auditService(ctx, o.auditLog) as unknown as UntypedServiceImplementation);
   if (o.attestation) server.addService(AttestationService, attestationService(ctx, o.attestation) as unknown as UntypedServiceImplementation);
   if (o.revocation) server.addService(RevocationService, revocationService(ctx, o.revocation) as unknown as UntypedServiceImplementation);
