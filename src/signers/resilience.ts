@@ -122,7 +122,11 @@ export function resilient(inner: Backend, settings: Resilience, o: { name: strin
     },
   });
 
-  async function call<T>(what: string, fn: () => Promise<T>, retry: boolean): Promise<T> {
+  /**
+   * `fn` gets a signal aborted when its attempt's deadline passes, when `abortable` (creating one costs
+   * a little on every call, so only for signers that drop abandoned requests).
+   */
+  async function call<T>(what: string, fn: (signal?: AbortSignal) => Promise<T>, retry: boolean, abortable = false): Promise<T> {
     const started = Date.now();
     const deadline = started + settings.deadlineMs;
     for (let attempt = 0; ; attempt++) {
@@ -133,7 +137,12 @@ export function resilient(inner: Backend, settings: Resilience, o: { name: strin
       const left = deadline - Date.now();
       let err: unknown;
       try {
-        const value = await withDeadline(fn(), left, () => new SigilError('BACKEND_UNAVAILABLE', `backend ${o.name} did not answer ${what} within ${settings.deadlineMs} ms`));
+        const abandon = abortable ? new AbortController() : null;
+        const value = await withDeadline(fn(abandon?.signal), left, () => {
+          // The attempt runs on; a retry must not find it still queued and sign twice.
+          abandon?.abort();
+          return new SigilError('BACKEND_UNAVAILABLE', `backend ${o.name} did not answer ${what} within ${settings.deadlineMs} ms`);
+        });
         breaker.success(admitted.trial);
         return value;
       } catch (e) {
@@ -157,7 +166,9 @@ export function resilient(inner: Backend, settings: Resilience, o: { name: strin
   const wrapSigner = (s: KeySigner): KeySigner => {
     let w = signers.get(s);
     if (w === undefined) {
-      w = { algorithm: s.algorithm, sign: (input: Buffer) => call('sign', () => s.sign(input), true) };
+      w = s.dropsAbandoned
+        ? { algorithm: s.algorithm, dropsAbandoned: true, sign: (input: Buffer, outer?: AbortSignal) => call('sign', (mine) => s.sign(input, outer ? AbortSignal.any([outer, mine!]) : mine), true, true) }
+        : { algorithm: s.algorithm, sign: (input: Buffer) => call('sign', () => s.sign(input), true) };
       signers.set(s, w);
     }
     return w;

@@ -55,7 +55,13 @@ export interface BackendKey {
  */
 export interface KeySigner {
   readonly algorithm: Algorithm;
-  sign(input: Buffer): Promise<Buffer>;
+  /**
+   * `signal`, honoured only by signers that say `dropsAbandoned`, is aborted once nobody waits for the
+   * answer any more (the call's deadline passed): a request still queued then is dropped, not signed.
+   */
+  sign(input: Buffer, signal?: AbortSignal): Promise<Buffer>;
+  /** True when `sign` queues requests (for a TPM session, say) and drops those whose signal was aborted. */
+  readonly dropsAbandoned?: boolean;
 }
 
 /**

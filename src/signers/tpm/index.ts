@@ -130,9 +130,12 @@ async function openTpmTransport(spec: string, timeoutMs: number): Promise<TpmTra
   return openTcp({ host: opts.get('host') ?? '127.0.0.1', port, timeoutMs });
 }
 
-/** Runs `f`, or fails with BACKEND_UNAVAILABLE once `ms` have passed (the TPM call itself runs on). */
-function tpmDeadline<T>(ms: number, what: string, f: () => Promise<T>): Promise<T> {
-  return withDeadline(f(), ms, () => new SigilError('BACKEND_UNAVAILABLE', `${what}: no answer from the tpm in ${ms} ms`));
+/** Runs `f`, or fails with BACKEND_UNAVAILABLE once `ms` have passed (the TPM call itself runs on; `onTimeout` tells it). */
+function tpmDeadline<T>(ms: number, what: string, f: () => Promise<T>, onTimeout?: () => void): Promise<T> {
+  return withDeadline(f(), ms, () => {
+    onTimeout?.();
+    return new SigilError('BACKEND_UNAVAILABLE', `${what}: no answer from the tpm in ${ms} ms`);
+  });
 }
 
 /**
@@ -217,14 +220,21 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
   }
 
   /** Runs one act against the TPM within its deadline and classifies what it throws. */
-  async #call<T>(what: string, ms: number, f: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `f` under the backend's deadline. `f`'s signal is aborted when that deadline passes or `outer`
+   * is aborted: a call past its deadline runs on (a TPM command cannot be taken back), so whatever it
+   * has not started yet must check the signal and give up.
+   */
+  async #call<T>(what: string, ms: number, f: (signal: AbortSignal) => Promise<T>, outer?: AbortSignal): Promise<T> {
     if (this.#closed) throw new SigilError('BACKEND_UNAVAILABLE', 'tpm backend is closed');
+    const mine = new AbortController();
+    const signal = outer ? AbortSignal.any([outer, mine.signal]) : mine.signal;
     try {
       return await tpmDeadline(ms, what, async () => {
         // On swtpm, even a persistent key needs a free object slot to sign: leftovers block everything.
         if (this.#needsFlush()) await this.#admin.run(() => this.#flushLeftovers());
-        return f();
-      });
+        return f(signal);
+      }, () => mine.abort());
     } catch (err) {
       throw tpmFailure(what, err);
     }
@@ -314,16 +324,24 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     const info = ALGORITHM_INFO[alg];
     if (k.keyType !== info.keyType) throw new SigilError('INVALID_ARGUMENT', `key ${k.uri} is a ${k.keyType} key and cannot sign ${alg}`);
     if (!schemeAllows(k.public, alg)) throw new SigilError('INVALID_ARGUMENT', `key ${k.uri} has a fixed signing scheme other than ${alg}`);
-    return { algorithm: alg, sign: (input) => this.#sign(k, alg, input) };
+    return { algorithm: alg, dropsAbandoned: true, sign: (input, signal) => this.#sign(k, alg, input, signal) };
   }
 
-  async #sign(k: TpmKey, alg: Exclude<Algorithm, 'ED25519'>, input: Buffer): Promise<Buffer> {
+  async #sign(k: TpmKey, alg: Exclude<Algorithm, 'ED25519'>, input: Buffer, outer?: AbortSignal): Promise<Buffer> {
     const want = ALGORITHM_INFO[alg].digestLength;
     if (!Buffer.isBuffer(input) || input.length !== want) throw new SigilError('INVALID_ARGUMENT', `${alg} signs a ${want}-byte digest, got ${input?.length ?? 0} bytes`);
     const { scheme, hash } = SCHEMES[alg];
     const what = `tpm signature with ${k.uri}`;
-    const sig = await this.#call(what, this.#timeoutMs, async () => {
+    // A request whose caller gave up while it waited for a session is dropped: a signature made for
+    // nobody would still be a signature, made after the daemon had answered (and audited) a failure.
+    const abandoned = (): SigilError => new SigilError('BACKEND_UNAVAILABLE', `${what}: dropped unsigned, its caller stopped waiting`);
+    const sig = await this.#call(what, this.#timeoutMs, async (signal) => {
+      if (signal.aborted) throw abandoned();
       const session = await this.#sessions.acquire();
+      if (signal.aborted) {
+        this.#sessions.release(session, true);
+        throw abandoned();
+      }
       let keep = false;
       try {
         const out = await this.#tpm.sign(k.handle, input, scheme, hash, { session, name: k.name });

@@ -121,6 +121,37 @@ describe('resilient backend', () => {
     assert.ok(took >= 70 && took < 1000, `deadline took ${took} ms`);
   });
 
+  it("tells a signer that drops abandoned requests when its deadline passed, and passes the caller's own signal on", async () => {
+    const seen: AbortSignal[] = [];
+    const hanging: KeySigner = {
+      algorithm: 'ECDSA_P256_SHA256',
+      dropsAbandoned: true,
+      sign: (_input, signal) => {
+        seen.push(signal!);
+        return new Promise<Buffer>(() => {});
+      },
+    };
+    const backend: Backend = { kind: 'hanging', algorithms: ['ECDSA_P256_SHA256'], getKey: async () => ({ uri: 'x:1', spki: Buffer.alloc(1), keyType: 'EC_P256' }), signer: async () => hanging, close: async () => {} };
+    const r = resilient(backend, settings({ deadlineMs: 60 }), { name: 't', log: silentLogger() });
+    const s = await r.signer('x:1', 'ECDSA_P256_SHA256');
+    assert.equal(s.dropsAbandoned, true);
+    await assert.rejects(s.sign(Buffer.alloc(32)), (e) => isSigilError(e, 'BACKEND_UNAVAILABLE'));
+    assert.equal(seen.length, 1, 'a timeout is not retried: the deadline is spent');
+    assert.equal(seen[0]!.aborted, true, 'aborted once the caller was answered');
+    const caller = new AbortController();
+    const pending = s.sign(Buffer.alloc(32), caller.signal);
+    assert.equal(seen[1]!.aborted, false);
+    caller.abort();
+    assert.equal(seen[1]!.aborted, true, "the caller's own abort reaches the signer");
+    await assert.rejects(pending, (e) => isSigilError(e, 'BACKEND_UNAVAILABLE'));
+    // A signer that does not drop requests gets no signal (none is made for it).
+    const { backend: plain } = scripted(['ok', 'ok']);
+    let got: unknown = 'unset';
+    const wrapped = await resilient({ ...plain, signer: async () => ({ algorithm: 'ECDSA_P256_SHA256', sign: (_i: Buffer, sig?: AbortSignal) => ((got = sig), Promise.resolve(Buffer.from('sig'))) }) }, settings(), { name: 'p', log: silentLogger() }).signer('x:1', 'ECDSA_P256_SHA256');
+    await wrapped.sign(Buffer.alloc(32));
+    assert.equal(got, undefined);
+  });
+
   it('opens the breaker while the backend is down and fails fast, then closes when it answers again', async () => {
     const { backend, calls } = scripted(['ok', 'down', 'down', 'down', 'down', 'ok', 'ok']);
     const r = resilient(backend, settings({ retries: 0, breakerFailures: 2, breakerCooldownMs: 60 }), { name: 't', log: silentLogger() });
