@@ -46,7 +46,7 @@ import { parseAwsKmsUri } from '../src/signers/awskms/key-uri.ts';
 import { crc32c } from '../src/signers/gcpkms/crc32c.ts';
 import { tpmConfigSchema } from '../src/signers/tpm/config.ts';
 import { open as openTpm } from '../src/signers/tpm/index.ts';
-import { startSwtpm, type Swtpm } from '../test/helpers/swtpm.ts';
+import { startSwtpm, tpmKeyAuth, type Swtpm } from '../test/helpers/swtpm.ts';
 import { spawnSigild, writeBenchPki, writePrivate, type SigildProcess } from './sigild-process.ts';
 import { childPidNamed, cpuSeconds, freePort, machineBusySeconds, percentile } from './measure.ts';
 
@@ -407,7 +407,8 @@ async function orchestrate(): Promise<void> {
     if (sigild.child.exitCode !== 0 && sigild.child.signalCode !== 'SIGTERM') process.stderr.write(`sigild exit ${sigild.child.exitCode}:\n${sigild.output()}\n`);
     sigild = null;
     const tpmUri = uris.get('tpm')!;
-    const inproc = await openTpm(tpmConfigSchema.parse({ type: 'tpm', transport: sw.tcti, stateDir: join(dir, 'tpm-state-inproc'), timeoutMs: TIMEOUT_MS }), {
+    // sigild's own state directory: its key table holds the key's authValue.
+    const inproc = await openTpm(tpmConfigSchema.parse({ type: 'tpm', transport: sw.tcti, stateDir: tpmState, timeoutMs: TIMEOUT_MS }), {
       name: 'bench',
       log: silentLogger(),
       production: false,
@@ -426,6 +427,7 @@ async function orchestrate(): Promise<void> {
     // 16 in flight are serialised with flock(1), as a script sharing the TPM would; an unserialised probe
     // afterwards records how that fails (it is last because failed runs leave their sessions loaded).
     const handle = tpmUri.slice('tpm:handle='.length);
+    const auth = await tpmKeyAuth(tpmState, handle);
     const toolEnv = { ...process.env, TPM2TOOLS_TCTI: sw.tcti };
     const dig = join(dir, 'digests');
     await mkdir(dig);
@@ -433,7 +435,7 @@ async function orchestrate(): Promise<void> {
     const lockFile = join(dir, 'tpm.lock');
     const tpmSign = (locked: boolean) => async (i: number): Promise<Buffer> => {
       const out = join(dig, `sig-${i}.der`);
-      const tool = ['tpm2_sign', '-c', handle, '-g', 'sha256', '-s', 'ecdsa', '-d', '-f', 'plain', '-o', out, join(dig, `${i % POOL}.bin`)];
+      const tool = ['tpm2_sign', '-c', handle, '-p', `hex:${auth}`, '-g', 'sha256', '-s', 'ecdsa', '-d', '-f', 'plain', '-o', out, join(dig, `${i % POOL}.bin`)];
       await (locked ? execTool('flock', [lockFile, ...tool], toolEnv) : execTool(tool[0]!, tool.slice(1), toolEnv));
       const sig = await readFile(out);
       await rm(out, { force: true });

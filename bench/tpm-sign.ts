@@ -19,7 +19,7 @@ import { silentLogger } from '../src/log.ts';
 import { tpmConfigSchema } from '../src/signers/tpm/config.ts';
 import { open } from '../src/signers/tpm/index.ts';
 import type { Algorithm, KeySigner } from '../src/signers/signer.ts';
-import { startSwtpm } from '../test/helpers/swtpm.ts';
+import { startSwtpm, tpmKeyAuth } from '../test/helpers/swtpm.ts';
 
 const run = promisify(execFile);
 const { values } = parseArgs({ options: { seconds: { type: 'string', default: '3' }, 'tool-runs': { type: 'string', default: '200' }, inflight: { type: 'string', default: '16' } } });
@@ -87,7 +87,7 @@ try {
   const handle = ec.uri.slice('tpm:handle='.length);
   const msg = Buffer.from('tpm2_sign loop');
   await writeFile(join(dir, 'digest.bin'), createHash('sha256').update(msg).digest());
-  const tool = ['-c', handle, '-g', 'sha256', '-s', 'ecdsa', '-d', '-f', 'plain', '-o', join(dir, 'sig.der'), join(dir, 'digest.bin')];
+  const tool = ['-c', handle, '-p', `hex:${await tpmKeyAuth(join(dir, 'state'), handle)}`, '-g', 'sha256', '-s', 'ecdsa', '-d', '-f', 'plain', '-o', join(dir, 'sig.der'), join(dir, 'digest.bin')];
   for (let i = 0; i < 5; i++) await run('tpm2_sign', tool, { env });
   const t0 = performance.now();
   for (let i = 0; i < toolRuns; i++) await run('tpm2_sign', tool, { env });

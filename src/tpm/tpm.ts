@@ -393,10 +393,10 @@ export class Tpm {
     return flushed;
   }
 
-  // TPM2B_SENSITIVE_CREATE with empty userAuth and data, empty outsideInfo, no creation PCRs.
-  #createParams(templateBytes: Buffer): Buffer {
+  // TPM2B_SENSITIVE_CREATE with `userAuth` (empty by default) and empty data, empty outsideInfo, no creation PCRs.
+  #createParams(templateBytes: Buffer, userAuth: Buffer = Buffer.alloc(0)): Buffer {
     return new Writer()
-      .sized(new Writer().sized(Buffer.alloc(0)).sized(Buffer.alloc(0)).finish())
+      .sized(new Writer().sized(userAuth).sized(Buffer.alloc(0)).finish())
       .sized(templateBytes)
       .sized(Buffer.alloc(0))
       .u32(0)
@@ -441,8 +441,8 @@ export class Tpm {
   }
 
   /** TPM2_Create of an ordinary object under a loaded parent (empty password, or the EK's policy). */
-  async create(parent: number, templateBytes: Buffer, opts: { parentAuth?: ParentAuth } = {}): Promise<CreatedObject> {
-    const { r } = await this.#withParentAuth(opts.parentAuth ?? 'password', (auth) => this.#run(TPM_CC.Create, [parent], [auth], this.#createParams(templateBytes)));
+  async create(parent: number, templateBytes: Buffer, opts: { parentAuth?: ParentAuth; userAuth?: Buffer } = {}): Promise<CreatedObject> {
+    const { r } = await this.#withParentAuth(opts.parentAuth ?? 'password', (auth) => this.#run(TPM_CC.Create, [parent], [auth], this.#createParams(templateBytes, opts.userAuth)));
     const priv = r.sized();
     const pub = readPublic2B(r);
     const creationData = r.sized();
@@ -631,14 +631,14 @@ export class Tpm {
   }
 
   /**
-   * TPM2_Sign of a digest with an unrestricted signing key (empty authValue), choosing the scheme
-   * (TPMT_SIG_SCHEME: ECDSA, RSASSA or RSAPSS with `hash`). The validation ticket is the NULL
-   * TPMT_TK_HASHCHECK, which only an unrestricted key accepts (Part 3, 20.2). Authorized by the
-   * password session, or by `auth.session` with the key's Name `auth.name` in cpHash: the TPM then
-   * refuses (TPM_RC_BAD_AUTH, or TPM_RC_AUTH_FAIL for a DA-protected key) when the object at the
-   * handle has another name.
+   * TPM2_Sign of a digest with an unrestricted signing key, choosing the scheme (TPMT_SIG_SCHEME:
+   * ECDSA, RSASSA or RSAPSS with `hash`). The validation ticket is the NULL TPMT_TK_HASHCHECK, which
+   * only an unrestricted key accepts (Part 3, 20.2). Authorized by the password session with an empty
+   * password, or by `auth.session` with the key's Name `auth.name` in cpHash and its authValue
+   * `auth.authValue` (empty when absent) in the HMAC key: the TPM then refuses (TPM_RC_BAD_AUTH, or
+   * TPM_RC_AUTH_FAIL for a DA-protected key) when the object at the handle has another name or authValue.
    */
-  async sign(keyHandle: number, digest: Buffer, scheme: number, hash: number, auth?: { session: HmacSession; name: Buffer }): Promise<TpmSignature> {
+  async sign(keyHandle: number, digest: Buffer, scheme: number, hash: number, auth?: { session: HmacSession; name: Buffer; authValue?: Buffer }): Promise<TpmSignature> {
     const params = new Writer()
       .sized(digest)
       .u16(scheme)
@@ -650,7 +650,7 @@ export class Tpm {
     const { r } =
       auth === undefined
         ? await this.#run(TPM_CC.Sign, [keyHandle], [passwordAuth()], params)
-        : await this.#run(TPM_CC.Sign, [keyHandle], [{ session: auth.session, authValue: Buffer.alloc(0) }], params, 0, [auth.name]);
+        : await this.#run(TPM_CC.Sign, [keyHandle], [{ session: auth.session, authValue: auth.authValue ?? Buffer.alloc(0) }], params, 0, [auth.name]);
     const sig = readSignatureFrom(r);
     r.end();
     return sig;

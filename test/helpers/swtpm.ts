@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { launchSwtpm, prepareSwtpmState, type SwtpmState } from '../../src/dev/swtpm.ts';
 import { isSigilError } from '../../src/errors.ts';
+import { KeyTable } from '../../src/signers/tpm/key-table.ts';
 import { Tpm } from '../../src/tpm/tpm.ts';
 
 /** A running swtpm (TPM 2.0 simulator) on 127.0.0.1 with EK certificates issued by a local CA. */
@@ -116,4 +117,14 @@ export async function withTpmClient<T>(sw: Swtpm, f: (tpm: Tpm) => Promise<T>): 
   } finally {
     await tpm.close();
   }
+}
+
+/**
+ * The hex authValue the TPM backend with state directory `stateDir` gave the key it persisted at `handle`
+ * (`0x81......`), for tpm2-tools' `-p hex:...`; throws when that table has none.
+ */
+export async function tpmKeyAuth(stateDir: string, handle: string): Promise<string> {
+  const auth = (await KeyTable.open(stateDir)).byHandle(Number.parseInt(handle, 16))?.auth;
+  if (auth === undefined) throw new Error(`the tpm key table in ${stateDir} has no authValue for ${handle}`);
+  return auth;
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, createPublicKey, verify, constants as cryptoConstants } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,7 +12,7 @@ import { tpmConfigSchema, type TpmConfig } from '../../src/signers/tpm/config.ts
 import { open } from '../../src/signers/tpm/index.ts';
 import { signingKeyTemplate } from '../../src/signers/tpm/templates.ts';
 import { TPM_ALG, TPM_CC, TPM_RH } from '../../src/tpm/constants.ts';
-import { TPM_RC, TpmError } from '../../src/tpm/rc.ts';
+import { baseRc, TPM_RC, TpmError } from '../../src/tpm/rc.ts';
 import { objectName } from '../../src/tpm/structures.ts';
 import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 import { LOADED_SESSION_FIRST, Tpm } from '../../src/tpm/tpm.ts';
@@ -356,5 +356,30 @@ test('signatures whose callers were answered with a timeout while the tpm hung a
   } finally {
     await b.close();
     await relay.close();
+  }
+});
+
+test('a key sigil creates has a random authValue kept in its 0600 key table: another TPM user cannot sign with it, sigil can, also after a reopen', { skip: skip ?? false }, async () => {
+  const c = config();
+  const msg = Buffer.from('only sigild signs this');
+  let b = await openBackend(c);
+  let uri = '';
+  try {
+    const k = await b.createKey({ label: 'authed-v1', algorithm: 'ECDSA_P256_SHA256' });
+    uri = k.uri;
+    const file = join(c.stateDir, 'keys.json');
+    const entry = (JSON.parse(await readFile(file, 'utf8')) as { keys: Array<{ label: string; auth?: string }> }).keys.find((e) => e.label === 'authed-v1');
+    assert.match(entry?.auth ?? '', /^[0-9a-f]{64}$/, 'the table records a 32-byte authValue');
+    assert.equal((await stat(file)).mode & 0o777, 0o600);
+    assert.ok(verify('sha256', msg, { key: spkiKey(k.spki), dsaEncoding: 'der' }, await (await b.signer(k.uri, 'ECDSA_P256_SHA256')).sign(sha256(msg))));
+    await b.close(); // swtpm serves one connection at a time
+    // Another process with the TPM open, and the empty password a key had before: refused by the TPM.
+    const refused = await withClient((tpm) => tpm.sign(handleOf(k.uri), sha256(msg), TPM_ALG.ECDSA, TPM_ALG.SHA256).then(() => null, (e: unknown) => e));
+    assert.ok(refused instanceof TpmError && [TPM_RC.BAD_AUTH, TPM_RC.AUTH_FAIL].includes(baseRc(refused.rc)), `the TPM refuses the empty password, got ${String(refused)}`);
+    b = await openBackend(c);
+    assert.ok(verify('sha256', msg, { key: spkiKey(k.spki), dsaEncoding: 'der' }, await (await b.signer(uri, 'ECDSA_P256_SHA256')).sign(sha256(msg))), 'the authValue is read back from the table');
+  } finally {
+    if (uri) await b.destroyKey(uri).catch(() => undefined);
+    await b.close();
   }
 });

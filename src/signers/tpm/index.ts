@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { SigilError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
 import { TPM_ALG, TPM_ECC, TPM_RH, TPMA_OBJECT } from '../../tpm/constants.ts';
@@ -37,6 +38,8 @@ interface TpmKey {
   uri: string;
   /** The name sigil recorded for the key: every TPM2_Sign is authorized with it in cpHash. */
   name: Buffer;
+  /** The key's authValue: random for keys sigil made (kept in the key table), empty for imported ones. */
+  authValue: Buffer;
   keyType: KeyType;
   spki: Buffer;
   public: TpmPublic;
@@ -57,6 +60,9 @@ const LABEL = /^[^\u0000-\u001f\u007f]{1,128}$/u;
 // for other uses such as an EK policy session.
 const SESSIONS = 2;
 const PERSISTENT_TYPE = 0x81000000;
+const EMPTY_AUTH = Buffer.alloc(0);
+/** Bytes of the random authValue of a key sigil creates: the size of its nameAlg's digest (SHA-256), the most a TPM takes. */
+const AUTH_BYTES = 32;
 
 /**
  * Opens a TPM backend: keys persisted in the TPM's owner hierarchy, created under a storage primary
@@ -143,7 +149,7 @@ function tpmDeadline<T>(ms: number, what: string, f: () => Promise<T>, onTimeout
  * session with its empty authValue, and describes it under `name`, the name sigil recorded for it. A
  * restricted key signs only digests the TPM hashed itself.
  */
-function describeKey(handle: number, pub: TpmPublic, name: Buffer, uri: string): TpmKey {
+function describeKey(handle: number, pub: TpmPublic, name: Buffer, uri: string, authValue: Buffer = EMPTY_AUTH): TpmKey {
   const at = hex8(handle);
   if (pub.type !== TPM_ALG.RSA && pub.type !== TPM_ALG.ECC) throw new SigilError('FAILED_PRECONDITION', `tpm object at ${at} is not an rsa or ecc key`);
   const a = pub.objectAttributes;
@@ -163,7 +169,7 @@ function describeKey(handle: number, pub: TpmPublic, name: Buffer, uri: string):
   const keyType = keyTypeOfSpki(spki);
   if (keyType === null) throw new SigilError('UNSUPPORTED_ALGORITHM', `tpm key at ${at} is of a kind sigil does not sign with`);
   const size = pub.rsa !== undefined ? pub.rsa.modulus.length : keyType === 'EC_P256' ? 32 : 48;
-  return { handle, uri, name, keyType, spki, public: pub, size };
+  return { handle, uri, name, authValue, keyType, spki, public: pub, size };
 }
 
 /** Whether the key's own scheme (fixed at creation, or TPM_ALG_NULL for any) lets it sign `alg`. */
@@ -265,11 +271,16 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
         const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
         let key: TpmKey;
         try {
-          const made = await tpm.create(srk.handle, templateBytes(template));
+          // Only whoever holds the key table (sigild's state directory, mode 0700) can sign with the key; with
+          // an empty authValue any process that may open the TPM could. No trailing zero byte: the TPM drops
+          // those (Part 1, 19.6.4.3), so what the table records is exactly what the TPM holds.
+          let authValue = randomBytes(AUTH_BYTES);
+          while (authValue[AUTH_BYTES - 1] === 0) authValue = randomBytes(AUTH_BYTES);
+          const made = await tpm.create(srk.handle, templateBytes(template), { userAuth: authValue });
           const name = objectName(made.public);
-          key = describeKey(handle, made.public, name, formatTpmUri(handle));
+          key = describeKey(handle, made.public, name, formatTpmUri(handle), authValue);
           // The table entry goes first: after a crash, findKeyByLabel checks the handle for this name.
-          await this.#table.put({ label, handle, name: name.toString('hex'), algorithm, createdAt: new Date().toISOString() });
+          await this.#table.put({ label, handle, name: name.toString('hex'), algorithm, createdAt: new Date().toISOString(), auth: authValue.toString('hex') });
           let evictSent = false;
           try {
             const loaded = await tpm.load(srk.handle, made.private, made.public);
@@ -344,7 +355,7 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
       }
       let keep = false;
       try {
-        const out = await this.#tpm.sign(k.handle, input, scheme, hash, { session, name: k.name });
+        const out = await this.#tpm.sign(k.handle, input, scheme, hash, { session, name: k.name, authValue: k.authValue });
         keep = true;
         return out;
       } catch (err) {
@@ -525,7 +536,9 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
       });
     }
     if (!recorded.equals(actual)) throw notRecorded(handle);
-    const k = describeKey(handle, pub, recorded, uri);
+    const entry = this.#table.byHandle(handle);
+    const authValue = entry?.auth !== undefined && entry.name === recorded.toString('hex') ? Buffer.from(entry.auth, 'hex') : EMPTY_AUTH;
+    const k = describeKey(handle, pub, recorded, uri, authValue);
     this.#keys.set(handle, k);
     return k;
   }

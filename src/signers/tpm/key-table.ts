@@ -12,6 +12,8 @@ export interface KeyEntry {
   name: string;
   algorithm: Algorithm;
   createdAt: string;
+  /** Hex of the key's authValue (32 random bytes); absent for keys made before sigil set one (empty authValue). */
+  auth?: string;
 }
 
 /**
@@ -36,6 +38,8 @@ const fileSchema = z.strictObject({
       name: z.string().regex(NAME),
       algorithm: z.enum(ALGORITHMS as [string, ...string[]]),
       createdAt: z.string(),
+      // Added after version 1 shipped; absent for keys made with an empty authValue.
+      auth: z.string().regex(/^[0-9a-f]{2,64}$/).optional(),
     }),
   ),
   // Added after version 1 shipped; absent in older tables.

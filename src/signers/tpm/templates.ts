@@ -5,8 +5,9 @@ import type { KeyType } from '../signer.ts';
 /**
  * Attributes of every key sigil creates in a TPM: generated inside and bound to this TPM and its parent
  * (non-extractable by construction), signing only, unrestricted so it signs outside digests, used with
- * its (empty) password. noDA: the empty password cannot be guessed, and without it a dictionary-attack
- * lockout caused by another TPM user would stop sigil's signing.
+ * its authValue (userWithAuth; the backend sets 32 random bytes). noDA: a random 256-bit authValue
+ * cannot be guessed, and without it another TPM user could set off a dictionary-attack lockout with
+ * wrong guesses and stop sigil's signing.
  */
 export const SIGNING_KEY_ATTRIBUTES =
   TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.sensitiveDataOrigin | TPMA_OBJECT.userWithAuth | TPMA_OBJECT.noDA | TPMA_OBJECT.sign;
