@@ -1,6 +1,7 @@
 import { createCipheriv, createECDH, createHash, createHmac, constants, publicEncrypt, randomBytes } from 'node:crypto';
 import { SigilError } from '../errors.ts';
 import { TPM_ALG, TPM_ECC } from '../tpm/constants.ts';
+import { kdfa, kdfe } from '../tpm/kdf.ts';
 import { Writer } from '../tpm/marshal.ts';
 import { hashOf, publicKeyOf, type TpmPublic } from '../tpm/structures.ts';
 
@@ -14,44 +15,6 @@ export interface Credential {
 
 function digestSize(hash: string): number {
   return createHash(hash).digest().length;
-}
-
-/**
- * KDFa of TPM 2.0 Part 1, 11.4.10.2 (SP 800-108 counter mode with HMAC): `bits` of key from `key`,
- * `label` (a NUL is appended), `contextU` and `contextV`.
- */
-export function kdfa(hash: string, key: Buffer, label: string, contextU: Buffer, contextV: Buffer, bits: number): Buffer {
-  const out: Buffer[] = [];
-  const bytes = Math.ceil(bits / 8);
-  const lab = Buffer.from(`${label}\0`, 'latin1');
-  const bitsBuf = Buffer.alloc(4);
-  bitsBuf.writeUInt32BE(bits);
-  for (let i = 1, have = 0; have < bytes; i++) {
-    const ctr = Buffer.alloc(4);
-    ctr.writeUInt32BE(i);
-    const block = createHmac(hash, key).update(ctr).update(lab).update(contextU).update(contextV).update(bitsBuf).digest();
-    out.push(block);
-    have += block.length;
-  }
-  return Buffer.concat(out).subarray(0, bytes);
-}
-
-/**
- * KDFe of TPM 2.0 Part 1, 11.4.10.3 (SP 800-56A concatenation KDF): `bits` of key from the shared
- * x-coordinate `z`, `label` (a NUL is appended), `partyU` and `partyV`.
- */
-export function kdfe(hash: string, z: Buffer, label: string, partyU: Buffer, partyV: Buffer, bits: number): Buffer {
-  const out: Buffer[] = [];
-  const bytes = Math.ceil(bits / 8);
-  const lab = Buffer.from(`${label}\0`, 'latin1');
-  for (let i = 1, have = 0; have < bytes; i++) {
-    const ctr = Buffer.alloc(4);
-    ctr.writeUInt32BE(i);
-    const block = createHash(hash).update(ctr).update(z).update(lab).update(partyU).update(partyV).digest();
-    out.push(block);
-    have += block.length;
-  }
-  return Buffer.concat(out).subarray(0, bytes);
 }
 
 const CURVES: Record<number, { node: string; size: number }> = {

@@ -1,6 +1,7 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { SigilError } from '../errors.ts';
 import { TPM_ALG } from './constants.ts';
+import { kdfa } from './kdf.ts';
 import { Reader, Writer } from './marshal.ts';
 
 // HMAC authorization sessions (TPM 2.0 Part 1, 19.6): the command HMAC covers cpHash, which holds the
@@ -43,28 +44,12 @@ function u32(n: number): Buffer {
 }
 
 /**
- * KDFa with HMAC-SHA-256 (Part 1, 11.4.10.2): HMAC(key, [i]32 || label || 0x00 || contextU || contextV
- * || [bits]32) for i = 1, 2, ..., concatenated and cut to `bits` (a multiple of 8 here).
- */
-export function kdfa(key: Buffer, label: string, contextU: Buffer, contextV: Buffer, bits: number): Buffer {
-  if (!Number.isInteger(bits) || bits <= 0 || bits % 8 !== 0) throw new SigilError('INVALID_ARGUMENT', `kdfa output of ${bits} bits`);
-  const parts: Buffer[] = [];
-  const fixed = Buffer.concat([Buffer.from(label, 'latin1'), Buffer.alloc(1), contextU, contextV, u32(bits)]);
-  for (let i = 1, have = 0; have < bits / 8; i++) {
-    const block = createHmac('sha256', key).update(u32(i)).update(fixed).digest();
-    parts.push(block);
-    have += block.length;
-  }
-  return Buffer.concat(parts).subarray(0, bits / 8);
-}
-
-/**
  * The session key of a SHA-256 session (Part 1, 19.6.8): empty when neither bound nor salted, else
  * KDFa(bind.authValue || salt, "ATH", nonceTPM, nonceCaller, 256).
  */
 export function sessionKeyOf(bound: boolean, bindAuth: Buffer, salt: Buffer, nonceTPM: Buffer, nonceCaller: Buffer): Buffer {
   if (!bound && salt.length === 0) return Buffer.alloc(0);
-  return kdfa(Buffer.concat([bound ? trimAuth(bindAuth) : Buffer.alloc(0), salt]), 'ATH', nonceTPM, nonceCaller, SHA256_SIZE * 8);
+  return kdfa('sha256', Buffer.concat([bound ? trimAuth(bindAuth) : Buffer.alloc(0), salt]), 'ATH', nonceTPM, nonceCaller, SHA256_SIZE * 8);
 }
 
 // Trailing zero octets of an authValue are dropped before it is used in an HMAC key (Part 1, 19.6.4.3).

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { createHash, createHmac } from 'node:crypto';
 import { test } from 'node:test';
-import { kdfa, makeCredential, tpm2ToolsCredentialFile } from '../../../src/attest/credential.ts';
+import { makeCredential, tpm2ToolsCredentialFile } from '../../../src/attest/credential.ts';
+import { kdfa } from '../../../src/tpm/kdf.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { objectName } from '../../../src/tpm/structures.ts';
 import { softActivate, softAk, softEk } from './soft-tpm.ts';

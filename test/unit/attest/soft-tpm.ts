@@ -1,5 +1,6 @@
 import { constants, createDecipheriv, createECDH, createHmac, generateKeyPairSync, privateDecrypt, sign, timingSafeEqual, type KeyObject } from 'node:crypto';
-import { kdfa, kdfe, type Credential } from '../../../src/attest/credential.ts';
+import type { Credential } from '../../../src/attest/credential.ts';
+import { kdfa, kdfe } from '../../../src/tpm/kdf.ts';
 import { TPM_ALG, TPM_ECC, TPM_GENERATED_VALUE, TPM_ST, TPMA_OBJECT } from '../../../src/tpm/constants.ts';
 import { Reader } from '../../../src/tpm/marshal.ts';
 import {

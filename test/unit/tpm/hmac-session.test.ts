@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { TPM_CC } from '../../../src/tpm/constants.ts';
-import { cpHash, kdfa, marshalAuthResponses, parseAuthResponses, rpHash, sessionHmac, sessionKeyOf } from '../../../src/tpm/hmac-session.ts';
+import { kdfa } from '../../../src/tpm/kdf.ts';
+import { cpHash, marshalAuthResponses, parseAuthResponses, rpHash, sessionHmac, sessionKeyOf } from '../../../src/tpm/hmac-session.ts';
 import { Reader, TpmFormatError } from '../../../src/tpm/marshal.ts';
 import { EXCHANGE, KEY_NAME } from './hmac-vectors.ts';
 
@@ -53,7 +54,7 @@ test('kdfa, the session key, cpHash and both HMACs reproduce a swtpm exchange it
   rr.end();
   const sessionKey = sessionKeyOf(true, Buffer.alloc(0), Buffer.alloc(0), nonceTPM, firstNonceCaller);
   assert.equal(sessionKey.length, 32);
-  assert.deepEqual(sessionKey, kdfa(Buffer.alloc(0), 'ATH', nonceTPM, firstNonceCaller, 256));
+  assert.deepEqual(sessionKey, kdfa('sha256', Buffer.alloc(0), 'ATH', nonceTPM, firstNonceCaller, 256));
 
   for (const s of signs) {
     const c = parseSignCommand(hex(s.command));
@@ -91,13 +92,13 @@ test('kdfa: output length in whole bytes, longer outputs extend shorter ones, ba
   const k = Buffer.from('key');
   const u = Buffer.from('u');
   const v = Buffer.from('v');
-  const long = kdfa(k, 'ATH', u, v, 512);
+  const long = kdfa('sha256', k, 'ATH', u, v, 512);
   assert.equal(long.length, 64);
-  assert.equal(kdfa(k, 'ATH', u, v, 128).length, 16);
+  assert.equal(kdfa('sha256', k, 'ATH', u, v, 128).length, 16);
   // bits is part of the input, so a shorter output is not a prefix of a longer one.
-  assert.notDeepEqual(kdfa(k, 'ATH', u, v, 256), long.subarray(0, 32));
-  assert.throws(() => kdfa(k, 'ATH', u, v, 12));
-  assert.throws(() => kdfa(k, 'ATH', u, v, 0));
+  assert.notDeepEqual(kdfa('sha256', k, 'ATH', u, v, 256), long.subarray(0, 32));
+  assert.throws(() => kdfa('sha256', k, 'ATH', u, v, 12));
+  assert.throws(() => kdfa('sha256', k, 'ATH', u, v, 0));
 });
 
 test('fuzz: response authorization areas round-trip, and arbitrary bytes parse or fail with TpmFormatError', () => {
