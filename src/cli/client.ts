@@ -70,7 +70,8 @@ import { AuditClient } from '../gen/sigil/v1/audit.ts';
 /** Where and how to reach sigild. */
 export interface ConnectOptions {
   addr: string;
-  ca: string;
+  /** The CA bundle that signed sigild's certificate: a PEM file path, or the PEM itself. */
+  ca: string | Buffer;
   /** Client certificate: a PEM file path, or the PEM itself (the agent keeps its identity in memory). */
   cert?: string | Buffer | undefined;
   /** Client private key: a PEM file path, or the PEM itself. */
@@ -110,7 +111,7 @@ function filterServerNameWarning(): void {
 export function connect(o: ConnectOptions): Clients {
   filterServerNameWarning();
   const creds = credentials.createSsl(
-    readFileSync(o.ca),
+    Buffer.isBuffer(o.ca) ? o.ca : readFileSync(o.ca),
     pem(o.key),
     pem(o.cert),
   );

@@ -1,9 +1,9 @@
 import { Command, Option } from 'commander';
 import { statSync, writeFileSync, readFileSync } from 'node:fs';
-import { createHash, randomBytes } from 'node:crypto';
-import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { createHash, createPrivateKey, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
 import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
+import { describeError } from './errors.ts';
 import { HASH_OF, hashFile } from './files.ts';
 import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
 import { registerRevocationCommands } from './commands/revocation.ts';
@@ -40,10 +40,18 @@ export async function main(argv: string[]): Promise<void> {
   let clients: Clients | null = null;
   const g = (): Globals => program.opts<Globals>();
   const open = (): Clients => {
+    if (clients !== null) return clients;
     const o = g();
+    // An empty environment variable counts as not set.
+    const cert = o.cert || undefined;
+    const key = o.key || undefined;
     if (!o.addr) throw new UsageError('--addr (or SIGIL_ADDR) is required');
+    checkAddr(o.addr);
     if (!o.ca) throw new UsageError('--ca (or SIGIL_CACERT) is required');
-    return (clients ??= connect({ addr: o.addr, ca: o.ca, cert: o.cert, key: o.key }));
+    if ((cert === undefined) !== (key === undefined)) throw new UsageError('--cert (SIGIL_CLIENT_CERT) and --key (SIGIL_CLIENT_KEY) go together');
+    const ca = readNamed(o.ca, 'the CA bundle', '--ca, SIGIL_CACERT');
+    const pair = cert !== undefined && key !== undefined ? clientPair(cert, key) : {};
+    return (clients = connect({ addr: o.addr, ca, ...pair }));
   };
   const out = (json: unknown, text: string): void => {
     process.stdout.write(format === 'json' ? `${JSON.stringify(json, null, 2)}\n` : `${text}\n`);
@@ -111,8 +119,10 @@ export async function main(argv: string[]): Promise<void> {
     .requiredOption('--out <path>', 'where to write the signature (DER for ECDSA, raw for RSA and Ed25519)')
     .option('--no-progress', 'no progress bar')
     .action(async (o: { key: string; file: string; out: string; progress: boolean }) => {
+      const st = statSync(o.file);
+      if (st.isDirectory()) throw new UsageError(`--file ${o.file} is a directory: sign one file at a time`);
       const c = open();
-      const size = statSync(o.file).size;
+      const size = st.size;
       // Pin the version first so the digest is made for the algorithm of the version that signs.
       const pk = await rpc.getPublicKey(c, { key: o.key });
       const hash = HASH_OF[pk.algorithm];
@@ -163,30 +173,51 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {
-    process.exitCode = report(err);
+    process.exitCode = report(err, g().addr);
   } finally {
     (clients as Clients | null)?.close();
   }
 }
 
-function report(err: unknown): number {
+function report(err: unknown, addr: string | undefined): number {
   if (err && typeof err === 'object' && 'exitCode' in err && typeof (err as { exitCode: unknown }).exitCode === 'number' && !('details' in err)) {
     return (err as { exitCode: number }).exitCode;
   }
-  if (err instanceof UsageError) {
-    process.stderr.write(`sigilctl: ${err.message}\n`);
-    return 2;
+  process.stderr.write(`sigilctl: ${describeError(err, addr)}\n`);
+  return err instanceof UsageError ? 2 : 1;
+}
+
+/** host:port with a port grpc-js can dial (it would otherwise fail later with a RangeError in its details). */
+function checkAddr(addr: string): void {
+  const m = /^(?:\[[0-9a-fA-F:.]+\]|[^\s:/]+):(\d{1,5})$/.exec(addr);
+  if (!m || Number(m[1]) < 1 || Number(m[1]) > 65535) throw new UsageError(`--addr (SIGIL_ADDR) must be host:port with a port from 1 to 65535, got ${JSON.stringify(addr)}`);
+}
+
+/** A file the command line names, or an error that says which option named it. */
+function readNamed(path: string, what: string, option: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new UsageError(`cannot read ${what} ${path} (${option}): ${describeError(err).replace(/^cannot \w+ .*?: /, '')}`);
   }
-  const se = err as Partial<ServiceError>;
-  if (typeof se.code === 'number' && typeof se.details === 'string') {
-    process.stderr.write(`sigilctl: ${Status[se.code] ?? se.code}: ${se.details}\n`);
-    return 1;
+}
+
+/** The client certificate and key, checked to belong together (else TLS fails later with an OpenSSL code). */
+function clientPair(certPath: string, keyPath: string): { cert: Buffer; key: Buffer } {
+  const cert = readNamed(certPath, 'the client certificate', '--cert, SIGIL_CLIENT_CERT');
+  const key = readNamed(keyPath, 'the client key', '--key, SIGIL_CLIENT_KEY');
+  let x: X509Certificate;
+  try {
+    x = new X509Certificate(cert);
+  } catch {
+    throw new UsageError(`the client certificate ${certPath} (--cert, SIGIL_CLIENT_CERT) is not a PEM certificate`);
   }
-  if (err && typeof err === 'object' && 'code' in err && typeof (err as NodeJS.ErrnoException).code === 'string' && (err as NodeJS.ErrnoException).path) {
-    const e = err as NodeJS.ErrnoException;
-    process.stderr.write(`sigilctl: ${e.code}: ${e.path}\n`);
-    return 1;
+  let k: KeyObject;
+  try {
+    k = createPrivateKey(key);
+  } catch {
+    throw new UsageError(`the client key ${keyPath} (--key, SIGIL_CLIENT_KEY) is not an unencrypted PEM private key`);
   }
-  process.stderr.write(`sigilctl: ${err instanceof Error ? err.message : String(err)}\n`);
-  return 1;
+  if (!x.checkPrivateKey(k)) throw new UsageError(`the client key ${keyPath} does not belong to the client certificate ${certPath}`);
+  return { cert, key };
 }

@@ -4,6 +4,7 @@ import { dirname } from 'node:path';
 import { tmpdir } from 'node:os';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { rpc, type Clients } from '../client.ts';
+import { describeError } from '../errors.ts';
 import { Attestor, builderClients, type AttestorOptions, type Identity } from './attestor.ts';
 
 /** What the agent reports as it runs (enrolled, renewed, renewal failed, ...). */
@@ -170,7 +171,5 @@ async function readBody(req: IncomingMessage): Promise<Buffer> {
 
 /** A one-line description of an error from sigild, the TPM or the system. */
 export function describe(err: unknown): string {
-  const se = err as Partial<ServiceError>;
-  if (typeof se.code === 'number' && typeof se.details === 'string') return `${Status[se.code] ?? se.code}: ${se.details}`;
-  return err instanceof Error ? err.message : String(err);
+  return describeError(err);
 }

@@ -2,7 +2,7 @@ import { Algorithm } from '../../gen/sigil/v1/signer.ts';
 import type { Clients } from '../client.ts';
 
 /** Algorithm names as the contract spells them. */
-export const ALG_NAMES = Object.keys(Algorithm).filter((a) => a !== 'UNSPECIFIED') as Array<keyof typeof Algorithm>;
+export const ALG_NAMES = Object.keys(Algorithm).filter((a) => a !== 'UNSPECIFIED' && a !== 'UNRECOGNIZED') as Array<keyof typeof Algorithm>;
 const ALIASES: Partial<Record<string, keyof typeof Algorithm>> = {
   P256: 'ECDSA_P256_SHA256',
   ECDSA_P256: 'ECDSA_P256_SHA256',

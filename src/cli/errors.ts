@@ -1,0 +1,55 @@
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
+
+// Words for the errno codes a command line meets with its files (for a person, not for a program).
+const ERRNO: Readonly<Record<string, string>> = {
+  ENOENT: 'no such file or directory',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  EISDIR: 'it is a directory',
+  ENOTDIR: 'a part of the path is not a directory',
+  ENOSPC: 'no space left on the device',
+  EROFS: 'read-only file system',
+  EEXIST: 'it already exists',
+};
+
+const VERB: Readonly<Record<string, string>> = { open: 'open', read: 'read', write: 'write', stat: 'read', lstat: 'read', mkdir: 'create', rename: 'write', unlink: 'remove' };
+
+/**
+ * Why grpc-js could not connect, from its UNAVAILABLE details ("No connection established. Last error:
+ * ... Resolution note: ..."), in words that say what to check; null for any other UNAVAILABLE.
+ */
+function connectionFailure(details: string): string | null {
+  if (/^Name resolution failed/.test(details)) return 'unknown host';
+  const m = /(?:No connection established|Failed to connect)[^]*?Last error: ([^]*?)(?:\.?\s*Resolution note:[^]*)?$/.exec(details);
+  if (!m) return null;
+  const why = m[1]!.replace(/^(?:\w*Error(?: \[\w+\])?: )+/, '').replace(/\.$/, '');
+  if (/ECONNREFUSED/.test(why)) return 'connection refused (is sigild running there?)';
+  if (/self[- ]signed certificate|unable to (?:get local issuer|verify)|certificate verify failed|unknown ca/i.test(why)) {
+    return "its certificate is not signed by the CA bundle given with --ca (SIGIL_CACERT)";
+  }
+  if (/does not match certificate's altnames|Hostname\/IP/i.test(why)) return 'its certificate does not name this host: use an address its certificate names';
+  if (/certificate has expired/i.test(why)) return 'its certificate has expired';
+  if (/ENOTFOUND|EAI_AGAIN/.test(why)) return 'unknown host';
+  if (/ETIMEDOUT|ECONNRESET|EHOSTUNREACH|ENETUNREACH/.test(why)) return `the network did not get through (${/E[A-Z]+/.exec(why)![0]})`;
+  return why;
+}
+
+/**
+ * One line on what went wrong, for sigilctl and sigil-agent: an answer of sigild as `CODE: details`, a
+ * connection that failed as `cannot reach sigild at ADDR: why`, a file error as `cannot read PATH: why`.
+ */
+export function describeError(err: unknown, addr?: string): string {
+  const se = err as Partial<ServiceError>;
+  if (typeof se.code === 'number' && typeof se.details === 'string') {
+    if (se.code === Status.UNAVAILABLE) {
+      const why = connectionFailure(se.details);
+      if (why !== null) return `UNAVAILABLE: cannot reach sigild${addr ? ` at ${addr}` : ''}: ${why}`;
+    }
+    return `${Status[se.code] ?? se.code}: ${se.details}`;
+  }
+  const e = err as Partial<NodeJS.ErrnoException>;
+  if (typeof e.code === 'string' && typeof e.path === 'string') {
+    return `cannot ${VERB[e.syscall ?? ''] ?? 'use'} ${e.path}: ${ERRNO[e.code] ?? e.code}`;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
