@@ -20,7 +20,7 @@ import { Revocations } from './revocation/revocations.ts';
 import { TRUST_ROOT_KEY, TrustedRootPublisher } from './revocation/trusted-root-publisher.ts';
 import { AuditLog } from './audit/audit-log.ts';
 import { auditKeyOf } from './audit/audit-key.ts';
-import { isSigilError } from './errors.ts';
+import { isSigilError, SigilError } from './errors.ts';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 
@@ -83,6 +83,17 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       defaultDestroyWindowMs: cfg.keys.defaultDestroyWindow,
       approvalTtlMs: cfg.keys.approvalTtl,
       auditKey: { name: cfg.audit.key, rotated: () => opened.latestCheckpoint() },
+      // The identity CA opens after the recovery pass below; no admin act reaches the lifecycle before it has.
+      identityCa: cfg.identity
+        ? {
+            name: cfg.identity.caKey,
+            rotated: async () => {
+              if (!identity) throw new SigilError('FAILED_PRECONDITION', 'the identity ca is not open yet');
+              return identity.rotated();
+            },
+            changed: () => identity?.refresh(),
+          }
+        : undefined,
     });
     scheduler = new KeyScheduler({ store, lifecycle, clock, log: log.child({ module: 'scheduler' }), intervalMs: cfg.keys.schedulerInterval });
     // Resolve what a crash left half-done (PENDING and DESTROYING versions) before anyone can sign.
@@ -106,12 +117,13 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     trustedRoot = await TrustedRootPublisher.open({
       keys,
       log: log.child({ module: 'revocation' }),
-      identityCa: identity ? () => identity!.caCertificateDer() : null,
+      identityCa: identity ? () => identity!.trustEntries() : null,
       // The log is read over the daemon's own gRPC address, known once it listens.
       auditLog: { key: cfg.audit.key, baseUrl: () => `https://${grpcAddress}` },
       reservedKeys: [...(identity ? [identity.keyName] : []), cfg.audit.key],
     });
   } catch (err) {
+    identity?.close();
     await auditLog?.close();
     await backends.closeAll();
     store.close();
@@ -149,9 +161,9 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       listen: cfg.listen,
       tls: { cert: readFileSync(cfg.tls.certFile), key: readFileSync(cfg.tls.keyFile), clientCa: readFileSync(cfg.tls.clientCaFile) },
       roles: cfg.auth.roles,
-      identityCaPem: identity?.caCertificatePem() ?? null,
+      identity,
       builders: cfg.authorization.builders,
-      daemonKeys: { identityCa: identity?.keyName ?? null, audit: cfg.audit.key, trustRoot: TRUST_ROOT_KEY },
+      daemonKeys: { identityCa: identity?.keyName ?? null, identity, audit: cfg.audit.key, trustRoot: TRUST_ROOT_KEY },
       auditLog: audited,
       attestation,
       revocation: { revocations, trustedRoot },
@@ -164,6 +176,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       limits: cfg.limits,
     });
   } catch (err) {
+    identity?.close();
     if (checkpointTimer) clearInterval(checkpointTimer);
     await audited.close();
     await backends.closeAll();
@@ -174,7 +187,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   let metricsAddress: string | null = null;
   if (cfg.metrics) {
     const [mh, mp] = splitHostPort(cfg.metrics.listen);
-    metricsServer = await serveMetrics(metrics, mh, mp, { crl: identity ? () => revocations.crl() : null, trustedRoot: () => trustedRoot.current() });
+    metricsServer = await serveMetrics(metrics, mh, mp, { crl: identity ? (caVersion) => revocations.crl(caVersion) : null, trustedRoot: () => trustedRoot.current() });
     metricsAddress = `${mh}:${metricsServer.port}`;
   }
   scheduler.start();
@@ -196,6 +209,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       (stopping ??= (async () => {
         await scheduler.stop();
         revocations.stop();
+        identity?.close();
         await grpc.stop();
         if (checkpointTimer) clearInterval(checkpointTimer);
         await audited.close();

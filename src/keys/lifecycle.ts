@@ -44,6 +44,12 @@ export interface LifecycleOptions extends LifecycleWindows {
    * rotation (the outcome entry durable) `rotated` signs a checkpoint under the new version.
    */
   auditKey?: { name: string; rotated(): Promise<{ size: number; keyVersion: string }> } | undefined;
+  /**
+   * The identity CA's key: right after its rotation (the outcome entry durable) `rotated` makes the new
+   * generation's CA certificate before the rotation returns; after any other act on it that changed
+   * something (disable, enable, destruction) `changed` reloads the generations.
+   */
+  identityCa?: { name: string; rotated(): Promise<{ keyVersion: string }>; changed(): void } | undefined;
 }
 
 /** A policy change: only the fields given change. */
@@ -101,6 +107,7 @@ export class KeyLifecycle {
   readonly #log: Logger;
   readonly #w: LifecycleWindows;
   readonly #auditKey: LifecycleOptions['auditKey'];
+  readonly #identityCa: LifecycleOptions['identityCa'];
   /** Runs lifecycle acts on one key one at a time (signing is not serialized). */
   readonly #locks = new KeyedSerial();
 
@@ -112,6 +119,7 @@ export class KeyLifecycle {
     this.#clock = o.clock;
     this.#log = o.log;
     this.#auditKey = o.auditKey;
+    this.#identityCa = o.identityCa;
     this.#w = { minDestroyWindowMs: o.minDestroyWindowMs, defaultDestroyWindowMs: o.defaultDestroyWindowMs, approvalTtlMs: o.approvalTtlMs };
   }
 
@@ -133,6 +141,15 @@ export class KeyLifecycle {
         this.#log.info({ key: keyVersionRef(name, r.version), checkpoint: cp.size, signedBy: cp.keyVersion }, 'audit key rotated; checkpoint signed under the new version');
       } catch (err) {
         this.#log.warn({ err, key: keyVersionRef(name, r.version) }, 'audit key rotated but the checkpoint under the new version could not be signed yet');
+      }
+    }
+    if (this.#identityCa && name === this.#identityCa.name) {
+      // The rotation is done and recorded; a certificate that cannot be made now is made by the next issuance or start.
+      try {
+        const g = await this.#identityCa.rotated();
+        this.#log.info({ key: keyVersionRef(name, r.version), issuing: g.keyVersion }, 'identity ca key rotated; the new generation issues');
+      } catch (err) {
+        this.#log.error({ err, key: keyVersionRef(name, r.version) }, 'identity ca key rotated but the new generation has no ca certificate yet; the previous one keeps issuing');
       }
     }
     return r;
@@ -556,6 +573,18 @@ export class KeyLifecycle {
     if (ms > LONGEST_WINDOW_MS) throw new SigilError('INVALID_ARGUMENT', `destroy window ${fmt(ms)} is longer than 366d`);
   }
 
+  /** After an act on a version of the identity CA key (other than its rotation, which has its own hook), the CA reloads its generations. */
+  #followIdentityCa(act: string, ref: string | undefined): void {
+    if (!this.#identityCa || ref === undefined || act === 'key.rotate') return;
+    const at = ref.lastIndexOf('@');
+    if ((at < 0 ? ref : ref.slice(0, at)) !== this.#identityCa.name) return;
+    try {
+      this.#identityCa.changed();
+    } catch (err) {
+      this.#log.error({ err, key: ref }, 'the identity ca could not reload its generations');
+    }
+  }
+
   /**
    * Runs an act written ahead: its intent (`started`, with `intentDetail`) is durable before `fn` runs, or
    * the act is refused with AUDIT_UNAVAILABLE and nothing happens; then the outcome (ok, refused or failed)
@@ -590,7 +619,11 @@ export class KeyLifecycle {
       ...(done.effects ?? []).map((e): AuditEvent => ({ who: who.subject, ...e, result: 'ok', detail: { ...e.detail, intent } })),
     ];
     // Recorded in one turn of the event loop, so the outcome and its effects share one transaction.
-    await Promise.all(entries.map((e) => this.#audit.record(e)));
+    try {
+      await Promise.all(entries.map((e) => this.#audit.record(e)));
+    } finally {
+      this.#followIdentityCa(act, key);
+    }
     return done.value;
   }
 }

@@ -7,21 +7,34 @@ import { buildCrl, crlEntries, crlPem, type CrlSigner } from './crl.ts';
 import { parseAkName, parseEkHash, parseReason, parseSerial } from './inputs.ts';
 import { recordIntent } from '../audit/audited.ts';
 
-/** The identity CA as the CRL needs it: its name, its key identifier and its signature. */
+/** One identity CA generation as the CRL needs it: its version, its name, its key identifier and its signature. */
 export interface CrlIssuer extends CrlSigner {
+  /** The generation (CA key version). */
+  version: number;
   /** The CA certificate's subject, DER. */
   subjectDer(): Buffer;
   /** The CA key's identifier. */
   keyIdentifier(): Buffer;
 }
 
-/** The current CRL. */
+/** The identity CA's generations as the CRLs need them; IdentityCa is one. */
+export interface CrlIssuers {
+  /**
+   * The generation `version` (default the current one); KEY_NOT_FOUND when there is none, FAILED_PRECONDITION
+   * when it is no longer live (its CRL is not served).
+   */
+  crlIssuer(version?: number): CrlIssuer;
+}
+
+/** The CRL of one identity CA generation. */
 export interface Crl {
   der: Buffer;
   pem: string;
   number: number;
   thisUpdate: Date;
   nextUpdate: Date;
+  /** The generation (CA key version) that signed it and whose certificates it lists. */
+  caVersion: number;
 }
 
 /** What Revocations needs. */
@@ -30,8 +43,8 @@ export interface RevocationsOptions {
   sink: AuditSink;
   clock: Clock;
   log: Logger;
-  /** The identity CA; without it there is no CRL (and no builder certificate to revoke). */
-  ca?: CrlIssuer | null;
+  /** The identity CA's generations; without them there is no CRL (and no builder certificate to revoke). */
+  ca?: CrlIssuers | null;
   /** From thisUpdate to nextUpdate; default 1 hour. A new CRL is made at half of it, and on every revocation. */
   crlValidityMs?: number;
 }
@@ -59,8 +72,8 @@ export class Revocations {
   #eks = new Set<string>();
   // `ekHash/akName` of AKs revoked one by one.
   #aks = new Set<string>();
-  #crl: Promise<Crl> | null = null;
-  #crlStale = true;
+  /** Per generation: the latest CRL (being) made, and whether a revocation made it stale. */
+  readonly #crls = new Map<number, { p: Promise<Crl>; stale: boolean }>();
   #timer: NodeJS.Timeout | null = null;
 
   constructor(o: RevocationsOptions) {
@@ -123,11 +136,11 @@ export class Revocations {
       const reason = parseReason(reasonInput);
       const issued = this.#o.store.getIssuedCertificate(serial);
       if (issued === null) throw new SigilError('KEY_NOT_FOUND', `the identity ca issued no certificate with serial ${serial}`);
-      const rec: RevokedIdentityRecord = { serial, reason, revokedAt: this.#now(), revokedBy: who, notAfter: issued.notAfter, ekHash: issued.ekHash };
+      const rec: RevokedIdentityRecord = { serial, reason, revokedAt: this.#now(), revokedBy: who, notAfter: issued.notAfter, ekHash: issued.ekHash, caVersion: issued.caVersion };
       if (!this.#o.store.insertRevokedIdentity(rec)) throw new SigilError('FAILED_PRECONDITION', `the certificate with serial ${serial} is already revoked`);
       this.#reload();
-      await this.#refreshAfterChange();
-      return { rec, detail: { serial, reason, ekHash: issued.ekHash, san: issued.san, notAfter: issued.notAfter.toISOString() } };
+      await this.#refreshAfterChange(issued.caVersion);
+      return { rec, detail: { serial, reason, ekHash: issued.ekHash, san: issued.san, notAfter: issued.notAfter.toISOString(), caVersion: issued.caVersion } };
     });
   }
 
@@ -148,19 +161,26 @@ export class Revocations {
     });
   }
 
-  /** The current CRL, made anew when it passed half of its validity or a revocation changed it. NOT_IMPLEMENTED without an identity CA. */
-  async crl(): Promise<Crl> {
+  /**
+   * The CRL of identity CA generation `caVersion` (default the current one), made anew when it passed half
+   * of its validity or a revocation changed it. It lists the revoked certificates that generation issued.
+   * NOT_IMPLEMENTED without an identity CA; KEY_NOT_FOUND or FAILED_PRECONDITION for a generation that does
+   * not exist or is no longer live.
+   */
+  async crl(caVersion?: number): Promise<Crl> {
     if (!this.#o.ca) throw new SigilError('NOT_IMPLEMENTED', 'this daemon has no identity ca, so no crl');
-    const current = this.#crl;
-    if (current !== null && !this.#crlStale) {
-      const c = await current.catch(() => null);
+    if (caVersion !== undefined && (!Number.isSafeInteger(caVersion) || caVersion < 1)) throw new SigilError('INVALID_ARGUMENT', 'ca version must be a key version number >= 1');
+    const issuer = this.#o.ca.crlIssuer(caVersion);
+    const current = this.#crls.get(issuer.version);
+    if (current !== undefined && !current.stale) {
+      const c = await current.p.catch(() => null);
       if (c !== null && this.#now().getTime() < c.thisUpdate.getTime() + this.#validity / 2) return c;
-      if (this.#crl !== current) return this.crl();
+      if (this.#crls.get(issuer.version) !== current) return this.crl(caVersion);
     }
-    return this.#regenerate();
+    return this.#regenerate(issuer);
   }
 
-  /** Keeps the CRL fresh without requests: a new one at half of each CRL's validity. */
+  /** Keeps the current generation's CRL fresh without requests: a new one at half of each CRL's validity. */
   start(): void {
     const tick = (): void => {
       this.crl().catch((err: unknown) => this.#o.log.error({ err }, 'crl refresh failed'));
@@ -176,34 +196,42 @@ export class Revocations {
     this.#timer = null;
   }
 
-  #regenerate(): Promise<Crl> {
-    const ca = this.#o.ca!;
-    this.#crlStale = false;
+  #regenerate(ca: CrlIssuer): Promise<Crl> {
+    const version = ca.version;
     const p = (async (): Promise<Crl> => {
       const thisUpdate = new Date(Math.floor(this.#now().getTime() / 1000) * 1000);
       const nextUpdate = new Date(thisUpdate.getTime() + this.#validity);
+      // One counter for every generation: each generation's CRL numbers still only increase (RFC 5280, 5.2.3).
       const number = this.#o.store.nextCrlNumber();
-      const der = await buildCrl(
-        { issuerDer: ca.subjectDer(), authorityKeyId: ca.keyIdentifier(), number, thisUpdate, nextUpdate, entries: crlEntries(this.#o.store.listRevokedIdentities(), thisUpdate) },
-        ca,
-      );
-      this.#o.log.info({ number, entries: this.#serials.size, nextUpdate }, 'crl made');
-      return { der, pem: crlPem(der), number, thisUpdate, nextUpdate };
+      const revoked = this.#o.store.listRevokedIdentities().filter((r) => r.caVersion === version);
+      const der = await buildCrl({ issuerDer: ca.subjectDer(), authorityKeyId: ca.keyIdentifier(), number, thisUpdate, nextUpdate, entries: crlEntries(revoked, thisUpdate) }, ca);
+      this.#o.log.info({ number, caVersion: version, entries: revoked.length, nextUpdate }, 'crl made');
+      return { der, pem: crlPem(der), number, thisUpdate, nextUpdate, caVersion: version };
     })();
-    this.#crl = p;
+    const slot = { p, stale: false };
+    this.#crls.set(version, slot);
     p.catch(() => {
-      if (this.#crl === p) this.#crlStale = true;
+      if (this.#crls.get(version) === slot) slot.stale = true;
     });
     return p;
   }
 
-  async #refreshAfterChange(): Promise<void> {
+  async #refreshAfterChange(caVersion: number): Promise<void> {
     if (!this.#o.ca) return;
+    const slot = this.#crls.get(caVersion);
+    if (slot) slot.stale = true;
+    let issuer: CrlIssuer;
     try {
-      await this.#regenerate();
+      issuer = this.#o.ca.crlIssuer(caVersion);
+    } catch {
+      // A generation no longer live has no CRL to update: its certificates are refused already.
+      return;
+    }
+    try {
+      await this.#regenerate(issuer);
     } catch (err) {
       // The revocation stands (requests are refused from the in-memory set); the next CRL read retries.
-      this.#o.log.error({ err }, 'crl regeneration after a revocation failed');
+      this.#o.log.error({ err, caVersion }, 'crl regeneration after a revocation failed');
     }
   }
 

@@ -3,7 +3,7 @@ import { isSigilError } from '../errors.ts';
 import type { KeyService } from '../keys/key-service.ts';
 import type { Logger } from '../log.ts';
 import { auditKeyVersions } from '../audit/audit-key.ts';
-import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot } from './trusted-root.ts';
+import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, type IdentityCaGeneration } from './trusted-root.ts';
 
 /** The trusted root as served: the exact JSON bytes, a detached signature over them and the root public key. */
 export interface SignedTrustedRoot {
@@ -20,8 +20,8 @@ export interface SignedTrustedRoot {
 export interface TrustedRootPublisherOptions {
   keys: KeyService;
   log: Logger;
-  /** The identity CA certificate (DER), when the daemon has an identity CA. */
-  identityCa: (() => Buffer) | null;
+  /** The identity CA's generations (certificate DER and window end), when the daemon has an identity CA. */
+  identityCa: (() => Buffer | readonly IdentityCaGeneration[]) | null;
   /** The audit log's checkpoint key name and the URL verifiers reach the log at; left out when the key does not exist. */
   auditLog: { key: string; baseUrl: string | (() => string) } | null;
   /** sigil's own keys (identity CA, audit, trust root): never listed as signing keys. */

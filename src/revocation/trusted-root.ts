@@ -33,10 +33,18 @@ export interface AuditLogKeyVersion {
   supersededAt: Date | null;
 }
 
+/** One identity CA generation: its self-signed certificate and the end of its window. */
+export interface IdentityCaGeneration {
+  /** The CA certificate, DER. */
+  der: Buffer;
+  /** When it stopped being trusted (its window ended, or it was disabled); null while it is current. */
+  end: Date | null;
+}
+
 /** What the trusted root is made of. */
 export interface TrustedRootInput {
-  /** The identity CA's self-signed certificate, DER. */
-  identityCa: Buffer | null;
+  /** The identity CA's generations, each with its self-signed certificate (a lone Buffer: one generation, open). */
+  identityCa: Buffer | readonly IdentityCaGeneration[] | null;
   /** The audit log and every version of its checkpoint key, when the daemon has one. */
   auditLog: { baseUrl: string; algorithm: Algorithm; versions: readonly AuditLogKeyVersion[] } | null;
   keyVersions: readonly TrustedKeyVersion[];
@@ -87,8 +95,8 @@ export interface TrustedRootDocument {
 }
 
 /**
- * Builds the trusted-root document (a pure function of its input): the identity CA under
- * certificateAuthorities, the audit log under tlogs (one per audit key version, each with its window), every verifiable key version with its validity
+ * Builds the trusted-root document (a pure function of its input): each identity CA generation under
+ * certificateAuthorities with its window, the audit log under tlogs (one per audit key version, each with its window), every verifiable key version with its validity
  * window under `sigilKeyVersions`, all sorted so the same input gives the same bytes.
  */
 export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
@@ -110,15 +118,18 @@ export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
       });
     }
   }
-  if (input.identityCa) {
-    const x = new X509Certificate(input.identityCa);
+  const cas = input.identityCa === null ? [] : Buffer.isBuffer(input.identityCa) ? [{ der: input.identityCa, end: null }] : input.identityCa;
+  // One authority per generation, in the order given (oldest first): each generation has its own subject, so
+  // chain building and CRL lookup by issuer name stay unambiguous.
+  for (const g of cas) {
+    const x = new X509Certificate(g.der);
     const o = /(?:^|\n)O=([^\n]*)/.exec(x.subject)?.[1];
     doc.certificateAuthorities.push({
       subject: { ...(o ? { organization: o } : {}), commonName: /(?:^|\n)CN=([^\n]*)/.exec(x.subject)?.[1] ?? '' },
       uri: '',
-      certChain: { certificates: [{ rawBytes: input.identityCa.toString('base64') }] },
+      certChain: { certificates: [{ rawBytes: g.der.toString('base64') }] },
       // The current CA has no end (sigstore_trustroot.proto: current instances leave it unset).
-      validFor: { start: rfc3339(new Date(x.validFrom)) },
+      validFor: { start: rfc3339(new Date(x.validFrom)), ...(g.end ? { end: rfc3339(g.end) } : {}) },
     });
   }
   const versions = input.keyVersions

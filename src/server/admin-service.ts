@@ -40,29 +40,43 @@ function seconds(n: number, what: string): number {
   return n * 1000;
 }
 
-/**
- * The `sigil.v1.Admin` service: key creation, import, inspection and lifecycle (rotation, disable,
- * destruction, policy, approvals). Every act is an audit log entry, durable before the answer (the lifecycle records its own).
- */
+/** What the admin service asks the identity CA before an act on its key; IdentityCa is one. */
+export interface IdentityCaKey {
+  /** The version whose generation issues now. */
+  readonly currentVersion: number;
+  /** The versions whose generations are trusted now (their certificates may still be valid, their CRLs are signed). */
+  liveVersions(): number[];
+  /** Each generation's window: when an older one stops being trusted. */
+  windows(): ReadonlyArray<{ version: number; liveUntil: Date | null }>;
+}
+
 /** The names of the daemon's own keys (reserved: no RPC signs with them). */
 export interface DaemonKeys {
   /** The identity CA's key, when the daemon has an identity CA. */
   identityCa: string | null;
+  /** The identity CA itself, whose generations decide which acts on its key are allowed. */
+  identity?: IdentityCaKey | null;
   /** The audit log's checkpoint key. */
   audit: string;
   /** The key that signs the trusted root. */
   trustRoot: string;
 }
 
+/**
+ * The `sigil.v1.Admin` service: key creation, import, inspection and lifecycle (rotation, disable,
+ * destruction, policy, approvals). Every act is an audit log entry, durable before the answer (the lifecycle records its own).
+ */
 export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle, daemonKeys: DaemonKeys | null = null): AdminServer {
   /**
    * The daemon's own keys (identity CA, audit, trusted root) are pinned by what they signed. The audit key
-   * may only be rotated: its older versions stay, so the checkpoints they signed stay verifiable. The other
-   * two are refused for every act: a new identity CA key needs a new CA certificate that clients trust, and
-   * the trusted-root key is the anchor verifiers pin.
+   * may only be rotated: its older versions stay, so the checkpoints they signed stay verifiable. The
+   * trusted-root key is refused for every act: it is the anchor verifiers pin. The identity CA key may be
+   * rotated (a new generation), and an older version disabled, enabled or destroyed; refused are the acts
+   * that would break a generation still trusted: disabling the current one, destroying a live one, and a
+   * min version above the oldest live one (its CRL is signed with it).
    */
-  const daemonKey = (ref: string, act: LifecycleAct): string => {
-    const name = parseKeyRef(ref).name;
+  const daemonKey = (ref: string, act: LifecycleAct, patch?: PolicyPatch): string => {
+    const { name, version } = parseKeyRef(ref);
     if (daemonKeys === null) return ref;
     if (name === daemonKeys.audit) {
       if (act === 'rotate') return ref;
@@ -78,10 +92,35 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
       );
     }
     if (name === daemonKeys.identityCa) {
-      throw new SigilError(
-        'FAILED_PRECONDITION',
-        `key ${name} is reserved for the daemon's own use: it is the identity ca's key, and a new one needs a new ca certificate that every client trusts, so it cannot be ${PAST[act]} through the admin api (see docs/security.md, daemon keys)`,
-      );
+      const ca = daemonKeys.identity ?? null;
+      if (ca === null) {
+        throw new SigilError('FAILED_PRECONDITION', `key ${name} is reserved for the daemon's own use: it is the identity ca's key, so it cannot be ${PAST[act]} through the admin api (see docs/security.md, daemon keys)`);
+      }
+      const see = '(see docs/operations.md, the identity ca key is compromised)';
+      if (act === 'disable' && version === ca.currentVersion) {
+        throw new SigilError(
+          'FAILED_PRECONDITION',
+          `key ${ref} is the identity ca's current generation, which issues every builder certificate: rotate first (sigilctl key rotate ${name}), then disable ${ref} ${see}`,
+        );
+      }
+      if (act === 'schedule-destroy' && version !== null && ca.liveVersions().includes(version)) {
+        const until = ca.windows().find((w) => w.version === version)?.liveUntil;
+        throw new SigilError(
+          'FAILED_PRECONDITION',
+          `key ${ref} is identity ca generation ${version}, still trusted${until ? ` until ${until.toISOString()}` : ''}: builder certificates it issued may still be valid and its crl is signed with it; disable it first (sigilctl key disable ${ref})${until ? ' or wait until then' : ''} ${see}`,
+        );
+      }
+      if (act === 'policy' && patch) {
+        const oldest = Math.min(...ca.liveVersions());
+        for (const [field, value] of [['min_sign_version', patch.minSignVersion], ['min_verify_version', patch.minVerifyVersion]] as const) {
+          if (value !== undefined && value > oldest) {
+            throw new SigilError(
+              'FAILED_PRECONDITION',
+              `${field} ${value} is above ${name}@${oldest}, an identity ca generation still trusted: the daemon signs its crl with it until its window ends or it is disabled (sigilctl key disable ${name}@${oldest}) ${see}`,
+            );
+          }
+        }
+      }
     }
     return ref;
   };
@@ -162,7 +201,7 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
         if (req.autoRotatePeriodSeconds !== undefined) patch.autoRotatePeriodMs = req.autoRotatePeriodSeconds === 0 ? null : seconds(req.autoRotatePeriodSeconds, 'auto_rotate_period_seconds');
         if (req.destroyNeedsApproval !== undefined) patch.destroyNeedsApproval = req.destroyNeedsApproval;
         if (Object.keys(patch).length === 0) throw new SigilError('INVALID_ARGUMENT', 'set at least one policy field');
-        return { ref: daemonKey(req.name, 'policy'), patch };
+        return { ref: daemonKey(req.name, 'policy', patch), patch };
       });
       const r = await lifecycle.updatePolicy(actor(who), ref, patch);
       return { key: keyToPb(r.key), approval: r.approval ? approvalToPb(r.approval) : undefined };

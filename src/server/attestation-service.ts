@@ -84,7 +84,7 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
     });
     d.metrics.enrollments.inc({ kind, policy: a.policy, outcome: 'issued' });
     d.audit.info({ kind, policy: a.policy, ekHash: a.ekHash, akName: a.akName, san: cert.san, serial: cert.serial, notAfter: cert.notAfter.toISOString(), claims }, kind === 'enroll' ? 'builder enrolled' : 'builder renewed');
-    return { certificatePem: cert.certificatePem, caCertificatePem: d.ca.caCertificatePem(), spiffeId: cert.san, notBefore: cert.notBefore, notAfter: cert.notAfter };
+    return { certificatePem: cert.certificatePem, caCertificatePem: cert.caCertificatePem, spiffeId: cert.san, notBefore: cert.notBefore, notAfter: cert.notAfter };
   };
 
   return {

@@ -31,6 +31,16 @@ export interface Principal {
   builder?: BuilderIdentity;
   /** The certificate serial, lower-case hex without leading zeros (builder certificates). */
   serial?: string;
+  /** The identity CA generation (CA key version) that issued it (builder certificates). */
+  caVersion?: number;
+}
+
+/** The identity CA's generations as auth needs them; IdentityCa is one. */
+export interface BuilderCas {
+  /** Every generation, live or not, with its CA certificate: a builder certificate is matched by signature. */
+  generations(): ReadonlyArray<{ version: number; certificate: X509Certificate }>;
+  /** Why certificates of generation `version` are refused now (disabled, window ended), or null while it is live. */
+  refusal(version: number): string | null;
 }
 
 /** Why a builder principal must be refused now (its certificate or TPM was revoked), or null. */
@@ -43,8 +53,10 @@ export interface AuthCall {
 
 /** Who may sign builder certificates, and the clock that says when a certificate has expired. */
 export interface AuthOptions {
-  /** The identity CA certificate (DER); without it no certificate gets the builder role. */
+  /** The identity CA certificate (DER) of a CA with one generation; without it (or `identityCas`) no certificate gets the builder role. */
   identityCa?: Buffer | undefined;
+  /** The identity CA's generations: a builder certificate is checked against each, and refused once its generation is no longer live. */
+  identityCas?: BuilderCas | undefined;
   clock?: Clock;
   /** Run on every call of a builder, after the principal cache: revocation takes effect on the next request. */
   revoked?: RevocationCheck | undefined;
@@ -68,7 +80,7 @@ export class Authenticator {
   readonly #rules: Array<{ role: OperatorRole; match: Matcher }> = [];
   // Principals by certificate fingerprint: the role decision is made once per certificate.
   readonly #cache = new Map<string, Principal>();
-  readonly #identityCa: X509Certificate | null;
+  readonly #identityCas: BuilderCas | null;
   readonly #clock: Clock;
   readonly #revoked: RevocationCheck | null;
 
@@ -76,7 +88,11 @@ export class Authenticator {
     for (const role of Object.keys(roles) as OperatorRole[]) {
       for (const pattern of roles[role] ?? []) this.#rules.push({ role, match: compile(pattern) });
     }
-    this.#identityCa = opts.identityCa ? new X509Certificate(opts.identityCa) : null;
+    if (opts.identityCas) this.#identityCas = opts.identityCas;
+    else if (opts.identityCa) {
+      const certificate = new X509Certificate(opts.identityCa);
+      this.#identityCas = { generations: () => [{ version: 1, certificate }], refusal: () => null };
+    } else this.#identityCas = null;
     this.#clock = opts.clock ?? systemClock;
     this.#revoked = opts.revoked ?? null;
   }
@@ -99,7 +115,11 @@ export class Authenticator {
     }
     // TLS checked the validity at the handshake; a long-lived connection may outlast the certificate.
     if (this.#clock.now().getTime() > p.notAfter) throw new SigilError('UNAUTHENTICATED', 'client certificate expired');
-    // Not cached: a revocation must reach connections that are already open.
+    // Not cached: a disabled or ended generation, and a revocation, must reach connections that are already open.
+    if (p.caVersion !== undefined && this.#identityCas !== null) {
+      const why = this.#identityCas.refusal(p.caVersion);
+      if (why !== null) throw new SigilError('UNAUTHENTICATED', why);
+    }
     if (p.builder !== undefined && this.#revoked !== null) {
       const why = this.#revoked(p as Principal & { builder: BuilderIdentity; serial: string });
       if (why !== null) throw new SigilError('UNAUTHENTICATED', why);
@@ -127,10 +147,11 @@ export class Authenticator {
     const subject = subjectText(cert);
     const fingerprint = cert.fingerprint256.replaceAll(':', '').toLowerCase();
     const notAfter = Date.parse(cert.valid_to);
-    if (this.#issuedByIdentityCa(cert)) {
+    const caVersion = this.#identityCaVersion(cert);
+    if (caVersion !== null) {
       try {
         const serial = new X509Certificate(cert.raw).serialNumber.toLowerCase().replace(/^0+/, '');
-        return { subject, fingerprint, notAfter, roles: new Set<Role>(['builder']), builder: parseBuilderExtensions(cert.raw), serial };
+        return { subject, fingerprint, notAfter, roles: new Set<Role>(['builder']), builder: parseBuilderExtensions(cert.raw), serial, caVersion };
       } catch {
         // Only sigil issues from this CA, so this cannot happen short of a bug: no role at all.
         return { subject, fingerprint, notAfter, roles: new Set<Role>() };
@@ -147,19 +168,27 @@ export class Authenticator {
   }
 
   /**
-   * True when the identity CA's key signed this certificate. The signature is checked, not the issuer
-   * name, so an operator-CA certificate that copies the identity CA's name or a builder's SAN does not
-   * pass, and no builder certificate reaches the admin and signer patterns.
+   * The generation of the identity CA whose key signed this certificate, or null. The signature is checked,
+   * not only the issuer name, so an operator-CA certificate that copies an identity CA's name or a builder's
+   * SAN does not pass, and no builder certificate reaches the admin and signer patterns. Every generation is
+   * tried, live or not: whether it is live is asked on every call.
    */
-  #issuedByIdentityCa(cert: PeerCertificate): boolean {
-    const ca = this.#identityCa;
-    if (ca === null) return false;
+  #identityCaVersion(cert: PeerCertificate): number | null {
+    if (this.#identityCas === null) return null;
+    let x: X509Certificate;
     try {
-      const x = new X509Certificate(cert.raw);
-      return x.checkIssued(ca) && x.verify(ca.publicKey);
+      x = new X509Certificate(cert.raw);
     } catch {
-      return false;
+      return null;
     }
+    for (const g of this.#identityCas.generations()) {
+      try {
+        if (x.checkIssued(g.certificate) && x.verify(g.certificate.publicKey)) return g.version;
+      } catch {
+        // Not this generation.
+      }
+    }
+    return null;
   }
 }
 

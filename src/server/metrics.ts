@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { AuditLogStats } from '../audit/audit-log.ts';
 import type { BreakerState } from '../signers/resilience.ts';
+import { isSigilError } from '../errors.ts';
 
 /** sigild's Prometheus metrics: requests, errors by code, latency, in-flight, signatures per backend, backend breakers and the audit log. */
 export class Metrics {
@@ -102,33 +103,43 @@ const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
 
 /** Public documents the metrics port serves by plain HTTP GET. */
 export interface PublicDocuments {
-  /** The identity CA's CRL, or null when there is none. */
-  crl: (() => Promise<{ der: Buffer; pem: string }>) | null;
+  /** The CRL of an identity CA generation (default the current one), or null when there is no identity CA. */
+  crl: ((caVersion?: number) => Promise<{ der: Buffer; pem: string }>) | null;
   /** The signed trusted root, or null when there is none. */
   trustedRoot: (() => Promise<{ json: Buffer; signature: Buffer }>) | null;
 }
 
-// Path -> content type and body of a public document.
-const DOCUMENTS: Readonly<Record<string, { type: string; body: (d: PublicDocuments) => Promise<Buffer | string> | null }>> = {
-  '/crl': { type: 'application/pkix-crl', body: (d) => d.crl?.().then((c) => c.der) ?? null },
-  '/crl.pem': { type: 'application/x-pem-file', body: (d) => d.crl?.().then((c) => c.pem) ?? null },
+// Path -> content type and body of a public document; `version` is the query's `?version=N` (CRLs only).
+const DOCUMENTS: Readonly<Record<string, { type: string; body: (d: PublicDocuments, version?: number) => Promise<Buffer | string> | null }>> = {
+  '/crl': { type: 'application/pkix-crl', body: (d, v) => d.crl?.(v).then((c) => c.der) ?? null },
+  '/crl.pem': { type: 'application/x-pem-file', body: (d, v) => d.crl?.(v).then((c) => c.pem) ?? null },
   '/trusted-root.json': { type: 'application/json', body: (d) => d.trustedRoot?.().then((r) => r.json) ?? null },
   '/trusted-root.json.sig': { type: 'application/octet-stream', body: (d) => d.trustedRoot?.().then((r) => r.signature) ?? null },
 };
 
-/** A plain HTTP endpoint serving `/metrics` and the public documents: `/crl`, `/crl.pem`, `/trusted-root.json(.sig)`. */
+/**
+ * A plain HTTP endpoint serving `/metrics` and the public documents: `/crl`, `/crl.pem` (the current identity
+ * CA generation's; `?version=N` for generation N while it is live), `/trusted-root.json(.sig)`.
+ */
 export async function serveMetrics(metrics: Metrics, host: string, port: number, docs: PublicDocuments = { crl: null, trustedRoot: null }): Promise<{ server: HttpServer; port: number }> {
   const server = createServer((req, res) => {
-    const doc = req.method === 'GET' && req.url !== undefined && Object.hasOwn(DOCUMENTS, req.url) ? DOCUMENTS[req.url]! : null;
-    const body = doc?.body(docs) ?? null;
+    const { path, version } = documentPath(req.url);
+    const doc = req.method === 'GET' && path !== null && Object.hasOwn(DOCUMENTS, path) ? DOCUMENTS[path]! : null;
+    if (doc && version === null) {
+      res.writeHead(400, { 'content-type': 'text/plain' }).end('version must be a ca key version number\n');
+      return;
+    }
+    const body = doc?.body(docs, version ?? undefined) ?? null;
     if (doc && body) {
       body.then(
         (b) => {
           res.writeHead(200, { 'content-type': doc.type, 'cache-control': 'no-cache' });
           res.end(b);
         },
-        () => {
-          res.writeHead(503, { 'content-type': 'text/plain' }).end('unavailable\n');
+        (err: unknown) => {
+          // A generation that does not exist or is no longer live has no CRL to serve.
+          if (isSigilError(err, 'KEY_NOT_FOUND') || isSigilError(err, 'FAILED_PRECONDITION')) res.writeHead(404, { 'content-type': 'text/plain' }).end('no such crl\n');
+          else res.writeHead(503, { 'content-type': 'text/plain' }).end('unavailable\n');
         },
       );
       return;
@@ -152,4 +163,17 @@ export async function serveMetrics(metrics: Metrics, host: string, port: number,
     server.listen(port, host, () => resolve());
   });
   return { server, port: (server.address() as AddressInfo).port };
+}
+
+/** A request URL's path and its `version` query (undefined when absent, null when not a version number); only CRLs take one. */
+function documentPath(url: string | undefined): { path: string | null; version: number | null | undefined } {
+  if (url === undefined) return { path: null, version: undefined };
+  const q = url.indexOf('?');
+  if (q < 0) return { path: url, version: undefined };
+  const path = url.slice(0, q);
+  if (path !== '/crl' && path !== '/crl.pem') return { path: null, version: undefined };
+  const params = new URLSearchParams(url.slice(q + 1));
+  const v = params.get('version');
+  if (v === null || [...params.keys()].length !== 1) return { path, version: null };
+  return { path, version: /^[1-9][0-9]{0,8}$/.test(v) ? Number(v) : null };
 }

@@ -33,9 +33,9 @@ export function revocationService(ctx: RpcContext, d: RevocationDeps): Revocatio
       const l = d.revocations.list();
       return { identities: l.identities.map(identityOf), builders: l.builders.map(builderOf) };
     }),
-    getCrl: unary(ctx, 'GetCrl', null, async () => {
-      const c = await d.revocations.crl();
-      return { der: c.der, pem: c.pem, number: c.number, thisUpdate: c.thisUpdate, nextUpdate: c.nextUpdate };
+    getCrl: unary(ctx, 'GetCrl', null, async (req) => {
+      const c = await d.revocations.crl(req.caVersion === 0 ? undefined : req.caVersion);
+      return { der: c.der, pem: c.pem, number: c.number, thisUpdate: c.thisUpdate, nextUpdate: c.nextUpdate, caVersion: c.caVersion };
     }),
     getTrustedRoot: unary(ctx, 'GetTrustedRoot', null, async () => {
       if (!d.trustedRoot) throw new SigilError('NOT_IMPLEMENTED', 'this daemon publishes no trusted root');

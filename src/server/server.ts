@@ -3,7 +3,6 @@ import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { loadSync } from '@grpc/proto-loader';
 import { fileURLToPath } from 'node:url';
-import { X509Certificate } from 'node:crypto';
 import { BuilderPolicy } from '../identity/builder-policy.ts';
 import { SignerService } from '../gen/sigil/v1/signer.ts';
 import { AdminService } from '../gen/sigil/v1/admin.ts';
@@ -18,7 +17,7 @@ import { SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { KeyService } from '../keys/key-service.ts';
 import type { KeyLifecycle } from '../keys/lifecycle.ts';
-import { Authenticator, type OperatorRole } from './auth.ts';
+import { Authenticator, type BuilderCas, type OperatorRole } from './auth.ts';
 import type { Clock } from '../clock.ts';
 import type { BuilderRule } from '../identity/builder-policy.ts';
 import { Metrics } from './metrics.ts';
@@ -36,8 +35,11 @@ export interface ServerOptions {
   listen: string;
   tls: { cert: Buffer; key: Buffer; clientCa: Buffer };
   roles: Record<OperatorRole, string[]>;
-  /** The identity CA certificate (PEM): trusted for client certificates, which get the builder role only. */
-  identityCaPem?: string | null;
+  /**
+   * The identity CA's generations: the live ones are trusted for client certificates (which get the builder
+   * role only), and the trust store follows every change without a restart.
+   */
+  identity?: IdentityTrust | null;
   /** Which builders may use which keys. */
   builders?: readonly BuilderRule[];
   /** The daemon's own keys: no RPC signs with them, and the admin API changes only the audit key (by rotation). */
@@ -58,6 +60,14 @@ export interface ServerOptions {
   limits: { maxMessageBytes: number; maxBatch: number };
 }
 
+/** The identity CA as the server needs it; IdentityCa is one. */
+export interface IdentityTrust extends BuilderCas {
+  /** The CA certificates of the live generations, PEM. */
+  livePem(): string;
+  /** Calls `fn` whenever the live generations may have changed; returns how to stop. */
+  onChange(fn: () => void): () => void;
+}
+
 /** A running gRPC server. */
 export interface RunningServer {
   server: GrpcH2Server;
@@ -69,20 +79,30 @@ export interface RunningServer {
 
 /** Builds and binds sigild's gRPC server: Signer, Admin, health (open) and reflection (admin only). */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
-  const identityCa = o.identityCaPem ? Buffer.from(o.identityCaPem) : null;
+  const identity = o.identity ?? null;
+  // One trust store for the operator CA and the live identity CA generations; which one signed a client
+  // certificate is decided again in auth.
+  const clientCa = (): Buffer => (identity ? Buffer.concat([o.tls.clientCa, Buffer.from('\n'), Buffer.from(identity.livePem())]) : o.tls.clientCa);
   const server = new GrpcH2Server({
     cert: o.tls.cert,
     key: o.tls.key,
-    // One trust store for both CAs; which one signed a client certificate is decided again in auth.
-    clientCa: identityCa ? Buffer.concat([o.tls.clientCa, Buffer.from('\n'), identityCa]) : o.tls.clientCa,
+    clientCa: clientCa(),
     // Room for a whole Ed25519 message at the configured cap plus framing; sigil's own check answers first.
     maxReceiveMessageBytes: o.limits.maxMessageBytes + 1024 * 1024,
     maxSendMessageBytes: 16 * 1024 * 1024,
     onError: (err) => o.log.error({ err }, 'grpc server error'),
   });
   const revocations = o.revocation?.revocations;
+  const stopFollowing = identity?.onChange(() => {
+    try {
+      server.setClientCa(clientCa());
+      o.log.info({ live: identity.livePem().match(/BEGIN CERTIFICATE/g)?.length ?? 0 }, 'client ca bundle replaced: identity ca generations changed');
+    } catch (err) {
+      o.log.error({ err }, 'could not replace the client ca bundle');
+    }
+  });
   const auth = new Authenticator(o.roles, {
-    identityCa: identityCa ? new X509Certificate(identityCa).raw : undefined,
+    identityCas: identity ?? undefined,
     clock: o.clock,
     revoked: revocations ? (p) => revocations.refuseBuilder({ serial: p.serial, ekHash: p.builder.ekHash, akName: p.builder.akName }) : undefined,
   });
@@ -126,6 +146,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     health,
     stop: (graceMs = 5000) =>
       new Promise<void>((resolve) => {
+        stopFollowing?.();
         health.setStatus('', 'NOT_SERVING');
         const timer = setTimeout(() => server.forceShutdown(), graceMs);
         server.tryShutdown(() => {

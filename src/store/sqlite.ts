@@ -127,6 +127,10 @@ const MIGRATIONS: readonly string[] = [
    ) STRICT;`,
   // Migration 7: whether a disable reached the backend (null: not known, so start-up sends it once more).
   `ALTER TABLE key_versions ADD COLUMN backend_disabled INTEGER;`,
+  // Migration 8: identity CA generations. Which version of the identity CA key issued a certificate (every
+  // certificate issued before this migration came from version 1: the key could not be rotated then).
+  `ALTER TABLE issued_certificates ADD COLUMN ca_version INTEGER NOT NULL DEFAULT 1;
+   ALTER TABLE revoked_identities ADD COLUMN ca_version INTEGER NOT NULL DEFAULT 1;`,
 ];
 
 interface EnrollmentRow {
@@ -187,6 +191,7 @@ interface IssuedRow {
   san: string;
   not_after: number;
   issued_at: number;
+  ca_version: number;
 }
 interface RevokedIdentityRow {
   serial: string;
@@ -195,6 +200,7 @@ interface RevokedIdentityRow {
   revoked_by: string;
   not_after: number | null;
   ek_hash: string | null;
+  ca_version: number;
 }
 interface RevokedBuilderRow {
   ek_hash: string;
@@ -213,7 +219,7 @@ interface CaRow {
 /** The embedded default store: one SQLite file in WAL mode, synchronous=FULL so a commit is durable. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync;
-  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'getEnrollment' | 'putEnrollment' | 'useJoinToken'
+  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'listCa' | 'getEnrollment' | 'putEnrollment' | 'useJoinToken'
     | 'insertIssued' | 'getIssued' | 'insertRevokedIdentity' | 'listRevokedIdentities' | 'insertRevokedBuilder' | 'listRevokedBuilders' | 'nextCrlNumber'
     | 'getVersion' | 'maxVersion' | 'completeVersion' | 'setPrimary' | 'deleteVersion' | 'updateVersion' | 'updateKey' | 'dueRotations'
     | 'insertApproval' | 'getApproval' | 'updateApproval', StatementSync>;
@@ -254,12 +260,13 @@ export class SqliteStore implements Store {
       uriInUse: this.#db.prepare('SELECT 1 FROM key_versions kv JOIN keys k ON k.name = kv.name WHERE k.backend = ? AND kv.uri = ? LIMIT 1'),
       insertCa: this.#db.prepare('INSERT INTO ca_certificates (key_version, der, not_after, created_at) VALUES (?, ?, ?, ?)'),
       latestCa: this.#db.prepare('SELECT * FROM ca_certificates WHERE key_version = ? ORDER BY id DESC LIMIT 1'),
+      listCa: this.#db.prepare("SELECT * FROM ca_certificates WHERE substr(key_version, 1, length(?) + 1) = ? || '@' ORDER BY id"),
       getEnrollment: this.#db.prepare('SELECT * FROM enrollments WHERE ek_hash = ?'),
       useJoinToken: this.#db.prepare('INSERT INTO join_tokens_used (token_hash, policy, used_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
-      insertIssued: this.#db.prepare('INSERT INTO issued_certificates (serial, ek_hash, san, not_after, issued_at) VALUES (?, ?, ?, ?, ?)'),
+      insertIssued: this.#db.prepare('INSERT INTO issued_certificates (serial, ek_hash, san, not_after, issued_at, ca_version) VALUES (?, ?, ?, ?, ?, ?)'),
       getIssued: this.#db.prepare('SELECT * FROM issued_certificates WHERE serial = ?'),
       insertRevokedIdentity: this.#db.prepare(
-        'INSERT INTO revoked_identities (serial, reason, revoked_at, revoked_by, not_after, ek_hash) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING',
+        'INSERT INTO revoked_identities (serial, reason, revoked_at, revoked_by, not_after, ek_hash, ca_version) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING',
       ),
       listRevokedIdentities: this.#db.prepare('SELECT * FROM revoked_identities ORDER BY revoked_at, serial'),
       insertRevokedBuilder: this.#db.prepare('INSERT INTO revoked_builders (ek_hash, ak_name, reason, revoked_at, revoked_by) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING'),
@@ -464,6 +471,10 @@ export class SqliteStore implements Store {
     return { keyVersion: r.key_version, der: Buffer.from(r.der), notAfter: new Date(r.not_after), createdAt: new Date(r.created_at) };
   }
 
+  listCaCertificates(keyName: string): CaCertificateRecord[] {
+    return (this.#q.listCa.all(keyName, keyName) as unknown as CaRow[]).map((r) => ({ keyVersion: r.key_version, der: Buffer.from(r.der), notAfter: new Date(r.not_after), createdAt: new Date(r.created_at) }));
+  }
+
   getEnrollment(ekHash: string): EnrollmentRecord | null {
     const r = this.#q.getEnrollment.get(ekHash) as EnrollmentRow | undefined;
     if (!r) return null;
@@ -488,17 +499,17 @@ export class SqliteStore implements Store {
   }
 
   insertIssuedCertificate(rec: IssuedCertificateRecord): void {
-    this.#q.insertIssued.run(rec.serial, rec.ekHash, rec.san, rec.notAfter.getTime(), rec.issuedAt.getTime());
+    this.#q.insertIssued.run(rec.serial, rec.ekHash, rec.san, rec.notAfter.getTime(), rec.issuedAt.getTime(), rec.caVersion);
   }
 
   getIssuedCertificate(serial: string): IssuedCertificateRecord | null {
     const r = this.#q.getIssued.get(serial) as IssuedRow | undefined;
     if (!r) return null;
-    return { serial: r.serial, ekHash: r.ek_hash, san: r.san, notAfter: new Date(r.not_after), issuedAt: new Date(r.issued_at) };
+    return { serial: r.serial, ekHash: r.ek_hash, san: r.san, notAfter: new Date(r.not_after), issuedAt: new Date(r.issued_at), caVersion: r.ca_version };
   }
 
   insertRevokedIdentity(rec: RevokedIdentityRecord): boolean {
-    const res = this.#q.insertRevokedIdentity.run(rec.serial, rec.reason, rec.revokedAt.getTime(), rec.revokedBy, rec.notAfter?.getTime() ?? null, rec.ekHash);
+    const res = this.#q.insertRevokedIdentity.run(rec.serial, rec.reason, rec.revokedAt.getTime(), rec.revokedBy, rec.notAfter?.getTime() ?? null, rec.ekHash, rec.caVersion);
     return Number(res.changes) === 1;
   }
 
@@ -510,6 +521,7 @@ export class SqliteStore implements Store {
       revokedBy: r.revoked_by,
       notAfter: r.not_after === null ? null : new Date(r.not_after),
       ekHash: r.ek_hash,
+      caVersion: r.ca_version,
     }));
   }
 

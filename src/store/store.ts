@@ -138,6 +138,8 @@ export interface IssuedCertificateRecord {
   san: string;
   notAfter: Date;
   issuedAt: Date;
+  /** The version of the identity CA key that signed it (its generation). */
+  caVersion: number;
 }
 
 /** A revoked builder certificate (an entry of the identity CA's CRL until the certificate expires). */
@@ -152,6 +154,8 @@ export interface RevokedIdentityRecord {
   /** The certificate's notAfter when known: the entry stays on the CRL at least until then. */
   notAfter: Date | null;
   ekHash: string | null;
+  /** The identity CA generation (key version) that issued it: the CRL of that generation lists it. */
+  caVersion: number;
 }
 
 /** A revoked builder TPM (by EK hash), or one AK of it when `akName` is set. */
@@ -181,6 +185,8 @@ export interface Store {
   insertCaCertificate(rec: CaCertificateRecord): void;
   /** The most recently recorded CA certificate of a key version, or null. */
   latestCaCertificate(keyVersion: string): CaCertificateRecord | null;
+  /** Every CA certificate recorded for the versions of key `keyName`, oldest first. */
+  listCaCertificates(keyName: string): CaCertificateRecord[];
   /** What this EK last proved at enrollment or renewal, or null when it never enrolled. */
   getEnrollment(ekHash: string): EnrollmentRecord | null;
   /** Records (or replaces) an EK's enrollment state; durable when it returns. */

@@ -96,7 +96,7 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
     restarted = td.daemon = await startDaemon(parseConfig(readFileSync(td.configFile, 'utf8'), td.configFile), { log: pino({ level: 'silent' }), clock });
   };
 
-  test('every act but rotation on the audit key, and every act on the identity ca and trusted-root keys, is refused and changes nothing', async () => {
+  test('every act but rotation on the audit key, every act on the trusted-root key, and disabling the identity ca\'s current version, is refused and changes nothing', async () => {
     const names = ['sigil/audit', 'sigil/identity-ca', 'sigil/trust-root'];
     const before = await Promise.all(names.map(async (name) => (await rpc.getKey(admin(), { name })).key));
     const size = td.daemon.audit.size;
@@ -105,7 +105,7 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
     await assert.rejects(rpc.disableKeyVersion(admin(), { key: 'sigil/audit@1', compromised: true, compromiseTime: undefined }), refused(auditOnlyRotates));
     await assert.rejects(rpc.scheduleDestroyKeyVersion(admin(), { key: 'sigil/audit@1', windowSeconds: 0 }), refused(auditOnlyRotates));
     await assert.rejects(rpc.updateKeyPolicy(admin(), { name: 'sigil/audit', autoRotatePeriodSeconds: 86_400 }), refused(auditOnlyRotates));
-    await assert.rejects(rpc.rotateKey(admin(), { name: 'sigil/identity-ca' }), refused(/it is the identity ca's key, and a new one needs a new ca certificate that every client trusts, so it cannot be rotated/));
+    await assert.rejects(rpc.disableKeyVersion(admin(), { key: 'sigil/identity-ca@1', compromised: false, compromiseTime: undefined }), refused(/is the identity ca's current generation, which issues every builder certificate: rotate first/));
     await assert.rejects(rpc.rotateKey(admin(), { name: 'sigil/trust-root' }), refused(/it signs the trusted root, the anchor verifiers pin, so it cannot be rotated/));
     await assert.rejects(rpc.disableKeyVersion(admin(), { key: 'sigil/trust-root@1', compromised: true, compromiseTime: undefined }), refused(/cannot be disabled/));
     // The CLI shows the same refusal.
@@ -123,13 +123,13 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
         ['key.disable', 'sigil/audit@1', 'refused', 'FAILED_PRECONDITION'],
         ['key.schedule-destroy', 'sigil/audit@1', 'refused', 'FAILED_PRECONDITION'],
         ['key.policy', 'sigil/audit', 'refused', 'FAILED_PRECONDITION'],
-        ['key.rotate', 'sigil/identity-ca', 'refused', 'FAILED_PRECONDITION'],
+        ['key.disable', 'sigil/identity-ca@1', 'refused', 'FAILED_PRECONDITION'],
         ['key.rotate', 'sigil/trust-root', 'refused', 'FAILED_PRECONDITION'],
         ['key.disable', 'sigil/trust-root@1', 'refused', 'FAILED_PRECONDITION'],
         ['key.disable', 'sigil/audit@1', 'refused', 'FAILED_PRECONDITION'],
       ],
     );
-    assert.ok(refusals.every((e) => e.who === refusals[0]!.who && /reserved for the daemon's own use/.test(String(e.detail?.message))));
+    assert.ok(refusals.every((e) => e.who === refusals[0]!.who && /reserved for the daemon's own use|is the identity ca's current generation/.test(String(e.detail?.message))));
   });
 
   test('sigilctl key rotate sigil/audit: v2 becomes primary, the rotation is audited and the log\'s latest checkpoint is signed by v2 at once', async () => {

@@ -85,7 +85,7 @@ test('revoking an identity by serial: the next Sign on the open connection is re
     assert.ok(td.auditEntries().some((l) => l.act === 'request.refused' && (l.detail as { why?: string } | undefined)?.why === 'builder identity revoked'), 'the refusal is audited');
 
     // The CRL over gRPC without a client certificate, and over plain HTTP.
-    const crl = await rpc.getCrl(anon, {});
+    const crl = await rpc.getCrl(anon, { caVersion: 0 });
     const dir = td.dir;
     await writeFile(join(dir, 'id-ca.pem'), revokedId.caCertificatePem);
     await writeFile(join(dir, 'revoked.pem'), revokedId.certificatePem);
@@ -177,7 +177,7 @@ test('sigilctl: crl get, trusted-root get, revocations list, revoke (admin only)
   const dir = td.dir;
   const crl = await ctl(['crl', 'get', '--out', join(dir, 'cli-crl.der'), '--der', '--output', 'json']);
   assert.equal(crl.code, 0, crl.stderr);
-  assert.ok(readFileSync(join(dir, 'cli-crl.der')).equals((await rpc.getCrl(anon, {})).der));
+  assert.ok(readFileSync(join(dir, 'cli-crl.der')).equals((await rpc.getCrl(anon, { caVersion: 0 })).der));
   assert.equal((JSON.parse(crl.stdout) as { file: string }).file, join(dir, 'cli-crl.der'));
   const pem = await ctl(['crl', 'get']);
   assert.match(pem.stdout, /^-----BEGIN X509 CRL-----/);

@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { rpc } from '../client.ts';
 import type { RevokedBuilder, RevokedIdentity } from '../../gen/sigil/v1/revocation.ts';
-import type { CliContext } from './context.ts';
+import { UsageError, type CliContext } from './context.ts';
 
 const REASON_HELP = 'unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn';
 
@@ -47,12 +47,18 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
     .command('crl')
     .description("the identity ca's certificate revocation list (no client certificate needed)")
     .command('get')
-    .description('fetch the current crl (pem unless --der)')
+    .description("fetch the current identity ca generation's crl, or an older live generation's (pem unless --der)")
     .option('--out <file>', 'write it to a file instead of stdout')
     .option('--der', 'der instead of pem')
-    .action(async (o: { out?: string; der?: boolean }) => {
-      const r = await rpc.getCrl(cli.open(), {});
-      const meta = { number: r.number, thisUpdate: r.thisUpdate?.toISOString(), nextUpdate: r.nextUpdate?.toISOString() };
+    .option('--ca-version <n>', 'the identity ca generation (ca key version) whose crl to fetch; default the current one')
+    .action(async (o: { out?: string; der?: boolean; caVersion?: string }) => {
+      let caVersion = 0;
+      if (o.caVersion !== undefined) {
+        if (!/^[1-9][0-9]{0,8}$/.test(o.caVersion)) throw new UsageError('--ca-version takes a version number >= 1');
+        caVersion = Number(o.caVersion);
+      }
+      const r = await rpc.getCrl(cli.open(), { caVersion });
+      const meta = { number: r.number, caVersion: r.caVersion, thisUpdate: r.thisUpdate?.toISOString(), nextUpdate: r.nextUpdate?.toISOString() };
       if (o.out) {
         writeFileSync(o.out, o.der ? r.der : r.pem);
         cli.out({ ...meta, file: o.out }, `crl ${r.number} written to ${o.out} (next update ${meta.nextUpdate})`);

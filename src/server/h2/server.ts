@@ -42,6 +42,7 @@ export class GrpcH2Server {
   readonly #limits: { maxReceiveBytes: number; maxSendBytes: number };
   readonly #onError: (err: Error) => void;
   readonly #probe: X509Certificate;
+  readonly #tls: { cert: Buffer; key: Buffer };
   #closing = false;
 
   constructor(o: H2ServerOptions) {
@@ -59,6 +60,7 @@ export class GrpcH2Server {
       settings: { maxConcurrentStreams: o.maxConcurrentStreams ?? 1000 },
     });
     this.#probe = new X509Certificate(o.cert);
+    this.#tls = { cert: o.cert, key: o.key };
     this.#server.on('session', (session: ServerHttp2Session) => {
       // A client certificate whose signature does not verify leaves an error on OpenSSL's per-thread queue,
       // and the next TLS write (of any session) takes it for its own and resets its stream (Node 24.21).
@@ -79,6 +81,14 @@ export class GrpcH2Server {
       const handler: Handler | undefined = impl[name] ?? (m.originalName === undefined ? undefined : impl[m.originalName]);
       this.#routes.set(m.path, { method: m, handler, unary: !m.requestStream && !m.responseStream });
     }
+  }
+
+  /**
+   * Replaces the bundle client certificates must chain to, without a restart: handshakes from now on use
+   * it; sessions already open keep theirs (handlers check every call).
+   */
+  setClientCa(clientCa: Buffer): void {
+    this.#server.setSecureContext({ cert: this.#tls.cert, key: this.#tls.key, ca: clientCa });
   }
 
   /** Listens on host:port; resolves to the real port (useful with port 0). */

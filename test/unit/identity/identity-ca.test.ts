@@ -15,6 +15,8 @@ import { BUILDER_OIDS, parseBuilderExtensions } from '../../../src/identity/buil
 import { silentLogger } from '../../../src/log.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import type { Clock } from '../../../src/clock.ts';
+import { KeyLifecycle } from '../../../src/keys/lifecycle.ts';
+import type { AuditEvent, AuditSink } from '../../../src/audit/audit-sink.ts';
 
 const skip = missingTools('softhsm', 'softhsm2-util', 'openssl');
 
@@ -234,5 +236,37 @@ describe('identity ca on a softhsm token', { skip: skip ?? false }, () => {
     } finally {
       clock.offsetMs = 0;
     }
+  });
+  test('a crash between a rotation and its ca certificate heals at the next open; rotated() is idempotent and issues with the new generation', async () => {
+    const events: AuditEvent[] = [];
+    const sink: AuditSink = { ready: () => {}, record: async (e) => void events.push(e) };
+    const before = env.store.latestCaCertificate('sigil/identity-ca@1')!.der;
+    // The lifecycle without the identity ca's hook: the key rotates, no certificate follows (as if the daemon died there).
+    const life = new KeyLifecycle({ store: env.store, backends: env.backends, keys: env.keys, audit: sink, clock, log: silentLogger(), minDestroyWindowMs: 86_400_000, defaultDestroyWindowMs: 7 * 86_400_000, approvalTtlMs: 86_400_000 });
+    await life.rotate({ subject: 'CN=test', fingerprint: 'ff' }, 'sigil/identity-ca');
+    assert.equal(env.store.latestCaCertificate('sigil/identity-ca@2'), null);
+    const healed = await IdentityCa.open(opts(env, { sink }));
+    assert.equal(healed.keyVersion, 'sigil/identity-ca@2');
+    const v2 = new X509Certificate(healed.caCertificateDer());
+    assert.equal(v2.subject, 'CN=sigil identity CA 2');
+    assert.deepEqual(v2.publicKey.export({ format: 'der', type: 'spki' }), env.keys.getKey('sigil/identity-ca').versions[1]!.spki);
+    assert.ok(v2.verify(v2.publicKey), 'self-signed by the new version');
+    const created = events.filter((e) => e.act === 'identity.ca.create');
+    assert.deepEqual(created.map((e) => [e.key, (e.detail as { fingerprint: string }).fingerprint]), [['sigil/identity-ca@2', createHash('sha256').update(v2.raw).digest('hex')]]);
+    assert.deepEqual(healed.liveVersions(), [1, 2]);
+    assert.deepEqual(healed.generation(1)!.der, before, 'generation 1 keeps its certificate');
+    // Nothing left to make: the hook changes nothing.
+    await healed.rotated();
+    assert.equal(events.filter((e) => e.act === 'identity.ca.create').length, 1);
+    const issued = await healed.issue(request(builderKey().spki));
+    assert.equal(issued.caVersion, 2);
+    assert.equal(new X509Certificate(issued.certificateDer).issuer, 'CN=sigil identity CA 2');
+    assert.ok(new X509Certificate(issued.certificateDer).verify(v2.publicKey));
+    assert.equal(env.store.getIssuedCertificate(BigInt(`0x${issued.serial}`).toString(16))!.caVersion, 2);
+    // Generation 1 still signs its own CRL, under its own name.
+    const g1 = healed.crlIssuer(1);
+    assert.deepEqual(g1.subjectDer(), ca.subjectDer());
+    assert.throws(() => healed.crlIssuer(9), (e: unknown) => isSigilError(e, 'KEY_NOT_FOUND'));
+    healed.close();
   });
 });

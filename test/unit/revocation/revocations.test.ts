@@ -130,7 +130,7 @@ describe('revocations and the identity ca crl', { skip: skip ?? false }, () => {
     const [intent, outcome] = sink.events.slice(-2);
     assert.deepEqual({ ...intent, detail: { ...intent!.detail, intent: undefined } }, { who: 'CN=test-admin', act: 'identity.revoke', result: 'started', detail: { serial: spelled, reason: 'keyCompromise', intent: undefined } });
     assert.match(String(intent!.detail!.intent), /^[0-9a-f-]{36}$/);
-    assert.deepEqual(outcome, { who: 'CN=test-admin', act: 'identity.revoke', result: 'ok', detail: { serial: canonical, reason: 'keyCompromise', ekHash: ek1, san: certA.san, notAfter: certA.notAfter.toISOString(), intent: intent!.detail!.intent } });
+    assert.deepEqual(outcome, { who: 'CN=test-admin', act: 'identity.revoke', result: 'ok', detail: { serial: canonical, reason: 'keyCompromise', ekHash: ek1, san: certA.san, notAfter: certA.notAfter.toISOString(), caVersion: 1, intent: intent!.detail!.intent } });
 
     const crl = await rev.crl();
     assert.ok(crl.number > before.number, 'the crl number grows');

@@ -172,3 +172,24 @@ test('serials, ek hashes, ak names and reasons: arbitrary strings never throw an
   assert.equal(parseReason(''), 'unspecified');
   assert.throws(() => parseReason('toString'), (e) => isSigilError(e, 'INVALID_ARGUMENT'));
 });
+
+test('trusted root: one certificate authority per identity ca generation, in order, an older one closing at the end of its window', async () => {
+  const der = async (cn: string) => {
+    const ca = await createDevCa(cn);
+    return Buffer.from(ca.cert.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
+  };
+  const v1 = await der('sigil identity CA');
+  const v2 = await der('sigil identity CA 2');
+  const doc = buildTrustedRoot({ identityCa: [{ der: v1, end: t('2026-05-01T01:00:00.250Z') }, { der: v2, end: null }], auditLog: null, keyVersions: [] });
+  assert.deepEqual(
+    doc.certificateAuthorities.map((a) => [a.subject.commonName, a.certChain.certificates[0]!.rawBytes, a.validFor.end]),
+    [
+      ['sigil identity CA', v1.toString('base64'), '2026-05-01T01:00:00.250Z'],
+      ['sigil identity CA 2', v2.toString('base64'), undefined],
+    ],
+  );
+  assert.ok(doc.certificateAuthorities.every((a) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/.test(a.validFor.start)));
+  // A lone certificate is one open generation, as before.
+  const lone = buildTrustedRoot({ identityCa: v1, auditLog: null, keyVersions: [] }).certificateAuthorities;
+  assert.deepEqual(lone.map((a) => [a.certChain.certificates[0]!.rawBytes, a.validFor.start, a.validFor.end]), [[v1.toString('base64'), doc.certificateAuthorities[0]!.validFor.start, undefined]]);
+});

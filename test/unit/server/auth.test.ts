@@ -36,6 +36,7 @@ let backends: BackendRegistry;
 let real: IdentityCa;
 let builder: Buffer;
 let impostor: Buffer;
+let impostorCa: Buffer;
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'sigil-auth-'));
@@ -50,6 +51,7 @@ before(async () => {
   const spki = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'der', type: 'spki' });
   builder = (await real.issue(req(spki()))).certificateDer;
   impostor = (await other.issue(req(spki()))).certificateDer;
+  impostorCa = other.caCertificateDer();
   assert.equal(new X509Certificate(impostor).issuer, new X509Certificate(builder).issuer, 'same issuer name');
 });
 after(async () => {
@@ -111,4 +113,28 @@ test('a revoked builder is refused on every call after the revocation, although 
   // Operator certificates are not builders: the check is not asked about them.
   auth.principal(call(peer(impostor)));
   assert.equal(seen.length, 3);
+});
+
+test('identity ca generations: a certificate gets the builder role from the generation that signed it, and is refused on every call once that generation is not live', () => {
+  const refusals = new Map<number, string>();
+  const gens = [
+    // Generation 1 is a CA that did not sign `builder` (the other CA): the signature decides, not the name.
+    { version: 1, certificate: new X509Certificate(impostorCa) },
+    { version: 2, certificate: new X509Certificate(real.caCertificateDer()) },
+  ];
+  const auth = new Authenticator(roles, { identityCas: { generations: () => gens, refusal: (v) => refusals.get(v) ?? null } });
+  const c = call(peer(builder));
+  const p = auth.principal(c);
+  assert.deepEqual([[...p.roles], p.caVersion], [['builder'], 2]);
+  assert.deepEqual([[...auth.principal(call(peer(impostor))).roles], auth.principal(call(peer(impostor))).caVersion], [['builder'], 1]);
+  // The principal is cached, the generation's state is not.
+  refusals.set(2, 'builder certificate issued by identity ca generation 2, which is disabled');
+  unauthenticated(() => auth.principal(c), /^builder certificate issued by identity ca generation 2, which is disabled$/);
+  unauthenticated(() => auth.require(c, ['builder']), /which is disabled/);
+  refusals.delete(2);
+  assert.ok(auth.principal(c).roles.has('builder'), 'enabled again: accepted again');
+  // Without any generation that signed it, a builder-looking certificate is an operator certificate like any other.
+  const none = new Authenticator(roles, { identityCas: { generations: () => [gens[0]!], refusal: () => null } });
+  assert.ok(!none.principal(call(peer(builder))).roles.has('builder'));
+  assert.equal(none.principal(call(peer(builder))).caVersion, undefined);
 });

@@ -91,3 +91,38 @@ test('ca certificates are kept per key version, newest first, and survive a reop
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('identity ca generations: every ca certificate of one key, oldest first; issued and revoked certificates keep their generation (1 for rows from before)', () => {
+  const s = new SqliteStore(':memory:');
+  try {
+    const ca = (keyVersion: string, b: number) => ({ keyVersion, der: Buffer.from([0x30, b]), notAfter: new Date('2036-01-01T00:00:00Z'), createdAt: new Date(t0.getTime() + b) });
+    s.insertCaCertificate(ca('sigil/identity-ca@1', 1));
+    s.insertCaCertificate(ca('sigil/identity-ca2@1', 2));
+    s.insertCaCertificate(ca('sigil/identity-ca@2', 3));
+    s.insertCaCertificate(ca('sigil/identity-ca@1', 4));
+    assert.deepEqual(s.listCaCertificates('sigil/identity-ca').map((c) => [c.keyVersion, c.der[1]]), [['sigil/identity-ca@1', 1], ['sigil/identity-ca@2', 3], ['sigil/identity-ca@1', 4]]);
+    assert.deepEqual(s.listCaCertificates('sigil/identity'), []);
+    s.insertIssuedCertificate({ serial: 'a1', ekHash: 'ee', san: 'spiffe://x/b', notAfter: t0, issuedAt: t0, caVersion: 2 });
+    assert.equal(s.getIssuedCertificate('a1')!.caVersion, 2);
+    assert.ok(s.insertRevokedIdentity({ serial: 'a1', reason: 'keyCompromise', revokedAt: t0, revokedBy: 'CN=a', notAfter: t0, ekHash: 'ee', caVersion: 2 }));
+    assert.deepEqual(s.listRevokedIdentities().map((r) => r.caVersion), [2]);
+  } finally {
+    s.close();
+  }
+  // A row written by a sigild from before migration 8 (no ca_version): generation 1, the only one there was.
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-store-'));
+  try {
+    const path = join(dir, 'sigil.db');
+    new SqliteStore(path).close();
+    const db = new DatabaseSync(path);
+    db.prepare('INSERT INTO issued_certificates (serial, ek_hash, san, not_after, issued_at) VALUES (?, ?, ?, ?, ?)').run('b2', 'ee', 'spiffe://x/b', 1, 1);
+    db.prepare('INSERT INTO revoked_identities (serial, reason, revoked_at, revoked_by) VALUES (?, ?, ?, ?)').run('b2', 'unspecified', 1, 'CN=a');
+    db.close();
+    const r = new SqliteStore(path);
+    assert.equal(r.getIssuedCertificate('b2')!.caVersion, 1);
+    assert.equal(r.listRevokedIdentities()[0]!.caVersion, 1);
+    r.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
