@@ -1,5 +1,5 @@
 import { isSigilError, SigilError } from '../errors.ts';
-import { decodeEntry } from './entry.ts';
+import { decodeEntry, type AuditEntry } from './entry.ts';
 import { CompactRange, leafHash, verifyConsistency } from './merkle.ts';
 import { noteVerifier, openCheckpoint, parseNote, type Checkpoint, type NoteVerifier } from './note.ts';
 
@@ -72,6 +72,21 @@ export interface VerifyReport {
   /** The label of the key that signed the saved checkpoint; null without one or when it did not verify. */
   savedSignedBy: string | null;
   failure: VerifyFailure | null;
+  /**
+   * Acts written ahead (`started`) with no later entry of the same `detail.intent` in the verified log: each
+   * may or may not have taken effect (docs/security.md). Empty when the log did not verify to its end.
+   */
+  openIntents: OpenIntent[];
+}
+
+/** An intent entry with no outcome: where it is and what it was about to do. */
+export interface OpenIntent {
+  index: number;
+  t: string;
+  who: string;
+  act: string;
+  key: string | undefined;
+  intent: string;
 }
 
 /** A checkpoint verified with one of several trusted keys, and that key. */
@@ -116,10 +131,12 @@ export async function verifyLog(input: VerifyInput): Promise<VerifyReport> {
   try {
     ({ checkpoint: latest, key: { label: signedBy } } = open(input.checkpoint));
   } catch (err) {
-    return { ok: false, size: 0, root: '', signedBy: null, savedSize: null, savedSignedBy: null, failure: { check: 'checkpoint-signature', message: `the latest checkpoint does not verify: ${why(err)}` } };
+    return { ok: false, size: 0, root: '', signedBy: null, savedSize: null, savedSignedBy: null, failure: { check: 'checkpoint-signature', message: `the latest checkpoint does not verify: ${why(err)}` }, openIntents: [] };
   }
   let saved: Checkpoint | null = null;
   let savedSignedBy: string | null = null;
+  // Intent id -> its `started` entry, until an entry with the same intent (its outcome) comes.
+  const pending = new Map<string, OpenIntent>();
   const report = (failure: VerifyFailure | null): VerifyReport => ({
     ok: failure === null,
     size: latest.size,
@@ -128,6 +145,7 @@ export async function verifyLog(input: VerifyInput): Promise<VerifyReport> {
     savedSize: saved?.size ?? null,
     savedSignedBy,
     failure,
+    openIntents: failure === null ? [...pending.values()] : [],
   });
   if (input.saved) {
     try {
@@ -160,11 +178,17 @@ export async function verifyLog(input: VerifyInput): Promise<VerifyReport> {
     if (tree.size >= latest.size) break;
     const i = tree.size;
     if (e.index !== i) return report({ check: 'entry-missing', index: i, message: `entry ${i} is missing (the next entry has index ${e.index})` });
-    let t: string;
+    let entry: AuditEntry;
     try {
-      t = decodeEntry(e.data).t;
+      entry = decodeEntry(e.data);
     } catch (err) {
       return report({ check: 'entry-malformed', index: i, message: `entry ${i} is altered: ${why(err)}` });
+    }
+    const t = entry.t;
+    const intent = (entry.detail as { intent?: unknown } | undefined)?.intent;
+    if (typeof intent === 'string') {
+      if (entry.result === 'started') pending.set(intent, { index: i, t, who: entry.who, act: entry.act, key: entry.key, intent });
+      else pending.delete(intent);
     }
     const leaf = leafHash(e.data);
     if (e.leaf !== undefined && !leaf.equals(e.leaf)) return report({ check: 'entry-modified', index: i, message: `entry ${i} was modified: its bytes do not match its leaf hash` });

@@ -50,7 +50,7 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
   };
   const verify = async (...extra: string[]) => {
     const r = await ctl(['audit', 'verify', '-o', 'json', ...extra]);
-    return { code: r.code, stderr: r.stderr, report: JSON.parse(r.stdout) as { ok: boolean; size: number; failure: { check: string; index?: number; message: string } | null } };
+    return { code: r.code, stderr: r.stderr, report: JSON.parse(r.stdout) as { ok: boolean; size: number; failure: { check: string; index?: number; message: string } | null; openIntents: Array<{ act: string }> } };
   };
   const signN = async (n: number) => {
     const c = client('signer');
@@ -112,6 +112,7 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
     const v = await verify();
     assert.equal(v.code, 0, v.stderr);
     assert.ok(v.report.ok);
+    assert.deepEqual(v.report.openIntents, [], 'every act written ahead has its outcome');
     assert.match(v.stderr, /fetched from the server/);
     const denied = await ctl(['audit', 'verify'], 'signer');
     assert.equal(denied.code, 1);

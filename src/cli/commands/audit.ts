@@ -164,7 +164,13 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
       };
       if (r.ok) {
         const savedText = r.savedSize !== null ? `; consistent with the saved checkpoint at size ${r.savedSize} (signed by ${r.savedSignedBy})` : '';
-        cli.out(json, `ok: ${r.size} entries verified against the checkpoint signed by ${r.signedBy} (root ${r.root})${savedText}; keys ${keySource}`);
+        // Not a failure of the log: acts whose outcome it does not hold; read the current state for them.
+        const open = r.openIntents.length === 0
+          ? ''
+          : `\n${r.openIntents.length} act${r.openIntents.length === 1 ? '' : 's'} written ahead with no outcome in the log (each may or may not have taken effect: check the current state, see docs/security.md):\n${r.openIntents
+              .map((x) => `  entry ${x.index}  ${x.t}  ${x.who}  ${x.act}${x.key ? ` ${x.key}` : ''}  intent ${x.intent}`)
+              .join('\n')}`;
+        cli.out(json, `ok: ${r.size} entries verified against the checkpoint signed by ${r.signedBy} (root ${r.root})${savedText}; keys ${keySource}${open}`);
         return;
       }
       const f = r.failure!;

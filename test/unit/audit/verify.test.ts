@@ -125,3 +125,33 @@ test('openCheckpointWith: arbitrary notes are refused with INVALID_ARGUMENT or F
   assert.throws(() => openCheckpointWith(saved, [], ORIGIN), (e) => isSigilError(e, 'INVALID_ARGUMENT'));
   assert.throws(() => openCheckpointWith(saved, keys, 'another/log'), (e) => isSigilError(e, 'FAILED_PRECONDITION') && /no signature by another\/log/.test((e as Error).message));
 });
+
+test('acts written ahead with no outcome are listed, in log order; an intent whose outcome came is not', async () => {
+  const at = (i: number) => new Date(Date.UTC(2030, 0, 2, 0, 0, i)).toISOString();
+  const log = [
+    encodeEntry({ t: at(0), who: 'CN=admin', act: 'key.rotate', key: 'rel/app', result: 'started', detail: { intent: 'a' } }),
+    encodeEntry({ t: at(1), who: 'CN=admin', act: 'key.rotate', key: 'rel/app@2', result: 'ok', detail: { intent: 'a', previous: 'rel/app@1' } }),
+    encodeEntry({ t: at(2), who: 'CN=admin', act: 'key.disable', key: 'rel/app@1', result: 'started', detail: { intent: 'b' } }),
+    encodeEntry({ t: at(3), who: 'CN=ci', act: 'sign', key: 'rel/app@2', digest: '00'.repeat(32), result: 'ok' }),
+    encodeEntry({ t: at(4), who: 'CN=admin', act: 'key.schedule-destroy', key: 'rel/app@1', result: 'started', detail: { intent: 'c' } }),
+    encodeEntry({ t: at(5), who: 'CN=admin', act: 'key.schedule-destroy', key: 'rel/app@1', result: 'refused', reason: 'FAILED_PRECONDITION', detail: { intent: 'c' } }),
+    encodeEntry({ t: at(6), who: 'sigild', act: 'key.rotate', key: 'rel/app', result: 'started', detail: { intent: 'd', recovering: 'PENDING' } }),
+  ];
+  const r2 = memoryReader(log.map((d) => leafHash(d)));
+  const note = signCheckpoint(
+    { origin: ORIGIN, size: log.length, root: rangeRoot(r2, 0, log.length), extensions: [] },
+    { name: ORIGIN, keyId: noteKeyId(ORIGIN, noteKeyOfSpki(v1.key.spki).type, noteKeyOfSpki(v1.key.spki).publicKey), sign: async (text) => sign(null, text, v1.priv) },
+  );
+  const r = await verifyLog({ entries: listed(log), checkpoint: await note, keys: [v1.key], origin: ORIGIN });
+  assert.equal(r.ok, true, JSON.stringify(r.failure));
+  assert.deepEqual(
+    r.openIntents.map((x) => [x.index, x.act, x.key, x.who, x.intent]),
+    [
+      [2, 'key.disable', 'rel/app@1', 'CN=admin', 'b'],
+      [6, 'key.rotate', 'rel/app', 'sigild', 'd'],
+    ],
+  );
+  // A log that fails verification reports no pairing (its entries cannot be trusted).
+  const bad = await verifyLog({ entries: listed(log.map((d, i) => (i === 3 ? Buffer.from(d.toString().replace('CN=ci', 'CN=cx')) : d))), checkpoint: await note, keys: [v1.key], origin: ORIGIN });
+  assert.deepEqual([bad.ok, bad.openIntents], [false, []]);
+});
