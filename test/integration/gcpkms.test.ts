@@ -236,4 +236,24 @@ describe('gcpkms backend against the fake Cloud KMS', () => {
       assert.match(stdout, /Verified OK/, alg);
     }
   });
+
+  it('9. a key rotated past Cloud KMS\'s 64 labels keeps rotating: the oldest labels go, the newest version is still found by label, old versions still sign', async () => {
+    const ck = `${RING}/cryptoKeys/sigil-busy`;
+    const made: BackendKey[] = [];
+    // An operator's own label stays: only sigil's version labels are given up.
+    made.push(await backend.createKey({ label: 'sigil-busy-v1', algorithm: 'ECDSA_P256_SHA256' }));
+    await raw.updateCryptoKey({ cryptoKey: { name: ck, labels: { ...fake.state.cryptoKeys.get(ck)!.labels, team: 'release' } }, updateMask: { paths: ['labels'] } }, { retry: null });
+    for (let n = 2; n <= 70; n++) made.push(await backend.createKey({ label: `sigil-busy-v${n}`, algorithm: 'ECDSA_P256_SHA256' }));
+    const labels = fake.state.cryptoKeys.get(ck)!.labels;
+    assert.ok(Object.keys(labels).length <= 64, `${Object.keys(labels).length} labels`);
+    assert.equal(labels.team, 'release');
+    assert.equal(labels['sigil-v70'], '70');
+    assert.equal(labels['sigil-v1'], undefined, 'the oldest label made room');
+    assert.equal(await backend.findKeyByLabel('sigil-busy-v70'), made[69]!.uri);
+    // A crash after version 71 is made but before it is labelled: still found for v71, as before the limit.
+    await raw.createCryptoKeyVersion({ parent: ck, cryptoKeyVersion: {} }, { retry: null });
+    assert.equal(await backend.findKeyByLabel('sigil-busy-v71'), `gcpkms:${ck}/cryptoKeyVersions/71`);
+    const msg = Buffer.from('signed by version 1 after 70 rotations');
+    assert.ok(verifies('ECDSA_P256_SHA256', made[0]!, msg, await (await backend.signer(made[0]!.uri, 'ECDSA_P256_SHA256')).sign(digestFor('ECDSA_P256_SHA256', msg))));
+  });
 });

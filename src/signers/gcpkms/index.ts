@@ -361,8 +361,19 @@ export class GcpKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
       // Make room: labels of destroyed versions name nothing sigil can use any more.
       const gone = new Set((await this.#listVersions(ckName)).filter((v) => GONE_STATES.has(String(v.state))).map((v) => parseVersionName(String(v.name)).version));
       for (const [key, value] of Object.entries(labels)) if (sigilVersionOfLabelKey(key) !== null && gone.has(value)) delete labels[key];
+      // Then the oldest sigil versions' labels. A label is only read back for the newest version (a rotation a
+      // crash interrupted, found by findKeyByLabel); sigil's store names every other version by its URI. The
+      // newest labels stay, so the newest claimed native version still tells a crash's unlabelled version apart.
+      const own = Object.keys(labels)
+        .map((key) => ({ key, n: sigilVersionOfLabelKey(key) }))
+        .filter((x): x is { key: string; n: number } => x.n !== null)
+        .sort((a, b) => a.n - b.n);
+      for (const x of own) {
+        if (Object.keys(labels).length < MAX_LABELS) break;
+        delete labels[x.key];
+      }
       if (Object.keys(labels).length >= MAX_LABELS) {
-        throw new SigilError('BACKEND_ERROR', `gcpkms crypto key ${ckName} has ${MAX_LABELS} labels: destroy old versions before rotating again`);
+        throw new SigilError('BACKEND_ERROR', `gcpkms crypto key ${ckName} has ${MAX_LABELS} labels that are not sigil's: remove some before rotating again`);
       }
     }
     const [v] = await this.#rpc('create version', ckName, () => this.#client.createCryptoKeyVersion({ parent: ckName, cryptoKeyVersion: {} }, this.#opts()));
