@@ -236,6 +236,7 @@ export function baseRc(rc: number): number {
 export const TPM_RC = {
   SUCCESS: 0x000,
   INITIALIZE: RC_VER1 + 0x000,
+  NV_SPACE: RC_VER1 + 0x04b,
   FAILURE: RC_VER1 + 0x001,
   AUTH_MISSING: RC_VER1 + 0x025,
   NV_RANGE: RC_VER1 + 0x046,

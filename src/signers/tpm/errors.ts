@@ -32,6 +32,10 @@ export function tpmFailure(what: string, err: unknown): SigilError {
       return new SigilError('FAILED_PRECONDITION', `${what}: the key needs authorization sigil does not have (${detail})`, { cause: err });
     }
     if (rc === TPM_RC.LOCKOUT) return new SigilError('FAILED_PRECONDITION', `${what}: the tpm is in dictionary-attack lockout`, { cause: err });
+    // EvictControl with the TPM's persistent storage full: hardware TPMs hold only a handful of persistent keys.
+    if (rc === TPM_RC.NV_SPACE) {
+      return new SigilError('FAILED_PRECONDITION', `${what}: the tpm has no room left for another persistent key (TPM_RC_NV_SPACE): destroy key versions you no longer need, or use a backend that holds more keys`, { cause: err });
+    }
     return new SigilError('BACKEND_ERROR', `${what}: ${detail}`, { cause: err });
   }
   // A TPM response that does not parse is the TPM's fault, not the caller's.

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { SigilError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
-import { TPM_ALG, TPM_ECC, TPM_RH, TPMA_OBJECT } from '../../tpm/constants.ts';
+import { TPM_ALG, TPM_ECC, TPM_PT, TPM_RH, TPMA_OBJECT } from '../../tpm/constants.ts';
 import { TpmError } from '../../tpm/rc.ts';
 import { objectName, spkiOf, type TpmPublic, type TpmSignature } from '../../tpm/structures.ts';
 import { SRK_TEMPLATE_ECC, templateBytes } from '../../tpm/templates.ts';
@@ -61,6 +61,8 @@ const LABEL = /^[^\u0000-\u001f\u007f]{1,128}$/u;
 const SESSIONS = 2;
 const PERSISTENT_TYPE = 0x81000000;
 const EMPTY_AUTH = Buffer.alloc(0);
+/** A key creation warns when the TPM reports room for this many more persistent objects or fewer. */
+const PERSISTENT_WARN_AT = 2;
 /** Bytes of the random authValue of a key sigil creates: the size of its nameAlg's digest (SHA-256), the most a TPM takes. */
 const AUTH_BYTES = 32;
 
@@ -302,6 +304,7 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
         }
         this.#keys.set(handle, key);
         this.#log.info({ uri: key.uri, algorithm, label }, 'tpm key created');
+        await this.#warnIfNearlyFull();
         return { uri: key.uri, spki: key.spki, keyType: key.keyType };
       }),
     );
@@ -395,6 +398,21 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
       return new SigilError('FAILED_PRECONDITION', notRecorded(k.handle).message, { cause: err });
     }
     return err;
+  }
+
+  /**
+   * Every key version sigil makes stays persistent until it is destroyed, and a hardware TPM holds only a
+   * handful of persistent objects (the PC Client minimum is 7): warn while there is still room to act.
+   */
+  async #warnIfNearlyFull(): Promise<void> {
+    try {
+      const left = await this.#tpm.getProperty(TPM_PT.HR_PERSISTENT_AVAIL);
+      if (left <= PERSISTENT_WARN_AT) {
+        this.#log.warn({ persistentSlotsLeft: left }, 'the tpm has room for few more persistent keys: destroy key versions you no longer need (sigilctl key schedule-destroy) before the next rotations fail');
+      }
+    } catch (err) {
+      this.#log.debug({ err }, 'tpm persistent object room not readable');
+    }
   }
 
   #forget(k: TpmKey): void {

@@ -17,6 +17,9 @@ test('authorization refusals are FAILED_PRECONDITION; other tpm errors BACKEND_E
   assert.equal(code(new TpmError('TPM2_Sign', 0x98e)), 'FAILED_PRECONDITION'); // AUTH_FAIL, session 1
   assert.equal(code(new TpmError('TPM2_Sign', 0x9a2)), 'FAILED_PRECONDITION'); // BAD_AUTH, session 1
   assert.equal(code(new TpmError('TPM2_Sign', 0x921)), 'FAILED_PRECONDITION'); // LOCKOUT
+  const full = tpmFailure('tpm key creation for k-v9', new TpmError('TPM2_EvictControl', 0x14b)); // NV_SPACE
+  assert.equal(full.code, 'FAILED_PRECONDITION');
+  assert.match(full.message, /^tpm key creation for k-v9: the tpm has no room left for another persistent key \(TPM_RC_NV_SPACE\): destroy key versions/);
   const e = tpmFailure('tpm key creation for k-v1', new TpmError('TPM2_Create', 0x2c4)); // VALUE, parameter 2
   assert.equal(e.code, 'BACKEND_ERROR');
   assert.match(e.message, /^tpm key creation for k-v1: TPM2_Create failed: TPM_RC_VALUE/);
