@@ -13,8 +13,13 @@ export interface TickReport {
   failed: Array<{ what: string; error: string }>;
 }
 
-/** A failed timed act is retried after this long rather than on every tick. */
+/**
+ * A failed timed act is retried after RETRY_MS rather than on every tick, then after twice as long each time it
+ * fails again, up to MAX_RETRY_MS: an act that needs a person (a TPM with no room left, say) does not add two audit
+ * entries a minute until someone comes.
+ */
 const RETRY_MS = 60_000;
+const MAX_RETRY_MS = 3_600_000;
 
 /**
  * The daemon's lifecycle timers: approval expiry, destruction when a window ends, auto-rotation when
@@ -27,7 +32,8 @@ export class KeyScheduler {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #intervalMs: number;
-  readonly #retryAt = new Map<string, number>();
+  /** Per timed act that failed: when to try it again, and how many times in a row it failed. */
+  readonly #retryAt = new Map<string, { at: number; failures: number }>();
   #timer: NodeJS.Timeout | null = null;
   #running: Promise<TickReport> | null = null;
 
@@ -64,13 +70,16 @@ export class KeyScheduler {
     const report: TickReport = { expired: [], destroyed: [], rotated: [], failed: [] };
     const attempt = async (what: string, fn: () => Promise<void>): Promise<void> => {
       const now = this.#clock.now().getTime();
-      if ((this.#retryAt.get(what) ?? 0) > now) return;
+      const before = this.#retryAt.get(what);
+      if (before !== undefined && before.at > now) return;
       try {
         await fn();
         this.#retryAt.delete(what);
       } catch (err) {
-        this.#retryAt.set(what, now + RETRY_MS);
-        this.#log.error({ err, what }, 'scheduled key act failed; retrying later');
+        const failures = (before?.failures ?? 0) + 1;
+        const at = now + Math.min(RETRY_MS * 2 ** Math.min(failures - 1, 16), MAX_RETRY_MS);
+        this.#retryAt.set(what, { at, failures });
+        this.#log.error({ err, what, failures, retryAt: new Date(at) }, 'scheduled key act failed; retrying later');
         report.failed.push({ what, error: err instanceof Error ? err.message : String(err) });
       }
     };
