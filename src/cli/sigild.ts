@@ -5,6 +5,7 @@ import { startDaemon, type Daemon } from '../main.ts';
 import { prepareDevDir, writeAddrFile } from '../dev/dev.ts';
 import { launchSwtpm } from '../dev/swtpm.ts';
 import { SigilError } from '../errors.ts';
+import { backupDaemonState } from '../store/backup.ts';
 
 /** Runs the daemon until SIGINT or SIGTERM, then stops it gracefully. */
 async function serveUntilSignal(daemon: Daemon, onStop?: () => void): Promise<void> {
@@ -20,7 +21,7 @@ async function serveUntilSignal(daemon: Daemon, onStop?: () => void): Promise<vo
   });
 }
 
-/** The `sigild` command line: serve, dev, config validate. */
+/** The `sigild` command line: serve, dev, backup, config validate. */
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('sigild')
     .description('sigil signing daemon: one gRPC signer API over PKCS#11 HSMs')
@@ -69,6 +70,24 @@ export async function main(argv: string[]): Promise<void> {
     });
 
   program
+    .command('backup')
+    .description('copy the daemon\'s state (store, audit log, TPM key tables) into a new directory, while it runs; see docs/operations.md')
+    .requiredOption('-c, --config <file>', 'the config file the daemon runs with')
+    .requiredOption('-o, --out <dir>', 'a new or empty directory (made mode 0700)')
+    .action(async (o: { config: string; out: string }) => {
+      const m = await backupDaemonState(loadConfig(o.config), o.config, o.out, new Date());
+      process.stdout.write(
+        [
+          `backup written to ${o.out}: ${m.store.keys} keys (${m.store.versions} versions), audit log of ${m.audit.entries} entries${m.audit.checkpoint ? ` (latest checkpoint: size ${m.audit.checkpoint.size}, ${m.audit.checkpoint.keyVersion})` : ''}`,
+          ...m.files.map((f) => `  ${f.path}  ${f.bytes} bytes  sha256 ${f.sha256}`),
+          'not included (back these up yourself):',
+          ...m.notIncluded.map((x) => `  - ${x}`),
+          '',
+        ].join('\n'),
+      );
+    });
+
+  program
     .command('config')
     .description('config file tools')
     .command('validate')
@@ -89,7 +108,7 @@ export async function main(argv: string[]): Promise<void> {
     }
     if (err instanceof SigilError) {
       process.stderr.write(`sigild: ${err.message}\n`);
-      process.exitCode = err.code === 'CONFIG_INVALID' ? 2 : 1;
+      process.exitCode = err.code === 'CONFIG_INVALID' || err.code === 'INVALID_ARGUMENT' ? 2 : 1;
       return;
     }
     throw err;

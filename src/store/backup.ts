@@ -1,0 +1,157 @@
+import { createHash } from 'node:crypto';
+import { chmod, copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { dirname, join, relative } from 'node:path';
+import { backup, DatabaseSync } from 'node:sqlite';
+import type { Config } from '../config/schema.ts';
+import { SigilError } from '../errors.ts';
+
+/** One file a backup wrote: its path inside the backup directory, size and SHA-256. */
+export interface BackupFile {
+  path: string;
+  bytes: number;
+  sha256: string;
+}
+
+/** `manifest.json` of a backup: what it holds, what it checked, and what it does not hold. */
+export interface BackupManifest {
+  createdAt: string;
+  /** The config file the daemon state was found by. */
+  config: string;
+  files: BackupFile[];
+  store: { keys: number; versions: number };
+  /** The audit log as copied: its size and the latest signed checkpoint in it (null before the first one). */
+  audit: { entries: number; checkpoint: { size: number; keyVersion: string; note: string } | null };
+  /** What a restore also needs and this backup leaves to the operator: key material in backends, secrets. */
+  notIncluded: string[];
+}
+
+/** Where the daemon of `cfg` keeps its audit log (as `startDaemon` picks it). */
+export function auditPathOf(cfg: Config): string {
+  return cfg.audit.path ?? join(dirname(cfg.store.sqlite.path), 'audit.db');
+}
+
+/**
+ * Copies the state of the daemon configured by `cfg` into `outDir` (new or empty; made mode 0700) while it
+ * may be running: the store and then the audit log with SQLite's online backup (each a consistent
+ * snapshot; the store first, so every store change in the copy has its written-ahead audit entry in the
+ * copy of the log), and each TPM backend's key table (it holds the keys' authValues). Both databases are
+ * integrity-checked in the copy. Key material held by backends and the secret files the config names are
+ * not copied: the manifest lists them.
+ */
+export async function backupDaemonState(cfg: Config, configFile: string, outDir: string, now: Date): Promise<BackupManifest> {
+  await prepareOut(outDir);
+  const files: BackupFile[] = [];
+  const keep = async (path: string): Promise<void> => {
+    await chmod(path, 0o600);
+    const data = await readFile(path);
+    files.push({ path: relative(outDir, path), bytes: data.length, sha256: createHash('sha256').update(data).digest('hex') });
+  };
+
+  const storeCopy = join(outDir, 'sigil.db');
+  await snapshot(cfg.store.sqlite.path, storeCopy, 'store');
+  await keep(storeCopy);
+  const auditSource = auditPathOf(cfg);
+  const auditCopy = join(outDir, 'audit.db');
+  let auditInfo: BackupManifest['audit'] = { entries: 0, checkpoint: null };
+  if (await exists(auditSource)) {
+    await snapshot(auditSource, auditCopy, 'audit log');
+    await keep(auditCopy);
+    auditInfo = readAudit(auditCopy);
+  }
+  const notIncluded: string[] = [
+    `the TLS key ${cfg.tls.keyFile} and certificates (tls.*): back them up with the host's secrets`,
+  ];
+  for (const [name, b] of Object.entries(cfg.backends)) {
+    switch (b.type) {
+      case 'tpm': {
+        const table = join(b.stateDir, 'keys.json');
+        if (await exists(table)) {
+          const to = join(outDir, 'tpm', name, 'keys.json');
+          await mkdir(dirname(to), { recursive: true, mode: 0o700 });
+          await copyFile(table, to);
+          await keep(to);
+        }
+        notIncluded.push(`backend ${name} (tpm): the keys themselves, which never leave that TPM; the key table copied here (with their authValues) is only of use with it`);
+        break;
+      }
+      case 'pkcs11':
+        notIncluded.push(`backend ${name} (pkcs11): the token's key objects and the PIN file ${b.pinFile}: back them up with the HSM's own tools (for SoftHSM, its token directory)`);
+        break;
+      case 'awskms':
+        notIncluded.push(`backend ${name} (awskms): the keys stay in AWS KMS${b.credentialsFile ? `; the credentials file ${b.credentialsFile}` : ''}`);
+        break;
+      case 'gcpkms':
+        notIncluded.push(`backend ${name} (gcpkms): the keys stay in Cloud KMS${b.credentialsFile ? `; the credentials file ${b.credentialsFile}` : ''}`);
+        break;
+      default:
+        notIncluded.push(`backend ${name} (${b.type}): its keys`);
+    }
+  }
+  const manifest: BackupManifest = { createdAt: now.toISOString(), config: configFile, files, store: readStore(storeCopy), audit: auditInfo, notIncluded };
+  const m = join(outDir, 'manifest.json');
+  await writeFile(m, `${JSON.stringify(manifest, null, 2)}\n`, { mode: 0o600 });
+  return manifest;
+}
+
+async function prepareOut(outDir: string): Promise<void> {
+  let entries: string[] = [];
+  try {
+    entries = await readdir(outDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new SigilError('INVALID_ARGUMENT', `cannot use ${outDir} for the backup`, { cause: err });
+  }
+  if (entries.length > 0) throw new SigilError('INVALID_ARGUMENT', `${outDir} is not empty: a backup goes into a new or empty directory`);
+  await mkdir(outDir, { recursive: true, mode: 0o700 });
+  await chmod(outDir, 0o700);
+}
+
+/** SQLite's online backup of `from` into `to`, then an integrity check of the copy. */
+async function snapshot(from: string, to: string, what: string): Promise<void> {
+  if (!(await exists(from))) throw new SigilError('FAILED_PRECONDITION', `the ${what} ${from} does not exist: is this the config the daemon runs with?`);
+  const src = new DatabaseSync(from, { readOnly: true });
+  try {
+    await backup(src, to);
+  } catch (err) {
+    throw new SigilError('BACKEND_ERROR', `could not copy the ${what} ${from}`, { cause: err });
+  } finally {
+    src.close();
+  }
+  const copy = new DatabaseSync(to, { readOnly: true });
+  try {
+    const r = copy.prepare('PRAGMA integrity_check').all() as Array<{ integrity_check: string }>;
+    if (r.length !== 1 || r[0]!.integrity_check !== 'ok') throw new SigilError('BACKEND_ERROR', `the copy of the ${what} fails its integrity check: ${r.map((x) => x.integrity_check).join('; ')}`);
+  } finally {
+    copy.close();
+  }
+}
+
+function readStore(path: string): BackupManifest['store'] {
+  const db = new DatabaseSync(path, { readOnly: true });
+  try {
+    const keys = (db.prepare('SELECT count(*) AS n FROM keys').get() as { n: number }).n;
+    const versions = (db.prepare('SELECT count(*) AS n FROM key_versions').get() as { n: number }).n;
+    return { keys, versions };
+  } finally {
+    db.close();
+  }
+}
+
+function readAudit(path: string): BackupManifest['audit'] {
+  const db = new DatabaseSync(path, { readOnly: true });
+  try {
+    const entries = (db.prepare('SELECT count(*) AS n FROM entries').get() as { n: number }).n;
+    const cp = db.prepare('SELECT size, key_version, note FROM checkpoints ORDER BY size DESC LIMIT 1').get() as { size: number; key_version: string; note: string } | undefined;
+    return { entries, checkpoint: cp ? { size: cp.size, keyVersion: cp.key_version, note: cp.note } : null };
+  } finally {
+    db.close();
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
