@@ -79,12 +79,18 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(
         [
           `backup written to ${o.out}: ${m.store.keys} keys (${m.store.versions} versions), audit log of ${m.audit.entries} entries${m.audit.checkpoint ? ` (latest checkpoint: size ${m.audit.checkpoint.size}, ${m.audit.checkpoint.keyVersion})` : ''}`,
+          m.audit.verified === null
+            ? 'audit log copy: no signed checkpoint yet, not verified'
+            : m.audit.verified.ok
+              ? `audit log copy verified: its first ${m.audit.verified.size} entries hash to the checkpoint signed by ${m.audit.verified.signedBy}`
+              : `AUDIT LOG COPY DOES NOT VERIFY: ${m.audit.verified.failure} (the copy is what the daemon holds: see docs/audit.md)`,
           ...m.files.map((f) => `  ${f.path}  ${f.bytes} bytes  sha256 ${f.sha256}`),
           'not included (back these up yourself):',
           ...m.notIncluded.map((x) => `  - ${x}`),
           '',
         ].join('\n'),
       );
+      if (m.audit.verified !== null && !m.audit.verified.ok) process.exitCode = 1;
     });
 
   program

@@ -2,7 +2,9 @@ import { createHash } from 'node:crypto';
 import { chmod, copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { backup, DatabaseSync } from 'node:sqlite';
+import { verifyLog, type VerifyKey } from '../audit/verify.ts';
 import type { Config } from '../config/schema.ts';
+import { keyVersionRef } from '../keys/names.ts';
 import { SigilError } from '../errors.ts';
 
 /** One file a backup wrote: its path inside the backup directory, size and SHA-256. */
@@ -19,8 +21,15 @@ export interface BackupManifest {
   config: string;
   files: BackupFile[];
   store: { keys: number; versions: number };
-  /** The audit log as copied: its size and the latest signed checkpoint in it (null before the first one). */
-  audit: { entries: number; checkpoint: { size: number; keyVersion: string; note: string } | null };
+  /**
+   * The audit log as copied: its size, the latest signed checkpoint in it (null before the first one), and
+   * whether the copy verifies against that checkpoint with the audit key versions in the copied store.
+   */
+  audit: {
+    entries: number;
+    checkpoint: { size: number; keyVersion: string; note: string } | null;
+    verified: { ok: boolean; size: number; signedBy: string | null; failure: string | null } | null;
+  };
   /** What a restore also needs and this backup leaves to the operator: key material in backends, secrets. */
   notIncluded: string[];
 }
@@ -52,11 +61,11 @@ export async function backupDaemonState(cfg: Config, configFile: string, outDir:
   await keep(storeCopy);
   const auditSource = auditPathOf(cfg);
   const auditCopy = join(outDir, 'audit.db');
-  let auditInfo: BackupManifest['audit'] = { entries: 0, checkpoint: null };
+  let auditInfo: BackupManifest['audit'] = { entries: 0, checkpoint: null, verified: null };
   if (await exists(auditSource)) {
     await snapshot(auditSource, auditCopy, 'audit log');
     await keep(auditCopy);
-    auditInfo = readAudit(auditCopy);
+    auditInfo = await readAudit(auditCopy, storeCopy, cfg.audit.key);
   }
   const notIncluded: string[] = [
     `the TLS key ${cfg.tls.keyFile} and certificates (tls.*): back them up with the host's secrets`,
@@ -136,12 +145,36 @@ function readStore(path: string): BackupManifest['store'] {
   }
 }
 
-function readAudit(path: string): BackupManifest['audit'] {
+/**
+ * The copied log's size and latest checkpoint, and the copy verified against that checkpoint (every entry up to
+ * it, the root, the signature) with the audit key's versions as the copied store records them.
+ */
+async function readAudit(path: string, storePath: string, auditKey: string): Promise<BackupManifest['audit']> {
   const db = new DatabaseSync(path, { readOnly: true });
   try {
     const entries = (db.prepare('SELECT count(*) AS n FROM entries').get() as { n: number }).n;
     const cp = db.prepare('SELECT size, key_version, note FROM checkpoints ORDER BY size DESC LIMIT 1').get() as { size: number; key_version: string; note: string } | undefined;
-    return { entries, checkpoint: cp ? { size: cp.size, keyVersion: cp.key_version, note: cp.note } : null };
+    if (!cp) return { entries, checkpoint: null, verified: null };
+    const store = new DatabaseSync(storePath, { readOnly: true });
+    let keys: VerifyKey[];
+    try {
+      keys = (store.prepare('SELECT version, spki FROM key_versions WHERE name = ? AND spki IS NOT NULL ORDER BY version').all(auditKey) as Array<{ version: number; spki: Uint8Array }>)
+        .filter((v) => v.spki.length > 0)
+        .map((v) => ({ spki: Buffer.from(v.spki), label: keyVersionRef(auditKey, v.version) }));
+    } finally {
+      store.close();
+    }
+    const rows = db.prepare('SELECT idx, data, leaf FROM entries WHERE idx < ? ORDER BY idx').iterate(cp.size) as Iterable<{ idx: number; data: Uint8Array; leaf: Uint8Array }>;
+    const list = (function* () {
+      for (const r of rows) yield { index: r.idx, data: Buffer.from(r.data), leaf: Buffer.from(r.leaf) };
+    })();
+    const origin = cp.note.slice(0, cp.note.indexOf('\n'));
+    const r = await verifyLog({ entries: list, checkpoint: cp.note, keys, origin });
+    return {
+      entries,
+      checkpoint: { size: cp.size, keyVersion: cp.key_version, note: cp.note },
+      verified: { ok: r.ok, size: r.size, signedBy: r.signedBy, failure: r.failure ? r.failure.message : null },
+    };
   } finally {
     db.close();
   }

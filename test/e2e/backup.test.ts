@@ -14,7 +14,8 @@ import { parse, stringify } from 'yaml';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { verifyWithNode } from '../helpers/verify.ts';
-import { connect, rpc, type Clients } from '../../src/cli/client.ts';
+import { connect, promised, rpc, type Clients } from '../../src/cli/client.ts';
+import type { GetCheckpointResponse } from '../../src/gen/sigil/v1/audit.ts';
 import { Algorithm } from '../../src/gen/sigil/v1/signer.ts';
 import { parseConfig } from '../../src/config/load.ts';
 import { startDaemon, type Daemon } from '../../src/main.ts';
@@ -51,6 +52,8 @@ describe('sigild backup, and a daemon restored from it', { skip: skip ?? false }
   });
 
   test('backs up the running daemon: store and audit log copied whole and checked, files and hashes in the manifest, what is left out named', async () => {
+    // A signed checkpoint to verify the copy against (made when a client asks, or on audit.checkpointInterval).
+    await promised<GetCheckpointResponse>((md, cb) => td.client('auditor').audit.getCheckpoint({ treeSize: 0 }, md, cb));
     const r = await sigild(['backup', '--config', td.configFile, '--out', out()]);
     assert.equal(r.code, 0, r.stderr);
     const live = new DatabaseSync(join(td.dir, 'sigil.db'), { readOnly: true });
@@ -66,6 +69,9 @@ describe('sigild backup, and a daemon restored from it', { skip: skip ?? false }
       assert.equal((await stat(join(out(), f.path))).mode & 0o777, 0o600, f.path);
     }
     assert.equal(m.store.keys, keys);
+    assert.ok(m.audit.checkpoint, 'the checkpoint the auditor asked for is in the copy');
+    assert.deepEqual(m.audit.verified, { ok: true, size: m.audit.checkpoint.size, signedBy: 'sigil/audit@1', failure: null });
+    assert.match(r.stdout, new RegExp(`audit log copy verified: its first ${m.audit.checkpoint.size} entries hash to the checkpoint signed by sigil/audit@1`));
     assert.ok(m.audit.entries >= td.daemon.audit.size - 1 && m.audit.entries <= td.daemon.audit.size, `${m.audit.entries} entries copied of ${td.daemon.audit.size}`);
     assert.ok(m.notIncluded.some((x) => /backend softhsm \(pkcs11\): the token's key objects and the PIN file/.test(x)), JSON.stringify(m.notIncluded));
     // The copy is a database SQLite opens as it is (no WAL left behind), with every signature's entry.
@@ -116,5 +122,21 @@ describe('sigild backup, and a daemon restored from it', { skip: skip ?? false }
       env: { ...process.env, SIGIL_ADDR: restored.address, SIGIL_CACERT: td.ca, SIGIL_CLIENT_CERT: td.ids.auditor.cert, SIGIL_CLIENT_KEY: td.ids.auditor.key },
     });
     assert.match(v.stdout, /^ok: \d+ entries verified/);
+  });
+
+  test('a backup of an audit log someone altered is written, and says so: exit 1, the failure in the manifest', async () => {
+    // The original daemon is stopped (the test above); its own audit file gets one entry's bytes changed.
+    const live = new DatabaseSync(join(td.dir, 'audit.db'));
+    const row = live.prepare('SELECT idx, data FROM entries WHERE idx = 2').get() as { idx: number; data: Uint8Array };
+    const data = Buffer.from(row.data);
+    data[data.length - 3]! ^= 0x01;
+    live.prepare('UPDATE entries SET data = ? WHERE idx = ?').run(data, row.idx);
+    live.close();
+    const dir = join(td.dir, 'backup-of-altered');
+    const r = await sigild(['backup', '--config', td.configFile, '--out', dir]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stdout, /AUDIT LOG COPY DOES NOT VERIFY: entry 2 (is altered|was modified)/);
+    const m = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as BackupManifest;
+    assert.equal(m.audit.verified?.ok, false);
   });
 });
