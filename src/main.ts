@@ -64,7 +64,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   let lifecycle: KeyLifecycle;
   let scheduler: KeyScheduler;
   let identity: IdentityCa | null = null;
-  let trustedRoot: TrustedRootPublisher;
+  let trustedRoot: TrustedRootPublisher | null = null;
   let grpcAddress = cfg.listen;
   let auditLog: AuditLog | null = null;
   let checkpointTimer: NodeJS.Timeout | null = null;
@@ -94,6 +94,14 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
             changed: () => identity?.refresh(),
           }
         : undefined,
+      // The publisher opens after the recovery pass below; no admin act reaches the lifecycle before it has.
+      trustRoot: {
+        name: TRUST_ROOT_KEY,
+        rotated: async () => {
+          if (!trustedRoot) throw new SigilError('FAILED_PRECONDITION', 'the trusted-root publisher is not open yet');
+          return trustedRoot.rotated();
+        },
+      },
     });
     scheduler = new KeyScheduler({ store, lifecycle, clock, log: log.child({ module: 'scheduler' }), intervalMs: cfg.keys.schedulerInterval });
     // Resolve what a crash left half-done (PENDING and DESTROYING versions) before anyone can sign.
@@ -116,6 +124,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     }
     trustedRoot = await TrustedRootPublisher.open({
       keys,
+      store,
+      clock,
       log: log.child({ module: 'revocation' }),
       identityCa: identity ? () => identity!.trustEntries() : null,
       // The log is read over the daemon's own gRPC address, known once it listens.
@@ -130,6 +140,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     throw err;
   }
   const audited = auditLog;
+  const rootPublisher = trustedRoot;
   if (cfg.audit.checkpointInterval !== undefined) {
     checkpointTimer = setInterval(() => {
       audited.latestCheckpoint().catch((err: unknown) => log.error({ err }, 'audit checkpoint signing failed'));
@@ -163,10 +174,10 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       roles: cfg.auth.roles,
       identity,
       builders: cfg.authorization.builders,
-      daemonKeys: { identityCa: identity?.keyName ?? null, identity, audit: cfg.audit.key, trustRoot: TRUST_ROOT_KEY },
+      daemonKeys: { identityCa: identity?.keyName ?? null, identity, audit: cfg.audit.key, trustRoot: TRUST_ROOT_KEY, trustRootMissing: () => rootPublisher.missingStatements() },
       auditLog: audited,
       attestation,
-      revocation: { revocations, trustedRoot },
+      revocation: { revocations, trustedRoot: rootPublisher },
       clock,
       keys,
       lifecycle,
@@ -187,7 +198,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   let metricsAddress: string | null = null;
   if (cfg.metrics) {
     const [mh, mp] = splitHostPort(cfg.metrics.listen);
-    metricsServer = await serveMetrics(metrics, mh, mp, { crl: identity ? (caVersion) => revocations.crl(caVersion) : null, trustedRoot: () => trustedRoot.current() });
+    metricsServer = await serveMetrics(metrics, mh, mp, { crl: identity ? (caVersion) => revocations.crl(caVersion) : null, trustedRoot: () => rootPublisher.current(), rootKeys: () => rootPublisher.chainJson() });
     metricsAddress = `${mh}:${metricsServer.port}`;
   }
   scheduler.start();

@@ -50,6 +50,12 @@ export interface LifecycleOptions extends LifecycleWindows {
    * something (disable, enable, destruction) `changed` reloads the generations.
    */
   identityCa?: { name: string; rotated(): Promise<{ keyVersion: string }>; changed(): void } | undefined;
+  /**
+   * The trusted-root key: right after its rotation (the outcome entry durable) `rotated` makes the new
+   * version's transition statement (signed by the previous version and the new one) and signs the trusted
+   * root with the new version before the rotation returns.
+   */
+  trustRoot?: { name: string; rotated(): Promise<{ keyVersion: string; statements: string[] }> } | undefined;
 }
 
 /** A policy change: only the fields given change. */
@@ -108,6 +114,7 @@ export class KeyLifecycle {
   readonly #w: LifecycleWindows;
   readonly #auditKey: LifecycleOptions['auditKey'];
   readonly #identityCa: LifecycleOptions['identityCa'];
+  readonly #trustRoot: LifecycleOptions['trustRoot'];
   /** Runs lifecycle acts on one key one at a time (signing is not serialized). */
   readonly #locks = new KeyedSerial();
 
@@ -120,6 +127,7 @@ export class KeyLifecycle {
     this.#log = o.log;
     this.#auditKey = o.auditKey;
     this.#identityCa = o.identityCa;
+    this.#trustRoot = o.trustRoot;
     this.#w = { minDestroyWindowMs: o.minDestroyWindowMs, defaultDestroyWindowMs: o.defaultDestroyWindowMs, approvalTtlMs: o.approvalTtlMs };
   }
 
@@ -150,6 +158,15 @@ export class KeyLifecycle {
         this.#log.info({ key: keyVersionRef(name, r.version), issuing: g.keyVersion }, 'identity ca key rotated; the new generation issues');
       } catch (err) {
         this.#log.error({ err, key: keyVersionRef(name, r.version) }, 'identity ca key rotated but the new generation has no ca certificate yet; the previous one keeps issuing');
+      }
+    }
+    if (this.#trustRoot && name === this.#trustRoot.name) {
+      // The rotation is done and recorded; a statement that cannot be made now is made at the next start.
+      try {
+        const t = await this.#trustRoot.rotated();
+        this.#log.info({ key: keyVersionRef(name, r.version), signedBy: t.keyVersion, statements: t.statements }, 'trusted-root key rotated; the trusted root is signed under the new version');
+      } catch (err) {
+        this.#log.error({ err, key: keyVersionRef(name, r.version) }, 'trusted-root key rotated but its transition statement or the newly signed trusted root could not be made yet; the next start makes the statement');
       }
     }
     return r;

@@ -1,8 +1,12 @@
 import { createPublicKey } from 'node:crypto';
-import { isSigilError } from '../errors.ts';
+import { isSigilError, SigilError } from '../errors.ts';
 import type { KeyService } from '../keys/key-service.ts';
 import type { Logger } from '../log.ts';
 import { auditKeyVersions } from '../audit/audit-key.ts';
+import type { Clock } from '../clock.ts';
+import type { Store } from '../store/store.ts';
+import { keyVersionRef } from '../keys/names.ts';
+import { TRUST_ROOT_KEY, transitionStatement, type CompromisedRootVersion, type SignedTransition } from './root-key-chain.ts';
 import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, type IdentityCaGeneration } from './trusted-root.ts';
 
 /** The trusted root as served: the exact JSON bytes, a detached signature over them and the root public key. */
@@ -16,9 +20,24 @@ export interface SignedTrustedRoot {
   keyVersion: string;
 }
 
+/**
+ * The chain of root keys as served: the transition statements a verifier can trust (those signed by a
+ * version not disabled as compromised, or later), and the versions disabled as compromised.
+ */
+export interface RootKeyChain {
+  /** The root key's name. */
+  key: string;
+  /** Statements by version; those introducing a version at or before `compromised`'s newest + 1 are left out. */
+  transitions: SignedTransition[];
+  compromised: CompromisedRootVersion[];
+}
+
 /** What the publisher needs. */
 export interface TrustedRootPublisherOptions {
   keys: KeyService;
+  /** Where the root key's transition statements are kept. */
+  store: Store;
+  clock: Clock;
   log: Logger;
   /** The identity CA's generations (certificate DER and window end), when the daemon has an identity CA. */
   identityCa: (() => Buffer | readonly IdentityCaGeneration[]) | null;
@@ -32,19 +51,22 @@ export interface TrustedRootPublisherOptions {
   backend?: string;
 }
 
-/** The root key's default name. */
-export const TRUST_ROOT_KEY = 'sigil/trust-root';
+export { TRUST_ROOT_KEY };
 
 /**
  * Publishes the signed trusted root. The root key (ECDSA P-256, created on first start) signs each
- * distinct document once: the document is rebuilt from the key registry on every read and signed again
- * only when its bytes changed, so an open endpoint cannot make the backend sign at will.
+ * distinct document once with its primary version: the document is rebuilt from the key registry on every
+ * read and signed again only when its bytes or the primary version changed, so an open endpoint cannot make
+ * the backend sign at will. It also keeps the chain of root keys: one transition statement per version >= 2,
+ * made when the key is rotated (or at the next start, if a crash came between).
  */
 export class TrustedRootPublisher {
   readonly #o: TrustedRootPublisherOptions;
   readonly #rootKey: string;
   #last: Promise<SignedTrustedRoot> | null = null;
   #lastJson: Buffer | null = null;
+  #lastVersion = 0;
+  #making: Promise<unknown> = Promise.resolve();
 
   private constructor(o: TrustedRootPublisherOptions) {
     this.#o = o;
@@ -61,21 +83,127 @@ export class TrustedRootPublisher {
       await o.keys.createKey(name, 'ECDSA_P256_SHA256', o.backend);
       o.log.info({ key: `${name}@1` }, 'trusted root key created');
     }
-    return new TrustedRootPublisher(o);
+    const p = new TrustedRootPublisher(o);
+    // A rotation that a crash (or a failing backend) interrupted before its statement was made: make it now.
+    await p.#makeStatements().catch((err: unknown) => o.log.error({ err, key: name }, 'a root key transition statement could not be made; the chain has a gap until it is'));
+    return p;
   }
 
-  /** The current document and its signature. */
+  /**
+   * Called by the lifecycle right after the root key was rotated: makes the transition statement of every
+   * version that lacks one (signed by the version before it and by itself), then signs the trusted root
+   * with the new primary version.
+   */
+  async rotated(): Promise<{ keyVersion: string; statements: string[] }> {
+    const statements = await this.#makeStatements();
+    const r = await this.current();
+    return { keyVersion: r.keyVersion, statements };
+  }
+
+  /** The current document and its signature, always by the root key's primary version. */
   async current(): Promise<SignedTrustedRoot> {
     const json = this.#document();
-    if (this.#last !== null && this.#lastJson !== null && this.#lastJson.equals(json)) {
+    const primary = this.#o.keys.getKey(this.#rootKey).primaryVersion;
+    if (this.#last !== null && this.#lastJson !== null && this.#lastJson.equals(json) && this.#lastVersion === primary) {
       const last = this.#last;
       const r = await last.catch(() => null);
       if (r !== null) return r;
     }
-    const p = this.#sign(json);
+    const p = this.#sign(json, primary);
     this.#last = p;
     this.#lastJson = json;
+    this.#lastVersion = primary;
     return p;
+  }
+
+  /**
+   * The chain as served. A version disabled as compromised may have signed a false statement, so every
+   * statement up to the one introducing the version after the newest compromised one is left out: the
+   * chain served starts there, and verifiers pinned at or before a compromised version must re-pin.
+   */
+  chain(): RootKeyChain {
+    const key = this.#o.keys.getKey(this.#rootKey);
+    const compromised = key.versions
+      .filter((v) => v.revokedAt !== null && v.state !== 'PENDING')
+      .sort((a, b) => a.version - b.version)
+      .map((v) => ({ version: v.version, spki: v.spki }));
+    const cut = compromised.length ? compromised.at(-1)!.version + 1 : 0;
+    const transitions = this.#o.store
+      .listRootKeyTransitions(this.#rootKey)
+      .filter((t) => t.version > cut)
+      .map((t) => ({ version: t.version, statement: t.statement, previousSignature: t.previousSignature, signature: t.signature }));
+    return { key: this.#rootKey, transitions, compromised };
+  }
+
+  /** Versions >= 2 of the root key (holding a key) that have no transition statement yet and will get one (their previous version is not compromised). */
+  missingStatements(): number[] {
+    const have = new Set(this.#o.store.listRootKeyTransitions(this.#rootKey).map((t) => t.version));
+    const versions = this.#o.keys.getKey(this.#rootKey).versions;
+    const compromised = new Set(versions.filter((v) => v.revokedAt !== null).map((v) => v.version));
+    return versions.filter((v) => v.version >= 2 && v.state !== 'PENDING' && !have.has(v.version) && !compromised.has(v.version - 1)).map((v) => v.version);
+  }
+
+  /** The chain as JSON for `/trusted-root-keys.json` (bytes as base64). */
+  chainJson(): Buffer {
+    const c = this.chain();
+    return Buffer.from(
+      `${JSON.stringify(
+        {
+          key: c.key,
+          transitions: c.transitions.map((t) => ({
+            version: t.version,
+            statement: t.statement.toString('base64'),
+            previousSignature: t.previousSignature.toString('base64'),
+            signature: t.signature.toString('base64'),
+          })),
+          compromised: c.compromised.map((v) => ({ version: v.version, publicKey: v.spki.toString('base64') })),
+        },
+        null,
+        2,
+      )}\n`,
+    );
+  }
+
+  /** Makes the missing statement of every version >= 2 that holds a key, one pass at a time; returns the versions it made. */
+  #makeStatements(): Promise<string[]> {
+    const next = this.#making.then(() => this.#makeMissing());
+    this.#making = next.catch(() => undefined);
+    return next;
+  }
+
+  async #makeMissing(): Promise<string[]> {
+    const o = this.#o;
+    const key = o.keys.getKey(this.#rootKey);
+    const have = new Set(o.store.listRootKeyTransitions(this.#rootKey).map((t) => t.version));
+    const made = key.versions.filter((v) => v.state !== 'PENDING').sort((a, b) => a.version - b.version);
+    const out: string[] = [];
+    let failed: unknown = null;
+    for (const v of made) {
+      if (v.version < 2 || have.has(v.version)) continue;
+      const ref = keyVersionRef(this.#rootKey, v.version);
+      const prev = made.find((p) => p.version === v.version - 1);
+      // A compromised previous version signs nothing again; its statement would not be served anyway (see chain()).
+      if (prev?.revokedAt) {
+        o.log.warn({ key: ref, previous: keyVersionRef(this.#rootKey, prev.version) }, 'no transition statement for a root key version whose previous version is compromised');
+        continue;
+      }
+      try {
+        if (!prev) throw new SigilError('FAILED_PRECONDITION', `${ref} has no previous version to sign its transition statement`);
+        const statement = transitionStatement(this.#rootKey, v.version, v.spki, prev.spki, o.clock.now());
+        // The previous version first: it is the key verifiers already trust that vouches for the new one.
+        const previousSignature = (await o.keys.sign(keyVersionRef(this.#rootKey, prev.version), { message: statement })).signature;
+        const signature = (await o.keys.sign(ref, { message: statement })).signature;
+        o.store.insertRootKeyTransition({ key: this.#rootKey, version: v.version, statement, previousSignature, signature, createdAt: o.clock.now() });
+        o.log.info({ key: ref, previous: keyVersionRef(this.#rootKey, prev.version) }, 'root key transition statement made');
+        out.push(ref);
+      } catch (err) {
+        // One version that cannot be done does not hold up the others; the caller hears of it.
+        o.log.error({ err, key: ref }, 'root key transition statement could not be made');
+        failed ??= err;
+      }
+    }
+    if (failed !== null) throw failed;
+    return out;
   }
 
   #document(): Buffer {
@@ -97,8 +225,8 @@ export class TrustedRootPublisher {
     );
   }
 
-  async #sign(json: Buffer): Promise<SignedTrustedRoot> {
-    const pub = this.#o.keys.publicKey(this.#rootKey);
+  async #sign(json: Buffer, version: number): Promise<SignedTrustedRoot> {
+    const pub = this.#o.keys.publicKey(keyVersionRef(this.#rootKey, version));
     const sig = await this.#o.keys.sign(pub.keyVersion, { message: json });
     const publicKeyPem = createPublicKey({ key: pub.spki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
     return { json, signature: sig.signature, publicKeyPem, keyVersion: sig.keyVersion };

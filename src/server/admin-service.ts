@@ -60,6 +60,8 @@ export interface DaemonKeys {
   audit: string;
   /** The key that signs the trusted root. */
   trustRoot: string;
+  /** The versions of the trusted-root key that have no transition statement yet (a crash lost it; the next start makes it). */
+  trustRootMissing?: (() => number[]) | null;
 }
 
 /**
@@ -70,12 +72,14 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
   /**
    * The daemon's own keys (identity CA, audit, trusted root) are pinned by what they signed. The audit key
    * may only be rotated: its older versions stay, so the checkpoints they signed stay verifiable. The
-   * trusted-root key is refused for every act: it is the anchor verifiers pin. The identity CA key may be
+   * trusted-root key may be rotated (the publisher makes the transition statement verifiers follow) and an
+   * older version disabled (as compromised too), enabled or destroyed; its current version may not be disabled
+   * or destroyed (verifiers would be left with no key), and it takes no policy. The identity CA key may be
    * rotated (a new generation), and an older version disabled, enabled or destroyed; refused are the acts
    * that would break a generation still trusted: disabling the current one, destroying a live one, and a
    * min version above the oldest live one (its CRL is signed with it).
    */
-  const daemonKey = (ref: string, act: LifecycleAct, patch?: PolicyPatch): string => {
+  const daemonKey = (ref: string, act: LifecycleAct, patch?: PolicyPatch, compromisedAct = false): string => {
     const { name, version } = parseKeyRef(ref);
     if (daemonKeys === null) return ref;
     if (name === daemonKeys.audit) {
@@ -86,10 +90,30 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
       );
     }
     if (name === daemonKeys.trustRoot) {
-      throw new SigilError(
-        'FAILED_PRECONDITION',
-        `key ${name} is reserved for the daemon's own use: it signs the trusted root, the anchor verifiers pin, so it cannot be ${PAST[act]} through the admin api (see docs/security.md, daemon keys)`,
-      );
+      const see = '(see docs/operations.md, rotate the trusted-root key and the trusted-root key is compromised)';
+      if (act === 'policy') {
+        throw new SigilError(
+          'FAILED_PRECONDITION',
+          `key ${name} is reserved for the daemon's own use: it signs the trusted root, the anchor verifiers pin, and takes no policy: it is rotated only by hand (sigilctl key rotate ${name}) and each version must stay able to vouch for the next ${see}`,
+        );
+      }
+      const current = keys.getKey(name).primaryVersion;
+      if ((act === 'disable' || act === 'schedule-destroy') && version === current) {
+        throw new SigilError(
+          'FAILED_PRECONDITION',
+          `key ${ref} is the current version of ${name}: it signs the trusted root, the anchor verifiers pin, so it cannot be ${PAST[act]}: rotate first (sigilctl key rotate ${name}), then ${act === 'disable' ? 'disable' : 'destroy'} ${ref} ${see}`,
+        );
+      }
+      if ((act === 'schedule-destroy' || act === 'disable') && version !== null && daemonKeys.trustRootMissing?.().includes(version + 1)) {
+        // Disabling as compromised stays allowed: a leaked key must stop signing even if the link stays missing.
+        if (!(act === 'disable' && compromisedAct)) {
+          throw new SigilError(
+            'FAILED_PRECONDITION',
+            `key ${ref} must still sign the transition statement that introduces ${name}@${version + 1}, which the next start of sigild makes; restart it first, or disable ${ref} as compromised ${see}`,
+          );
+        }
+      }
+      return ref;
     }
     if (name === daemonKeys.identityCa) {
       const ca = daemonKeys.identity ?? null;
@@ -171,7 +195,7 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
     disableKeyVersion: unary(ctx, 'DisableKeyVersion', KEY_CHANGERS, async (req, who) => {
       const ref = await checked(who, 'disable', req.key, () => {
         if (req.compromiseTime && !req.compromised) throw new SigilError('INVALID_ARGUMENT', 'compromise_time needs compromised');
-        return daemonKey(req.key, 'disable');
+        return daemonKey(req.key, 'disable', undefined, req.compromised);
       });
       return { key: keyToPb(await lifecycle.disable(actor(who), ref, { compromised: req.compromised, since: req.compromiseTime ?? null })) };
     }),

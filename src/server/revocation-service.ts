@@ -40,7 +40,15 @@ export function revocationService(ctx: RpcContext, d: RevocationDeps): Revocatio
     getTrustedRoot: unary(ctx, 'GetTrustedRoot', null, async () => {
       if (!d.trustedRoot) throw new SigilError('NOT_IMPLEMENTED', 'this daemon publishes no trusted root');
       const r = await d.trustedRoot.current();
-      return { json: r.json, signature: r.signature, publicKeyPem: r.publicKeyPem, keyVersion: r.keyVersion };
+      const chain = d.trustedRoot.chain();
+      return {
+        json: r.json,
+        signature: r.signature,
+        publicKeyPem: r.publicKeyPem,
+        keyVersion: r.keyVersion,
+        rootKeyTransitions: chain.transitions.map((t) => ({ version: t.version, statement: t.statement, previousSignature: t.previousSignature, signature: t.signature })),
+        compromisedRootKeys: chain.compromised.map((c) => ({ version: c.version, publicKey: c.spki })),
+      };
     }),
   };
 }

@@ -19,6 +19,7 @@ import {
   type IssuedCertificateRecord,
   type RevokedBuilderRecord,
   type RevokedIdentityRecord,
+  type RootKeyTransitionRecord,
   type Store,
   type VersionPatch,
 } from './store.ts';
@@ -131,6 +132,21 @@ const MIGRATIONS: readonly string[] = [
   // certificate issued before this migration came from version 1: the key could not be rotated then).
   `ALTER TABLE issued_certificates ADD COLUMN ca_version INTEGER NOT NULL DEFAULT 1;
    ALTER TABLE revoked_identities ADD COLUMN ca_version INTEGER NOT NULL DEFAULT 1;`,
+  // Migration 9: the trusted-root key's transition statements (a TUF-style chain of root keys). Verifiers
+  // follow them from a pinned key, so once made they never change and are never removed.
+  `CREATE TABLE root_key_transitions (
+     key_name TEXT NOT NULL,
+     version INTEGER NOT NULL,
+     statement BLOB NOT NULL,
+     previous_signature BLOB NOT NULL,
+     signature BLOB NOT NULL,
+     created_at INTEGER NOT NULL,
+     PRIMARY KEY (key_name, version)
+   ) STRICT;
+   CREATE TRIGGER root_key_transitions_never_change BEFORE UPDATE ON root_key_transitions
+   BEGIN SELECT RAISE(ABORT, 'root key transition statements never change'); END;
+   CREATE TRIGGER root_key_transitions_never_removed BEFORE DELETE ON root_key_transitions
+   BEGIN SELECT RAISE(ABORT, 'root key transition statements are never removed'); END;`,
 ];
 
 interface EnrollmentRow {
@@ -209,6 +225,14 @@ interface RevokedBuilderRow {
   revoked_at: number;
   revoked_by: string;
 }
+interface TransitionRow {
+  key_name: string;
+  version: number;
+  statement: Uint8Array;
+  previous_signature: Uint8Array;
+  signature: Uint8Array;
+  created_at: number;
+}
 interface CaRow {
   key_version: string;
   der: Uint8Array;
@@ -222,7 +246,7 @@ export class SqliteStore implements Store {
   readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'listCa' | 'getEnrollment' | 'putEnrollment' | 'useJoinToken'
     | 'insertIssued' | 'getIssued' | 'insertRevokedIdentity' | 'listRevokedIdentities' | 'insertRevokedBuilder' | 'listRevokedBuilders' | 'nextCrlNumber'
     | 'getVersion' | 'maxVersion' | 'completeVersion' | 'setPrimary' | 'deleteVersion' | 'updateVersion' | 'updateKey' | 'dueRotations'
-    | 'insertApproval' | 'getApproval' | 'updateApproval', StatementSync>;
+    | 'insertApproval' | 'getApproval' | 'updateApproval' | 'insertTransition' | 'listTransitions', StatementSync>;
   #depth = 0;
 
   constructor(path: string) {
@@ -258,6 +282,10 @@ export class SqliteStore implements Store {
       listKeys: this.#db.prepare("SELECT * FROM keys WHERE substr(name, 1, length(?)) = ? ORDER BY name"),
       listVersions: this.#db.prepare("SELECT * FROM key_versions WHERE substr(name, 1, length(?)) = ? ORDER BY name, version"),
       uriInUse: this.#db.prepare('SELECT 1 FROM key_versions kv JOIN keys k ON k.name = kv.name WHERE k.backend = ? AND kv.uri = ? LIMIT 1'),
+      insertTransition: this.#db.prepare(
+        'INSERT INTO root_key_transitions (key_name, version, statement, previous_signature, signature, created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING',
+      ),
+      listTransitions: this.#db.prepare('SELECT * FROM root_key_transitions WHERE key_name = ? ORDER BY version'),
       insertCa: this.#db.prepare('INSERT INTO ca_certificates (key_version, der, not_after, created_at) VALUES (?, ?, ?, ?)'),
       latestCa: this.#db.prepare('SELECT * FROM ca_certificates WHERE key_version = ? ORDER BY id DESC LIMIT 1'),
       listCa: this.#db.prepare("SELECT * FROM ca_certificates WHERE substr(key_version, 1, length(?) + 1) = ? || '@' ORDER BY id"),
@@ -473,6 +501,22 @@ export class SqliteStore implements Store {
 
   listCaCertificates(keyName: string): CaCertificateRecord[] {
     return (this.#q.listCa.all(keyName, keyName) as unknown as CaRow[]).map((r) => ({ keyVersion: r.key_version, der: Buffer.from(r.der), notAfter: new Date(r.not_after), createdAt: new Date(r.created_at) }));
+  }
+
+  insertRootKeyTransition(rec: RootKeyTransitionRecord): void {
+    const r = this.#q.insertTransition.run(rec.key, rec.version, rec.statement, rec.previousSignature, rec.signature, rec.createdAt.getTime());
+    if (r.changes === 0) throw new SigilError('KEY_EXISTS', `${rec.key}@${rec.version} already has a transition statement`);
+  }
+
+  listRootKeyTransitions(key: string): RootKeyTransitionRecord[] {
+    return (this.#q.listTransitions.all(key) as unknown as TransitionRow[]).map((r) => ({
+      key: r.key_name,
+      version: r.version,
+      statement: Buffer.from(r.statement),
+      previousSignature: Buffer.from(r.previous_signature),
+      signature: Buffer.from(r.signature),
+      createdAt: new Date(r.created_at),
+    }));
   }
 
   getEnrollment(ekHash: string): EnrollmentRecord | null {

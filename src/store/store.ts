@@ -104,6 +104,22 @@ export interface ApprovalRecord {
   payload: Record<string, unknown>;
 }
 
+/**
+ * A key transition statement of the trusted-root key: version `version` follows `version - 1`; the exact
+ * statement bytes and the detached signatures by both versions. Never changes once recorded.
+ */
+export interface RootKeyTransitionRecord {
+  /** The root key's name. */
+  key: string;
+  version: number;
+  statement: Buffer;
+  /** By version `version - 1`. */
+  previousSignature: Buffer;
+  /** By version `version`. */
+  signature: Buffer;
+  createdAt: Date;
+}
+
 /** A CA certificate that sigil made for one of its own key versions (the identity CA's, for now). */
 export interface CaCertificateRecord {
   /** The key version that signs with the certificate's key, `name@N`. */
@@ -187,6 +203,10 @@ export interface Store {
   latestCaCertificate(keyVersion: string): CaCertificateRecord | null;
   /** Every CA certificate recorded for the versions of key `keyName`, oldest first. */
   listCaCertificates(keyName: string): CaCertificateRecord[];
+  /** Records a root key transition statement; KEY_EXISTS (and no change) when that version already has one. Durable when it returns. */
+  insertRootKeyTransition(rec: RootKeyTransitionRecord): void;
+  /** The transition statements of root key `key`, by version. */
+  listRootKeyTransitions(key: string): RootKeyTransitionRecord[];
   /** What this EK last proved at enrollment or renewal, or null when it never enrolled. */
   getEnrollment(ekHash: string): EnrollmentRecord | null;
   /** Records (or replaces) an EK's enrollment state; durable when it returns. */

@@ -96,7 +96,7 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
     restarted = td.daemon = await startDaemon(parseConfig(readFileSync(td.configFile, 'utf8'), td.configFile), { log: pino({ level: 'silent' }), clock });
   };
 
-  test('every act but rotation on the audit key, every act on the trusted-root key, and disabling the identity ca\'s current version, is refused and changes nothing', async () => {
+  test('every act but rotation on the audit key, policy and disabling the current version of the trusted-root key, and disabling the identity ca\'s current version, is refused and changes nothing', async () => {
     const names = ['sigil/audit', 'sigil/identity-ca', 'sigil/trust-root'];
     const before = await Promise.all(names.map(async (name) => (await rpc.getKey(admin(), { name })).key));
     const size = td.daemon.audit.size;
@@ -106,8 +106,8 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
     await assert.rejects(rpc.scheduleDestroyKeyVersion(admin(), { key: 'sigil/audit@1', windowSeconds: 0 }), refused(auditOnlyRotates));
     await assert.rejects(rpc.updateKeyPolicy(admin(), { name: 'sigil/audit', autoRotatePeriodSeconds: 86_400 }), refused(auditOnlyRotates));
     await assert.rejects(rpc.disableKeyVersion(admin(), { key: 'sigil/identity-ca@1', compromised: false, compromiseTime: undefined }), refused(/is the identity ca's current generation, which issues every builder certificate: rotate first/));
-    await assert.rejects(rpc.rotateKey(admin(), { name: 'sigil/trust-root' }), refused(/it signs the trusted root, the anchor verifiers pin, so it cannot be rotated/));
-    await assert.rejects(rpc.disableKeyVersion(admin(), { key: 'sigil/trust-root@1', compromised: true, compromiseTime: undefined }), refused(/cannot be disabled/));
+    await assert.rejects(rpc.updateKeyPolicy(admin(), { name: 'sigil/trust-root', minSignVersion: 1 }), refused(/it signs the trusted root, the anchor verifiers pin, and takes no policy/));
+    await assert.rejects(rpc.disableKeyVersion(admin(), { key: 'sigil/trust-root@1', compromised: true, compromiseTime: undefined }), refused(/is the current version of sigil\/trust-root.*cannot be disabled: rotate first/));
     // The CLI shows the same refusal.
     const cli = await ctl(['key', 'disable', 'sigil/audit@1'], 'admin');
     assert.notEqual(cli.code, 0);
@@ -124,12 +124,12 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
         ['key.schedule-destroy', 'sigil/audit@1', 'refused', 'FAILED_PRECONDITION'],
         ['key.policy', 'sigil/audit', 'refused', 'FAILED_PRECONDITION'],
         ['key.disable', 'sigil/identity-ca@1', 'refused', 'FAILED_PRECONDITION'],
-        ['key.rotate', 'sigil/trust-root', 'refused', 'FAILED_PRECONDITION'],
+        ['key.policy', 'sigil/trust-root', 'refused', 'FAILED_PRECONDITION'],
         ['key.disable', 'sigil/trust-root@1', 'refused', 'FAILED_PRECONDITION'],
         ['key.disable', 'sigil/audit@1', 'refused', 'FAILED_PRECONDITION'],
       ],
     );
-    assert.ok(refusals.every((e) => e.who === refusals[0]!.who && /reserved for the daemon's own use|is the identity ca's current generation/.test(String(e.detail?.message))));
+    assert.ok(refusals.every((e) => e.who === refusals[0]!.who && /reserved for the daemon's own use|is the identity ca's current generation|is the current version of sigil\/trust-root/.test(String(e.detail?.message))));
   });
 
   test('sigilctl key rotate sigil/audit: v2 becomes primary, the rotation is audited and the log\'s latest checkpoint is signed by v2 at once', async () => {

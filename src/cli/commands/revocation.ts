@@ -1,8 +1,11 @@
-import { writeFileSync } from 'node:fs';
+import { createPublicKey } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { rpc } from '../client.ts';
 import type { RevokedBuilder, RevokedIdentity } from '../../gen/sigil/v1/revocation.ts';
 import { UsageError, type CliContext } from './context.ts';
+import { describeError } from '../errors.ts';
+import { p256, spkiOf, TRUST_ROOT_KEY, verifyRootChain, type RootChainResult } from '../../revocation/root-key-chain.ts';
 
 const REASON_HELP = 'unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn';
 
@@ -73,21 +76,65 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
     .command('trusted-root')
     .description('the signed trusted root (no client certificate needed)')
     .command('get')
-    .description('fetch the trusted-root json and its detached signature')
+    .description('fetch the trusted-root json and its detached signature; with --root-key, verify it first from a pinned root key')
     .option('--out <file>', 'write the json to a file instead of stdout')
     .option('--sig <file>', 'write the detached signature (der) to a file')
     .option('--pub <file>', "write the root key's public key (pem) to a file")
-    .action(async (o: { out?: string; sig?: string; pub?: string }) => {
+    .option('--root-key <file>', 'the root public key you pinned (pem): follow the chain of root keys from it to the current one and verify the document; nothing is written unless all of it verifies')
+    .action(async (o: { out?: string; sig?: string; pub?: string; rootKey?: string }) => {
+      const pinned = o.rootKey === undefined ? null : pinnedRootKey(o.rootKey);
       const r = await rpc.getTrustedRoot(cli.open(), {});
+      let followed: string | null = null;
+      let publicKeyPem = r.publicKeyPem;
+      if (pinned === null) {
+        process.stderr.write('sigilctl: no root key pinned (--root-key): the trusted root was fetched but not verified\n');
+      } else {
+        let v: RootChainResult;
+        try {
+          v = verifyRootChain({
+            key: TRUST_ROOT_KEY,
+            pinned,
+            transitions: r.rootKeyTransitions.map((t) => ({ version: t.version, statement: Buffer.from(t.statement), previousSignature: Buffer.from(t.previousSignature), signature: Buffer.from(t.signature) })),
+            compromised: r.compromisedRootKeys.map((c) => ({ version: c.version, spki: Buffer.from(c.publicKey) })),
+            document: { json: Buffer.from(r.json), signature: Buffer.from(r.signature), keyVersion: r.keyVersion },
+          });
+        } catch (err) {
+          throw new Error(`the trusted root does not verify from the pinned key ${o.rootKey}: ${err instanceof Error ? err.message : String(err)}; nothing was written`);
+        }
+        followed = `${TRUST_ROOT_KEY}@${v.followed[0]}${v.followed.slice(1).map((n) => ` -> @${n}`).join('')}`;
+        // The verified key, not the one the server named.
+        publicKeyPem = createPublicKey({ key: v.currentSpki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
+        process.stderr.write(`followed ${followed}\n`);
+      }
       if (o.sig) writeFileSync(o.sig, r.signature);
-      if (o.pub) writeFileSync(o.pub, r.publicKeyPem);
+      if (o.pub) writeFileSync(o.pub, publicKeyPem);
       if (o.out) {
         writeFileSync(o.out, r.json);
-        cli.out({ file: o.out, signature: o.sig ?? null, keyVersion: r.keyVersion }, `trusted root written to ${o.out}${o.sig ? `, signature to ${o.sig}` : ''} (signed by ${r.keyVersion})`);
+        cli.out(
+          { file: o.out, signature: o.sig ?? null, keyVersion: r.keyVersion, verified: pinned !== null, followed },
+          `trusted root written to ${o.out}${o.sig ? `, signature to ${o.sig}` : ''} (signed by ${r.keyVersion}${pinned !== null ? ', verified from the pinned key' : ''})`,
+        );
       } else {
         process.stdout.write(r.json);
       }
     });
+}
+
+/** The pinned root key (DER SPKI) from a PEM file, or a usage error naming the file. */
+function pinnedRootKey(file: string): Buffer {
+  let data: Buffer;
+  try {
+    data = readFileSync(file);
+  } catch (err) {
+    throw new UsageError(`cannot read the pinned root key ${file} (--root-key): ${describeError(err).replace(/^cannot \w+ .*?: /, '')}`);
+  }
+  try {
+    const spki = spkiOf(data);
+    p256(spki, 'key');
+    return spki;
+  } catch {
+    throw new UsageError(`the pinned root key ${file} (--root-key) is not an ec p-256 public key (pem)`);
+  }
 }
 
 function identityJson(i: RevokedIdentity): Record<string, unknown> {

@@ -126,3 +126,27 @@ test('identity ca generations: every ca certificate of one key, oldest first; is
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('root key transition statements: kept per key by version across a reopen; a second one for a version is refused; the table refuses updates and deletes', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-store-'));
+  try {
+    const path = join(dir, 'sigil.db');
+    const s = new SqliteStore(path);
+    const rec = (v: number, b: number) => ({ key: 'sigil/trust-root', version: v, statement: Buffer.from([b]), previousSignature: Buffer.from([b, 1]), signature: Buffer.from([b, 2]), createdAt: t0 });
+    s.insertRootKeyTransition(rec(3, 30));
+    s.insertRootKeyTransition(rec(2, 20));
+    s.insertRootKeyTransition({ ...rec(2, 99), key: 'other/root' });
+    assert.throws(() => s.insertRootKeyTransition(rec(2, 21)), (e: unknown) => e instanceof SigilError && e.code === 'KEY_EXISTS' && /sigil\/trust-root@2 already has a transition statement/.test(e.message));
+    s.close();
+    const again = new SqliteStore(path);
+    assert.deepEqual(again.listRootKeyTransitions('sigil/trust-root'), [rec(2, 20), rec(3, 30)], 'by version, the first one kept');
+    assert.deepEqual(again.listRootKeyTransitions('other/root').map((r) => r.statement[0]), [99]);
+    again.close();
+    const raw = new DatabaseSync(path);
+    assert.throws(() => raw.exec("UPDATE root_key_transitions SET signature = x'00'"), /never change/);
+    assert.throws(() => raw.exec('DELETE FROM root_key_transitions'), /never removed/);
+    raw.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
