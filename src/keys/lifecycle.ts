@@ -58,6 +58,16 @@ export interface LifecycleOptions extends LifecycleWindows {
   trustRoot?: { name: string; rotated(): Promise<{ keyVersion: string; statements: string[] }> } | undefined;
 }
 
+/** A daemon key whose rotation the daemon follows up on before RotateKey answers; a failure is logged, not thrown. */
+interface RotationFollower {
+  name: string;
+  /** Does the follow-up; what it returns goes into the log line. */
+  follow(): Promise<Record<string, unknown>>;
+  followed: string;
+  behind: string;
+  level: 'warn' | 'error';
+}
+
 /** A policy change: only the fields given change. */
 export type PolicyPatch = Partial<KeyPolicy>;
 
@@ -112,9 +122,9 @@ export class KeyLifecycle {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #w: LifecycleWindows;
-  readonly #auditKey: LifecycleOptions['auditKey'];
   readonly #identityCa: LifecycleOptions['identityCa'];
-  readonly #trustRoot: LifecycleOptions['trustRoot'];
+  /** The daemon keys that follow their own rotation before it returns (audit, identity CA, trusted root). */
+  readonly #followers: readonly RotationFollower[];
   /** Runs lifecycle acts on one key one at a time (signing is not serialized). */
   readonly #locks = new KeyedSerial();
 
@@ -125,9 +135,45 @@ export class KeyLifecycle {
     this.#audit = o.audit;
     this.#clock = o.clock;
     this.#log = o.log;
-    this.#auditKey = o.auditKey;
     this.#identityCa = o.identityCa;
-    this.#trustRoot = o.trustRoot;
+    const followers: RotationFollower[] = [];
+    if (o.auditKey) {
+      const k = o.auditKey;
+      followers.push({
+        name: k.name,
+        follow: async () => {
+          const cp = await k.rotated();
+          return { checkpoint: cp.size, signedBy: cp.keyVersion };
+        },
+        followed: 'audit key rotated; checkpoint signed under the new version',
+        behind: 'audit key rotated but the checkpoint under the new version could not be signed yet',
+        level: 'warn',
+      });
+    }
+    if (o.identityCa) {
+      const k = o.identityCa;
+      followers.push({
+        name: k.name,
+        follow: async () => ({ issuing: (await k.rotated()).keyVersion }),
+        followed: 'identity ca key rotated; the new generation issues',
+        behind: 'identity ca key rotated but the new generation has no ca certificate yet; the previous one keeps issuing',
+        level: 'error',
+      });
+    }
+    if (o.trustRoot) {
+      const k = o.trustRoot;
+      followers.push({
+        name: k.name,
+        follow: async () => {
+          const t = await k.rotated();
+          return { signedBy: t.keyVersion, statements: t.statements };
+        },
+        followed: 'trusted-root key rotated; the trusted root is signed under the new version',
+        behind: 'trusted-root key rotated but its transition statement or the newly signed trusted root could not be made yet; the next start makes the statement',
+        level: 'error',
+      });
+    }
+    this.#followers = followers;
     this.#w = { minDestroyWindowMs: o.minDestroyWindowMs, defaultDestroyWindowMs: o.defaultDestroyWindowMs, approvalTtlMs: o.approvalTtlMs };
   }
 
@@ -142,31 +188,13 @@ export class KeyLifecycle {
    */
   async rotate(who: ActorRef, name: string, opts: { auto?: boolean } = {}): Promise<{ key: KeyRecord; version: number }> {
     const r = await this.#rotate(who, name, opts);
-    if (this.#auditKey && name === this.#auditKey.name) {
-      // The rotation is done and recorded: a checkpoint that cannot be signed now is signed by the next reader.
+    for (const f of this.#followers) {
+      if (f.name !== name) continue;
+      // The rotation is done and recorded: what cannot follow now follows later (next reader, issuance or start).
       try {
-        const cp = await this.#auditKey.rotated();
-        this.#log.info({ key: keyVersionRef(name, r.version), checkpoint: cp.size, signedBy: cp.keyVersion }, 'audit key rotated; checkpoint signed under the new version');
+        this.#log.info({ key: keyVersionRef(name, r.version), ...(await f.follow()) }, f.followed);
       } catch (err) {
-        this.#log.warn({ err, key: keyVersionRef(name, r.version) }, 'audit key rotated but the checkpoint under the new version could not be signed yet');
-      }
-    }
-    if (this.#identityCa && name === this.#identityCa.name) {
-      // The rotation is done and recorded; a certificate that cannot be made now is made by the next issuance or start.
-      try {
-        const g = await this.#identityCa.rotated();
-        this.#log.info({ key: keyVersionRef(name, r.version), issuing: g.keyVersion }, 'identity ca key rotated; the new generation issues');
-      } catch (err) {
-        this.#log.error({ err, key: keyVersionRef(name, r.version) }, 'identity ca key rotated but the new generation has no ca certificate yet; the previous one keeps issuing');
-      }
-    }
-    if (this.#trustRoot && name === this.#trustRoot.name) {
-      // The rotation is done and recorded; a statement that cannot be made now is made at the next start.
-      try {
-        const t = await this.#trustRoot.rotated();
-        this.#log.info({ key: keyVersionRef(name, r.version), signedBy: t.keyVersion, statements: t.statements }, 'trusted-root key rotated; the trusted root is signed under the new version');
-      } catch (err) {
-        this.#log.error({ err, key: keyVersionRef(name, r.version) }, 'trusted-root key rotated but its transition statement or the newly signed trusted root could not be made yet; the next start makes the statement');
+        this.#log[f.level]({ err, key: keyVersionRef(name, r.version) }, f.behind);
       }
     }
     return r;

@@ -22,6 +22,7 @@ import type { GetTrustedRootResponse } from '../../src/gen/sigil/v1/revocation.t
 import { parseConfig } from '../../src/config/load.ts';
 import { startDaemon, type Daemon } from '../../src/main.ts';
 import { decodeEntry } from '../../src/audit/entry.ts';
+import type { TransitionStatement } from '../../src/revocation/root-key-chain.ts';
 
 const run = promisify(execFile);
 const skip = missingTools('softhsm', 'softhsm2-util', 'openssl');
@@ -33,15 +34,7 @@ function openssl(args: string[]): { code: number; out: string } {
   return { code: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
 }
 
-interface Statement {
-  type: string;
-  key: string;
-  version: number;
-  publicKey: string;
-  previousVersion: number;
-  previousPublicKey: string;
-  time: string;
-}
+type Statement = TransitionStatement;
 
 describe('trusted-root key rotation end to end', { skip: skip ?? false }, () => {
   let td: TestDaemon;
