@@ -1,7 +1,7 @@
 // Micro-benchmark of the audit log alone: entries/s with 32 concurrent recorders (group commit), and
 // proof latency on a large log. Run: node bench/audit-log.ts [entries]
 import { generateKeyPairSync, sign } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -48,6 +48,8 @@ t = performance.now();
 await log.latestCheckpoint();
 console.log(`checkpoint signature: ${(performance.now() - t).toFixed(2)} ms`);
 await log.close();
+const bytes = ['audit.db', 'audit.db-wal'].reduce((n, f) => n + (existsSync(join(dir, f)) ? statSync(join(dir, f)).size : 0), 0);
+console.log(`disk: ${(bytes / 1e6).toFixed(1)} MB for ${size} entries, ${Math.round(bytes / size)} bytes per entry (audit.db and its -wal after close)`);
 t = performance.now();
 log = open();
 console.log(`reopen with self-verification of ${size} entries: ${(performance.now() - t).toFixed(0)} ms; rss growth while filling ${Math.round((process.memoryUsage().rss - rss0) / 1e6)} MB`);
