@@ -1,6 +1,7 @@
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { SigilError } from '../errors.ts';
 import type { Clock } from '../clock.ts';
 import type { Logger } from '../log.ts';
@@ -11,6 +12,7 @@ import { CompactRange, consistencyProof, inclusionProof, leafHash, nodeHash, ran
 import { checkOrigin, noteKeyId, noteKeyOfSpki, noteVerifier, openCheckpoint, signCheckpoint } from './note.ts';
 import type { WriterData, WriterReply, WriterRequest } from './audit-writer.ts';
 import type { AuditKeyVersion } from './audit-key.ts';
+import type { CheckData, CheckMessage } from './audit-check-worker.ts';
 
 /** The key that signs checkpoints: the reserved key `sigil/audit`, reached through the key service (`auditKeyOf`). */
 export interface AuditKey {
@@ -39,6 +41,26 @@ export interface AuditLogOptions {
   key: AuditKey;
   clock: Clock;
   log: Logger;
+  /**
+   * Up to this many entries, `open` recomputes the whole tree before it returns (the full check); above
+   * it, `open` verifies the latest checkpoint's frontier and the entries after it, and the full check runs
+   * in a background thread. 0: always the fast start. Default 1,000,000.
+   */
+  fullCheckAtStartMax?: number;
+}
+
+/** The full check of the log (see `AuditLog.fullCheck`): where it stands, how far it got, how long it took. */
+export interface FullCheckStatus {
+  /** `running` in the background; `clean`; `tampered` (the log refuses acts until restart); `error`: it could not finish (the log stays up); `stopped` by close. */
+  state: 'running' | 'clean' | 'tampered' | 'error' | 'stopped';
+  /** The tree size it verifies up to: the size at open (full check at start) or the latest checkpoint's (background). */
+  size: number;
+  /** Entries verified so far. */
+  verified: number;
+  /** How long it took, once it ended (whatever the outcome). */
+  seconds: number | null;
+  /** What it found when tampered, or why it could not finish. */
+  finding: string | null;
 }
 
 /** A signed checkpoint as the log keeps it. */
@@ -74,6 +96,7 @@ interface Waiter {
 // Perfect subtrees of every 4th height are stored; heights in between are recomputed from at most 8 children.
 const STRIDE = 4;
 const MAX_PAGE = 1000;
+const FULL_CHECK_AT_START_MAX = 1_000_000;
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, data BLOB NOT NULL, leaf BLOB NOT NULL) STRICT;
@@ -82,12 +105,14 @@ const SCHEMA = `
 `;
 
 const unavailable = (cause: unknown): SigilError => new SigilError('AUDIT_UNAVAILABLE', 'the audit log cannot be written', { cause });
+const tampered = (what: string): SigilError => new SigilError('FAILED_PRECONDITION', `audit log tampered: ${what}`);
 
 /**
  * The audit log: an append-only RFC 6962 Merkle tree of canonical JSON entries in its own SQLite file,
  * with signed C2SP checkpoints. Appends are group-committed: one transaction (one fsync) per flush, and no
  * `record` resolves before the transaction holding its entry committed. A failed write rejects every
- * waiter with AUDIT_UNAVAILABLE and makes `ready()` throw until a later write succeeds.
+ * waiter with AUDIT_UNAVAILABLE and makes `ready()` throw until a later write succeeds; a background full
+ * check that finds the file tampered makes it throw until restart.
  */
 export class AuditLog implements AuditSink {
   readonly origin: string;
@@ -95,7 +120,9 @@ export class AuditLog implements AuditSink {
   readonly #key: AuditKey;
   readonly #clock: Clock;
   readonly #log: Logger;
-  readonly #q: Record<'insertNode' | 'leaf' | 'node' | 'page' | 'count' | 'checkpointAt' | 'latestCheckpoint', StatementSync>;
+  readonly #q: Record<'insertNode' | 'leaf' | 'node' | 'page' | 'count' | 'maxIdx' | 'checkpointAt' | 'latestCheckpoint', StatementSync>;
+  readonly #path: string;
+  readonly #fullCheckMax: number;
   // Started once the file has been verified: a log that refuses to open leaves no thread holding it.
   #writer!: WriterThread;
   /** The tree of the committed entries: what every read and proof uses. */
@@ -108,6 +135,11 @@ export class AuditLog implements AuditSink {
   #inFlight = new Set<Promise<void>>();
   #closing: Promise<void> | null = null;
   #broken: SigilError | null = null;
+  /** Set when the background full check found the file tampered: unlike a failed write, no later write clears it. */
+  #tampered: SigilError | null = null;
+  #check: FullCheckStatus = { state: 'clean', size: 0, verified: 0, seconds: null, finding: null };
+  #checker: { worker: Worker; stop: Int32Array; ended: Promise<void> } | null = null;
+  #checked: Promise<FullCheckStatus> = Promise.resolve(this.#check);
   #lastT = 0;
   #latest: StoredCheckpoint | null;
   #signing: Promise<StoredCheckpoint> | null = null;
@@ -122,12 +154,17 @@ export class AuditLog implements AuditSink {
     this.#key = o.key;
     this.#clock = o.clock;
     this.#log = o.log;
+    this.#path = o.path;
+    const max = o.fullCheckAtStartMax ?? FULL_CHECK_AT_START_MAX;
+    if (!Number.isSafeInteger(max) || max < 0) throw new SigilError('INVALID_ARGUMENT', 'fullCheckAtStartMax must be a non-negative integer');
+    this.#fullCheckMax = max;
     this.#q = {
       insertNode: db.prepare('INSERT OR REPLACE INTO nodes (level, idx, hash) VALUES (?, ?, ?)'),
       leaf: db.prepare('SELECT leaf FROM entries WHERE idx = ?'),
       node: db.prepare('SELECT hash FROM nodes WHERE level = ? AND idx = ?'),
       page: db.prepare('SELECT idx, data, leaf FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx'),
       count: db.prepare('SELECT COUNT(*) AS n, COALESCE(MAX(idx), -1) AS max FROM entries'),
+      maxIdx: db.prepare('SELECT COALESCE(MAX(idx), -1) AS max FROM entries'),
       checkpointAt: db.prepare('SELECT * FROM checkpoints WHERE size = ?'),
       latestCheckpoint: db.prepare('SELECT * FROM checkpoints ORDER BY size DESC LIMIT 1'),
     };
@@ -137,9 +174,12 @@ export class AuditLog implements AuditSink {
   }
 
   /**
-   * Opens (or creates) the log and verifies it: recomputes the tree from the stored leaf hashes, rebuilds
-   * the subtree cache, and checks every stored checkpoint's root and the latest one's signature. A log that
-   * does not match its checkpoints refuses to open (FAILED_PRECONDITION: tampered).
+   * Opens (or creates) the log and verifies it. Up to `fullCheckAtStartMax` entries: recomputes the tree
+   * from the stored leaf hashes, rebuilds the subtree cache, and checks every stored checkpoint's root and
+   * the latest one's signature. Above it: checks the latest checkpoint's signature, that its frontier read
+   * from the subtree cache hashes to its root, and appends the entries after it; the full check then runs
+   * in a background thread (`fullCheck`). A log that does not match its checkpoints refuses to open
+   * (FAILED_PRECONDITION: tampered).
    */
   static open(o: AuditLogOptions): AuditLog {
     // The writer thread opens the file by name: an in-memory database would be a different one there.
@@ -151,8 +191,13 @@ export class AuditLog implements AuditSink {
       db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 20;');
       db.exec(SCHEMA);
       const log = new AuditLog(o, db);
-      log.#load();
+      const t0 = performance.now();
+      const from = log.#load();
       log.#writer = new WriterThread(o.path, o.log);
+      if (from === null) log.#check = { state: 'clean', size: log.size, verified: log.size, seconds: (performance.now() - t0) / 1000, finding: null };
+      else log.#startCheck(from);
+      log.#checked = Promise.resolve(log.#check);
+      if (log.#checker) log.#checked = log.#checker.ended.then(() => log.#check);
       return log;
     } catch (err) {
       db.close();
@@ -170,20 +215,32 @@ export class AuditLog implements AuditSink {
     return this.#tree.root();
   }
 
-  /** False while the last write failed (acts are refused until a write succeeds) or after close. */
+  /** False while the last write failed (acts are refused until a write succeeds), after the file was found tampered, or after close. */
   get healthy(): boolean {
-    return !this.#closed && this.#broken === null;
+    return !this.#closed && this.#broken === null && this.#tampered === null;
   }
 
-  /** Throws AUDIT_UNAVAILABLE while the last write failed: an act is refused before it starts. */
+  /** Throws AUDIT_UNAVAILABLE while the last write failed or once the file was found tampered: an act is refused before it starts. */
   ready(): void {
     if (this.#closed) throw new SigilError('AUDIT_UNAVAILABLE', 'the audit log is closed');
+    if (this.#tampered) throw this.#tampered;
     if (this.#broken) throw this.#broken;
+  }
+
+  /** The full check: done before `open` returned (small log), or running or done in the background (fast start). */
+  get fullCheck(): Readonly<FullCheckStatus> {
+    return this.#check;
+  }
+
+  /** Resolves with the full check's outcome once it has finished (at once when it ran at open). */
+  fullCheckDone(): Promise<Readonly<FullCheckStatus>> {
+    return this.#checked;
   }
 
   /** Queues the entry; resolves once the transaction that holds it committed, rejects AUDIT_UNAVAILABLE otherwise. */
   record(e: AuditEvent): Promise<void> {
     if (this.#closed) return Promise.reject(new SigilError('AUDIT_UNAVAILABLE', 'the audit log is closed'));
+    if (this.#tampered) return Promise.reject(this.#tampered);
     let data: Buffer;
     try {
       // Time never decreases along the log, so order in time is order in the log.
@@ -220,6 +277,10 @@ export class AuditLog implements AuditSink {
     if (this.#broken && this.#inFlight.size > 0) return;
     const batch = this.#queue;
     this.#queue = [];
+    if (this.#tampered) {
+      for (const w of batch) w.reject(this.#tampered);
+      return;
+    }
     let next: CompactRange;
     let request: Extract<WriterRequest, { op: 'append' }>;
     let transfer: ArrayBuffer[];
@@ -288,8 +349,23 @@ export class AuditLog implements AuditSink {
     this.#load();
   }
 
+  /**
+   * Loads the tree: the full check up to `fullCheckAtStartMax` entries, the fast start above it. Returns
+   * null after a full check, or the size of the checkpoint the fast start verified against (what the
+   * background check must still cover).
+   */
+  #load(): number | null {
+    const { max } = this.#q.maxIdx.get() as { max: number };
+    if (max + 1 > this.#fullCheckMax) {
+      const row = this.#q.latestCheckpoint.get() as CheckpointRow | undefined;
+      if (row) return this.#loadFast(toCheckpoint(row), max + 1);
+    }
+    this.#loadFull();
+    return null;
+  }
+
   /** Recomputes the tree from the stored leaf hashes and checks it against the stored checkpoints. */
-  #load(): void {
+  #loadFull(): void {
     const cps = (this.#db.prepare('SELECT * FROM checkpoints ORDER BY size').all() as unknown as CheckpointRow[]).map(toCheckpoint);
     let want = 0;
     const tree = new CompactRange();
@@ -313,11 +389,7 @@ export class AuditLog implements AuditSink {
       throw new SigilError('FAILED_PRECONDITION', `audit log tampered: it holds ${tree.size} entries but a checkpoint covers ${cps[cps.length - 1]!.size}`);
     }
     const latest = cps.at(-1) ?? null;
-    if (latest) {
-      const pk = this.#key.publicKey(latest.keyVersion);
-      const c = openCheckpoint(latest.note, noteVerifier(this.origin, pk.spki), this.origin);
-      if (c.size !== latest.size || !c.root.equals(latest.root)) throw new SigilError('FAILED_PRECONDITION', `audit log tampered: checkpoint ${latest.size} does not match its signed note`);
-    }
+    if (latest) this.#verifySignature(latest);
     // The subtree cache is derived from the leaves: rebuild it so it cannot disagree with them.
     this.#db.exec('BEGIN IMMEDIATE');
     try {
@@ -328,6 +400,64 @@ export class AuditLog implements AuditSink {
       if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
       throw err;
     }
+    this.#loaded(tree, latest);
+  }
+
+  /**
+   * The fast start, O(log n) reads for the verified part: the tree at the latest checkpoint is rebuilt from
+   * its frontier (one perfect subtree per set bit of its size, read from the subtree cache and the leaves)
+   * and must hash to the signed root; only the entries after it are read one by one. The subtree cache is
+   * kept; the rows the entries after the checkpoint complete are checked and rewritten where they differ.
+   */
+  #loadFast(cp: StoredCheckpoint, count: number): number {
+    this.#verifySignature(cp);
+    if (count < cp.size) throw tampered(`it holds ${count} entries but a checkpoint covers ${cp.size}`);
+    const read = this.#reader((index) => tampered(`entry ${index} is missing`));
+    const hashes: Buffer[] = [];
+    let at = 0;
+    for (let level = Math.floor(Math.log2(Math.max(cp.size, 1))); level >= 0; level--) {
+      const width = 2 ** level;
+      if (cp.size - at < width) continue;
+      hashes.push(read(level, at / width));
+      at += width;
+    }
+    const tree = new CompactRange(cp.size, hashes);
+    if (!tree.root().equals(cp.root)) {
+      throw tampered(`the stored subtrees and entries on its frontier do not hash to the root of the checkpoint at size ${cp.size}`);
+    }
+    const completed: CompletedSubtree[] = [];
+    const after = this.#db.prepare('SELECT idx, leaf FROM entries WHERE idx >= ? ORDER BY idx');
+    for (const row of after.iterate(cp.size) as Iterable<{ idx: number; leaf: Uint8Array }>) {
+      if (row.idx !== tree.size) throw tampered(`entry ${tree.size} is missing`);
+      tree.append(Buffer.from(row.leaf), (s) => s.level % STRIDE === 0 && completed.push(s));
+    }
+    // The cache rows above the checkpoint are covered by no signature yet: derive them from the leaves.
+    const differ = completed.filter((s) => {
+      const r = this.#q.node.get(s.level, s.index) as { hash: Uint8Array } | undefined;
+      return !r || !s.hash.equals(r.hash);
+    });
+    if (differ.length > 0) {
+      this.#log.warn({ rows: differ.length, checkpoint: cp.size }, 'audit subtree cache rows after the latest checkpoint did not match their entries: rewritten');
+      this.#db.exec('BEGIN IMMEDIATE');
+      try {
+        for (const s of differ) this.#q.insertNode.run(s.level, s.index, s.hash);
+        this.#db.exec('COMMIT');
+      } catch (err) {
+        if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
+        throw err;
+      }
+    }
+    this.#loaded(tree, cp);
+    return cp.size;
+  }
+
+  #verifySignature(cp: StoredCheckpoint): void {
+    const pk = this.#key.publicKey(cp.keyVersion);
+    const c = openCheckpoint(cp.note, noteVerifier(this.origin, pk.spki), this.origin);
+    if (c.size !== cp.size || !c.root.equals(cp.root)) throw tampered(`checkpoint ${cp.size} does not match its signed note`);
+  }
+
+  #loaded(tree: CompactRange, latest: StoredCheckpoint | null): void {
     this.#tree = tree;
     this.#tip = tree;
     this.#latest = latest;
@@ -335,19 +465,80 @@ export class AuditLog implements AuditSink {
     if (last) this.#lastT = Math.max(this.#lastT, Date.parse((JSON.parse(Buffer.from(last.data).toString('utf8')) as { t: string }).t) || 0);
   }
 
+  /**
+   * Starts the background full check up to `size` (the checkpoint the fast start verified against) on its
+   * own read-only connection. A finding fails the log until restart; a check that cannot finish is logged
+   * and leaves the log up (a read error is no evidence of tampering, and writes fail closed on their own).
+   */
+  #startCheck(size: number): void {
+    this.#check = { state: 'running', size, verified: 0, seconds: null, finding: null };
+    if (size === 0) {
+      this.#check = { ...this.#check, state: 'clean', seconds: 0 };
+      return;
+    }
+    const t0 = performance.now();
+    const stop = new Int32Array(new SharedArrayBuffer(4));
+    const worker = new Worker(siblingModule(import.meta.url, 'audit-check-worker'), {
+      workerData: { path: this.#path, size, stride: STRIDE, stop: stop.buffer as SharedArrayBuffer } satisfies CheckData,
+      name: 'sigil-audit-check',
+    });
+    // The check never keeps the process up: close stops it, and an exiting process ends it.
+    worker.unref();
+    let result: CheckMessage | null = null;
+    worker.on('message', (m: CheckMessage) => {
+      if (m.op === 'progress') this.#check.verified = m.verified;
+      else result = m;
+    });
+    const ended = new Promise<void>((resolve) => {
+      const finish = (err?: unknown): void => {
+        this.#checker = null;
+        this.#checkEnded(result, err, (performance.now() - t0) / 1000);
+        resolve();
+      };
+      worker.once('error', (err) => finish(err));
+      worker.once('exit', () => finish());
+    });
+    this.#checker = { worker, stop, ended };
+    this.#log.info({ size }, 'audit log opened on its latest checkpoint; full check running in the background');
+  }
+
+  #checkEnded(m: CheckMessage | null, err: unknown, seconds: number): void {
+    if (this.#check.state !== 'running') return;
+    const c = this.#check;
+    if (m?.op === 'clean') {
+      this.#check = { ...c, state: 'clean', verified: c.size, seconds: m.seconds };
+      this.#log.info({ size: c.size, seconds: Number(m.seconds.toFixed(3)) }, 'audit log full check passed');
+    } else if (m?.op === 'tampered') {
+      this.#check = { ...c, state: 'tampered', finding: m.finding, seconds };
+      this.#tampered = new SigilError('AUDIT_UNAVAILABLE', `audit log tampered: ${m.finding}`);
+      this.#log.error({ size: c.size, finding: m.finding }, 'audit log tampered: the background full check failed; refusing audited acts until restart');
+    } else if (m?.op === 'stopped') {
+      this.#check = { ...c, state: 'stopped', seconds };
+    } else {
+      const why = m?.op === 'error' ? m.message : String((err as { message?: unknown } | undefined)?.message ?? err ?? 'the check thread exited');
+      this.#check = { ...c, state: 'error', finding: why, seconds };
+      this.#log.error({ size: c.size, verified: c.verified, err: why }, 'audit log full check could not finish');
+    }
+  }
+
   /** Reads perfect subtree hashes from the file: leaves, stored heights, and heights in between recomputed. */
-  readonly #read: PerfectReader = (level, index) => {
-    if (level === 0) {
-      const r = this.#q.leaf.get(index) as { leaf: Uint8Array } | undefined;
-      if (!r) throw new SigilError('INTERNAL', `audit entry ${index} is missing`);
-      return Buffer.from(r.leaf);
-    }
-    if (level % STRIDE === 0) {
-      const r = this.#q.node.get(level, index) as { hash: Uint8Array } | undefined;
-      if (r) return Buffer.from(r.hash);
-    }
-    return nodeHash(this.#read(level - 1, index * 2), this.#read(level - 1, index * 2 + 1));
-  };
+  #reader(missing: (index: number) => SigilError): PerfectReader {
+    const read: PerfectReader = (level, index) => {
+      if (level === 0) {
+        const r = this.#q.leaf.get(index) as { leaf: Uint8Array } | undefined;
+        if (!r) throw missing(index);
+        return Buffer.from(r.leaf);
+      }
+      if (level % STRIDE === 0) {
+        const r = this.#q.node.get(level, index) as { hash: Uint8Array } | undefined;
+        if (r) return Buffer.from(r.hash);
+      }
+      return nodeHash(read(level - 1, index * 2), read(level - 1, index * 2 + 1));
+    };
+    return read;
+  }
+
+  readonly #read: PerfectReader = this.#reader((index) => new SigilError('INTERNAL', `audit entry ${index} is missing`));
 
   /** The root hash of the tree of the first `size` entries. */
   rootAt(size: number): Buffer {
@@ -387,6 +578,8 @@ export class AuditLog implements AuditSink {
   /** The latest signed checkpoint; signs a new one first when the tree grew since the last. */
   async latestCheckpoint(): Promise<StoredCheckpoint> {
     if (this.#latest && this.#latest.size === this.#tree.size) return this.#latest;
+    // Signing a tree the file no longer supports would vouch for tampered entries.
+    if (this.#tampered) throw this.#tampered;
     // One signature at a time: callers arriving meanwhile share it (and sign again if the tree grew).
     while (this.#signing) await this.#signing.catch(() => undefined);
     if (this.#latest && this.#latest.size === this.#tree.size) return this.#latest;
@@ -451,6 +644,11 @@ export class AuditLog implements AuditSink {
   close(): Promise<void> {
     return (this.#closing ??= (async () => {
       this.#closed = true;
+      const checker = this.#checker;
+      if (checker) {
+        Atomics.store(checker.stop, 0, 1);
+        await checker.ended;
+      }
       for (;;) {
         if (this.#inFlight.size > 0) await Promise.all(this.#inFlight);
         else if (this.#queue.length > 0) this.#flush();

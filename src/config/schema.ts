@@ -56,6 +56,11 @@ const auditSchema = z.strictObject({
   backend: z.string().min(1).optional(),
   /** Sign a checkpoint this often when the log grew (besides on request); none when absent. */
   checkpointInterval: duration.optional(),
+  /**
+   * Up to this many entries the whole log is re-verified before the daemon starts; above it the start checks
+   * the latest checkpoint's frontier and the entries after it, and the full check runs in the background. 0: always the fast start.
+   */
+  fullCheckAtStartMax: z.number().int().min(0).default(1_000_000),
 });
 
 /** Which builder identities may use which keys: a rule grants its keys to any identity it lists. */

@@ -1,7 +1,7 @@
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { AuditLogStats } from '../audit/audit-log.ts';
+import type { AuditLogStats, FullCheckStatus } from '../audit/audit-log.ts';
 import type { BreakerState } from '../signers/resilience.ts';
 import { isSigilError } from '../errors.ts';
 
@@ -65,8 +65,13 @@ export class Metrics {
     for (const s of BREAKER_STATES) this.breaker.set({ backend, state: s }, s === state ? 1 : 0);
   }
 
-  /** Exposes the audit log: entries and failed writes (read when scraped), health, and commit time per batch. */
-  watchAudit(log: { readonly stats: AuditLogStats; readonly healthy: boolean; onCommit: ((seconds: number, entries: number) => void) | null }): void {
+  /** Exposes the audit log: entries and failed writes (read when scraped), health, its full check, and commit time per batch. */
+  watchAudit(log: {
+    readonly stats: AuditLogStats;
+    readonly healthy: boolean;
+    readonly fullCheck: Readonly<FullCheckStatus>;
+    onCommit: ((seconds: number, entries: number) => void) | null;
+  }): void {
     const registers = [this.registry];
     new Counter({
       name: 'sigil_audit_entries_total',
@@ -88,10 +93,43 @@ export class Metrics {
     });
     new Gauge({
       name: 'sigil_audit_log_up',
-      help: '1 while the audit log takes entries, 0 while it refuses acts after a failed write (fail closed)',
+      help: '1 while the audit log takes entries, 0 while it refuses acts after a failed write or once found tampered (fail closed)',
       registers,
       collect() {
         this.set(log.healthy ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'sigil_audit_verified_entries',
+      help: 'Entries the full check of the audit log has verified (at start, or in the background after a fast start)',
+      registers,
+      collect() {
+        this.set(log.fullCheck.verified);
+      },
+    });
+    new Gauge({
+      name: 'sigil_audit_full_check_target_entries',
+      help: 'The tree size the full check verifies up to: the size at start, or the latest checkpoint after a fast start',
+      registers,
+      collect() {
+        this.set(log.fullCheck.size);
+      },
+    });
+    new Gauge({
+      name: 'sigil_audit_full_check_seconds',
+      help: 'How long the full check of the audit log took, once it ended (0 while it runs)',
+      registers,
+      collect() {
+        this.set(log.fullCheck.seconds ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'sigil_audit_full_check_state',
+      help: 'The full check of the audit log: 1 for its state (running, clean, tampered, error, stopped), 0 for the others',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        for (const s of FULL_CHECK_STATES) this.set({ state: s }, s === log.fullCheck.state ? 1 : 0);
       },
     });
     const commit = this.auditCommit;
@@ -100,6 +138,7 @@ export class Metrics {
 }
 
 const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
+const FULL_CHECK_STATES: ReadonlyArray<FullCheckStatus['state']> = ['running', 'clean', 'tampered', 'error', 'stopped'];
 
 /** Public documents the metrics port serves by plain HTTP GET. */
 export interface PublicDocuments {
