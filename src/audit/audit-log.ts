@@ -391,15 +391,7 @@ export class AuditLog implements AuditSink {
     const latest = cps.at(-1) ?? null;
     if (latest) this.#verifySignature(latest);
     // The subtree cache is derived from the leaves: rebuild it so it cannot disagree with them.
-    this.#db.exec('BEGIN IMMEDIATE');
-    try {
-      this.#db.exec('DELETE FROM nodes');
-      for (const s of nodes) this.#q.insertNode.run(s.level, s.index, s.hash);
-      this.#db.exec('COMMIT');
-    } catch (err) {
-      if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
-      throw err;
-    }
+    this.#putNodes(nodes, true);
     this.#loaded(tree, latest);
   }
 
@@ -412,16 +404,7 @@ export class AuditLog implements AuditSink {
   #loadFast(cp: StoredCheckpoint, count: number): number {
     this.#verifySignature(cp);
     if (count < cp.size) throw tampered(`it holds ${count} entries but a checkpoint covers ${cp.size}`);
-    const read = this.#reader((index) => tampered(`entry ${index} is missing`));
-    const hashes: Buffer[] = [];
-    let at = 0;
-    for (let level = Math.floor(Math.log2(Math.max(cp.size, 1))); level >= 0; level--) {
-      const width = 2 ** level;
-      if (cp.size - at < width) continue;
-      hashes.push(read(level, at / width));
-      at += width;
-    }
-    const tree = new CompactRange(cp.size, hashes);
+    const tree = CompactRange.at(this.#reader((index) => tampered(`entry ${index} is missing`)), cp.size);
     if (!tree.root().equals(cp.root)) {
       throw tampered(`the stored subtrees and entries on its frontier do not hash to the root of the checkpoint at size ${cp.size}`);
     }
@@ -438,17 +421,23 @@ export class AuditLog implements AuditSink {
     });
     if (differ.length > 0) {
       this.#log.warn({ rows: differ.length, checkpoint: cp.size }, 'audit subtree cache rows after the latest checkpoint did not match their entries: rewritten');
-      this.#db.exec('BEGIN IMMEDIATE');
-      try {
-        for (const s of differ) this.#q.insertNode.run(s.level, s.index, s.hash);
-        this.#db.exec('COMMIT');
-      } catch (err) {
-        if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
-        throw err;
-      }
+      this.#putNodes(differ, false);
     }
     this.#loaded(tree, cp);
     return cp.size;
+  }
+
+  /** Writes subtree cache rows in one transaction, after emptying the cache first when `replaceAll`. */
+  #putNodes(rows: readonly CompletedSubtree[], replaceAll: boolean): void {
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      if (replaceAll) this.#db.exec('DELETE FROM nodes');
+      for (const s of rows) this.#q.insertNode.run(s.level, s.index, s.hash);
+      this.#db.exec('COMMIT');
+    } catch (err) {
+      if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
+      throw err;
+    }
   }
 
   #verifySignature(cp: StoredCheckpoint): void {

@@ -135,3 +135,16 @@ test('a flipped bit anywhere in a proof, leaf or root fails verification', () =>
     { numRuns: 2000 },
   );
 });
+
+test('the frontier read at a size (CompactRange.at) equals the one built by appending every leaf, and appends on from there', () => {
+  const leaves = tree(70);
+  const reader = memoryReader(leaves);
+  for (let n = 0; n <= 69; n++) {
+    const built = new CompactRange();
+    for (const l of leaves.slice(0, n)) built.append(l);
+    const read = CompactRange.at(reader, n);
+    assert.deepEqual(read.hashes, built.hashes, `size ${n}`);
+    read.append(leaves[n]!);
+    assert.deepEqual(read.root(), rangeRoot(reader, 0, n + 1), `size ${n + 1}`);
+  }
+});
