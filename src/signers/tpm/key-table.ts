@@ -110,13 +110,7 @@ export class KeyTable {
   async put(e: KeyEntry): Promise<void> {
     const before = this.#byLabel.get(e.label);
     this.#byLabel.set(e.label, e);
-    try {
-      await this.#write();
-    } catch (err) {
-      if (before === undefined) this.#byLabel.delete(e.label);
-      else this.#byLabel.set(e.label, before);
-      throw err;
-    }
+    await this.#persist(() => (before === undefined ? this.#byLabel.delete(e.label) : this.#byLabel.set(e.label, before)));
   }
 
   /** Drops the entry for `label` (no-op when absent) and makes that durable. */
@@ -124,12 +118,7 @@ export class KeyTable {
     const before = this.#byLabel.get(label);
     if (before === undefined) return;
     this.#byLabel.delete(label);
-    try {
-      await this.#write();
-    } catch (err) {
-      this.#byLabel.set(label, before);
-      throw err;
-    }
+    await this.#persist(() => this.#byLabel.set(label, before));
   }
 
   /** The name pinned for `handle` (hex), if any. */
@@ -142,13 +131,7 @@ export class KeyTable {
     if (!NAME.test(name)) throw new SigilError('INVALID_ARGUMENT', 'a tpm object name is lower-case hex');
     const before = this.#pinned.get(handle);
     this.#pinned.set(handle, { handle, name, pinnedAt: new Date().toISOString() });
-    try {
-      await this.#write();
-    } catch (err) {
-      if (before === undefined) this.#pinned.delete(handle);
-      else this.#pinned.set(handle, before);
-      throw err;
-    }
+    await this.#persist(() => (before === undefined ? this.#pinned.delete(handle) : this.#pinned.set(handle, before)));
   }
 
   /** Drops the pin of `handle` (no-op when absent) and makes that durable. */
@@ -156,10 +139,15 @@ export class KeyTable {
     const before = this.#pinned.get(handle);
     if (before === undefined) return;
     this.#pinned.delete(handle);
+    await this.#persist(() => this.#pinned.set(handle, before));
+  }
+
+  /** Writes the table after a change in memory; undoes the change when the write fails, so memory stays what the file holds. */
+  async #persist(undo: () => unknown): Promise<void> {
     try {
       await this.#write();
     } catch (err) {
-      this.#pinned.set(handle, before);
+      undo();
       throw err;
     }
   }
