@@ -1,25 +1,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pino } from 'pino';
-import { AuditLog, type AuditKey } from '../../../src/audit/audit-log.ts';
+import { AuditLog } from '../../../src/audit/audit-log.ts';
+import { memoryAuditKey, TEST_AUDIT_ORIGIN } from '../../helpers/audit-key.ts';
 import { fullCheck } from '../../../src/audit/audit-check.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { leafHash, verifyConsistency, verifyInclusion } from '../../../src/audit/merkle.ts';
 import { Metrics } from '../../../src/server/metrics.ts';
 
 const silent = pino({ level: 'silent' });
-const pair = generateKeyPairSync('ed25519');
-const spki = pair.publicKey.export({ format: 'der', type: 'spki' });
-const key: AuditKey = {
-  publicKey: () => ({ keyVersion: 'sigil/audit@1', spki }),
-  sign: async (text) => ({ signature: sign(null, text, pair.privateKey), keyVersion: 'sigil/audit@1' }),
-};
-const ORIGIN = 'sigil/test/audit';
+const { key } = memoryAuditKey();
+const ORIGIN = TEST_AUDIT_ORIGIN;
 const event = (i: number) => ({ who: 'CN=ci-signer-1', act: 'sign', key: 'release@1', digest: i.toString(16).padStart(64, '0'), result: 'ok' as const });
 
 // Checkpoints at 37 and 300, then 5 entries no checkpoint covers yet. The tree at 300 = 256 + 32 + 8 + 4: its

@@ -1,25 +1,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pino } from 'pino';
-import { AuditLog, type AuditKey } from '../../../src/audit/audit-log.ts';
+import { AuditLog } from '../../../src/audit/audit-log.ts';
+import { memoryAuditKey, TEST_AUDIT_ORIGIN } from '../../helpers/audit-key.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { CompactRange, leafHash, verifyConsistency, verifyInclusion } from '../../../src/audit/merkle.ts';
 import { noteVerifier, openCheckpoint } from '../../../src/audit/note.ts';
 import { decodeEntry } from '../../../src/audit/entry.ts';
 
 const silent = pino({ level: 'silent' });
-const pair = generateKeyPairSync('ed25519');
-const spki = pair.publicKey.export({ format: 'der', type: 'spki' });
-const key: AuditKey = {
-  publicKey: () => ({ keyVersion: 'sigil/audit@1', spki }),
-  sign: async (text) => ({ signature: sign(null, text, pair.privateKey), keyVersion: 'sigil/audit@1' }),
-};
-const ORIGIN = 'sigil/test/audit';
+const { key, spki } = memoryAuditKey();
+const ORIGIN = TEST_AUDIT_ORIGIN;
 
 function tempLog(): { path: string; open(): AuditLog; cleanup(): void } {
   const dir = mkdtempSync(join(tmpdir(), 'sigil-audit-'));

@@ -4,26 +4,21 @@
 // it), so the log needs no test hook.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import type { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
-import { AuditLog, type AuditKey } from '../../../src/audit/audit-log.ts';
+import { AuditLog } from '../../../src/audit/audit-log.ts';
+import { memoryAuditKey, TEST_AUDIT_ORIGIN } from '../../helpers/audit-key.ts';
 import { CompactRange, leafHash } from '../../../src/audit/merkle.ts';
 import { decodeEntry } from '../../../src/audit/entry.ts';
 import { verifyLog } from '../../../src/audit/verify.ts';
 import { isSigilError } from '../../../src/errors.ts';
 
-const ORIGIN = 'sigil/test/audit';
-const pair = generateKeyPairSync('ed25519');
-const spki = pair.publicKey.export({ format: 'der', type: 'spki' });
-const key: AuditKey = {
-  publicKey: () => ({ keyVersion: 'sigil/audit@1', spki }),
-  sign: async (text) => ({ signature: sign(null, text, pair.privateKey), keyVersion: 'sigil/audit@1' }),
-};
+const ORIGIN = TEST_AUDIT_ORIGIN;
+const { key, spki } = memoryAuditKey();
 
 const workers: Worker[] = [];
 process.on('worker', (w) => workers.push(w));

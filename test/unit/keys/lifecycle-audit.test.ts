@@ -3,13 +3,13 @@
 // leaves the intent in the log. The log is broken the way a second process would: by holding its write lock.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, sign } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pino } from 'pino';
-import { AuditLog, type AuditKey } from '../../../src/audit/audit-log.ts';
+import { AuditLog } from '../../../src/audit/audit-log.ts';
+import { memoryAuditKey, TEST_AUDIT_ORIGIN } from '../../helpers/audit-key.ts';
 import type { AuditSink } from '../../../src/audit/audit-sink.ts';
 import { decodeEntry, type AuditEntry } from '../../../src/audit/entry.ts';
 import { verifyLog } from '../../../src/audit/verify.ts';
@@ -22,15 +22,10 @@ import { BackendRegistry } from '../../../src/signers/registry.ts';
 import { canCreateKeys } from '../../../src/signers/signer.ts';
 import { SqliteStore } from '../../../src/store/sqlite.ts';
 
-const ORIGIN = 'sigil/test/audit';
+const ORIGIN = TEST_AUDIT_ORIGIN;
 const DAY = 86_400_000;
 const alice = { subject: 'CN=alice', fingerprint: 'aa'.repeat(32) };
-const pair = generateKeyPairSync('ed25519');
-const spki = pair.publicKey.export({ format: 'der', type: 'spki' });
-const auditKey: AuditKey = {
-  publicKey: () => ({ keyVersion: 'sigil/audit@1', spki }),
-  sign: async (text) => ({ signature: sign(null, text, pair.privateKey), keyVersion: 'sigil/audit@1' }),
-};
+const { key: auditKey, spki } = memoryAuditKey();
 const unavailable = (e: unknown) => isSigilError(e, 'AUDIT_UNAVAILABLE');
 
 describe('admin acts written ahead to the audit log', () => {
