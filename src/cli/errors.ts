@@ -48,8 +48,13 @@ export function describeError(err: unknown, addr?: string): string {
     return `${Status[se.code] ?? se.code}: ${se.details}`;
   }
   const e = err as Partial<NodeJS.ErrnoException>;
-  if (typeof e.code === 'string' && typeof e.path === 'string') {
-    return `cannot ${VERB[e.syscall ?? ''] ?? 'use'} ${e.path}: ${ERRNO[e.code] ?? e.code}`;
-  }
+  if (typeof e.code === 'string' && typeof e.path === 'string') return `cannot ${VERB[e.syscall ?? ''] ?? 'use'} ${e.path}: ${fileErrorWords(err)}`;
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** What went wrong with a file, in words (`no such file or directory`), for a message that names the file itself. */
+export function fileErrorWords(err: unknown): string {
+  const code = (err as Partial<NodeJS.ErrnoException>).code;
+  if (typeof code === 'string') return ERRNO[code] ?? code;
   return err instanceof Error ? err.message : String(err);
 }

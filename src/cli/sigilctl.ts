@@ -3,7 +3,7 @@ import { statSync, writeFileSync, readFileSync } from 'node:fs';
 import { createHash, createPrivateKey, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
 import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
-import { describeError } from './errors.ts';
+import { describeError, fileErrorWords } from './errors.ts';
 import { HASH_OF, hashFile } from './files.ts';
 import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
 import { registerRevocationCommands } from './commands/revocation.ts';
@@ -198,7 +198,7 @@ function readNamed(path: string, what: string, option: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
-    throw new UsageError(`cannot read ${what} ${path} (${option}): ${describeError(err).replace(/^cannot \w+ .*?: /, '')}`);
+    throw new UsageError(`cannot read ${what} ${path} (${option}): ${fileErrorWords(err)}`);
   }
 }
 

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { chmod, copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { backup, DatabaseSync } from 'node:sqlite';
 import { verifyLog, type VerifyKey } from '../audit/verify.ts';
@@ -62,7 +63,7 @@ export async function backupDaemonState(cfg: Config, configFile: string, outDir:
   const auditSource = auditPathOf(cfg);
   const auditCopy = join(outDir, 'audit.db');
   let auditInfo: BackupManifest['audit'] = { entries: 0, checkpoint: null, verified: null };
-  if (await exists(auditSource)) {
+  if (existsSync(auditSource)) {
     await snapshot(auditSource, auditCopy, 'audit log');
     await keep(auditCopy);
     auditInfo = await readAudit(auditCopy, storeCopy, cfg.audit.key);
@@ -74,7 +75,7 @@ export async function backupDaemonState(cfg: Config, configFile: string, outDir:
     switch (b.type) {
       case 'tpm': {
         const table = join(b.stateDir, 'keys.json');
-        if (await exists(table)) {
+        if (existsSync(table)) {
           const to = join(outDir, 'tpm', name, 'keys.json');
           await mkdir(dirname(to), { recursive: true, mode: 0o700 });
           await copyFile(table, to);
@@ -116,7 +117,7 @@ async function prepareOut(outDir: string): Promise<void> {
 
 /** SQLite's online backup of `from` into `to`, then an integrity check of the copy. */
 async function snapshot(from: string, to: string, what: string): Promise<void> {
-  if (!(await exists(from))) throw new SigilError('FAILED_PRECONDITION', `the ${what} ${from} does not exist: is this the config the daemon runs with?`);
+  if (!existsSync(from)) throw new SigilError('FAILED_PRECONDITION', `the ${what} ${from} does not exist: is this the config the daemon runs with?`);
   const src = new DatabaseSync(from, { readOnly: true });
   try {
     await backup(src, to);
@@ -177,14 +178,5 @@ async function readAudit(path: string, storePath: string, auditKey: string): Pro
     };
   } finally {
     db.close();
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
   }
 }
