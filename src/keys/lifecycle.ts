@@ -58,7 +58,7 @@ export interface LifecycleOptions extends LifecycleWindows {
   trustRoot?: { name: string; rotated(): Promise<{ keyVersion: string; statements: string[] }> } | undefined;
 }
 
-/** A daemon key whose rotation the daemon follows up on before RotateKey answers; a failure is logged, not thrown. */
+/** A daemon key whose rotation (and other version changes) the daemon follows up on before the act answers; a failure is logged, not thrown. */
 interface RotationFollower {
   name: string;
   /** Does the follow-up; what it returns goes into the log line. */
@@ -66,6 +66,9 @@ interface RotationFollower {
   followed: string;
   behind: string;
   level: 'warn' | 'error';
+  /** After any other act that changed one of its versions (disable, enable, destruction): reload what depends on them. */
+  changed?: () => void;
+  changeFailed?: string;
 }
 
 /** A policy change: only the fields given change. */
@@ -122,7 +125,6 @@ export class KeyLifecycle {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #w: LifecycleWindows;
-  readonly #identityCa: LifecycleOptions['identityCa'];
   /** The daemon keys that follow their own rotation before it returns (audit, identity CA, trusted root). */
   readonly #followers: readonly RotationFollower[];
   /** Runs lifecycle acts on one key one at a time (signing is not serialized). */
@@ -135,7 +137,6 @@ export class KeyLifecycle {
     this.#audit = o.audit;
     this.#clock = o.clock;
     this.#log = o.log;
-    this.#identityCa = o.identityCa;
     const followers: RotationFollower[] = [];
     if (o.auditKey) {
       const k = o.auditKey;
@@ -158,6 +159,8 @@ export class KeyLifecycle {
         followed: 'identity ca key rotated; the new generation issues',
         behind: 'identity ca key rotated but the new generation has no ca certificate yet; the previous one keeps issuing',
         level: 'error',
+        changed: () => k.changed(),
+        changeFailed: 'the identity ca could not reload its generations',
       });
     }
     if (o.trustRoot) {
@@ -618,15 +621,18 @@ export class KeyLifecycle {
     if (ms > LONGEST_WINDOW_MS) throw new SigilError('INVALID_ARGUMENT', `destroy window ${fmt(ms)} is longer than 366d`);
   }
 
-  /** After an act on a version of the identity CA key (other than its rotation, which has its own hook), the CA reloads its generations. */
-  #followIdentityCa(act: string, ref: string | undefined): void {
-    if (!this.#identityCa || ref === undefined || act === 'key.rotate') return;
+  /** After an act on a version of a daemon key other than its rotation (which has its own follow-up), the key's follower reloads what depends on its versions. */
+  #followChange(act: string, ref: string | undefined): void {
+    if (ref === undefined || act === 'key.rotate') return;
     const at = ref.lastIndexOf('@');
-    if ((at < 0 ? ref : ref.slice(0, at)) !== this.#identityCa.name) return;
-    try {
-      this.#identityCa.changed();
-    } catch (err) {
-      this.#log.error({ err, key: ref }, 'the identity ca could not reload its generations');
+    const name = at < 0 ? ref : ref.slice(0, at);
+    for (const f of this.#followers) {
+      if (f.name !== name || !f.changed) continue;
+      try {
+        f.changed();
+      } catch (err) {
+        this.#log.error({ err, key: ref }, f.changeFailed ?? 'a daemon key could not follow a change of its versions');
+      }
     }
   }
 
@@ -667,7 +673,7 @@ export class KeyLifecycle {
     try {
       await Promise.all(entries.map((e) => this.#audit.record(e)));
     } finally {
-      this.#followIdentityCa(act, key);
+      this.#followChange(act, key);
     }
     return done.value;
   }
