@@ -7,7 +7,7 @@ import type { Clock } from '../clock.ts';
 import type { Store } from '../store/store.ts';
 import { keyVersionRef } from '../keys/names.ts';
 import { TRUST_ROOT_KEY, transitionStatement, type CompromisedRootVersion, type SignedTransition } from './root-key-chain.ts';
-import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, type IdentityCaGeneration } from './trusted-root.ts';
+import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, sigstoreTrustedRoot, type IdentityCaGeneration, type TrustedRootDocument } from './trusted-root.ts';
 
 /** The trusted root as served: the exact JSON bytes, a detached signature over them and the root public key. */
 export interface SignedTrustedRoot {
@@ -18,6 +18,8 @@ export interface SignedTrustedRoot {
   publicKeyPem: string;
   /** The root key version that signed, `name@N`. */
   keyVersion: string;
+  /** The same document without sigil's key versions (Sigstore's schema only), signed by the same version. */
+  sigstore: { json: Buffer; signature: Buffer };
 }
 
 /**
@@ -54,8 +56,9 @@ export interface TrustedRootPublisherOptions {
 export { TRUST_ROOT_KEY };
 
 /**
- * Publishes the signed trusted root. The root key (ECDSA P-256, created on first start) signs each
- * distinct document once with its primary version: the document is rebuilt from the key registry on every
+ * Publishes the signed trusted root, in two forms: with sigil's key versions and Sigstore's schema only.
+ * The root key (ECDSA P-256, created on first start) signs each distinct document once with its primary
+ * version: the document is rebuilt from the key registry on every
  * read and signed again only when its bytes or the primary version changed, so an open endpoint cannot make
  * the backend sign at will. It also keeps the chain of root keys: one transition statement per version >= 2,
  * made when the key is rotated (or at the next start, if a crash came between).
@@ -102,14 +105,15 @@ export class TrustedRootPublisher {
 
   /** The current document and its signature, always by the root key's primary version. */
   async current(): Promise<SignedTrustedRoot> {
-    const json = this.#document();
+    const doc = this.#document();
+    const json = serializeTrustedRoot(doc);
     const primary = this.#o.keys.getKey(this.#rootKey).primaryVersion;
     if (this.#last !== null && this.#lastJson !== null && this.#lastJson.equals(json) && this.#lastVersion === primary) {
       const last = this.#last;
       const r = await last.catch(() => null);
       if (r !== null) return r;
     }
-    const p = this.#sign(json, primary);
+    const p = this.#sign(json, serializeTrustedRoot(sigstoreTrustedRoot(doc)), primary);
     this.#last = p;
     this.#lastJson = json;
     this.#lastVersion = primary;
@@ -206,7 +210,7 @@ export class TrustedRootPublisher {
     return out;
   }
 
-  #document(): Buffer {
+  #document(): TrustedRootDocument {
     const o = this.#o;
     let auditLog = null;
     if (o.auditLog) {
@@ -220,15 +224,14 @@ export class TrustedRootPublisher {
       }
     }
     const keys = o.keys.listKeys('');
-    return serializeTrustedRoot(
-      buildTrustedRoot({ identityCa: o.identityCa ? o.identityCa() : null, auditLog, keyVersions: keyVersionsOf(keys, [...o.reservedKeys, this.#rootKey]) }),
-    );
+    return buildTrustedRoot({ identityCa: o.identityCa ? o.identityCa() : null, auditLog, keyVersions: keyVersionsOf(keys, [...o.reservedKeys, this.#rootKey]) });
   }
 
-  async #sign(json: Buffer, version: number): Promise<SignedTrustedRoot> {
+  async #sign(json: Buffer, sigstoreJson: Buffer, version: number): Promise<SignedTrustedRoot> {
     const pub = this.#o.keys.publicKey(keyVersionRef(this.#rootKey, version));
     const sig = await this.#o.keys.sign(pub.keyVersion, { message: json });
+    const sigstoreSig = await this.#o.keys.sign(pub.keyVersion, { message: sigstoreJson });
     const publicKeyPem = createPublicKey({ key: pub.spki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
-    return { json, signature: sig.signature, publicKeyPem, keyVersion: sig.keyVersion };
+    return { json, signature: sig.signature, publicKeyPem, keyVersion: sig.keyVersion, sigstore: { json: sigstoreJson, signature: sigstoreSig.signature } };
   }
 }

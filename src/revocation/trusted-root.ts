@@ -75,8 +75,8 @@ export interface SigilKeyVersionJson {
   publicKey: PublicKeyJson;
 }
 
-/** The trusted-root document: Sigstore's TrustedRoot in proto JSON, plus sigil's key versions. */
-export interface TrustedRootDocument {
+/** Sigstore's TrustedRoot in proto JSON, with no field the schema lacks (what strict parsers accept). */
+export interface SigstoreTrustedRoot {
   mediaType: string;
   tlogs: Array<{ baseUrl: string; hashAlgorithm: 'SHA2_256'; publicKey: PublicKeyJson; logId: { keyId: string } }>;
   certificateAuthorities: Array<{
@@ -87,6 +87,10 @@ export interface TrustedRootDocument {
   }>;
   ctlogs: never[];
   timestampAuthorities: never[];
+}
+
+/** The trusted-root document: Sigstore's TrustedRoot in proto JSON, plus sigil's key versions. */
+export interface TrustedRootDocument extends SigstoreTrustedRoot {
   /**
    * Artifact-signing key versions. Not a TrustedRoot field: sigstore verifiers that ignore unknown fields
    * skip it, and no signing key ever appears under tlogs, ctlogs or an authority.
@@ -151,8 +155,17 @@ export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
 }
 
 /** The exact bytes that are signed and served: two-space indented JSON with a final newline. */
-export function serializeTrustedRoot(doc: TrustedRootDocument): Buffer {
+export function serializeTrustedRoot(doc: SigstoreTrustedRoot): Buffer {
   return Buffer.from(`${JSON.stringify(doc, null, 2)}\n`);
+}
+
+/**
+ * The document without `sigilKeyVersions`: Sigstore's TrustedRoot and nothing else, for strict proto JSON
+ * parsers (sigstore-go, Java's JsonFormat) that refuse a field the schema lacks.
+ */
+export function sigstoreTrustedRoot(doc: TrustedRootDocument): SigstoreTrustedRoot {
+  // Field by field, so that no later extension reaches the strict document by accident.
+  return { mediaType: doc.mediaType, tlogs: doc.tlogs, certificateAuthorities: doc.certificateAuthorities, ctlogs: doc.ctlogs, timestampAuthorities: doc.timestampAuthorities };
 }
 
 /**

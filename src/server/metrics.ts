@@ -145,7 +145,7 @@ export interface PublicDocuments {
   /** The CRL of an identity CA generation (default the current one), or null when there is no identity CA. */
   crl: ((caVersion?: number) => Promise<{ der: Buffer; pem: string }>) | null;
   /** The signed trusted root, or null when there is none. */
-  trustedRoot: (() => Promise<{ json: Buffer; signature: Buffer }>) | null;
+  trustedRoot: (() => Promise<{ json: Buffer; signature: Buffer; sigstore: { json: Buffer; signature: Buffer } }>) | null;
   /** The chain of trusted-root keys (transition statements and compromised versions) as JSON, or null when there is none. */
   rootKeys?: (() => Buffer) | null;
 }
@@ -156,13 +156,16 @@ const DOCUMENTS: Readonly<Record<string, { type: string; body: (d: PublicDocumen
   '/crl.pem': { type: 'application/x-pem-file', body: (d, v) => d.crl?.(v).then((c) => c.pem) ?? null },
   '/trusted-root.json': { type: 'application/json', body: (d) => d.trustedRoot?.().then((r) => r.json) ?? null },
   '/trusted-root.json.sig': { type: 'application/octet-stream', body: (d) => d.trustedRoot?.().then((r) => r.signature) ?? null },
+  '/trusted-root.sigstore.json': { type: 'application/json', body: (d) => d.trustedRoot?.().then((r) => r.sigstore.json) ?? null },
+  '/trusted-root.sigstore.json.sig': { type: 'application/octet-stream', body: (d) => d.trustedRoot?.().then((r) => r.sigstore.signature) ?? null },
   '/trusted-root-keys.json': { type: 'application/json', body: (d) => (d.rootKeys ? Promise.resolve().then(() => d.rootKeys!()) : null) },
 };
 
 /**
  * A plain HTTP endpoint serving `/metrics` and the public documents: `/crl`, `/crl.pem` (the current identity
  * CA generation's; `?version=N` for generation N while it is live), `/trusted-root.json(.sig)`,
- * `/trusted-root-keys.json` (the chain of trusted-root keys).
+ * `/trusted-root.sigstore.json(.sig)` (Sigstore's fields only), `/trusted-root-keys.json` (the chain of
+ * trusted-root keys).
  */
 export async function serveMetrics(metrics: Metrics, host: string, port: number, docs: PublicDocuments = { crl: null, trustedRoot: null }): Promise<{ server: HttpServer; port: number }> {
   const server = createServer((req, res) => {

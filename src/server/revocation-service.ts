@@ -48,6 +48,8 @@ export function revocationService(ctx: RpcContext, d: RevocationDeps): Revocatio
         keyVersion: r.keyVersion,
         rootKeyTransitions: chain.transitions.map((t) => ({ version: t.version, statement: t.statement, previousSignature: t.previousSignature, signature: t.signature })),
         compromisedRootKeys: chain.compromised.map((c) => ({ version: c.version, publicKey: c.spki })),
+        sigstoreJson: r.sigstore.json,
+        sigstoreSignature: r.sigstore.signature,
       };
     }),
   };

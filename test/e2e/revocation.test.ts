@@ -11,6 +11,7 @@ import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
+import { strictTrustedRootParser } from '../helpers/sigstore-schema.ts';
 import { rpc, type Clients } from '../../src/cli/client.ts';
 import { Attestor, builderClients, type AttestorOptions } from '../../src/cli/agent/attestor.ts';
 
@@ -152,6 +153,19 @@ test('the trusted root over gRPC without a client certificate and over HTTP; its
   const sig = Buffer.from(await (await fetch(`${httpBase()}/trusted-root.json.sig`)).arrayBuffer());
   assert.ok(json.equals(r.json));
   assert.ok(sig.equals(r.signature), 'an unchanged document is not signed again');
+  // The sigstore form: the same document with Sigstore's fields only, signed by the same key version, read by
+  // a strict proto JSON parser (which refuses the full document for its sigilKeyVersions).
+  const parse = strictTrustedRootParser();
+  assert.throws(() => parse(r.json), /sigilKeyVersions/);
+  parse(r.sigstoreJson);
+  const { sigilKeyVersions: _, ...sigstoreFields } = doc;
+  assert.deepEqual(JSON.parse(r.sigstoreJson.toString()), sigstoreFields);
+  await writeFile(join(dir, 'trusted_root.sigstore.json'), r.sigstoreJson);
+  await writeFile(join(dir, 'trusted_root.sigstore.json.sig'), r.sigstoreSignature);
+  const vs = openssl(['dgst', '-sha256', '-verify', join(dir, 'root.pub'), '-signature', join(dir, 'trusted_root.sigstore.json.sig'), join(dir, 'trusted_root.sigstore.json')]);
+  assert.match(vs.out, /Verified OK/);
+  assert.ok(Buffer.from(await (await fetch(`${httpBase()}/trusted-root.sigstore.json`)).arrayBuffer()).equals(r.sigstoreJson));
+  assert.ok(Buffer.from(await (await fetch(`${httpBase()}/trusted-root.sigstore.json.sig`)).arrayBuffer()).equals(r.sigstoreSignature));
   // No RPC may sign with the root key.
   await rejectsWith(rpc.sign(td.client('signer'), { key: 'sigil/trust-root', digest: createHash('sha256').update('x').digest(), message: undefined }), Status.PERMISSION_DENIED, /reserved|may not/);
   // A new key changes the document, which is signed anew.
@@ -186,6 +200,11 @@ test('sigilctl: crl get, trusted-root get, revocations list, revoke (admin only)
   assert.equal(tr.code, 0, tr.stderr);
   const v = openssl(['dgst', '-sha256', '-verify', join(dir, 'cli-root.pub'), '-signature', join(dir, 'cli-tr.sig'), join(dir, 'cli-tr.json')]);
   assert.match(v.out, /Verified OK/);
+  const st = await ctl(['trusted-root', 'get', '--sigstore-out', join(dir, 'cli-st.json'), '--sigstore-sig', join(dir, 'cli-st.sig')]);
+  assert.equal(st.code, 0, st.stderr);
+  assert.match(st.stdout, /sigstore form to .*cli-st\.json, its signature to/);
+  strictTrustedRootParser()(readFileSync(join(dir, 'cli-st.json')));
+  assert.match(openssl(['dgst', '-sha256', '-verify', join(dir, 'cli-root.pub'), '-signature', join(dir, 'cli-st.sig'), join(dir, 'cli-st.json')]).out, /Verified OK/);
 
   const denied = await ctl(['revoke', 'builder', 'ab'.repeat(32)], 'signer');
   assert.equal(denied.code, 1);

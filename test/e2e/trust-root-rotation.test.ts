@@ -179,8 +179,10 @@ describe('trusted-root key rotation end to end', { skip: skip ?? false }, () => 
   });
 
   test('sigilctl trusted-root get --root-key v1.pem follows @1 -> @2 -> @3 and writes what openssl verifies; without it, it says nothing was pinned', async () => {
-    const r = await ctl(['trusted-root', 'get', '--root-key', v1Pem, '--out', file('got.json'), '--sig', file('got.sig'), '--pub', file('got.pem')]);
+    const r = await ctl(['trusted-root', 'get', '--root-key', v1Pem, '--out', file('got.json'), '--sig', file('got.sig'), '--pub', file('got.pem'), '--sigstore-out', file('got.sigstore.json'), '--sigstore-sig', file('got.sigstore.sig')]);
     assert.equal(r.code, 0, r.stderr);
+    // The sigstore form is signed by the same (verified) current version.
+    assert.match(openssl(['dgst', '-sha256', '-verify', file('got.pem'), '-signature', file('got.sigstore.sig'), file('got.sigstore.json')]).out, /Verified OK/);
     assert.match(r.stderr, /followed sigil\/trust-root@1 -> @2 -> @3/);
     assert.match(r.stdout, /verified from the pinned key/);
     assert.equal(readFileSync(file('got.pem'), 'utf8'), await pemOfVersion(3));

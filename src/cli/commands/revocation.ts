@@ -1,4 +1,4 @@
-import { createPublicKey } from 'node:crypto';
+import { createPublicKey, verify } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { rpc } from '../client.ts';
@@ -80,10 +80,14 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
     .option('--out <file>', 'write the json to a file instead of stdout')
     .option('--sig <file>', 'write the detached signature (der) to a file')
     .option('--pub <file>', "write the root key's public key (pem) to a file")
+    .option('--sigstore-out <file>', "write the document with Sigstore's fields only (no sigil key versions), for strict parsers such as sigstore-go")
+    .option('--sigstore-sig <file>', 'write the detached signature (der) of the --sigstore-out document to a file')
     .option('--root-key <file>', 'the root public key you pinned (pem): follow the chain of root keys from it to the current one and verify the document; nothing is written unless all of it verifies')
-    .action(async (o: { out?: string; sig?: string; pub?: string; rootKey?: string }) => {
+    .action(async (o: { out?: string; sig?: string; pub?: string; rootKey?: string; sigstoreOut?: string; sigstoreSig?: string }) => {
       const pinned = o.rootKey === undefined ? null : pinnedRootKey(o.rootKey);
       const r = await rpc.getTrustedRoot(cli.open(), {});
+      const wantsSigstore = o.sigstoreOut !== undefined || o.sigstoreSig !== undefined;
+      if (wantsSigstore && r.sigstoreJson.length === 0) throw new Error("this daemon serves no trusted root with Sigstore's fields only (it predates it); nothing was written");
       let followed: string | null = null;
       let publicKeyPem = r.publicKeyPem;
       if (pinned === null) {
@@ -103,16 +107,28 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
         }
         followed = `${TRUST_ROOT_KEY}@${v.followed[0]}${v.followed.slice(1).map((n) => ` -> @${n}`).join('')}`;
         // The verified key, not the one the server named.
-        publicKeyPem = createPublicKey({ key: v.currentSpki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
+        const current = createPublicKey({ key: v.currentSpki, format: 'der', type: 'spki' });
+        if (wantsSigstore && !verify('sha256', r.sigstoreJson, { key: current, dsaEncoding: 'der' }, r.sigstoreSignature)) {
+          throw new Error(`the sigstore form of the trusted root does not verify from the pinned key ${o.rootKey}; nothing was written`);
+        }
+        publicKeyPem = current.export({ format: 'pem', type: 'spki' }).toString();
         process.stderr.write(`followed ${followed}\n`);
       }
       if (o.sig) writeFileSync(o.sig, r.signature);
       if (o.pub) writeFileSync(o.pub, publicKeyPem);
-      if (o.out) {
-        writeFileSync(o.out, r.json);
+      if (o.sigstoreOut) writeFileSync(o.sigstoreOut, r.sigstoreJson);
+      if (o.sigstoreSig) writeFileSync(o.sigstoreSig, r.sigstoreSignature);
+      if (o.out) writeFileSync(o.out, r.json);
+      if (o.out || o.sigstoreOut) {
+        const files = [
+          o.out && `to ${o.out}`,
+          o.sig && `signature to ${o.sig}`,
+          o.sigstoreOut && `sigstore form to ${o.sigstoreOut}`,
+          o.sigstoreSig && `its signature to ${o.sigstoreSig}`,
+        ].filter(Boolean);
         cli.out(
-          { file: o.out, signature: o.sig ?? null, keyVersion: r.keyVersion, verified: pinned !== null, followed },
-          `trusted root written to ${o.out}${o.sig ? `, signature to ${o.sig}` : ''} (signed by ${r.keyVersion}${pinned !== null ? ', verified from the pinned key' : ''})`,
+          { file: o.out ?? null, signature: o.sig ?? null, sigstoreFile: o.sigstoreOut ?? null, sigstoreSignature: o.sigstoreSig ?? null, keyVersion: r.keyVersion, verified: pinned !== null, followed },
+          `trusted root written ${files.join(', ')} (signed by ${r.keyVersion}${pinned !== null ? ', verified from the pinned key' : ''})`,
         );
       } else {
         process.stdout.write(r.json);

@@ -4,7 +4,8 @@ import assert from 'node:assert/strict';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import fc from 'fast-check';
 import { createDevCa } from '../../../src/dev/pki.ts';
-import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, TRUSTED_ROOT_MEDIA_TYPE, type TrustedKeyVersion } from '../../../src/revocation/trusted-root.ts';
+import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, sigstoreTrustedRoot, TRUSTED_ROOT_MEDIA_TYPE, type TrustedKeyVersion } from '../../../src/revocation/trusted-root.ts';
+import { strictTrustedRootParser } from '../../helpers/sigstore-schema.ts';
 import { parseAkName, parseEkHash, parseReason, parseSerial } from '../../../src/revocation/inputs.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { DEFAULT_KEY_POLICY, type KeyRecord } from '../../../src/store/store.ts';
@@ -78,6 +79,37 @@ test('trusted root: the CA, the audit log and each key version window, in proto 
   const bytes = serializeTrustedRoot(doc);
   assert.deepEqual(JSON.parse(bytes.toString()), doc);
   assert.ok(bytes.equals(serializeTrustedRoot(buildTrustedRoot({ identityCa: caDer, auditLog: null, keyVersions: [] }))) === false);
+});
+
+test("the sigstore form: a strict proto JSON parser of Sigstore's TrustedRoot reads it, and refuses the full document", async () => {
+  const parse = strictTrustedRootParser();
+  const older = await createDevCa('sigil identity CA');
+  const current = await createDevCa('sigil identity CA 2');
+  const der = (pem: string) => Buffer.from(pem.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
+  const doc = buildTrustedRoot({
+    identityCa: [
+      { der: der(older.cert), end: t('2026-02-01T00:00:00Z') },
+      { der: der(current.cert), end: null },
+    ],
+    auditLog: {
+      baseUrl: 'https://sigil.example:8443',
+      algorithm: 'ECDSA_P256_SHA256',
+      versions: [
+        { version: 1, spki: p256, createdAt: t('2026-01-01T00:00:00Z'), supersededAt: t('2026-02-01T00:00:00Z') },
+        { version: 2, spki: spki('ec', { namedCurve: 'P-256' }), createdAt: t('2026-02-01T00:00:00Z'), supersededAt: null },
+      ],
+    },
+    keyVersions: [v({}), v({ keyName: 'ci/prov', algorithm: 'RSA_PSS_SHA256', spki: rsa3072 }), v({ keyName: 'ed/k', algorithm: 'ED25519', spki: ed })],
+  });
+  const sigstore = sigstoreTrustedRoot(doc);
+  assert.deepEqual(Object.keys(sigstore), ['mediaType', 'tlogs', 'certificateAuthorities', 'ctlogs', 'timestampAuthorities']);
+  const { sigilKeyVersions, ...rest } = doc;
+  assert.equal(sigilKeyVersions.length, 3);
+  assert.deepEqual(sigstore, rest);
+  assert.equal(sigstore.tlogs.length, 2);
+  assert.equal(sigstore.certificateAuthorities.length, 2);
+  parse(serializeTrustedRoot(sigstore));
+  assert.throws(() => parse(serializeTrustedRoot(doc)), /key "sigilKeyVersions" is unknown/);
 });
 
 test('a rotated audit key: one tlog per version in version order, each closed when the next took over, the current one open', () => {
