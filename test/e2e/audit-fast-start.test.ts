@@ -3,17 +3,13 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
-import { pino } from 'pino';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
-import { connect, rpc, type Clients } from '../../src/cli/client.ts';
+import { rpc, type Clients } from '../../src/cli/client.ts';
 import { Algorithm } from '../../src/gen/sigil/v1/signer.ts';
-import { startDaemon, type Daemon } from '../../src/main.ts';
-import { parseConfig } from '../../src/config/load.ts';
 import { leafHash } from '../../src/audit/merkle.ts';
 
 const run = promisify(execFile);
@@ -22,15 +18,9 @@ const SIGILCTL = new URL('../../bin/sigilctl.js', import.meta.url).pathname;
 
 describe('the daemon with audit.fullCheckAtStartMax: 0 (always the fast start)', { skip: skip ?? false }, () => {
   let td: TestDaemon;
-  let daemon: Daemon;
-  const clients: Clients[] = [];
-  const client = (who: 'signer' | 'admin' | 'auditor'): Clients => {
-    const c = connect({ addr: daemon.address, ca: td.ca, cert: td.ids[who].cert, key: td.ids[who].key });
-    clients.push(c);
-    return c;
-  };
+  const client = (who: 'signer' | 'admin' | 'auditor'): Clients => td.client(who);
   const verify = async (): Promise<{ code: number; stderr: string; report: { ok: boolean; size: number } }> => {
-    const env = { ...process.env, SIGIL_ADDR: daemon.address, SIGIL_CACERT: td.ca, SIGIL_CLIENT_CERT: td.ids.auditor.cert, SIGIL_CLIENT_KEY: td.ids.auditor.key };
+    const env = { ...process.env, SIGIL_ADDR: td.daemon.address, SIGIL_CACERT: td.ca, SIGIL_CLIENT_CERT: td.ids.auditor.cert, SIGIL_CLIENT_KEY: td.ids.auditor.key };
     try {
       const r = await run(process.execPath, [SIGILCTL, 'audit', 'verify', '-o', 'json'], { env, maxBuffer: 16 * 1024 * 1024 });
       return { code: 0, stderr: r.stderr, report: JSON.parse(r.stdout) as { ok: boolean; size: number } };
@@ -43,43 +33,33 @@ describe('the daemon with audit.fullCheckAtStartMax: 0 (always the fast start)',
     const c = client('signer');
     for (let i = 0; i < n; i++) await rpc.sign(c, { key: 'release/app', digest: createHash('sha256').update(`artifact ${from + i}`).digest() });
   };
-  const stopDaemon = async () => {
-    for (const c of clients.splice(0)) c.close();
-    await daemon.stop();
-  };
-  const restart = async () => {
-    daemon = await startDaemon(parseConfig(readFileSync(td.configFile, 'utf8'), td.configFile), { log: pino({ level: 'silent' }) });
-  };
-  const scrape = async () => (await fetch(`http://${daemon.metricsAddress}/metrics`)).text();
+  const scrape = async () => (await fetch(`http://${td.daemon.metricsAddress}/metrics`)).text();
 
   before(async () => {
     td = await startTestDaemon({ extraConfig: { audit: { fullCheckAtStartMax: 0 } } });
-    daemon = td.daemon;
     await rpc.createKey(client('admin'), { name: 'release/app', algorithm: Algorithm.ECDSA_P256_SHA256, backend: '' });
   });
   after(async () => {
-    for (const c of clients.splice(0)) c.close();
-    if (daemon !== td?.daemon) await daemon?.stop();
     await td?.stop();
   });
 
   test('starts on its latest checkpoint, checks the rest in the background, signs, and sigilctl audit verify passes', async () => {
     await signN(40);
-    const cp = await daemon.audit.latestCheckpoint();
+    const cp = await td.daemon.audit.latestCheckpoint();
     assert.ok(cp.size >= 40);
     await signN(3, 40);
-    const size = daemon.audit.size;
-    await stopDaemon();
+    const size = td.daemon.audit.size;
+    await td.stopDaemon();
     const db = new DatabaseSync(join(td.dir, 'audit.db'));
     const latest = () => (db.prepare('SELECT MAX(size) AS n FROM checkpoints').get() as { n: number }).n;
     assert.equal(latest(), size, 'a clean stop signs a checkpoint over everything');
     // As after a crash: the last entries are covered by no checkpoint.
     db.prepare('DELETE FROM checkpoints WHERE size > ?').run(cp.size);
     db.close();
-    await restart();
-    assert.equal(daemon.audit.size, size, 'the entries after the checkpoint were appended');
-    assert.equal(daemon.audit.fullCheck.size, cp.size, 'opened on the latest checkpoint');
-    const done = await daemon.audit.fullCheckDone();
+    await td.restart();
+    assert.equal(td.daemon.audit.size, size, 'the entries after the checkpoint were appended');
+    assert.equal(td.daemon.audit.fullCheck.size, cp.size, 'opened on the latest checkpoint');
+    const done = await td.daemon.audit.fullCheckDone();
     assert.equal(done.state, 'clean');
     const metrics = await scrape();
     assert.match(metrics, new RegExp(`^sigil_audit_verified_entries ${cp.size}$`, 'm'));
@@ -93,14 +73,14 @@ describe('the daemon with audit.fullCheckAtStartMax: 0 (always the fast start)',
   });
 
   test('an old entry rewritten while stopped: the daemon starts, the background check fails the log, and Sign is refused until restart', async () => {
-    const cp = await daemon.audit.latestCheckpoint();
+    const cp = await td.daemon.audit.latestCheckpoint();
     assert.ok(cp.size >= 32, 'entry 3 lies under a stored subtree the start does not read');
-    await stopDaemon();
+    await td.stopDaemon();
     const db = new DatabaseSync(join(td.dir, 'audit.db'));
     db.prepare('UPDATE entries SET leaf = ? WHERE idx = 3').run(leafHash(Buffer.from('forged')));
     db.close();
-    await restart();
-    const done = await daemon.audit.fullCheckDone();
+    await td.restart();
+    const done = await td.daemon.audit.fullCheckDone();
     assert.equal(done.state, 'tampered');
     assert.match(done.finding ?? '', /do not hash to the root of the checkpoint/);
     const c = client('signer');
@@ -110,13 +90,13 @@ describe('the daemon with audit.fullCheckAtStartMax: 0 (always the fast start)',
     const metrics = await scrape();
     assert.match(metrics, /^sigil_audit_log_up 0$/m);
     assert.match(metrics, /^sigil_audit_full_check_state\{state="tampered"\} 1$/m);
-    await stopDaemon();
-    // Restored: the next start is clean again, so `after` finds a running daemon.
+    await td.stopDaemon();
+    // Restored: the next start is clean again, so `after` finds a running td.daemon.
     const fix = new DatabaseSync(join(td.dir, 'audit.db'));
     const row = fix.prepare('SELECT data FROM entries WHERE idx = 3').get() as { data: Uint8Array };
     fix.prepare('UPDATE entries SET leaf = ? WHERE idx = 3').run(leafHash(row.data));
     fix.close();
-    await restart();
-    assert.equal((await daemon.audit.fullCheckDone()).state, 'clean');
+    await td.restart();
+    assert.equal((await td.daemon.audit.fullCheckDone()).state, 'clean');
   });
 });

@@ -10,15 +10,12 @@ import { createHash, createPublicKey, verify as cryptoVerify } from 'node:crypto
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
-import { pino } from 'pino';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
-import { connect, promised, rpc, type Clients } from '../../src/cli/client.ts';
+import { promised, rpc, type Clients } from '../../src/cli/client.ts';
 import { Algorithm } from '../../src/gen/sigil/v1/signer.ts';
 import type { GetAuditKeyResponse } from '../../src/gen/sigil/v1/audit.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { startDaemon, type Daemon } from '../../src/main.ts';
 import type { TrustedRootDocument } from '../../src/revocation/trusted-root.ts';
 
 const run = promisify(execFile);
@@ -39,9 +36,6 @@ interface Report {
 
 describe('audit key rotation end to end', { skip: skip ?? false }, () => {
   let td: TestDaemon;
-  /** A daemon this file restarted on the same files (the helper stops only the one it started). */
-  let restarted: Daemon | null = null;
-  const ownClients: Clients[] = [];
   let saved: string;
   let savedSize: number;
   let v1Pem: string;
@@ -88,13 +82,8 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
     writeFileSync(v1Pem, (await auditKey()).pem);
   });
   after(async () => {
-    for (const c of ownClients) c.close();
-    await restarted?.stop();
     await td?.stop();
   });
-  const restart = async (): Promise<void> => {
-    restarted = td.daemon = await startDaemon(parseConfig(readFileSync(td.configFile, 'utf8'), td.configFile), { log: pino({ level: 'silent' }), clock });
-  };
 
   test('every act but rotation on the audit key, policy and disabling the current version of the trusted-root key, and disabling the identity ca\'s current version, is refused and changes nothing', async () => {
     const names = ['sigil/audit', 'sigil/identity-ca', 'sigil/trust-root'];
@@ -228,8 +217,7 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
   });
 
   test('after the rotation a tampered entry is still detected, and the untouched log reopens under v2', async () => {
-    // Last: it restarts the daemon, and the helper's clients keep the first daemon's address.
-    await td.daemon.stop();
+    await td.stopDaemon();
     const dbPath = join(td.dir, 'audit.db');
     const db = new DatabaseSync(dbPath);
     const at = td.daemon.audit.size - 3;
@@ -239,20 +227,18 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
     data[data.indexOf('"act":"') + 7] ^= 0x01;
     db.prepare('UPDATE entries SET data = ? WHERE idx = ?').run(data, at);
     db.close();
-    await restart();
+    await td.restart();
     const bad = await verify('--checkpoint', saved, '--key', v1Pem, '--key', v2Pem);
     assert.equal(bad.code, 1);
     assert.deepEqual([bad.report.failure?.check, bad.report.failure?.index], ['entry-modified', at]);
 
-    await td.daemon.stop();
+    await td.stopDaemon();
     const fix = new DatabaseSync(dbPath);
     fix.prepare('UPDATE entries SET data = ? WHERE idx = ?').run(pristine, at);
     fix.close();
-    await restart();
+    await td.restart();
     const ok = await verify('--checkpoint', saved, '--key', v1Pem, '--key', v2Pem);
     assert.equal(ok.code, 0, ok.stdout);
-    const c = connect({ addr: td.daemon.address, ca: td.ca, cert: td.ids.auditor.cert, key: td.ids.auditor.key });
-    ownClients.push(c);
-    assert.equal((await promised<GetAuditKeyResponse>((md, cb) => c.audit.getAuditKey({}, md, cb))).keyVersion, 'sigil/audit@2');
+    assert.equal((await auditKey()).keyVersion, 'sigil/audit@2');
   });
 });

@@ -2,18 +2,15 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, rmSync, writeFileSync } from 'node:fs';
 import { generateKeyPairSync as genKeys, createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
-import { pino } from 'pino';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
-import { connect, promised, rpc, type Clients } from '../../src/cli/client.ts';
+import { promised, rpc, type Clients } from '../../src/cli/client.ts';
 import { Algorithm } from '../../src/gen/sigil/v1/signer.ts';
-import { startDaemon, type Daemon } from '../../src/main.ts';
-import { parseConfig } from '../../src/config/load.ts';
 import type { ListEntriesResponse, GetCheckpointResponse } from '../../src/gen/sigil/v1/audit.ts';
 
 const run = promisify(execFile);
@@ -26,20 +23,14 @@ const clock = { now: () => new Date(Date.now() + ++tick) };
 
 describe('the audit log end to end', { skip: skip ?? false }, () => {
   let td: TestDaemon;
-  let daemon: Daemon;
   let dbPath: string;
   let saved: string;
   let savedSize: number;
-  const clients: Clients[] = [];
-  const client = (who: keyof TestDaemon['ids']): Clients => {
-    const c = connect({ addr: daemon.address, ca: td.ca, cert: td.ids[who].cert, key: td.ids[who].key });
-    clients.push(c);
-    return c;
-  };
+  const client = (who: keyof TestDaemon['ids']): Clients => td.client(who);
   const ctl = async (args: string[], who: 'auditor' | 'signer' | 'admin' = 'auditor'): Promise<{ stdout: string; stderr: string; code: number }> => {
     try {
       const r = await run(process.execPath, [SIGILCTL, ...args], {
-        env: { ...process.env, SIGIL_ADDR: daemon.address, SIGIL_CACERT: td.ca, SIGIL_CLIENT_CERT: td.ids[who].cert, SIGIL_CLIENT_KEY: td.ids[who].key },
+        env: { ...process.env, SIGIL_ADDR: td.daemon.address, SIGIL_CACERT: td.ca, SIGIL_CLIENT_CERT: td.ids[who].cert, SIGIL_CLIENT_KEY: td.ids[who].key },
         maxBuffer: 16 * 1024 * 1024,
       });
       return { ...r, code: 0 };
@@ -56,23 +47,13 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
     const c = client('signer');
     for (let i = 0; i < n; i++) await rpc.sign(c, { key: 'release/app', digest: createHash('sha256').update(`artifact ${i}`).digest() });
   };
-  const restart = async () => {
-    daemon = await startDaemon(parseConfig(readFileSync(td.configFile, 'utf8'), td.configFile), { log: pino({ level: 'silent' }), clock });
-  };
-  const stopDaemon = async () => {
-    for (const c of clients.splice(0)) c.close();
-    await daemon.stop();
-  };
 
   before(async () => {
     td = await startTestDaemon({ clock });
-    daemon = td.daemon;
     dbPath = join(td.dir, 'audit.db');
     await rpc.createKey(client('admin'), { name: 'release/app', algorithm: Algorithm.ECDSA_P256_SHA256, backend: '' });
   });
   after(async () => {
-    for (const c of clients.splice(0)) c.close();
-    if (daemon !== td?.daemon) await daemon?.stop();
     await td?.stop();
   });
 
@@ -166,7 +147,7 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
   describe('tampering with the stopped daemon\'s audit file', () => {
     let pristine: string;
     before(async () => {
-      await stopDaemon();
+      await td.stopDaemon();
       pristine = join(td.dir, 'pristine.db');
       copyFileSync(dbPath, pristine);
     });
@@ -180,11 +161,11 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
     };
     const dropCheckpoints = (db: DatabaseSync) => db.exec('DELETE FROM checkpoints');
     const withDaemon = async (fn: () => Promise<void>) => {
-      await restart();
+      await td.restart();
       try {
         await fn();
       } finally {
-        await stopDaemon();
+        await td.stopDaemon();
       }
     };
 
@@ -213,7 +194,7 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
         db.prepare('UPDATE entries SET data = ?, leaf = ? WHERE idx = 5').run(data, leaf);
       };
       await tampered(flip);
-      await assert.rejects(restart(), /audit log tampered: the stored entries do not hash to the root of the checkpoint/);
+      await assert.rejects(td.restart(), /audit log tampered: the stored entries do not hash to the root of the checkpoint/);
       await tampered((db) => {
         flip(db);
         dropCheckpoints(db);
@@ -228,7 +209,7 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
 
     test('a removed entry: the daemon refuses to start; renumbered with checkpoints dropped, the saved checkpoint catches it', async () => {
       await tampered((db) => db.exec('DELETE FROM entries WHERE idx = 7'));
-      await assert.rejects(restart(), /audit log tampered: entry 7 is missing/);
+      await assert.rejects(td.restart(), /audit log tampered: entry 7 is missing/);
       await tampered((db) => {
         db.exec('DELETE FROM entries WHERE idx = 7');
         db.exec('UPDATE entries SET idx = -idx WHERE idx > 7; UPDATE entries SET idx = -idx - 1 WHERE idx < 0');
@@ -290,7 +271,7 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
         assert.equal(v.code, 0, JSON.stringify(v.report));
       });
       // Leave a running daemon for `after`.
-      await restart();
+      await td.restart();
     });
   });
 });

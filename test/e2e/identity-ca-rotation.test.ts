@@ -11,17 +11,13 @@ import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pino } from 'pino';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
-import { connect, rpc, type Clients } from '../../src/cli/client.ts';
+import { rpc, type Clients } from '../../src/cli/client.ts';
 import { Attestor, builderClients, type Identity } from '../../src/cli/agent/attestor.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { startDaemon, type Daemon } from '../../src/main.ts';
 import type { TrustedRootDocument } from '../../src/revocation/trusted-root.ts';
-import { decodeEntry, type AuditEntry } from '../../src/audit/entry.ts';
 
 const run = promisify(execFile);
 const skip = missingTools('swtpm', 'swtpm_setup', 'openssl', 'softhsm', 'softhsm2-util');
@@ -48,8 +44,7 @@ const rejectsWith = (p: Promise<unknown>, code: Status, re: RegExp) =>
 describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
   let sw: Swtpm;
   let td: TestDaemon;
-  /** The daemon this file restarted on the same files (the helper stops only the one it started). */
-  let restarted: Daemon | null = null;
+  /** Builder clients (the helper closes the ones it made). */
   const opened: Clients[] = [];
   let v1Builder: Identity;
   let v1Client: Clients;
@@ -66,8 +61,7 @@ describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
     opened.push(c);
     return c;
   };
-  const client = (who: 'admin' | 'anonymous' | 'auditor'): Clients =>
-    own(connect({ addr: addr(), ca: td.ca, ...(who === 'anonymous' ? {} : { cert: td.ids[who].cert, key: td.ids[who].key }) }));
+  const client = (who: 'admin' | 'anonymous' | 'auditor'): Clients => td.client(who);
   const builder = (id: Identity): Clients => own(builderClients(addr(), td.ca, id));
   const agent = (lifetimeSeconds = 0): Attestor =>
     new Attestor({ addr: addr(), ca: td.ca, tpm: sw.tcti, policy: 'ci', ek: 'rsa', ak: 'ecc', claims: { repository: 'acme/widgets' }, lifetimeSeconds });
@@ -89,22 +83,10 @@ describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
   const verifyCert = (caFile: string, cert: string, crl?: string) =>
     openssl(['verify', ...(crl ? ['-crl_check', '-CRLfile', crl] : []), '-CAfile', caFile, cert]);
   const trustedRoot = async (): Promise<TrustedRootDocument> => JSON.parse((await rpc.getTrustedRoot(client('anonymous'), {})).json.toString()) as TrustedRootDocument;
-  /** The audit entries of the daemon running now (the helper's reader stays with the first one). */
-  const auditEntries = (): AuditEntry[] => {
-    const log = td.daemon.audit;
-    const out: AuditEntry[] = [];
-    while (out.length < log.size) {
-      const page = log.entries(out.length, log.size - out.length);
-      if (page.length === 0) break;
-      for (const e of page) out.push(decodeEntry(e.data));
-    }
-    return out;
-  };
   const http = (path: string) => fetch(`http://${td.daemon.metricsAddress}${path}`);
   const restart = async (): Promise<void> => {
     for (const c of opened.splice(0)) c.close();
-    await td.daemon.stop();
-    restarted = td.daemon = await startDaemon(parseConfig(readFileSync(td.configFile, 'utf8'), td.configFile), { log: pino({ level: 'silent' }), clock });
+    await td.restart();
   };
 
   before(async () => {
@@ -130,7 +112,6 @@ describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
   });
   after(async () => {
     for (const c of opened) c.close();
-    await restarted?.stop();
     await td?.stop();
     await sw?.stop();
   });
@@ -168,7 +149,7 @@ describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
     assert.equal(ca.keyVersion, `${CA}@2`);
     const v2Der = ca.caCertificateDer();
     assert.equal(new X509Certificate(v2Der).subject, 'CN=sigil identity CA 2');
-    const entries = auditEntries().slice(size);
+    const entries = td.auditEntries().slice(size);
     const rotate = entries.find((e) => e.act === 'key.rotate' && e.result === 'ok');
     const created = entries.find((e) => e.act === 'identity.ca.create');
     assert.deepEqual([rotate?.key, rotate?.who], [`${CA}@2`, 'CN=test-admin']);
@@ -198,7 +179,7 @@ describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
     assert.match(bad.out, /unable to get local issuer certificate|unable to get issuer certificate/);
     assert.equal(verifyCert(v1CaFile, file('v1-builder.pem', v1Builder.certificatePem)).code, 0);
     assert.notEqual(verifyCert(v2CaFile, join(td.dir, 'v1-builder.pem')).code, 0);
-    const issued = auditEntries().findLast((e) => e.act === 'identity.issue');
+    const issued = td.auditEntries().findLast((e) => e.act === 'identity.issue');
     assert.equal(issued?.key, `${CA}@2`);
 
     v2Client = builder(v2Builder);
@@ -273,7 +254,7 @@ describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
     assert.match(cli.stderr, /FAILED_PRECONDITION.*still trusted/);
     assert.deepEqual((await rpc.getKey(admin, { name: CA })).key, before, 'nothing changed');
     assert.deepEqual(
-      auditEntries().slice(size).map((e) => [e.act, e.key, e.result, e.reason]),
+      td.auditEntries().slice(size).map((e) => [e.act, e.key, e.result, e.reason]),
       [
         ['key.disable', `${CA}@2`, 'refused', 'FAILED_PRECONDITION'],
         ['key.disable', `${CA}@2`, 'refused', 'FAILED_PRECONDITION'],
@@ -334,7 +315,7 @@ describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
     const disabledAt = td.daemon.keys.getKey(CA).versions[0]!.disabledAt!;
     const closed = (await trustedRoot()).certificateAuthorities[0]!.validFor.end;
     assert.equal(closed, disabledAt.toISOString().replace(/\.000Z$/, 'Z'), 'v1 closes when it was disabled');
-    assert.ok(auditEntries().some((e) => e.act === 'request.refused' && /which is disabled/.test(String((e.detail as { why?: string }).why))), 'the refusal is audited');
+    assert.ok(td.auditEntries().some((e) => e.act === 'request.refused' && /which is disabled/.test(String((e.detail as { why?: string }).why))), 'the refusal is audited');
 
     const e = await ctl(['key', 'enable', `${CA}@1`]);
     assert.equal(e.code, 0, e.stderr);

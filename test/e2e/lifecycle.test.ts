@@ -6,12 +6,10 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
-import { pino } from 'pino';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { rpc } from '../../src/cli/client.ts';
 import { parseConfig } from '../../src/config/load.ts';
-import { startDaemon } from '../../src/main.ts';
 import { KeyVersionState } from '../../src/gen/sigil/v1/signer.ts';
 import { ApprovalState } from '../../src/gen/sigil/v1/admin.ts';
 import type { Clock } from '../../src/clock.ts';
@@ -226,14 +224,12 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     assert.equal((await rpc.sign(d.client('signer'), { key: 'ci/prov', digest, message: undefined })).keyVersion, 'ci/prov@2');
 
     // Stop the daemon, let 31 days pass, start it again on the same store: the first tick catches up.
-    await d.daemon.stop();
+    await d.stopDaemon();
     clock.t += 31 * DAY;
-    const text = await readFile(d.configFile, 'utf8');
-    d.daemon = await startDaemon(parseConfig(text, d.configFile), { clock, log: pino({ level: 'silent' }) });
+    await d.restart();
     await d.daemon.scheduler.tick();
     const k = d.daemon.keys.getKey('ci/prov');
     assert.equal(k.primaryVersion, 3);
     assert.equal(k.nextRotationAt!.getTime(), clock.t + 30 * DAY);
-    await d.daemon.stop();
   });
 });

@@ -12,16 +12,12 @@ import { createPublicKey } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
-import { pino } from 'pino';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
-import { connect, rpc, type Clients } from '../../src/cli/client.ts';
+import { rpc, type Clients } from '../../src/cli/client.ts';
 import { Algorithm } from '../../src/gen/sigil/v1/signer.ts';
 import type { GetTrustedRootResponse } from '../../src/gen/sigil/v1/revocation.ts';
-import { parseConfig } from '../../src/config/load.ts';
-import { startDaemon, type Daemon } from '../../src/main.ts';
-import { decodeEntry } from '../../src/audit/entry.ts';
 import type { TransitionStatement } from '../../src/revocation/root-key-chain.ts';
 
 const run = promisify(execFile);
@@ -38,15 +34,8 @@ type Statement = TransitionStatement;
 
 describe('trusted-root key rotation end to end', { skip: skip ?? false }, () => {
   let td: TestDaemon;
-  let restarted: Daemon | null = null;
-  const own: Clients[] = [];
   let v1Pem: string;
-  const clients = (who: 'admin' | 'anonymous'): Clients => {
-    const id = who === 'anonymous' ? undefined : td.ids[who];
-    const c = connect({ addr: td.daemon.address, ca: td.ca, cert: id?.cert, key: id?.key });
-    own.push(c);
-    return c;
-  };
+  const clients = (who: 'admin' | 'anonymous'): Clients => td.client(who);
   const root = (): Promise<GetTrustedRootResponse> => rpc.getTrustedRoot(clients('anonymous'), {});
   const ctl = async (args: string[], who: 'auditor' | 'admin' | 'none' = 'none'): Promise<{ stdout: string; stderr: string; code: number }> => {
     const env: NodeJS.ProcessEnv = { ...process.env, SIGIL_ADDR: td.daemon.address, SIGIL_CACERT: td.ca };
@@ -79,8 +68,6 @@ describe('trusted-root key rotation end to end', { skip: skip ?? false }, () => 
     writeFileSync(v1Pem, r.publicKeyPem);
   });
   after(async () => {
-    for (const c of own) c.close();
-    await restarted?.stop();
     await td?.stop();
   });
 
@@ -250,8 +237,7 @@ describe('trusted-root key rotation end to end', { skip: skip ?? false }, () => 
     const gap = await ctl(['trusted-root', 'get', '--root-key', v1Pem, '--out', file('gap.json')]);
     assert.equal(gap.code, 1, gap.stderr);
     assert.match(gap.stderr, /signed by sigil\/trust-root@3, but the chain from the pinned key ends at sigil\/trust-root@2: no statement introduces sigil\/trust-root@3 \(a gap in the chain\)/);
-    await td.daemon.stop();
-    restarted = td.daemon = await startDaemon(parseConfig(readFileSync(td.configFile, 'utf8'), td.configFile), { log: pino({ level: 'silent' }) });
+    await td.restart();
     const after = await root();
     assert.deepEqual(after.rootKeyTransitions.map((t) => t.version), [2, 3]);
     assert.ok(Buffer.from(after.rootKeyTransitions[0]!.statement).equals(Buffer.from(beforeChain.rootKeyTransitions[0]!.statement)), 'v2 statement unchanged');
@@ -291,11 +277,7 @@ describe('trusted-root key rotation end to end', { skip: skip ?? false }, () => 
     assert.match(r4.stderr, /followed sigil\/trust-root@3 -> @4/);
     assert.deepEqual((await root()).rootKeyTransitions.map((t) => t.version), [4]);
     await assert.rejects(rpc.disableKeyVersion(admin, { key: `${ROOT}@4`, compromised: true, compromiseTime: undefined }), refused(/current version of sigil\/trust-root/));
-    // The helper reads the first daemon's log; this one was restarted.
-    const log = td.daemon.audit;
-    const entries = [];
-    while (entries.length < log.size) entries.push(...log.entries(entries.length, log.size - entries.length).map((e) => decodeEntry(e.data)));
-    const audited = entries.filter((e) => e.key === `${ROOT}@2` && e.act === 'key.disable' && e.result === 'ok');
+    const audited = td.auditEntries().filter((e) => e.key === `${ROOT}@2` && e.act === 'key.disable' && e.result === 'ok');
     assert.equal(audited.length, 1);
     assert.equal(audited[0]!.detail?.compromised, true);
   });

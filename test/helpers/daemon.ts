@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -21,8 +21,10 @@ export interface Identity {
 /** A daemon on 127.0.0.1:0 over a fresh SoftHSM token, with admin, signer, no-role and outsider identities. */
 export interface TestDaemon {
   dir: string;
-  daemon: Daemon;
-  address: string;
+  /** The daemon running now (after `restart`, the new one). */
+  readonly daemon: Daemon;
+  /** Its gRPC address (a restart listens on a new free port). */
+  readonly address: string;
   token: TempToken;
   ca: string;
   /**
@@ -36,8 +38,16 @@ export interface TestDaemon {
   auditEntries(): AuditEntry[];
   /** The config file the daemon runs with, for starting it as a subprocess too. */
   configFile: string;
-  /** Clients authenticated as an identity (or with no client certificate). */
+  /** Clients of the running daemon, authenticated as an identity (or with no client certificate). */
   client(who: keyof TestDaemon['ids'] | 'anonymous'): Clients;
+  /** Stops the daemon and closes the clients `client` made, keeping its files (token, store, audit log) for a restart. */
+  stopDaemon(): Promise<void>;
+  /**
+   * Starts a daemon again on the same config and files (stopping the running one first), with the same clock
+   * and log lines; `client`, `auditEntries` and `logs` follow it. When the start fails, no daemon runs.
+   */
+  restart(): Promise<Daemon>;
+  /** Stops the daemon if one runs and removes every file. */
   stop(): Promise<void>;
 }
 
@@ -90,12 +100,25 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
       cb();
     },
   });
-  const daemon = await startDaemon(parseConfig(text, configFile), { log: pino({ level: 'debug' }, sink), ...(opts.clock ? { clock: opts.clock } : {}) });
+  // The file, not `text`: a test may change the config between restarts.
+  const start = async (): Promise<Daemon> => startDaemon(parseConfig(await readFile(configFile, 'utf8'), configFile), { log: pino({ level: 'debug' }, sink), ...(opts.clock ? { clock: opts.clock } : {}) });
+  let daemon = await start();
+  let running = true;
   const opened: Clients[] = [];
+  const stopDaemon = async (): Promise<void> => {
+    for (const c of opened.splice(0)) c.close();
+    if (!running) return;
+    running = false;
+    await daemon.stop();
+  };
   return {
     dir,
-    daemon,
-    address: daemon.address,
+    get daemon() {
+      return daemon;
+    },
+    get address() {
+      return daemon.address;
+    },
     token,
     ca: caFile,
     ids,
@@ -116,9 +139,15 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
       opened.push(c);
       return c;
     },
+    stopDaemon,
+    restart: async () => {
+      await stopDaemon();
+      daemon = await start();
+      running = true;
+      return daemon;
+    },
     stop: async () => {
-      for (const c of opened) c.close();
-      await daemon.stop();
+      await stopDaemon();
       await token.cleanup();
       await rm(dir, { recursive: true, force: true });
     },
