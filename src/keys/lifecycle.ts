@@ -187,10 +187,12 @@ export class KeyLifecycle {
 
   /**
    * Makes a new version in the key's backend and makes it primary; older versions stay for verification.
-   * For the audit key, a checkpoint signed by the new version follows before this resolves.
+   * For the daemon's own keys what depends on the key follows before this resolves (the audit key's
+   * checkpoint, the identity CA's certificate, the trusted root's transition statement); when it cannot,
+   * the rotation stands and `behind` says what is late and why (it is made later).
    */
-  async rotate(who: ActorRef, name: string, opts: { auto?: boolean } = {}): Promise<{ key: KeyRecord; version: number }> {
-    const r = await this.#rotate(who, name, opts);
+  async rotate(who: ActorRef, name: string, opts: { auto?: boolean } = {}): Promise<{ key: KeyRecord; version: number; behind?: string }> {
+    const r: { key: KeyRecord; version: number; behind?: string } = await this.#rotate(who, name, opts);
     for (const f of this.#followers) {
       if (f.name !== name) continue;
       // The rotation is done and recorded: what cannot follow now follows later (next reader, issuance or start).
@@ -198,6 +200,8 @@ export class KeyLifecycle {
         this.#log.info({ key: keyVersionRef(name, r.version), ...(await f.follow()) }, f.followed);
       } catch (err) {
         this.#log[f.level]({ err, key: keyVersionRef(name, r.version) }, f.behind);
+        // Only a SigilError's message is safe to show; anything else is in the daemon's log.
+        r.behind = `${f.behind}: ${err instanceof SigilError ? err.message : 'internal error (see the daemon log)'}`;
       }
     }
     return r;

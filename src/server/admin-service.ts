@@ -189,8 +189,8 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
     getKey: unary(ctx, 'GetKey', KEY_READERS, (req) => ({ key: keyToPb(keys.getKey(req.name)) })),
     listKeys: unary(ctx, 'ListKeys', KEY_READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
     rotateKey: unary(ctx, 'RotateKey', KEY_CHANGERS, async (req, who) => {
-      const { key, version } = await lifecycle.rotate(actor(who), await checked(who, 'rotate', req.name, () => daemonKey(req.name, 'rotate')));
-      return { key: keyToPb(key), newVersion: version };
+      const { key, version, behind } = await lifecycle.rotate(actor(who), await checked(who, 'rotate', req.name, () => daemonKey(req.name, 'rotate')));
+      return { key: keyToPb(key), newVersion: version, warning: behind ?? '' };
     }),
     disableKeyVersion: unary(ctx, 'DisableKeyVersion', KEY_CHANGERS, async (req, who) => {
       const ref = await checked(who, 'disable', req.key, () => {

@@ -126,6 +126,32 @@ describe('key lifecycle on SoftHSM', { skip: skip ?? false }, () => {
     assert.equal(sink.events.at(-1)!.key, 'rel/app@2');
   });
 
+  it("a daemon key's follow-up that fails after a rotation: the rotation stands and says what is late, in words safe to show", async () => {
+    await keys.createKey('own/ca', 'ECDSA_P256_SHA256');
+    let failure: Error = new SigilError('BACKEND_UNAVAILABLE', 'backend hsm is unreachable');
+    const followed = new KeyLifecycle({
+      store, backends, keys, audit: sink, clock, log, minDestroyWindowMs: DAY, defaultDestroyWindowMs: 7 * DAY, approvalTtlMs: DAY,
+      identityCa: { name: 'own/ca', rotated: () => Promise.reject(failure), changed: () => {} },
+    });
+    const r = await followed.rotate(alice, 'own/ca');
+    assert.equal(r.version, 2);
+    assert.equal(keys.getKey('own/ca').primaryVersion, 2, 'the rotation stands');
+    assert.equal(r.behind, 'identity ca key rotated but the new generation has no ca certificate yet; the previous one keeps issuing: backend hsm is unreachable');
+    failure = new Error('ENOENT: /secret/path/pin');
+    const again = await followed.rotate(alice, 'own/ca');
+    assert.equal(again.version, 3);
+    assert.match(again.behind ?? '', /: internal error \(see the daemon log\)$/);
+    assert.ok(!again.behind!.includes('secret'));
+    // A follow-up that succeeds says nothing; another key has no follow-up.
+    const ok = new KeyLifecycle({
+      store, backends, keys, audit: sink, clock, log, minDestroyWindowMs: DAY, defaultDestroyWindowMs: 7 * DAY, approvalTtlMs: DAY,
+      identityCa: { name: 'own/ca', rotated: async () => ({ keyVersion: 'own/ca@4' }), changed: () => {} },
+    });
+    assert.equal((await ok.rotate(alice, 'own/ca')).behind, undefined);
+    await keys.createKey('own/other', 'ECDSA_P256_SHA256');
+    assert.equal((await followed.rotate(alice, 'own/other')).behind, undefined);
+  });
+
   it('rotation under load fails no request; each request uses the old or the new primary', async () => {
     const inflight = Array.from({ length: 200 }, (_, i) => (i === 50 ? life.rotate(alice, 'rel/app').then(() => null) : keys.sign('rel/app', { digest })));
     const results = await Promise.all(inflight);

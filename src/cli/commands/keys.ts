@@ -114,7 +114,8 @@ export function registerKeysCommands(program: Command, cli: CliContext): void {
     .argument('<name>', 'key name')
     .action(async (name: string) => {
       const res = await rpc.rotateKey(cli.open(), { name });
-      cli.out({ key: keyJson(res.key!), newVersion: res.newVersion }, `rotated ${name}: new primary ${name}@${res.newVersion}\n${keyText(res.key!)}`);
+      if (res.warning) process.stderr.write(`sigilctl: warning: ${res.warning}\n`);
+      cli.out({ key: keyJson(res.key!), newVersion: res.newVersion, ...(res.warning ? { warning: res.warning } : {}) }, `rotated ${name}: new primary ${name}@${res.newVersion}\n${keyText(res.key!)}`);
     });
   key
     .command('disable')
