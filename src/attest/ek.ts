@@ -1,7 +1,8 @@
 import { createHash, X509Certificate, type KeyObject } from 'node:crypto';
 import { SigilError } from '../errors.ts';
-import { TPM_ALG, TPM_ECC, TPMA_OBJECT } from '../tpm/constants.ts';
+import { TPM_ALG, TPMA_OBJECT } from '../tpm/constants.ts';
 import { marshalPublic, parsePublic, spkiOf, type PublicArea, type TpmPublic } from '../tpm/structures.ts';
+import { EK_TEMPLATE_H3, EK_TEMPLATE_L1, EK_TEMPLATE_L2 } from '../tpm/templates.ts';
 
 /** The project's EK hash: lower-case hex SHA-256 of the EK's DER SubjectPublicKeyInfo. */
 export function ekHash(spki: Uint8Array): string {
@@ -64,10 +65,19 @@ export function chainProblem(leaf: X509Certificate, cas: readonly X509Certificat
   return `chain longer than ${MAX_CHAIN}`;
 }
 
-// TCG EK Credential Profile 2.x default templates (L-1, L-2 and the high-range H-4/H-6 forms): the
-// parts MakeCredential needs when a runner sends only its certificate.
+// The EK public area of a runner that sent only its certificate. RSA 2048, P-256 and P-384 keys get the TCG
+// EK Credential Profile default templates exactly (L-1, L-2, H-3: the ones sigil-agent and tpm2_createek use),
+// so the EK's name, and with it the quote's qualifiedSigner, can be checked; other keys get the parts
+// MakeCredential needs (their name is a guess: such a runner must send its EK public area).
 function defaultEkPublic(key: KeyObject): TpmPublic {
   const jwk = key.export({ format: 'jwk' });
+  if (jwk.kty === 'RSA' && jwk.n !== undefined && jwk.e === 'AQAB' && Buffer.from(jwk.n, 'base64url').length === 256) {
+    return parsePublic(marshalPublic({ ...EK_TEMPLATE_L1, rsa: { ...EK_TEMPLATE_L1.rsa!, modulus: Buffer.from(jwk.n, 'base64url') } }));
+  }
+  if (jwk.kty === 'EC' && (jwk.crv === 'P-256' || jwk.crv === 'P-384') && jwk.x !== undefined && jwk.y !== undefined) {
+    const t = jwk.crv === 'P-256' ? EK_TEMPLATE_L2 : EK_TEMPLATE_H3;
+    return parsePublic(marshalPublic({ ...t, ecc: { ...t.ecc!, x: Buffer.from(jwk.x, 'base64url'), y: Buffer.from(jwk.y, 'base64url') } }));
+  }
   const attrs = TPMA_OBJECT.fixedTPM | TPMA_OBJECT.fixedParent | TPMA_OBJECT.sensitiveDataOrigin | TPMA_OBJECT.adminWithPolicy | TPMA_OBJECT.restricted | TPMA_OBJECT.decrypt;
   let area: PublicArea;
   if (jwk.kty === 'RSA' && jwk.n !== undefined && jwk.e !== undefined) {
@@ -84,19 +94,6 @@ function defaultEkPublic(key: KeyObject): TpmPublic {
       rsa: {
         symmetric: TPM_ALG.AES, symKeyBits: high ? 256 : 128, symMode: TPM_ALG.CFB, scheme: TPM_ALG.NULL, schemeHash: TPM_ALG.NULL,
         keyBits: modulus.length * 8, exponent: exponent === 65537 ? 0 : exponent, modulus,
-      },
-    };
-  } else if (jwk.kty === 'EC' && (jwk.crv === 'P-256' || jwk.crv === 'P-384') && jwk.x !== undefined && jwk.y !== undefined) {
-    const high = jwk.crv === 'P-384';
-    area = {
-      type: TPM_ALG.ECC,
-      nameAlg: high ? TPM_ALG.SHA384 : TPM_ALG.SHA256,
-      objectAttributes: attrs,
-      authPolicy: Buffer.alloc(0),
-      ecc: {
-        symmetric: TPM_ALG.AES, symKeyBits: high ? 256 : 128, symMode: TPM_ALG.CFB, scheme: TPM_ALG.NULL, schemeHash: TPM_ALG.NULL,
-        curve: high ? TPM_ECC.NIST_P384 : TPM_ECC.NIST_P256, kdf: TPM_ALG.NULL,
-        x: Buffer.from(jwk.x, 'base64url'), y: Buffer.from(jwk.y, 'base64url'),
       },
     };
   } else {

@@ -29,6 +29,8 @@ export interface QuoteCheck {
   selection: PcrSelection;
   /** Presented PCR values of the selection's bank, by index. */
   pcrValues: Map<number, Buffer>;
+  /** The Qualified Name the quote's qualifiedSigner must equal, when the AK's parent is known. */
+  qualifiedSigner?: Buffer;
 }
 
 /** A verified quote. */
@@ -99,8 +101,8 @@ function sameSelection(a: PcrSelection[], want: PcrSelection): boolean {
 
 /**
  * Verifies a TPM2_Quote against a trusted AK: signature (scheme pinned to the AK's), magic
- * TPM_GENERATED, type ATTEST_QUOTE, extraData, the selection equal to the policy's, and the PCR
- * digest recomputed from the presented values. Throws PERMISSION_DENIED naming the failed check,
+ * TPM_GENERATED, type ATTEST_QUOTE, qualifiedSigner (when the expected one is given), extraData, the
+ * selection equal to the policy's, and the PCR digest recomputed from the presented values. Throws PERMISSION_DENIED naming the failed check,
  * INVALID_ARGUMENT for malformed bytes.
  */
 export function verifyQuote(q: QuoteCheck): VerifiedQuote {
@@ -117,6 +119,9 @@ export function verifyQuote(q: QuoteCheck): VerifiedQuote {
   if (attest.magic !== TPM_GENERATED_VALUE) deny('quote magic is not TPM_GENERATED');
   if (attest.type !== TPM_ST.ATTEST_QUOTE || !('pcrSelect' in attest.attested)) {
     deny(`attestation of type 0x${attest.type.toString(16)} is not a quote`);
+  }
+  if (q.qualifiedSigner !== undefined && !attest.qualifiedSigner.equals(q.qualifiedSigner)) {
+    deny('quote qualifiedSigner is not the qualified name of the ak as a child of the enrolled ek');
   }
   const extra = attest.extraData;
   if (extra.length !== q.expectedExtraData.length || !timingSafeEqual(extra, q.expectedExtraData)) {

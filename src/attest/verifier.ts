@@ -1,11 +1,12 @@
 import { createHash, createPublicKey, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Clock } from '../clock.ts';
-import { SigilError } from '../errors.ts';
+import { isSigilError, SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { objectName, parsePublic, type ClockInfo, type PcrSelection, type TpmPublic } from '../tpm/structures.ts';
+import { TPM_RH } from '../tpm/constants.ts';
+import { hierarchyQualifiedName, objectName, parsePublic, qualifiedNameOf, type ClockInfo, type PcrSelection, type TpmPublic } from '../tpm/structures.ts';
 import { checkAk } from './ak.ts';
 import { makeCredential } from './credential.ts';
-import { trustEk } from './ek.ts';
+import { trustEk, type TrustedEk } from './ek.ts';
 import type { EnrollmentRecord, EnrollmentRecords } from './enrollment-records.ts';
 import { checkEventLog, parseEventLog } from './eventlog.ts';
 import { NonceStore } from './nonce.ts';
@@ -79,10 +80,20 @@ export interface FinishRequest extends QuoteEvidence {
 }
 
 type Pending =
-  | { kind: 'enroll'; policy: string; ekHash: string; ak: TpmPublic; secret: Buffer }
-  | { kind: 'renew'; policy: string; ekHash: string; ak: TpmPublic };
+  | { kind: 'enroll'; policy: string; ekHash: string; ek: TpmPublic; ekCert: Buffer | null; ak: TpmPublic; secret: Buffer }
+  // ek is null for an enrollment recorded before the EK public area was kept.
+  | { kind: 'renew'; policy: string; ekHash: string; ek: TpmPublic | null; ak: TpmPublic };
 
 const SECRET_BYTES = 32;
+
+/**
+ * The Qualified Name a quote by `ak` carries in qualifiedSigner when the AK is a child of `ek`, a primary
+ * object of the endorsement hierarchy (TPM 2.0 Part 1, 16 "Names"): nameAlg(AK) || H(QN(EK) || Name(AK)) with
+ * QN(EK) = nameAlg(EK) || H(TPM_RH_ENDORSEMENT || Name(EK)). sigil-agent and tpm2_createak both make the AK so.
+ */
+export function akQualifiedName(ek: TpmPublic, ak: TpmPublic): Buffer {
+  return qualifiedNameOf(qualifiedNameOf(hierarchyQualifiedName(TPM_RH.ENDORSEMENT), ek), ak);
+}
 
 function deny(message: string): never {
   throw new SigilError('PERMISSION_DENIED', message);
@@ -126,7 +137,8 @@ export class Verifier {
     this.#checkRevoked(ek.ekHash, objectName(ak).toString('hex'));
     const secret = randomBytes(SECRET_BYTES);
     const cred = makeCredential(ek.ekPublic, objectName(ak), secret);
-    const nonce = this.#nonces.issue({ kind: 'enroll', policy: policy.name, ekHash: ek.ekHash, ak, secret });
+    const ekCert = req.ekCert?.length ? Buffer.from(req.ekCert) : null;
+    const nonce = this.#nonces.issue({ kind: 'enroll', policy: policy.name, ekHash: ek.ekHash, ek: ek.ekPublic, ekCert, ak, secret });
     this.#log?.debug({ ekHash: ek.ekHash, akName: objectName(ak).toString('hex'), policy: policy.name, ekTrust: ek.via }, 'enrollment begun');
     return { nonce, ...cred };
   }
@@ -146,10 +158,11 @@ export class Verifier {
     if (rec === undefined || rec.akName !== req.akName.toLowerCase()) deny('no enrollment for this ek and ak');
     this.#checkRevoked(rec.ekHash, rec.akName);
     const policy = this.#policy(rec.policy);
+    // The policy may have changed since enrollment; the EK and the AK must still pass it.
+    const ek = this.#recheckEk(rec, policy);
     const ak = parsePublic(rec.akPublic);
-    // The policy may have changed since enrollment; the AK must still pass it.
     checkAk(ak, policy.akAlgorithms);
-    return this.#nonces.issue({ kind: 'renew', policy: policy.name, ekHash: rec.ekHash, ak });
+    return this.#nonces.issue({ kind: 'renew', policy: policy.name, ekHash: rec.ekHash, ek, ak });
   }
 
   /** Renewal: a fresh quote over the challenge nonce with the enrolled AK. */
@@ -158,7 +171,35 @@ export class Verifier {
     if (p.kind !== 'renew') throw new SigilError('FAILED_PRECONDITION', 'unknown or already used nonce');
     const rec = await this.#records.get(p.ekHash);
     if (rec === undefined || rec.akName !== objectName(p.ak).toString('hex')) deny('no enrollment for this ek and ak');
+    // Again at the answer: an EK certificate (or a CA of its chain) may have expired since the challenge.
+    this.#recheckEk(rec, this.#policy(p.policy));
     return this.#accept(p, req, rec);
+  }
+
+  /**
+   * Applies the policy's current EK trust to the EK the builder proved at enrollment: the kept certificate
+   * chains to a CA the policy trusts now, at the verifier's time, or the EK hash is on the allowlist now.
+   * Returns the kept EK public area (null for an enrollment recorded before it was kept, which only the
+   * allowlist can vouch for). Throws PERMISSION_DENIED `ek no longer trusted: ...`.
+   */
+  #recheckEk(rec: EnrollmentRecord, policy: AttestationPolicy): TpmPublic | null {
+    if (rec.ekPublic === null) {
+      if (policy.ekHashes.has(rec.ekHash)) return null;
+      deny(
+        policy.ekHashes.size > 0 && policy.ekCas.length === 0
+          ? 'ek no longer trusted: ek not on the allowlist'
+          : 'ek trust cannot be re-checked: this enrollment was recorded before sigild kept ek certificates; enroll again',
+      );
+    }
+    let ek: TrustedEk;
+    try {
+      ek = trustEk({ ...(rec.ekCertificate !== null ? { ekCert: rec.ekCertificate } : {}), ekPublic: rec.ekPublic }, policy, this.#clock.now());
+    } catch (err) {
+      if (isSigilError(err, 'PERMISSION_DENIED')) deny(`ek no longer trusted: ${err.message}`);
+      throw new SigilError('INTERNAL', 'the enrollment record holds an ek that does not parse', { cause: err });
+    }
+    if (ek.ekHash !== rec.ekHash) throw new SigilError('INTERNAL', 'the enrollment record holds an ek of another hash');
+    return ek.ekPublic;
   }
 
   #checkRevoked(ekHash: string, akName: string): void {
@@ -184,6 +225,7 @@ export class Verifier {
       expectedExtraData: createHash('sha256').update(ev.nonce).update(spki).digest(),
       selection,
       pcrValues: ev.pcrValues,
+      ...(p.ek !== null ? { qualifiedSigner: akQualifiedName(p.ek, p.ak) } : {}),
     });
     if (policy.golden !== undefined) {
       const ok = policy.golden.some((set) => [...set].every(([pcr, v]) => ev.pcrValues.get(pcr)?.equals(v) === true));
@@ -202,6 +244,9 @@ export class Verifier {
     if (prev !== undefined) {
       if (c.resetCount < prev.resetCount) deny('tpm resetCount went backwards');
       if (c.resetCount === prev.resetCount && c.restartCount < prev.restartCount) deny('tpm restartCount went backwards');
+      // TPM 2.0 Part 2, 10.11.1: safe YES says no Clock value above this one was ever reported; a lower Clock
+      // than one already seen, so reported, means a rolled-back TPM state (safe NO allows it, after a power loss).
+      if (c.safe && c.clock < prev.clock) deny('tpm clock went backwards');
     }
     const akName = objectName(p.ak).toString('hex');
     await this.#records.put({
@@ -213,6 +258,9 @@ export class Verifier {
       restartCount: c.restartCount,
       clock: c.clock,
       updatedAt: this.#clock.now(),
+      // A renewal keeps what enrollment proved; only a new enrollment replaces it.
+      ekCertificate: p.kind === 'enroll' ? p.ekCert : (known?.ekCertificate ?? null),
+      ekPublic: p.kind === 'enroll' ? p.ek.raw : (known?.ekPublic ?? null),
     });
     this.#log?.info({ ekHash: p.ekHash, akName, policy: policy.name, kind: p.kind, resetCount: c.resetCount, restartCount: c.restartCount }, p.kind === 'enroll' ? 'builder enrolled' : 'builder attestation renewed');
     return {

@@ -50,7 +50,8 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
       const reason = isSigilError(err) ? err.code : 'INTERNAL';
       d.metrics.enrollments.inc({ kind, policy: policy || '-', outcome: reason });
       d.audit.warn({ kind, policy, reason, detail: isSigilError(err) ? err.message : 'internal error', ...fields }, kind === 'enroll' ? 'enrollment refused' : 'renewal refused');
-      await d.sink.record({ who, act, result: resultOf(err), reason: reasonOf(err), detail: { policy: policy || undefined, ...fields } });
+      // The refusal's message, as request.refused entries carry it (messages never hold a secret); internal causes stay in the log.
+      await d.sink.record({ who, act, result: resultOf(err), reason: reasonOf(err), detail: { policy: policy || undefined, ...fields, ...(isSigilError(err) && err.code !== 'INTERNAL' ? { why: err.message } : {}) } });
       throw err;
     }
     const issued = (r as { identity?: PbIdentity }).identity;

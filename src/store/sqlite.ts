@@ -147,6 +147,11 @@ const MIGRATIONS: readonly string[] = [
    BEGIN SELECT RAISE(ABORT, 'root key transition statements never change'); END;
    CREATE TRIGGER root_key_transitions_never_removed BEFORE DELETE ON root_key_transitions
    BEGIN SELECT RAISE(ABORT, 'root key transition statements are never removed'); END;`,
+  // Migration 10: what renewals re-check the EK's trust with: the EK certificate the runner presented (null when
+  // it sent none) and the EK public area credential activation used. Rows from before hold null in both; the
+  // verifier then re-checks them by the allowlist alone (docs/attestation.md, "Renewal").
+  `ALTER TABLE enrollments ADD COLUMN ek_certificate BLOB;
+   ALTER TABLE enrollments ADD COLUMN ek_public BLOB;`,
 ];
 
 interface EnrollmentRow {
@@ -158,6 +163,8 @@ interface EnrollmentRow {
   restart_count: number;
   clock: string;
   updated_at: number;
+  ek_certificate: Uint8Array | null;
+  ek_public: Uint8Array | null;
 }
 interface KeyRow {
   name: string;
@@ -301,9 +308,11 @@ export class SqliteStore implements Store {
       listRevokedBuilders: this.#db.prepare('SELECT * FROM revoked_builders ORDER BY revoked_at, ek_hash, ak_name'),
       nextCrlNumber: this.#db.prepare('INSERT INTO crl_numbers (id, last) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET last = last + 1 RETURNING last'),
       putEnrollment: this.#db.prepare(
-        `INSERT INTO enrollments (ek_hash, ak_name, ak_public, policy, reset_count, restart_count, clock, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        `INSERT INTO enrollments (ek_hash, ak_name, ak_public, policy, reset_count, restart_count, clock, updated_at, ek_certificate, ek_public)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (ek_hash) DO UPDATE SET ak_name = excluded.ak_name, ak_public = excluded.ak_public, policy = excluded.policy,
-           reset_count = excluded.reset_count, restart_count = excluded.restart_count, clock = excluded.clock, updated_at = excluded.updated_at`,
+           reset_count = excluded.reset_count, restart_count = excluded.restart_count, clock = excluded.clock, updated_at = excluded.updated_at,
+           ek_certificate = excluded.ek_certificate, ek_public = excluded.ek_public`,
       ),
     };
   }
@@ -531,6 +540,8 @@ export class SqliteStore implements Store {
       restartCount: r.restart_count,
       clock: BigInt(r.clock),
       updatedAt: new Date(r.updated_at),
+      ekCertificate: r.ek_certificate === null ? null : Buffer.from(r.ek_certificate),
+      ekPublic: r.ek_public === null ? null : Buffer.from(r.ek_public),
     };
   }
 
@@ -539,7 +550,7 @@ export class SqliteStore implements Store {
   }
 
   putEnrollment(rec: EnrollmentRecord): void {
-    this.#q.putEnrollment.run(rec.ekHash, rec.akName, rec.akPublic, rec.policy, rec.resetCount, rec.restartCount, rec.clock.toString(), rec.updatedAt.getTime());
+    this.#q.putEnrollment.run(rec.ekHash, rec.akName, rec.akPublic, rec.policy, rec.resetCount, rec.restartCount, rec.clock.toString(), rec.updatedAt.getTime(), rec.ekCertificate, rec.ekPublic);
   }
 
   insertIssuedCertificate(rec: IssuedCertificateRecord): void {

@@ -142,6 +142,10 @@ export interface EnrollmentRecord {
   restartCount: number;
   clock: bigint;
   updatedAt: Date;
+  /** DER of the EK certificate the runner presented at enrollment; null when it sent none (or enrolled before this was kept). */
+  ekCertificate: Buffer | null;
+  /** TPMT_PUBLIC of the EK credential activation was made for; null for enrollments recorded before it was kept. */
+  ekPublic: Buffer | null;
 }
 
 /** A builder certificate the identity CA issued: what revoking it by serial needs to know. */

@@ -394,6 +394,24 @@ export function nameOf(nameAlg: number, publicBytes: Uint8Array): Buffer {
   return Buffer.concat([alg, createHash(hashOf(nameAlg)).update(publicBytes).digest()]);
 }
 
+/**
+ * The Qualified Name of a hierarchy (TPM 2.0 Part 1, 16 "Names": the QN of a hierarchy is its handle), the
+ * parent QN of a primary object such as the EK.
+ */
+export function hierarchyQualifiedName(handle: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(handle);
+  return b;
+}
+
+/**
+ * The Qualified Name of an object under a parent with Qualified Name `parentQn` (TPM 2.0 Part 1, 16 "Names"):
+ * QN(B) = nameAlg(B) || H_nameAlg(B)(QN(parent) || Name(B)). The TPM puts the signer's QN in TPMS_ATTEST.qualifiedSigner.
+ */
+export function qualifiedNameOf(parentQn: Uint8Array, p: TpmPublic): Buffer {
+  return nameOf(p.nameAlg, Buffer.concat([parentQn, objectName(p)]));
+}
+
 const CURVES = new Map<number, { crv: string; size: number }>([
   [TPM_ECC.NIST_P256, { crv: 'P-256', size: 32 }],
   [TPM_ECC.NIST_P384, { crv: 'P-384', size: 48 }],

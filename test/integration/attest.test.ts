@@ -7,20 +7,21 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { makeCredential, tpm2ToolsCredentialFile } from '../../src/attest/credential.ts';
-import { ekHash } from '../../src/attest/ek.ts';
+import { ekHash, trustEk } from '../../src/attest/ek.ts';
 import { buildEventLog, EV, type EventSpec } from '../../src/attest/eventlog.ts';
 import { MemoryEnrollmentRecords } from '../../src/attest/enrollment-records.ts';
 import type { AttestationPolicy } from '../../src/attest/policy.ts';
-import { Verifier, type Attestation } from '../../src/attest/verifier.ts';
+import { akQualifiedName, Verifier, type Attestation } from '../../src/attest/verifier.ts';
 import { isSigilError } from '../../src/errors.ts';
 import { TPM_ALG } from '../../src/tpm/constants.ts';
-import { objectName, parsePublic2B, type TpmPublic } from '../../src/tpm/structures.ts';
+import { objectName, parseAttest, parsePublic2B, type TpmPublic } from '../../src/tpm/structures.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
 
 const skip = missingTools(
   'swtpm', 'swtpm_setup', 'openssl', 'tpm2_createek', 'tpm2_createak', 'tpm2_activatecredential', 'tpm2_startauthsession',
   'tpm2_policysecret', 'tpm2_policyor', 'tpm2_flushcontext', 'tpm2_quote', 'tpm2_certify', 'tpm2_pcrextend', 'tpm2_nvread',
+  'tpm2_readpublic', 'tpm2_createprimary', 'tpm2_create', 'tpm2_load',
 );
 const run = promisify(execFile);
 const SELECT = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -214,6 +215,10 @@ describe('attestation against swtpm and tpm2-tools', { skip: skip ?? false }, ()
   test('an ek certificate alone suffices: the default ek template is assumed', async () => {
     const a = await enroll('rsassa', { certOnly: true });
     assert.equal(a.policy, 'ci');
+    // Exactly the TPM's EK public area (template L-1; H-3 for swtpm's P-384 EK): its name feeds the qualifiedSigner check.
+    assert.deepEqual((await records.get(a.ekHash))!.ekPublic, ek.pub.raw);
+    const p384 = await r.ek('ecc384');
+    assert.deepEqual(trustEk({ ekCert: p384.cert }, { ekCas: cas, ekHashes: new Set() }, new Date()).ekPublic.raw, p384.pub.raw);
   });
 
   test('cpu per enrollment, measured over more runs', async () => {
@@ -314,6 +319,36 @@ describe('attestation against swtpm and tpm2-tools', { skip: skip ?? false }, ()
     await assert.rejects(enroll('ecdsa'), denied('tpm restartCount went backwards'));
     await records.put(rec);
     await enroll('ecdsa');
+  });
+
+  test('qualifiedSigner: the verifier computes the qn tpm2_readpublic reports and the quote carries; an ak under the srk is refused', async () => {
+    for (const kind of ['rsa', 'ecc384'] as const) {
+      const e = await r.ek(kind);
+      const ak = await r.ak('ecdsa', kind);
+      const out = await r.sh('tpm2_readpublic', ['-c', 'ak-ecdsa.ctx']);
+      const reported = /^qualified name: ([0-9a-f]+)$/m.exec(out)?.[1];
+      assert.ok(reported, out);
+      assert.equal(akQualifiedName(e.pub, ak).toString('hex'), reported, `ek ${kind}`);
+      const q = await r.quote('ecdsa', Buffer.alloc(32, 1));
+      assert.equal(parseAttest(q.quote).qualifiedSigner.toString('hex'), reported, `the quote by the ak under ek ${kind}`);
+    }
+    await r.ek('rsa');
+    // A restricted signing key a runner made under an SRK (owner hierarchy) instead of the EK: credential
+    // activation works (it needs only the object loaded in the EK's TPM), the quote's qualifiedSigner does not.
+    await r.sh('tpm2_createprimary', ['-C', 'o', '-g', 'sha256', '-G', 'ecc', '-c', 'srk.ctx']);
+    await r.sh('tpm2_create', ['-C', 'srk.ctx', '-G', 'ecc:ecdsa-sha256:null', '-g', 'sha256', '-a', 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign', '-u', 'ak-srk.pub', '-r', 'ak-srk.priv']);
+    await r.sh('tpm2_load', ['-C', 'srk.ctx', '-u', 'ak-srk.pub', '-r', 'ak-srk.priv', '-c', 'ak-srk.ctx']);
+    const srkAk = parsePublic2B(await readFile(r.file('ak-srk.pub')));
+    const ch = await verifier.begin({ policy: 'ci', ekCert: ek.cert, ekPublic: ek.pub.raw, akPublic: srkAk.raw });
+    const activatedSecret = await r.activate(ch, 'srk');
+    const spki = identity();
+    await r.sh('tpm2_quote', ['-c', 'ak-srk.ctx', '-l', `sha256:${SELECT.join(',')}`, '-q', bind(ch.nonce, spki).toString('hex'), '-m', 'quote.msg', '-s', 'quote.sig', '-o', 'quote.pcrs', '-F', 'values', '--scheme', 'ecdsa', '-g', 'sha256']);
+    const values = await readFile(r.file('quote.pcrs'));
+    const pcrValues = new Map(SELECT.map((p, i) => [p, values.subarray(i * 32, i * 32 + 32)]));
+    await assert.rejects(
+      verifier.finish({ nonce: ch.nonce, activatedSecret, quote: await readFile(r.file('quote.msg')), quoteSignature: await readFile(r.file('quote.sig')), pcrValues, identitySpki: spki }),
+      denied('quote qualifiedSigner is not the qualified name of the ak as a child of the enrolled ek'),
+    );
   });
 
   test('the credential activates for ecc p-256 and p-384 eks, and fails TPM_RC_INTEGRITY for another name', async () => {

@@ -83,6 +83,18 @@ export class Agent {
     try {
       await this.renew();
     } catch (err) {
+      // sigild asks for a new enrollment when it cannot re-check this runner's EK trust (an enrollment recorded
+      // by an older sigild): enroll afresh, which proves the EK again, instead of letting the identity run out.
+      const se = err as Partial<ServiceError>;
+      if (se.code === Status.PERMISSION_DENIED && typeof se.details === 'string' && /enroll again$/.test(se.details)) {
+        this.#report({ event: 'renewal refused, enrolling again', error: se.details });
+        try {
+          await this.enroll();
+          return;
+        } catch (again) {
+          err = again;
+        }
+      }
       const id = this.#identity!;
       const left = id.notAfter.getTime() - Date.now();
       this.#report({ event: 'renewal failed', error: describe(err), expiresInSeconds: Math.max(0, Math.round(left / 1000)) });

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import fc from 'fast-check';
 import { verifyQuote, type QuoteCheck } from '../../../src/attest/quote.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { TPM_ALG, TPM_ST } from '../../../src/tpm/constants.ts';
@@ -83,4 +84,19 @@ test('malformed bytes and missing values are INVALID_ARGUMENT', () => {
   const short = new Map(c.pcrValues);
   short.set(0, Buffer.alloc(20));
   assert.throws(() => verifyQuote({ ...c, pcrValues: short }), (e: unknown) => bad(e) && /20 bytes, expected 32/.test((e as Error).message));
+});
+
+test('qualifiedSigner: the expected one passes, any other signed one is refused, none expected leaves it unchecked', () => {
+  const ak = aks.ecdsa;
+  const want = Buffer.concat([Buffer.from([0, 0x0b]), Buffer.alloc(32, 0x5a)]);
+  verifyQuote(check(ak, { qualifiedSigner: want }, { qualifiedSigner: want }));
+  verifyQuote(check(ak, { qualifiedSigner: Buffer.alloc(34, 1) }));
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 66 }), (signer) => {
+      const got = Buffer.from(signer);
+      fc.pre(!got.equals(want));
+      assert.throws(() => verifyQuote(check(ak, { qualifiedSigner: got }, { qualifiedSigner: want })), denied('quote qualifiedSigner is not the qualified name of the ak as a child of the enrolled ek'));
+    }),
+    { numRuns: 200 },
+  );
 });

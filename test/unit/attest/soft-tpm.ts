@@ -127,6 +127,11 @@ export interface SoftQuote {
   sigHash?: number;
   /** Overrides the PCR digest. */
   digest?: Buffer;
+  /** TPMS_ATTEST.qualifiedSigner (default: 34 bytes no verifier would expect). */
+  qualifiedSigner?: Buffer;
+  /** TPMS_CLOCK_INFO clock and safe (default 123456, YES). */
+  clock?: bigint;
+  safe?: boolean;
 }
 
 /** A TPMS_ATTEST of a quote signed by a software AK, as TPMT_SIGNATURE bytes. */
@@ -141,9 +146,9 @@ export function softQuote(ak: SoftKey, q: SoftQuote): { attest: Buffer; signatur
   const attest = marshalAttest({
     magic: q.magic ?? TPM_GENERATED_VALUE,
     type,
-    qualifiedSigner: Buffer.alloc(34, 7),
+    qualifiedSigner: q.qualifiedSigner ?? Buffer.alloc(34, 7),
     extraData: q.extraData,
-    clockInfo: { clock: 123456n, resetCount: q.resetCount ?? 3, restartCount: q.restartCount ?? 0, safe: true },
+    clockInfo: { clock: q.clock ?? 123456n, resetCount: q.resetCount ?? 3, restartCount: q.restartCount ?? 0, safe: q.safe ?? true },
     firmwareVersion: 0x2020n,
     attested: attested as Parameters<typeof marshalAttest>[0]['attested'],
   });

@@ -1,13 +1,14 @@
 import assert from 'node:assert/strict';
-import { createHash, generateKeyPairSync } from 'node:crypto';
+import { createHash, generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { test } from 'node:test';
 import { ekHash } from '../../../src/attest/ek.ts';
 import { MemoryEnrollmentRecords } from '../../../src/attest/enrollment-records.ts';
 import type { AttestationPolicy } from '../../../src/attest/policy.ts';
-import { Verifier } from '../../../src/attest/verifier.ts';
+import { akQualifiedName, Verifier } from '../../../src/attest/verifier.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { TPM_ALG, TPMA_OBJECT } from '../../../src/tpm/constants.ts';
 import { objectName, spkiOf } from '../../../src/tpm/structures.ts';
+import { OpensslCas } from './ek-certs.ts';
 import { softActivate, softAk, softEk, softQuote, type SoftKey } from './soft-tpm.ts';
 
 const SELECT = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -26,6 +27,10 @@ class SoftTpm {
   pcrs = values(0);
   resetCount = 5;
   restartCount = 1;
+  clock = 1000n;
+  safe = true;
+  /** The AK's parent as the quote's qualifiedSigner shows it: the EK unless a test says otherwise. */
+  parent: SoftKey | null = null;
 
   quote(nonce: Buffer, spki: Buffer) {
     const sorted = SELECT.map((p) => this.pcrs.get(p)!);
@@ -35,6 +40,9 @@ class SoftTpm {
       values: sorted,
       resetCount: this.resetCount,
       restartCount: this.restartCount,
+      clock: this.clock,
+      safe: this.safe,
+      qualifiedSigner: akQualifiedName((this.parent ?? this.ek).pub, this.ak.pub),
     });
     return { quote: q.attest, quoteSignature: q.signature, pcrValues: new Map(this.pcrs) };
   }
@@ -162,5 +170,109 @@ test('logs name the builder, never the secret or the nonce', async () => {
   assert.match(out, new RegExp(ekHash(spkiOf(tpm.ek.pub))));
   for (const b of [secret, ch.nonce, ch.encryptedSecret, ch.credentialBlob]) {
     assert.ok(!out.includes(b.toString('hex')) && !out.includes(b.toString('base64')), 'a secret reached the log');
+  }
+});
+
+test('the quote must carry the qualified name of the ak as a child of the enrolled ek, at enrollment and renewal', async () => {
+  const tpm = new SoftTpm();
+  const { v, records } = setup(tpm);
+  const other = softEk();
+  tpm.parent = other;
+  await assert.rejects(enroll(v, tpm), denied('quote qualifiedSigner is not the qualified name of the ak as a child of the enrolled ek'));
+  assert.equal(await records.get(ekHash(spkiOf(tpm.ek.pub))), undefined);
+  tpm.parent = null;
+  const a = await enroll(v, tpm);
+  const rec = (await records.get(a.ekHash))!;
+  assert.deepEqual(rec.ekPublic, tpm.ek.pub.raw, 'the ek public area is kept for renewals');
+  assert.equal(rec.ekCertificate, null, 'no certificate was presented');
+  tpm.parent = other;
+  const nonce = await v.renewChallenge({ ekHash: a.ekHash, akName: a.akName });
+  const id = spki();
+  await assert.rejects(v.renew({ nonce, identitySpki: id, ...tpm.quote(nonce, id) }), denied('quote qualifiedSigner is not the qualified name of the ak as a child of the enrolled ek'));
+  tpm.parent = null;
+  const n2 = await v.renewChallenge({ ekHash: a.ekHash, akName: a.akName });
+  await v.renew({ nonce: n2, identitySpki: id, ...tpm.quote(n2, id) });
+});
+
+test('the tpm clock may not go backwards while safe says no higher value was reported', async () => {
+  const tpm = new SoftTpm();
+  const { v, records } = setup(tpm);
+  tpm.clock = 5000n;
+  const a = await enroll(v, tpm);
+  tpm.clock = 4999n;
+  await assert.rejects(enroll(v, tpm), denied('tpm clock went backwards'));
+  assert.equal((await records.get(a.ekHash))!.clock, 5000n);
+  // safe NO: after a power loss the TPM may report a lower Clock than it did before, and says so.
+  tpm.safe = false;
+  await enroll(v, tpm);
+  assert.equal((await records.get(a.ekHash))!.clock, 4999n);
+});
+
+test('renewal re-checks ek trust under the current policy: allowlist removed, ca removed, certificate expired; old records', async () => {
+  const cas = new OpensslCas();
+  try {
+    const root = cas.root('ek root');
+    const otherRoot = cas.root('another ek root');
+    const tpm = new SoftTpm();
+    const hash = ekHash(spkiOf(tpm.ek.pub));
+    const ekCert = cas.ekCert(root, tpm.ek.key);
+    const c = clock();
+    const records = new MemoryEnrollmentRecords();
+    const base: AttestationPolicy = {
+      name: 'ci', ekCas: [], ekHashes: new Set(), pcrs: { bank: 'sha256', hashAlg: TPM_ALG.SHA256, select: SELECT }, golden: [values(0)], akAlgorithms: new Set(['rsa', 'ecc']),
+    };
+    const policies = new Map<string, AttestationPolicy>();
+    const v = new Verifier({ policies, clock: c, nonceTtlMs: 60_000, records });
+    const renew = async () => {
+      const nonce = await v.renewChallenge({ ekHash: hash, akName: objectName(tpm.ak.pub).toString('hex') });
+      const id = spki();
+      return v.renew({ nonce, identitySpki: id, ...tpm.quote(nonce, id) });
+    };
+    const enrollWith = async (ekCert?: Buffer) => {
+      const ch = await v.begin({ policy: 'ci', ...(ekCert ? { ekCert } : {}), ekPublic: tpm.ek.pub.raw, akPublic: tpm.ak.pub.raw });
+      const id = spki();
+      return v.finish({ nonce: ch.nonce, activatedSecret: softActivate(tpm.ek, objectName(tpm.ak.pub), ch), identitySpki: id, ...tpm.quote(ch.nonce, id) });
+    };
+
+    // By allowlist: renews while listed, refused once the hash is taken off.
+    policies.set('ci', { ...base, ekHashes: new Set([hash]) });
+    await enrollWith();
+    await renew();
+    policies.set('ci', { ...base, ekHashes: new Set(['ab'.repeat(32)]) });
+    await assert.rejects(renew(), denied('ek no longer trusted: ek not on the allowlist'));
+
+    // By certificate: renews while its CA is trusted; refused once the CA is another one, and once it expired.
+    policies.set('ci', { ...base, ekCas: [new X509Certificate(root.pem)] });
+    await enrollWith(ekCert);
+    assert.deepEqual((await records.get(hash))!.ekCertificate, ekCert, 'the ek certificate is kept');
+    await renew();
+    assert.deepEqual((await records.get(hash))!.ekCertificate, ekCert, 'a renewal keeps it');
+    policies.set('ci', { ...base, ekCas: [new X509Certificate(otherRoot.pem)] });
+    await assert.rejects(renew(), denied('ek no longer trusted: untrusted ek certificate: no trusted ca issued CN=ek'));
+    // The challenge passed, then the policy changed before the answer: refused at the answer.
+    policies.set('ci', { ...base, ekCas: [new X509Certificate(root.pem)] });
+    const nonce = await v.renewChallenge({ ekHash: hash, akName: objectName(tpm.ak.pub).toString('hex') });
+    policies.set('ci', { ...base, ekHashes: new Set(['ab'.repeat(32)]) });
+    const id = spki();
+    await assert.rejects(v.renew({ nonce, identitySpki: id, ...tpm.quote(nonce, id) }), denied('ek no longer trusted: untrusted ek certificate: the policy trusts no ek ca; ek not on the allowlist'));
+    policies.set('ci', { ...base, ekCas: [new X509Certificate(root.pem)] });
+    c.advance(20 * 365 * 86_400_000);
+    await assert.rejects(renew(), (e: unknown) => isSigilError(e, 'PERMISSION_DENIED') && /^ek no longer trusted: untrusted ek certificate: CN=ek expired /.test(e.message));
+    // Expired but allowlisted as well: still trusted.
+    policies.set('ci', { ...base, ekCas: [new X509Certificate(root.pem)], ekHashes: new Set([hash]) });
+    await renew();
+
+    // A record from before the ek was kept: the allowlist alone can vouch for it, no qualifiedSigner check.
+    const rec = (await records.get(hash))!;
+    await records.put({ ...rec, ekCertificate: null, ekPublic: null });
+    tpm.parent = softEk();
+    await renew();
+    assert.equal((await records.get(hash))!.ekPublic, null, 'a renewal does not invent what enrollment did not keep');
+    policies.set('ci', { ...base, ekCas: [new X509Certificate(root.pem)] });
+    await assert.rejects(renew(), denied('ek trust cannot be re-checked: this enrollment was recorded before sigild kept ek certificates; enroll again'));
+    policies.set('ci', { ...base, ekHashes: new Set(['ab'.repeat(32)]) });
+    await assert.rejects(renew(), denied('ek no longer trusted: ek not on the allowlist'));
+  } finally {
+    cas.cleanup();
   }
 });

@@ -150,3 +150,33 @@ test('root key transition statements: kept per key by version across a reopen; a
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('enrollments: migration 10 leaves older rows without ek certificate and public area; new rows keep both across a reopen', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-store-'));
+  try {
+    const path = join(dir, 'sigil.db');
+    // An enrollment recorded by a sigild from before migration 10 (schema version 4 holds the table as it was).
+    const raw = new DatabaseSync(path);
+    raw.exec(`CREATE TABLE keys (name TEXT PRIMARY KEY, algorithm TEXT NOT NULL, backend TEXT NOT NULL, primary_version INTEGER NOT NULL, created_at INTEGER NOT NULL) STRICT;
+      CREATE TABLE key_versions (name TEXT NOT NULL REFERENCES keys(name), version INTEGER NOT NULL, uri TEXT NOT NULL, state TEXT NOT NULL, generated INTEGER NOT NULL, spki BLOB NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (name, version)) STRICT;
+      CREATE TABLE ca_certificates (id INTEGER PRIMARY KEY AUTOINCREMENT, key_version TEXT NOT NULL, der BLOB NOT NULL, not_after INTEGER NOT NULL, created_at INTEGER NOT NULL) STRICT;
+      CREATE TABLE enrollments (ek_hash TEXT PRIMARY KEY, ak_name TEXT NOT NULL, ak_public BLOB NOT NULL, policy TEXT NOT NULL, reset_count INTEGER NOT NULL, restart_count INTEGER NOT NULL, clock TEXT NOT NULL, updated_at INTEGER NOT NULL) STRICT;
+      CREATE TABLE join_tokens_used (token_hash TEXT PRIMARY KEY, policy TEXT NOT NULL, used_at INTEGER NOT NULL) STRICT;
+      INSERT INTO enrollments VALUES ('${'aa'.repeat(32)}', '000b01', x'0102', 'ci', 3, 1, '99', ${t0.getTime()});
+      PRAGMA user_version = 4;`);
+    raw.close();
+    const s = new SqliteStore(path);
+    const old = s.getEnrollment('aa'.repeat(32))!;
+    assert.deepEqual(old, { ekHash: 'aa'.repeat(32), akName: '000b01', akPublic: Buffer.from([1, 2]), policy: 'ci', resetCount: 3, restartCount: 1, clock: 99n, updatedAt: t0, ekCertificate: null, ekPublic: null });
+    const rec = { ...old, ekHash: 'bb'.repeat(32), ekCertificate: Buffer.from([0x30, 0x03, 1, 2, 3]), ekPublic: Buffer.from([0, 1, 0, 0x0b]) };
+    s.putEnrollment(rec);
+    s.putEnrollment({ ...old, resetCount: 4 });
+    s.close();
+    const again = new SqliteStore(path);
+    assert.deepEqual(again.getEnrollment('bb'.repeat(32)), rec);
+    assert.deepEqual(again.getEnrollment('aa'.repeat(32)), { ...old, resetCount: 4 });
+    again.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
