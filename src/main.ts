@@ -21,7 +21,7 @@ import { TRUST_ROOT_KEY, TrustedRootPublisher } from './revocation/trusted-root-
 import { AuditLog } from './audit/audit-log.ts';
 import { auditKeyOf } from './audit/audit-key.ts';
 import { isSigilError, SigilError } from './errors.ts';
-import { hostname } from 'node:os';
+import { auditOriginOf, auditPathOf } from './store/backup.ts';
 import { dirname, join } from 'node:path';
 
 /** A running sigild: its address, and how to stop it. */
@@ -260,9 +260,9 @@ async function openAuditLog(cfg: Config, keys: KeyService, backends: BackendRegi
     const k = await keys.createKey(name, alg, bname);
     created = `${k.name}@1 ${k.algorithm} ${k.backend}`;
   }
-  const origin = cfg.audit.origin ?? `sigil/${hostname().toLowerCase().replace(/[^a-z0-9.-]/g, '-') || 'localhost'}/audit`;
+  const origin = auditOriginOf(cfg);
   const auditLog = AuditLog.open({
-    path: cfg.audit.path ?? join(dirname(cfg.store.sqlite.path), 'audit.db'),
+    path: auditPathOf(cfg),
     origin,
     clock,
     log: log.child({ module: 'audit' }),

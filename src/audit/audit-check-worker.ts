@@ -10,6 +10,8 @@ export interface CheckData {
   path: string;
   size: number;
   stride: number;
+  /** The first entry not archived. */
+  archivedEnd: number;
   /** One Int32: the main thread stores 1 to stop the check between pages. */
   stop: SharedArrayBuffer;
 }
@@ -33,6 +35,7 @@ try {
   const r = fullCheck(db, {
     size: d.size,
     stride: d.stride,
+    archivedEnd: d.archivedEnd,
     progress: (verified) => port.postMessage({ op: 'progress', verified } satisfies CheckMessage),
     stopped: () => Atomics.load(stop, 0) === 1,
   });

@@ -10,6 +10,8 @@ export interface FullCheckOptions {
   size: number;
   /** Subtrees of every `stride`-th height are stored in `nodes`; rows of other heights are never read, so never checked. */
   stride: number;
+  /** Entries `[0, archivedEnd)` are archived: their data is gone (their leaf hashes stay); every later entry holds data. */
+  archivedEnd?: number;
   /** Called after every page with the number of entries verified so far. */
   progress?: (verified: number) => void;
   /** Asked before every page: true ends the check early (it then returns `stopped`). */
@@ -21,7 +23,8 @@ export type FullCheckResult = { ok: true } | { ok: false; finding: string } | { 
 
 /**
  * The full check of an audit log file up to `size`: recomputes the tree from every stored leaf hash in
- * order, compares every stored checkpoint root at or below `size`, and compares every stored subtree row
+ * order, compares every stored checkpoint root at or below `size`, checks that exactly the archived entries
+ * lack their data, and compares every stored subtree row
  * (the `nodes` cache) that lies within `size` with the subtree recomputed from the leaves. A missing
  * `nodes` row is no finding (readers recompute it); a row that disagrees is, since sigil writes each row
  * in the same transaction as the leaves below it.
@@ -30,7 +33,8 @@ export function fullCheck(db: DatabaseSync, o: FullCheckOptions): FullCheckResul
   const { min } = db.prepare('SELECT MIN(idx) AS min FROM entries').get() as { min: number | null };
   if (min !== null && min < 0) return { ok: false, finding: `entry ${min} has a negative index` };
   const cps = db.prepare('SELECT size, root FROM checkpoints WHERE size <= ? ORDER BY size').all(o.size) as Array<{ size: number; root: Uint8Array }>;
-  const page = db.prepare('SELECT idx, leaf FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx');
+  const page = db.prepare('SELECT idx, leaf, length(data) AS bytes FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx');
+  const archivedEnd = o.archivedEnd ?? 0;
   const stored = db.prepare('SELECT idx, hash FROM nodes WHERE level = ? AND idx >= ? AND idx <= ? ORDER BY idx');
   const tree = new CompactRange();
   let want = 0;
@@ -49,8 +53,11 @@ export function fullCheck(db: DatabaseSync, o: FullCheckOptions): FullCheckResul
     const end = Math.min(start + PAGE, o.size);
     // Completed subtrees of the stored heights, by height; within a page their indices are consecutive.
     const done = new Map<number, CompletedSubtree[]>();
-    for (const row of page.iterate(start, end) as Iterable<{ idx: number; leaf: Uint8Array }>) {
+    for (const row of page.iterate(start, end) as Iterable<{ idx: number; leaf: Uint8Array; bytes: number }>) {
       if (row.idx !== tree.size) return { ok: false, finding: `entry ${tree.size} is missing` };
+      if ((row.bytes === 0) !== (row.idx < archivedEnd)) {
+        return { ok: false, finding: row.idx < archivedEnd ? `entry ${row.idx} is recorded as archived but still holds data` : `the data of entry ${row.idx} is gone but no archive record covers it` };
+      }
       tree.append(Buffer.from(row.leaf), (s) => {
         if (s.level % o.stride !== 0) return;
         let list = done.get(s.level);

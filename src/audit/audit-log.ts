@@ -8,7 +8,7 @@ import type { Logger } from '../log.ts';
 import { siblingModule, WorkerClient } from '../worker-client.ts';
 import type { AuditEvent, AuditSink } from './audit-sink.ts';
 import { encodeEntry } from './entry.ts';
-import { CompactRange, consistencyProof, inclusionProof, leafHash, nodeHash, rangeRoot, type CompletedSubtree, type PerfectReader } from './merkle.ts';
+import { CompactRange, consistencyProof, inclusionProof, leafHash, nodeHash, rangeRoot, rangeTiles, type CompletedSubtree, type PerfectReader } from './merkle.ts';
 import { checkOrigin, noteKeyId, noteKeyOfSpki, noteVerifier, openCheckpoint, signCheckpoint } from './note.ts';
 import type { WriterData, WriterReply, WriterRequest } from './audit-writer.ts';
 import type { AuditKeyVersion } from './audit-key.ts';
@@ -80,6 +80,34 @@ export interface StoredEntry {
   leaf: Buffer;
 }
 
+/**
+ * A range of entries moved to an archive segment (`sigild audit archive`): their data is gone from the
+ * file, their leaf hashes stay (so every proof still works), and the segment holds the entries.
+ */
+export interface ArchivedSegment {
+  /** Entries `[start, end)`. */
+  start: number;
+  end: number;
+  /** The segment's file name (in the directory the operator keeps segments in). */
+  file: string;
+  /** SHA-256 of the segment file, hex. */
+  sha256: string;
+  /** The size of the signed checkpoint the segment carries. */
+  checkpoint: number;
+  /** The index of the `audit.archive` entry written ahead of the pruning, which names the same range and segment. */
+  entry: number;
+  createdAt: Date;
+}
+
+/** What a segment of `[start, end)` records besides its entries: the checkpoint that covers it and the subtrees around it. */
+export interface SegmentProof {
+  checkpoint: StoredCheckpoint;
+  /** The frontier of `[0, start)`, largest subtree first. */
+  left: Buffer[];
+  /** The aligned subtrees covering `[end, checkpoint.size)`, left to right. */
+  right: Buffer[];
+}
+
 /** Counters of the group commit, for tests and the benchmark. */
 export interface AuditLogStats {
   flushes: number;
@@ -102,6 +130,7 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, data BLOB NOT NULL, leaf BLOB NOT NULL) STRICT;
   CREATE TABLE IF NOT EXISTS nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) STRICT, WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL, key_version TEXT NOT NULL, created_at INTEGER NOT NULL) STRICT;
+  CREATE TABLE IF NOT EXISTS archives (start INTEGER PRIMARY KEY, end INTEGER NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL, checkpoint INTEGER NOT NULL, entry INTEGER NOT NULL, created_at INTEGER NOT NULL) STRICT;
 `;
 
 const unavailable = (cause: unknown): SigilError => new SigilError('AUDIT_UNAVAILABLE', 'the audit log cannot be written', { cause });
@@ -142,6 +171,10 @@ export class AuditLog implements AuditSink {
   #checked: Promise<FullCheckStatus> = Promise.resolve(this.#check);
   #lastT = 0;
   #latest: StoredCheckpoint | null;
+  /** The archived ranges, in order from entry 0 (contiguous, checked at open). */
+  #archives: ArchivedSegment[] = [];
+  /** `archivedFrontier` for the archived prefix it was computed at. */
+  #frontier: { end: number; hashes: Buffer[] } | null = null;
   #signing: Promise<StoredCheckpoint> | null = null;
   #closed = false;
   readonly stats: AuditLogStats = { flushes: 0, entries: 0, failures: 0 };
@@ -356,6 +389,7 @@ export class AuditLog implements AuditSink {
    */
   #load(): number | null {
     const { max } = this.#q.maxIdx.get() as { max: number };
+    this.#loadArchives(max + 1);
     if (max + 1 > this.#fullCheckMax) {
       const row = this.#q.latestCheckpoint.get() as CheckpointRow | undefined;
       if (row) return this.#loadFast(toCheckpoint(row), max + 1);
@@ -380,8 +414,10 @@ export class AuditLog implements AuditSink {
       }
     };
     check();
-    for (const row of this.#db.prepare('SELECT idx, leaf FROM entries ORDER BY idx').iterate() as Iterable<{ idx: number; leaf: Uint8Array }>) {
+    const archivedEnd = this.archivedEnd;
+    for (const row of this.#db.prepare('SELECT idx, leaf, length(data) AS bytes FROM entries ORDER BY idx').iterate() as Iterable<{ idx: number; leaf: Uint8Array; bytes: number }>) {
       if (row.idx !== tree.size) throw new SigilError('FAILED_PRECONDITION', `audit log tampered: entry ${tree.size} is missing`);
+      if ((row.bytes === 0) !== (row.idx < archivedEnd)) throw tampered(archiveFinding(row.idx, archivedEnd));
       tree.append(Buffer.from(row.leaf), (s) => s.level % STRIDE === 0 && nodes.push(s));
       check();
     }
@@ -409,9 +445,11 @@ export class AuditLog implements AuditSink {
       throw tampered(`the stored subtrees and entries on its frontier do not hash to the root of the checkpoint at size ${cp.size}`);
     }
     const completed: CompletedSubtree[] = [];
-    const after = this.#db.prepare('SELECT idx, leaf FROM entries WHERE idx >= ? ORDER BY idx');
-    for (const row of after.iterate(cp.size) as Iterable<{ idx: number; leaf: Uint8Array }>) {
+    const after = this.#db.prepare('SELECT idx, leaf, length(data) AS bytes FROM entries WHERE idx >= ? ORDER BY idx');
+    const archivedEnd = this.archivedEnd;
+    for (const row of after.iterate(cp.size) as Iterable<{ idx: number; leaf: Uint8Array; bytes: number }>) {
       if (row.idx !== tree.size) throw tampered(`entry ${tree.size} is missing`);
+      if ((row.bytes === 0) !== (row.idx < archivedEnd)) throw tampered(archiveFinding(row.idx, archivedEnd));
       tree.append(Buffer.from(row.leaf), (s) => s.level % STRIDE === 0 && completed.push(s));
     }
     // The cache rows above the checkpoint are covered by no signature yet: derive them from the leaves.
@@ -425,6 +463,39 @@ export class AuditLog implements AuditSink {
     }
     this.#loaded(tree, cp);
     return cp.size;
+  }
+
+  /**
+   * Reads and checks the archive records: contiguous from entry 0, each within the entries the file holds
+   * and within a stored checkpoint, and the entries on both sides of the archived prefix as archiving
+   * leaves them (the last archived one without data, the first live one with). The full check compares
+   * every entry.
+   */
+  #loadArchives(count: number): void {
+    const rows = this.#db.prepare('SELECT * FROM archives ORDER BY start').all() as unknown as ArchiveRow[];
+    let at = 0;
+    for (const r of rows) {
+      if (r.start !== at || r.end <= r.start) throw tampered(`the archive records do not cover one range from entry 0 (a record of [${r.start}, ${r.end}) follows entry ${at})`);
+      if (r.end > count) throw tampered(`an archive record covers entries up to ${r.end} but the log holds ${count}`);
+      const cp = this.#q.checkpointAt.get(r.checkpoint) as CheckpointRow | undefined;
+      if (!cp || cp.size < r.end) throw tampered(`the archive record of [${r.start}, ${r.end}) names no stored checkpoint that covers it`);
+      if (r.entry < r.end || r.entry >= count) throw tampered(`the archive record of [${r.start}, ${r.end}) names entry ${r.entry}, which cannot be its audit.archive entry`);
+      at = r.end;
+    }
+    // Each record must agree with the audit.archive entry written ahead of it (while that entry is not archived
+    // itself: then the segment holding it does), and that entry with its leaf hash.
+    for (const r of rows) {
+      if (r.entry < at) continue;
+      const e = this.#q.page.get(r.entry, r.entry + 1) as { data: Uint8Array; leaf: Uint8Array } | undefined;
+      const found = e && leafHash(e.data).equals(e.leaf) ? archiveEntryRange(e.data) : null;
+      if (!found || found.start !== r.start || found.end !== r.end || found.segment !== r.file || found.sha256 !== r.sha256) {
+        throw tampered(`the archive record of [${r.start}, ${r.end}) does not match the audit.archive entry ${r.entry}`);
+      }
+    }
+    const bytes = (idx: number): number | null => (this.#db.prepare('SELECT length(data) AS n FROM entries WHERE idx = ?').get(idx) as { n: number } | undefined)?.n ?? null;
+    if (at > 0 && bytes(at - 1) !== 0) throw tampered(archiveFinding(at - 1, at));
+    if (at < count && bytes(at) === 0) throw tampered(archiveFinding(at, at));
+    this.#archives = rows.map((r) => ({ start: r.start, end: r.end, file: r.file, sha256: r.sha256, checkpoint: r.checkpoint, entry: r.entry, createdAt: new Date(r.created_at) }));
   }
 
   /** Writes subtree cache rows in one transaction, after emptying the cache first when `replaceAll`. */
@@ -451,7 +522,7 @@ export class AuditLog implements AuditSink {
     this.#tip = tree;
     this.#latest = latest;
     const last = this.#tree.size > 0 ? (this.#q.page.get(this.#tree.size - 1, this.#tree.size) as { data: Uint8Array } | undefined) : undefined;
-    if (last) this.#lastT = Math.max(this.#lastT, Date.parse((JSON.parse(Buffer.from(last.data).toString('utf8')) as { t: string }).t) || 0);
+    if (last && last.data.length > 0) this.#lastT = Math.max(this.#lastT, Date.parse((JSON.parse(Buffer.from(last.data).toString('utf8')) as { t: string }).t) || 0);
   }
 
   /**
@@ -468,7 +539,7 @@ export class AuditLog implements AuditSink {
     const t0 = performance.now();
     const stop = new Int32Array(new SharedArrayBuffer(4));
     const worker = new Worker(siblingModule(import.meta.url, 'audit-check-worker'), {
-      workerData: { path: this.#path, size, stride: STRIDE, stop: stop.buffer as SharedArrayBuffer } satisfies CheckData,
+      workerData: { path: this.#path, size, stride: STRIDE, archivedEnd: this.archivedEnd, stop: stop.buffer as SharedArrayBuffer } satisfies CheckData,
       name: 'sigil-audit-check',
     });
     // The check never keeps the process up: close stops it, and an exiting process ends it.
@@ -549,19 +620,110 @@ export class AuditLog implements AuditSink {
     return consistencyProof(this.#read, oldSize, newSize);
   }
 
-  /** Up to `count` entries from `from` (at most 1000 a page). */
+  /** Up to `count` entries from `from` (at most 1000 a page); FAILED_PRECONDITION naming the segment when `from` is archived. */
   entries(from: number, count: number): StoredEntry[] {
     if (!Number.isSafeInteger(from) || from < 0) throw new SigilError('INVALID_ARGUMENT', 'from must be a non-negative integer');
     if (!Number.isSafeInteger(count) || count < 0) throw new SigilError('INVALID_ARGUMENT', 'count must be a non-negative integer');
     const end = Math.min(from + Math.min(count, MAX_PAGE), this.#tree.size);
     if (end <= from) return [];
+    const a = this.archiveOf(from);
+    if (a) throw new SigilError('FAILED_PRECONDITION', `entry ${from} is archived in segment ${a.file} (entries ${a.start} to ${a.end - 1}, sha256 ${a.sha256})`);
     return (this.#q.page.all(from, end) as Array<{ idx: number; data: Uint8Array; leaf: Uint8Array }>).map((r) => ({ index: r.idx, data: Buffer.from(r.data), leaf: Buffer.from(r.leaf) }));
+  }
+
+  /** The leaf hash of entry `index` (kept for archived entries too). */
+  leaf(index: number): Buffer {
+    if (!Number.isSafeInteger(index) || index < 0 || index >= this.#tree.size) throw new SigilError('INVALID_ARGUMENT', `index ${index} is outside the tree of size ${this.#tree.size}`);
+    return this.#read(0, index);
+  }
+
+  /** The archived ranges, oldest first: together `[0, archivedEnd)`. */
+  archives(): readonly ArchivedSegment[] {
+    return this.#archives;
+  }
+
+  /** The first entry not archived (0 when nothing is). */
+  get archivedEnd(): number {
+    return this.#archives.at(-1)?.end ?? 0;
+  }
+
+  /** The archived range that holds entry `index`, or null. */
+  archiveOf(index: number): ArchivedSegment | null {
+    if (index >= this.archivedEnd) return null;
+    return this.#archives.find((a) => index >= a.start && index < a.end) ?? null;
+  }
+
+  /** The frontier of the archived prefix (one perfect subtree hash per set bit of `archivedEnd`, largest first): a verifier starts from it. */
+  archivedFrontier(): readonly Buffer[] {
+    const end = this.archivedEnd;
+    if (this.#frontier?.end !== end) this.#frontier = { end, hashes: [...CompactRange.at(this.#read, end).hashes] };
+    return this.#frontier.hashes;
+  }
+
+  /**
+   * What a segment of `[start, end)` records besides its entries: the latest signed checkpoint (which must
+   * cover `end`), the frontier before `start` and the subtrees after `end` up to that checkpoint. `start`
+   * must be the first entry not archived.
+   */
+  segmentProof(start: number, end: number): SegmentProof {
+    const cp = this.#latest;
+    if (!cp) throw new SigilError('FAILED_PRECONDITION', 'the audit log has no signed checkpoint yet: nothing can be archived');
+    if (start !== this.archivedEnd) throw new SigilError('INVALID_ARGUMENT', `a segment starts at the first entry not archived, ${this.archivedEnd}, not ${start}`);
+    if (!Number.isSafeInteger(end) || end <= start || end > cp.size) throw new SigilError('INVALID_ARGUMENT', `a segment from ${start} must end after it and at most at the latest checkpoint's size ${cp.size}, not at ${end}`);
+    const left = [...CompactRange.at(this.#read, start).hashes];
+    const right = rangeTiles(end, cp.size).map((t) => this.#read(t.level, t.index));
+    return { checkpoint: cp, left, right };
+  }
+
+  /**
+   * Removes the data of entries `[a.start, a.end)`, archived in the segment `a.file` (verified by the
+   * caller), and records the range, in one transaction; the leaf hashes and subtrees stay, so roots and
+   * proofs do not change. `sigild audit archive` calls it with the daemon stopped: a running daemon would
+   * keep serving from its own view of the archived ranges.
+   */
+  pruneArchived(a: Omit<ArchivedSegment, 'createdAt'>): ArchivedSegment {
+    this.ready();
+    const cp = this.#latest;
+    if (a.start !== this.archivedEnd) throw new SigilError('INVALID_ARGUMENT', `an archived range starts at ${this.archivedEnd}, not ${a.start}`);
+    if (!cp || a.checkpoint !== cp.size || !Number.isSafeInteger(a.end) || a.end <= a.start || a.end > cp.size) {
+      throw new SigilError('INVALID_ARGUMENT', `the archived range [${a.start}, ${a.end}) must end within the latest checkpoint, which it must name`);
+    }
+    if (!/^[0-9a-f]{64}$/.test(a.sha256) || a.file.length === 0 || /[/\\\n]/.test(a.file)) throw new SigilError('INVALID_ARGUMENT', 'an archived range needs a segment file name and its sha-256');
+    const e = Number.isSafeInteger(a.entry) && a.entry >= a.end && a.entry < this.#tree.size ? this.entries(a.entry, 1)[0] : undefined;
+    const named = e ? archiveEntryRange(e.data) : null;
+    if (!named || named.start !== a.start || named.end !== a.end || named.segment !== a.file || named.sha256 !== a.sha256) {
+      throw new SigilError('INVALID_ARGUMENT', `entry ${a.entry} is not the audit.archive entry of [${a.start}, ${a.end}) in ${a.file}`);
+    }
+    const rec: ArchivedSegment = { ...a, createdAt: this.#clock.now() };
+    this.#db.exec('BEGIN IMMEDIATE');
+    try {
+      // Rows deleted and written again without their data (rather than updated in place): SQLite frees the
+      // pages the old rows filled, and later appends reuse them, so the file stops growing without a VACUUM.
+      this.#db.exec('CREATE TEMP TABLE IF NOT EXISTS archiving (idx INTEGER PRIMARY KEY, leaf BLOB NOT NULL); DELETE FROM temp.archiving');
+      const n = this.#db.prepare('INSERT INTO temp.archiving SELECT idx, leaf FROM entries WHERE idx >= ? AND idx < ? AND length(data) > 0').run(a.start, a.end).changes;
+      if (Number(n) !== a.end - a.start) throw new SigilError('FAILED_PRECONDITION', `archiving [${a.start}, ${a.end}) found ${n} entries with data, not ${a.end - a.start}`);
+      this.#db.prepare('DELETE FROM entries WHERE idx >= ? AND idx < ?').run(a.start, a.end);
+      this.#db.exec("INSERT INTO entries (idx, data, leaf) SELECT idx, X'', leaf FROM temp.archiving ORDER BY idx; DELETE FROM temp.archiving");
+      this.#db.prepare('INSERT INTO archives (start, end, file, sha256, checkpoint, entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(a.start, a.end, a.file, a.sha256, a.checkpoint, a.entry, rec.createdAt.getTime());
+      this.#db.exec('COMMIT');
+    } catch (err) {
+      if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
+      throw err;
+    }
+    this.#archives.push(rec);
+    this.#log.info({ start: a.start, end: a.end, file: a.file, sha256: a.sha256 }, 'audit entries archived');
+    return rec;
   }
 
   /** The checkpoint stored at exactly `size`, or null. */
   checkpointAt(size: number): StoredCheckpoint | null {
     const r = this.#q.checkpointAt.get(size) as CheckpointRow | undefined;
     return r ? toCheckpoint(r) : null;
+  }
+
+  /** The latest checkpoint signed so far (null before the first), without signing a new one. */
+  lastSigned(): StoredCheckpoint | null {
+    return this.#latest;
   }
 
   /** The latest signed checkpoint; signs a new one first when the tree grew since the last. */
@@ -681,6 +843,34 @@ class WriterThread {
   close(): Promise<void> {
     return this.#client.close({ id: 0, op: 'close' });
   }
+}
+
+interface ArchiveRow {
+  start: number;
+  end: number;
+  file: string;
+  sha256: string;
+  checkpoint: number;
+  entry: number;
+  created_at: number;
+}
+
+/** The range and segment an `audit.archive` entry names, or null when the bytes are not such an entry. */
+function archiveEntryRange(data: Uint8Array): { start: unknown; end: unknown; segment: unknown; sha256: unknown } | null {
+  try {
+    const e = JSON.parse(Buffer.from(data).toString('utf8')) as { act?: unknown; detail?: Record<string, unknown> };
+    if (e.act !== 'audit.archive' || typeof e.detail !== 'object' || e.detail === null) return null;
+    return { start: e.detail.start, end: e.detail.end, segment: e.detail.segment, sha256: e.detail.sha256 };
+  } catch {
+    return null;
+  }
+}
+
+/** What is wrong when entry `idx` has no data outside the archived prefix `[0, archivedEnd)`, or has data inside it. */
+function archiveFinding(idx: number, archivedEnd: number): string {
+  return idx < archivedEnd
+    ? `entry ${idx} is recorded as archived but still holds data: the archive records do not match the entries`
+    : `the data of entry ${idx} is gone but no archive record covers it`;
 }
 
 interface CheckpointRow {

@@ -263,6 +263,23 @@ export class CompactRange {
     this.#size++;
   }
 
+  /**
+   * Appends a whole perfect subtree of height `level` (2^level leaves) by its hash; the current size must
+   * be a multiple of 2^level (an aligned subtree, as in a compact range). `append` is the case level 0.
+   */
+  appendSubtree(level: number, hash: Buffer): void {
+    const width = 2 ** level;
+    if (!Number.isSafeInteger(width) || this.#size % width !== 0) throw new SigilError('INVALID_ARGUMENT', `a subtree of height ${level} does not start at ${this.#size}`);
+    let h = hash;
+    let index = this.#size / width;
+    while (index % 2 === 1) {
+      h = nodeHash(this.#hashes.pop()!, h);
+      index = Math.floor(index / 2);
+    }
+    this.#hashes.push(h);
+    this.#size += width;
+  }
+
   /** The tree head at the current size. */
   root(): Buffer {
     if (this.#hashes.length === 0) return EMPTY_ROOT;
@@ -270,6 +287,24 @@ export class CompactRange {
     for (let i = this.#hashes.length - 2; i >= 0; i--) h = nodeHash(this.#hashes[i]!, h);
     return h;
   }
+}
+
+/**
+ * The aligned perfect subtrees that cover the leaves `[start, end)` exactly, left to right, each the
+ * largest that starts where the previous one ended (a compact range): `[0, n)` gives the frontier of n.
+ */
+export function rangeTiles(start: number, end: number): Array<{ level: number; index: number }> {
+  checkCount(start, 'range start');
+  checkCount(end, 'range end');
+  const out: Array<{ level: number; index: number }> = [];
+  let at = start;
+  while (at < end) {
+    let level = 0;
+    while ((at === 0 || at % 2 ** (level + 1) === 0) && at + 2 ** (level + 1) <= end) level++;
+    out.push({ level, index: at / 2 ** level });
+    at += 2 ** level;
+  }
+  return out;
 }
 
 /** Leaf hashes held in memory, for verifiers and tests: answers every perfect subtree by recomputing it. */

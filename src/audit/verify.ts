@@ -19,8 +19,14 @@ export interface VerifyKey {
 
 /** What the verifier checks: every entry, the latest checkpoint, the trusted audit keys and, optionally, a saved checkpoint. */
 export interface VerifyInput {
-  /** All entries from index 0, in order (more than the checkpoint's size is fine: the rest is ignored). */
+  /** All entries from index 0 (or from `start.size`), in order (more than the checkpoint's size is fine: the rest is ignored). */
   entries: AsyncIterable<VerifyEntry> | Iterable<VerifyEntry>;
+  /**
+   * Where the entries start when the log's prefix was archived and its segments are not at hand: the
+   * archived prefix's size and frontier (one perfect subtree hash per set bit, largest first). The entries
+   * after it are then proven to sit at their indices in the signed tree; the prefix itself is not seen.
+   */
+  start?: { size: number; frontier: readonly Uint8Array[] } | undefined;
   /** The latest signed checkpoint (note text). */
   checkpoint: string;
   /**
@@ -65,6 +71,8 @@ export interface VerifyFailure {
 export interface VerifyReport {
   ok: boolean;
   size: number;
+  /** The first entry the verifier saw: 0, or the archived prefix's size when it started from its frontier. */
+  from: number;
   root: string;
   /** The label of the key that signed the latest checkpoint; null when it did not verify. */
   signedBy: string | null;
@@ -131,8 +139,9 @@ export async function verifyLog(input: VerifyInput): Promise<VerifyReport> {
   try {
     ({ checkpoint: latest, key: { label: signedBy } } = open(input.checkpoint));
   } catch (err) {
-    return { ok: false, size: 0, root: '', signedBy: null, savedSize: null, savedSignedBy: null, failure: { check: 'checkpoint-signature', message: `the latest checkpoint does not verify: ${why(err)}` }, openIntents: [] };
+    return { ok: false, size: 0, from: input.start?.size ?? 0, root: '', signedBy: null, savedSize: null, savedSignedBy: null, failure: { check: 'checkpoint-signature', message: `the latest checkpoint does not verify: ${why(err)}` }, openIntents: [] };
   }
+  const from = input.start?.size ?? 0;
   let saved: Checkpoint | null = null;
   let savedSignedBy: string | null = null;
   // Intent id -> its `started` entry, until an entry with the same intent (its outcome) comes.
@@ -140,6 +149,7 @@ export async function verifyLog(input: VerifyInput): Promise<VerifyReport> {
   const report = (failure: VerifyFailure | null): VerifyReport => ({
     ok: failure === null,
     size: latest.size,
+    from,
     root: latest.root.toString('hex'),
     signedBy,
     savedSize: saved?.size ?? null,
@@ -162,10 +172,17 @@ export async function verifyLog(input: VerifyInput): Promise<VerifyReport> {
     }
   }
 
-  const tree = new CompactRange();
+  let tree: CompactRange;
+  try {
+    tree = new CompactRange(from, (input.start?.frontier ?? []).map((h) => Buffer.from(h)));
+  } catch {
+    return report({ check: 'root-mismatch', message: `the archived prefix of ${from} entries needs other subtree hashes than the ${input.start?.frontier.length ?? 0} given` });
+  }
+  if (from > latest.size) return report({ check: 'entry-missing', index: latest.size, message: `the archived prefix of ${from} entries is longer than the checkpoint's ${latest.size}` });
   let lastT = '';
   const atSaved = (): VerifyFailure | null => {
-    if (saved === null || tree.size !== saved.size || tree.root().equals(saved.root)) return null;
+    // A saved checkpoint inside an unseen archived prefix is checked by the consistency proof only.
+    if (saved === null || saved.size < from || tree.size !== saved.size || tree.root().equals(saved.root)) return null;
     return {
       check: 'rewritten',
       index: saved.size - 1,

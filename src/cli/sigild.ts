@@ -6,6 +6,10 @@ import { prepareDevDir, writeAddrFile } from '../dev/dev.ts';
 import { launchSwtpm } from '../dev/swtpm.ts';
 import { SigilError } from '../errors.ts';
 import { backupDaemonState } from '../store/backup.ts';
+import { archiveAuditLog } from '../store/audit-archive.ts';
+import { systemClock } from '../clock.ts';
+import { createLogger } from '../log.ts';
+import { userInfo } from 'node:os';
 
 /** Runs the daemon until SIGINT or SIGTERM, then stops it gracefully. */
 async function serveUntilSignal(daemon: Daemon, onStop?: () => void): Promise<void> {
@@ -21,7 +25,16 @@ async function serveUntilSignal(daemon: Daemon, onStop?: () => void): Promise<vo
   });
 }
 
-/** The `sigild` command line: serve, dev, backup, config validate. */
+/** The name of the operating-system user running the command (its uid where the system has no name for it). */
+function osUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return `uid ${process.getuid?.() ?? 'unknown'}`;
+  }
+}
+
+/** The `sigild` command line: serve, dev, backup, audit archive, config validate. */
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('sigild')
     .description('sigil signing daemon: one gRPC signer API over PKCS#11 HSMs')
@@ -82,7 +95,7 @@ export async function main(argv: string[]): Promise<void> {
           m.audit.verified === null
             ? 'audit log copy: no signed checkpoint yet, not verified'
             : m.audit.verified.ok
-              ? `audit log copy verified: its first ${m.audit.verified.size} entries hash to the checkpoint signed by ${m.audit.verified.signedBy}`
+              ? `audit log copy verified: its ${m.audit.verified.from > 0 ? `entries ${m.audit.verified.from} to ${m.audit.verified.size - 1} (those below ${m.audit.verified.from} are archived) with the archived prefix's subtrees` : `first ${m.audit.verified.size} entries`} hash to the checkpoint signed by ${m.audit.verified.signedBy}`
               : `AUDIT LOG COPY DOES NOT VERIFY: ${m.audit.verified.failure} (the copy is what the daemon holds: see docs/audit.md)`,
           ...m.files.map((f) => `  ${f.path}  ${f.bytes} bytes  sha256 ${f.sha256}`),
           'not included (back these up yourself):',
@@ -91,6 +104,43 @@ export async function main(argv: string[]): Promise<void> {
         ].join('\n'),
       );
       if (m.audit.verified !== null && !m.audit.verified.ok) process.exitCode = 1;
+    });
+
+  const audit = program.command('audit').description('audit log maintenance');
+  audit
+    .command('archive')
+    .description('move the oldest audit entries into verified segment files and prune their data from the log, with sigild stopped; see docs/operations.md')
+    .requiredOption('-c, --config <file>', 'the config file the daemon runs with')
+    .requiredOption('-o, --out <dir>', 'the directory segment files are written to')
+    .option('--before <index>', 'archive only entries below this index (default: all the latest checkpoint covers)')
+    .option('--align <n>', 'the archived prefix ends on a multiple of this power of two', '65536')
+    .option('--segment-max <n>', 'at most this many entries per segment file (a multiple of --align)', '262144')
+    .option('--vacuum', 'afterwards, rewrite the audit file without its freed pages (SQLite VACUUM: needs free disk of about the new size)')
+    .action(async (o: { config: string; out: string; before?: string; align: string; segmentMax: string; vacuum?: boolean }) => {
+      const int = (v: string, what: string): number => {
+        if (!/^\d{1,15}$/.test(v)) throw new SigilError('INVALID_ARGUMENT', `${what} must be a non-negative integer`);
+        return Number(v);
+      };
+      const cfg = loadConfig(o.config);
+      const r = await archiveAuditLog(cfg, {
+        outDir: o.out,
+        before: o.before === undefined ? undefined : int(o.before, '--before'),
+        align: int(o.align, '--align'),
+        segmentMax: int(o.segmentMax, '--segment-max'),
+        vacuum: o.vacuum === true,
+        who: `local:${osUser()}`,
+        clock: systemClock,
+        log: createLogger({ level: cfg.log.level === 'info' ? 'warn' : cfg.log.level }),
+      });
+      process.stdout.write(
+        [
+          r.nothing !== null ? `nothing archived: ${r.nothing}` : `archived ${r.segments.length} segment${r.segments.length === 1 ? '' : 's'} into ${o.out}, each verified before its entries were pruned:`,
+          ...r.segments.map((s) => `  ${s.file}  entries ${s.start} to ${s.end - 1}  checkpoint ${s.checkpoint}  ${s.bytes} bytes  sha256 ${s.sha256}`),
+          `the log holds ${r.size} entries; entries below ${r.archivedEnd} are archived (keep the segments: docs/operations.md)`,
+          ...(r.vacuumed !== null ? [`audit file vacuumed: ${r.vacuumed} bytes`] : []),
+          '',
+        ].join('\n'),
+      );
     });
 
   program

@@ -22,12 +22,19 @@ export function auditService(ctx: RpcContext, log: AuditLog): AuditServer {
     listEntries: unary(ctx, 'ListEntries', AUDIT_READERS, (req) => ({
       entries: log.entries(req.from, req.count).map((e) => ({ index: e.index, data: e.data, leafHash: e.leaf })),
       treeSize: log.size,
+      archivedEnd: log.archivedEnd,
+      archivedFrontier: [...log.archivedFrontier()],
+      archivedSegments:
+        req.count === 0 ? log.archives().map((a) => ({ start: a.start, end: a.end, file: a.file, sha256: a.sha256, checkpointSize: a.checkpoint, entryIndex: a.entry })) : [],
     })),
     getInclusionProof: unary(ctx, 'GetInclusionProof', AUDIT_READERS, (req) => {
       const size = req.treeSize || log.size;
       const hashes = log.inclusionProof(req.index, size);
+      // An archived entry's bytes are in its segment; its leaf hash, and so its proof, stay in the log.
+      const archived = log.archiveOf(req.index);
+      if (archived) return { index: req.index, treeSize: size, hashes, leafHash: log.leaf(req.index), data: Buffer.alloc(0), archivedSegment: archived.file };
       const e = log.entries(req.index, 1)[0]!;
-      return { index: req.index, treeSize: size, hashes, leafHash: e.leaf, data: e.data };
+      return { index: req.index, treeSize: size, hashes, leafHash: e.leaf, data: e.data, archivedSegment: '' };
     }),
     getConsistencyProof: unary(ctx, 'GetConsistencyProof', AUDIT_READERS, (req) => {
       const size = req.newSize || log.size;

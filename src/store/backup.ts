@@ -1,9 +1,11 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { backup, DatabaseSync } from 'node:sqlite';
 import { verifyLog, type VerifyKey } from '../audit/verify.ts';
+import { CompactRange } from '../audit/merkle.ts';
 import type { Config } from '../config/schema.ts';
 import { keyVersionRef } from '../keys/names.ts';
 import { SigilError } from '../errors.ts';
@@ -29,7 +31,8 @@ export interface BackupManifest {
   audit: {
     entries: number;
     checkpoint: { size: number; keyVersion: string; note: string } | null;
-    verified: { ok: boolean; size: number; signedBy: string | null; failure: string | null } | null;
+    /** `from`: the first entry verified (the end of the archived prefix, whose entries are in archive segments, not in the log). */
+    verified: { ok: boolean; from: number; size: number; signedBy: string | null; failure: string | null } | null;
   };
   /** What a restore also needs and this backup leaves to the operator: key material in backends, secrets. */
   notIncluded: string[];
@@ -38,6 +41,11 @@ export interface BackupManifest {
 /** Where the daemon of `cfg` keeps its audit log (as `startDaemon` picks it). */
 export function auditPathOf(cfg: Config): string {
   return cfg.audit.path ?? join(dirname(cfg.store.sqlite.path), 'audit.db');
+}
+
+/** The audit log's origin (checkpoint origin line and note key name) for the daemon of `cfg` (as `startDaemon` picks it). */
+export function auditOriginOf(cfg: Config): string {
+  return cfg.audit.origin ?? `sigil/${hostname().toLowerCase().replace(/[^a-z0-9.-]/g, '-') || 'localhost'}/audit`;
 }
 
 /**
@@ -165,16 +173,22 @@ async function readAudit(path: string, storePath: string, auditKey: string): Pro
     } finally {
       store.close();
     }
-    const rows = db.prepare('SELECT idx, data, leaf FROM entries WHERE idx < ? ORDER BY idx').iterate(cp.size) as Iterable<{ idx: number; data: Uint8Array; leaf: Uint8Array }>;
+    // An archived prefix (sigild audit archive) has leaf hashes but no data: verify from its frontier.
+    const archived = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'archives'").get()
+      ? (db.prepare('SELECT COALESCE(MAX(end), 0) AS e FROM archives').get() as { e: number }).e
+      : 0;
+    const prefix = new CompactRange();
+    for (const r of db.prepare('SELECT leaf FROM entries WHERE idx < ? ORDER BY idx').iterate(archived) as Iterable<{ leaf: Uint8Array }>) prefix.append(Buffer.from(r.leaf));
+    const rows = db.prepare('SELECT idx, data, leaf FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx').iterate(archived, cp.size) as Iterable<{ idx: number; data: Uint8Array; leaf: Uint8Array }>;
     const list = (function* () {
       for (const r of rows) yield { index: r.idx, data: Buffer.from(r.data), leaf: Buffer.from(r.leaf) };
     })();
     const origin = cp.note.slice(0, cp.note.indexOf('\n'));
-    const r = await verifyLog({ entries: list, checkpoint: cp.note, keys, origin });
+    const r = await verifyLog({ entries: list, checkpoint: cp.note, keys, origin, start: archived > 0 ? { size: archived, frontier: prefix.hashes } : undefined });
     return {
       entries,
       checkpoint: { size: cp.size, keyVersion: cp.key_version, note: cp.note },
-      verified: { ok: r.ok, size: r.size, signedBy: r.signedBy, failure: r.failure ? r.failure.message : null },
+      verified: { ok: r.ok, from: r.from, size: r.size, signedBy: r.signedBy, failure: r.failure ? r.failure.message : null },
     };
   } finally {
     db.close();

@@ -70,7 +70,7 @@ describe('sigild backup, and a daemon restored from it', { skip: skip ?? false }
     }
     assert.equal(m.store.keys, keys);
     assert.ok(m.audit.checkpoint, 'the checkpoint the auditor asked for is in the copy');
-    assert.deepEqual(m.audit.verified, { ok: true, size: m.audit.checkpoint.size, signedBy: 'sigil/audit@1', failure: null });
+    assert.deepEqual(m.audit.verified, { ok: true, from: 0, size: m.audit.checkpoint.size, signedBy: 'sigil/audit@1', failure: null });
     assert.match(r.stdout, new RegExp(`audit log copy verified: its first ${m.audit.checkpoint.size} entries hash to the checkpoint signed by sigil/audit@1`));
     assert.ok(m.audit.entries >= td.daemon.audit.size - 1 && m.audit.entries <= td.daemon.audit.size, `${m.audit.entries} entries copied of ${td.daemon.audit.size}`);
     assert.ok(m.notIncluded.some((x) => /backend softhsm \(pkcs11\): the token's key objects and the PIN file/.test(x)), JSON.stringify(m.notIncluded));

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
-import { createPublicKey } from 'node:crypto';
+import { createHash, createPublicKey } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { promised, type Clients } from '../client.ts';
 import type {
   GetAuditKeyResponse,
@@ -11,6 +12,7 @@ import type {
 } from '../../gen/sigil/v1/audit.ts';
 import { openCheckpointWith, verifyLog, type VerifyEntry, type VerifyKey } from '../../audit/verify.ts';
 import { leafHash, verifyInclusion } from '../../audit/merkle.ts';
+import { parseSegment, verifySegment } from '../../audit/segment.ts';
 import { noteVerifier, parseCheckpoint, parseNote } from '../../audit/note.ts';
 import { UsageError, type CliContext } from './context.ts';
 
@@ -24,9 +26,9 @@ const call = {
   key: (c: Clients) => promised<GetAuditKeyResponse>((md, cb) => c.audit.getAuditKey({}, md, cb)),
 };
 
-/** Every entry from 0 to `size`, a page at a time. */
-async function* allEntries(c: Clients, size: number): AsyncGenerator<VerifyEntry> {
-  for (let from = 0; from < size; ) {
+/** Every entry from `start` to `size`, a page at a time. */
+async function* allEntries(c: Clients, start: number, size: number): AsyncGenerator<VerifyEntry> {
+  for (let from = start; from < size; ) {
     const page = await call.entries(c, from, Math.min(PAGE, size - from));
     if (page.entries.length === 0) return;
     for (const e of page.entries) yield { index: e.index, data: e.data, leaf: e.leafHash };
@@ -49,13 +51,38 @@ function pinnedSpki(file: string): Buffer {
   }
 }
 
+/**
+ * The entries of the archived prefix read from the segment files in `dir` the server names (in order),
+ * then the live entries: the verifier checks them all against the latest checkpoint, so a segment that is
+ * not this log's, or an altered one, fails the whole verification.
+ */
+async function* withSegments(c: Clients, dir: string, segments: ListEntriesResponse['archivedSegments'], end: number, size: number): AsyncGenerator<VerifyEntry> {
+  for (const s of segments) {
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(join(dir, s.file));
+    } catch (err) {
+      throw new UsageError(`the archive segment ${s.file} (entries ${s.start} to ${s.end - 1}) is not in ${dir}: ${(err as NodeJS.ErrnoException).code ?? 'unreadable'}`);
+    }
+    if (createHash('sha256').update(bytes).digest('hex') !== s.sha256) process.stderr.write(`sigilctl: ${s.file} is not the file the daemon recorded (sha256 ${s.sha256}): checking its entries anyway\n`);
+    let seg: ReturnType<typeof parseSegment>;
+    try {
+      seg = parseSegment(bytes);
+    } catch (err) {
+      throw new UsageError(`${join(dir, s.file)}: ${(err as Error).message}`);
+    }
+    for (let i = 0; i < seg.entries.length; i++) yield { index: seg.header.start + i, data: seg.entries[i]! };
+  }
+  yield* allEntries(c, end, size);
+}
+
 /** Every audit key version the server names, labelled `name@N` (a daemon before rotation sends only the current one). */
 function serverKeys(k: GetAuditKeyResponse): VerifyKey[] {
   if (k.versions.length === 0) return [{ spki: k.spkiDer, label: k.keyVersion }];
   return k.versions.map((v) => ({ spki: v.spkiDer, label: v.keyVersion }));
 }
 
-/** `sigilctl audit tail|keys|checkpoint|verify|proof`: read and verify the audit log (roles auditor or admin). */
+/** `sigilctl audit tail|keys|checkpoint|verify|proof|verify-archive`: read and verify the audit log (roles auditor or admin) and archive segments (offline). */
 export function registerAuditCommands(program: Command, cli: CliContext): void {
   const audit = program.command('audit').description('read and verify the audit log');
 
@@ -67,7 +94,9 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
     .action(async (o: { lines: string; follow?: boolean }) => {
       const c = cli.open();
       const n = count(o.lines, '-n');
-      let next = Math.max(0, (await call.entries(c, 0, 0)).treeSize - n);
+      const head = await call.entries(c, 0, 0);
+      // Archived entries are not served: the tail starts after them at the earliest.
+      let next = Math.max(head.archivedEnd, head.treeSize - n);
       for (;;) {
         const page = await call.entries(c, next, PAGE);
         for (const e of page.entries) {
@@ -120,7 +149,8 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
     .description('verify the whole audit log against its latest checkpoint and, with --checkpoint, that it still extends a saved one')
     .option('--checkpoint <file>', 'a checkpoint saved earlier (sigilctl audit checkpoint --out)')
     .option('--key <pem>', 'pin an audit key version (repeat it for every version you trust; otherwise every version is fetched from the server)', (v: string, all: string[]) => [...all, v], [] as string[])
-    .action(async (o: { checkpoint?: string; key: string[] }) => {
+    .option('--archive <dir>', 'the directory holding the archive segments of the archived prefix: verify it too (without it, the archived entries are not seen)')
+    .action(async (o: { checkpoint?: string; key: string[]; archive?: string }) => {
       const c = cli.open();
       const k = await call.key(c);
       const server = serverKeys(k);
@@ -156,9 +186,23 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
       if (saved && savedSize !== null && savedSize <= latest.treeSize) {
         saved.proof = (await call.consistency(c, savedSize, latest.treeSize)).hashes;
       }
-      const r = await verifyLog({ entries: allEntries(c, latest.treeSize), checkpoint: latest.note, keys, untrusted, origin: k.noteKeyName, saved });
+      const head = await call.entries(c, 0, 0);
+      const end = Math.min(head.archivedEnd, latest.treeSize);
+      const segments = head.archivedSegments;
+      const r = await verifyLog({
+        entries: end === 0 ? allEntries(c, 0, latest.treeSize) : o.archive !== undefined ? withSegments(c, o.archive, segments, end, latest.treeSize) : allEntries(c, end, latest.treeSize),
+        start: end > 0 && o.archive === undefined ? { size: end, frontier: head.archivedFrontier } : undefined,
+        checkpoint: latest.note,
+        keys,
+        untrusted,
+        origin: k.noteKeyName,
+        saved,
+      });
+      const unseen = r.from > 0 ? `; entries 0 to ${r.from - 1} are archived in ${segments.length} segment${segments.length === 1 ? '' : 's'} and were not seen (give them with --archive DIR)` : '';
+      const seenArchive = end > 0 && o.archive !== undefined ? `; entries 0 to ${end - 1} read from ${segments.length} archive segment${segments.length === 1 ? '' : 's'} in ${o.archive}` : '';
       const json = {
         ...r,
+        archived: { end, segments: segments.map((x) => ({ start: x.start, end: x.end, file: x.file, sha256: x.sha256 })), seen: end === 0 || o.archive !== undefined },
         key: { version: k.keyVersion, source: o.key.length > 0 ? 'pinned' : 'server', verifierKey: k.verifierKey, pem: k.pem },
         keys: keys.map((x) => x.label),
       };
@@ -170,12 +214,40 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
           : `\n${r.openIntents.length} act${r.openIntents.length === 1 ? '' : 's'} written ahead with no outcome in the log (each may or may not have taken effect: check the current state, see docs/security.md):\n${r.openIntents
               .map((x) => `  entry ${x.index}  ${x.t}  ${x.who}  ${x.act}${x.key ? ` ${x.key}` : ''}  intent ${x.intent}`)
               .join('\n')}`;
-        cli.out(json, `ok: ${r.size} entries verified against the checkpoint signed by ${r.signedBy} (root ${r.root})${savedText}; keys ${keySource}${open}`);
+        const what = r.from > 0 ? `entries ${r.from} to ${r.size - 1} of ${r.size}` : `${r.size} entries`;
+        cli.out(json, `ok: ${what} verified against the checkpoint signed by ${r.signedBy} (root ${r.root})${savedText}${unseen}${seenArchive}; keys ${keySource}${open}`);
         return;
       }
       const f = r.failure!;
       cli.out(json, `FAILED (${f.check}${f.index !== undefined ? ` at entry ${f.index}` : ''}): ${f.message}`);
       process.exitCode = 1;
+    });
+
+  audit
+    .command('verify-archive')
+    .description('verify archive segment files offline (no daemon): each checkpoint signature, every entry, and that they hash to the checkpoint\'s root')
+    .argument('<files...>', 'segment files (sigild audit archive --out)')
+    .option('--key <pem>', 'a trusted audit key version (repeat it for every version that may have signed)', (v: string, all: string[]) => [...all, v], [] as string[])
+    .option('--origin <origin>', 'the log the segments must be of (its checkpoint origin)')
+    .action((files: string[], o: { key: string[]; origin?: string }) => {
+      if (o.key.length === 0) throw new UsageError('--key is required: the audit public key (sigilctl audit keys) that signed the segments\' checkpoints');
+      const keys = o.key.map((file) => ({ spki: pinnedSpki(file), label: `the key pinned from ${file}` }));
+      const results = files.map((file) => {
+        const bytes = readFileSync(file);
+        const sha256 = createHash('sha256').update(bytes).digest('hex');
+        try {
+          return { file, sha256, ...verifySegment(parseSegment(bytes), keys, o.origin) };
+        } catch (err) {
+          return { file, sha256, ok: false, start: 0, end: 0, checkpointSize: 0, root: '', signedBy: null, failure: (err as Error).message };
+        }
+      });
+      cli.out(
+        results,
+        results
+          .map((r) => (r.ok ? `ok: ${r.file}: entries ${r.start} to ${r.end - 1}, checkpoint at size ${r.checkpointSize} (root ${r.root}) signed by ${r.signedBy}; sha256 ${r.sha256}` : `FAILED: ${r.file}: ${r.failure}`))
+          .join('\n'),
+      );
+      if (results.some((r) => !r.ok)) process.exitCode = 1;
     });
 
   audit
@@ -191,9 +263,13 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
       // An older checkpoint may be signed by an older audit key version: pick it by the note key id.
       const { checkpoint } = openCheckpointWith(cp.note, serverKeys(k), k.noteKeyName);
       const p = await call.inclusion(c, index, checkpoint.size);
-      const ok = leafHash(p.data).equals(p.leafHash) && verifyInclusion(index, checkpoint.size, p.leafHash, p.hashes, checkpoint.root);
-      const json = { ok, index, treeSize: checkpoint.size, root: checkpoint.root.toString('hex'), leafHash: p.leafHash.toString('hex'), hashes: p.hashes.map((h) => h.toString('hex')), entry: JSON.parse(p.data.toString('utf8')) as unknown };
-      cli.out(json, `${ok ? 'ok' : 'FAILED'}: entry ${index} ${ok ? 'is' : 'is not proven to be'} in the tree of size ${checkpoint.size} (root ${checkpoint.root.toString('hex')})\n${p.data.toString('utf8')}\n${p.hashes.map((h) => `  ${h.toString('hex')}`).join('\n')}`);
+      // An archived entry comes without its bytes: the proof is of its leaf hash, the bytes are in the segment.
+      const archived = p.archivedSegment !== '';
+      const ok = (archived ? p.data.length === 0 : leafHash(p.data).equals(p.leafHash)) && verifyInclusion(index, checkpoint.size, p.leafHash, p.hashes, checkpoint.root);
+      const entry = archived ? null : (JSON.parse(p.data.toString('utf8')) as unknown);
+      const json = { ok, index, treeSize: checkpoint.size, root: checkpoint.root.toString('hex'), leafHash: p.leafHash.toString('hex'), hashes: p.hashes.map((h) => h.toString('hex')), entry, archivedSegment: archived ? p.archivedSegment : null };
+      const what = archived ? `entry ${index} (archived in segment ${p.archivedSegment}: proven by its leaf hash ${p.leafHash.toString('hex')})` : `entry ${index}`;
+      cli.out(json, `${ok ? 'ok' : 'FAILED'}: ${what} ${ok ? 'is' : 'is not proven to be'} in the tree of size ${checkpoint.size} (root ${checkpoint.root.toString('hex')})\n${archived ? '' : `${p.data.toString('utf8')}\n`}${p.hashes.map((h) => `  ${h.toString('hex')}`).join('\n')}`);
       if (!ok) process.exitCode = 1;
     });
 }

@@ -1,0 +1,225 @@
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { AuditLog, type AuditKey } from '../audit/audit-log.ts';
+import { audited } from '../audit/audited.ts';
+import { encodeSegmentEntry, encodeSegmentHeader, parseSegment, verifySegment } from '../audit/segment.ts';
+import type { VerifyKey } from '../audit/verify.ts';
+import type { Clock } from '../clock.ts';
+import type { Config } from '../config/schema.ts';
+import { SigilError } from '../errors.ts';
+import { keyVersionRef } from '../keys/names.ts';
+import type { Logger } from '../log.ts';
+import { auditOriginOf, auditPathOf } from './backup.ts';
+
+/** What `sigild audit archive` is asked for. */
+export interface ArchiveOptions {
+  /** The directory segments are written to (made mode 0700 when missing). */
+  outDir: string;
+  /** Archive only entries below this index (default: all the latest checkpoint covers). */
+  before?: number | undefined;
+  /** The archived prefix ends on a multiple of this power of two (whole subtrees go); default 65536. */
+  align?: number | undefined;
+  /** At most this many entries per segment file (a multiple of `align`); default 262144. */
+  segmentMax?: number | undefined;
+  /** Run SQLite's VACUUM on the audit file afterwards, giving the freed pages back to the file system. */
+  vacuum?: boolean | undefined;
+  /** Who archives, as the audit entry names them. */
+  who: string;
+  clock: Clock;
+  log: Logger;
+}
+
+/** One segment written, verified and pruned from the live log. */
+export interface ArchivedFile {
+  file: string;
+  start: number;
+  end: number;
+  bytes: number;
+  sha256: string;
+  /** The size of the signed checkpoint the segment carries. */
+  checkpoint: number;
+}
+
+/** What an archive run did: the segments, and the log's archived prefix and size after it. */
+export interface ArchiveResult {
+  segments: ArchivedFile[];
+  archivedEnd: number;
+  size: number;
+  /** Why nothing was archived, when nothing was. */
+  nothing: string | null;
+  /** The audit file's size in bytes after a VACUUM, when one ran. */
+  vacuumed: number | null;
+}
+
+/** Default alignment of the archived prefix: subtrees of 2^16 entries. */
+export const ARCHIVE_ALIGN = 65536;
+/** Default entries per segment file (~60 MB at ~231 bytes an entry). */
+export const SEGMENT_MAX = 262144;
+
+/**
+ * Moves the oldest entries of the audit log of the daemon configured by `cfg` into segment files in
+ * `o.outDir`, with the daemon stopped: refuses while anything holds the store or the audit file (and
+ * holds the store exclusively meanwhile, so the daemon cannot start). Opens the log with its start-up
+ * check (and waits for the full check), then per segment: writes it to a temp file, fsyncs, renames,
+ * fsyncs the directory, reads it back and verifies it with the audit key versions the store holds, and
+ * only then removes the entries' data in one transaction, written ahead in the log as `audit.archive`.
+ */
+export async function archiveAuditLog(cfg: Config, o: ArchiveOptions): Promise<ArchiveResult> {
+  const align = o.align ?? ARCHIVE_ALIGN;
+  const segmentMax = o.segmentMax ?? SEGMENT_MAX;
+  if (!Number.isSafeInteger(align) || align < 1 || (align & (align - 1)) !== 0 || align > 2 ** 30) throw new SigilError('INVALID_ARGUMENT', '--align must be a power of two up to 2^30');
+  if (!Number.isSafeInteger(segmentMax) || segmentMax < align || segmentMax % align !== 0) throw new SigilError('INVALID_ARGUMENT', `--segment-max must be a positive multiple of --align (${align})`);
+  if (o.before !== undefined && (!Number.isSafeInteger(o.before) || o.before < 0)) throw new SigilError('INVALID_ARGUMENT', '--before must be a non-negative integer');
+  const auditPath = auditPathOf(cfg);
+  if (!existsSync(auditPath)) throw new SigilError('FAILED_PRECONDITION', `the audit log ${auditPath} does not exist: is this the config the daemon runs with?`);
+  if (!existsSync(cfg.store.sqlite.path)) throw new SigilError('FAILED_PRECONDITION', `the store ${cfg.store.sqlite.path} does not exist: is this the config the daemon runs with?`);
+  const store = lockExclusive(cfg.store.sqlite.path, 'store');
+  try {
+    lockExclusive(auditPath, 'audit log').close();
+    const { key, verifyKeys } = storedAuditKey(store, cfg.audit.key);
+    const log = AuditLog.open({ path: auditPath, origin: auditOriginOf(cfg), key, clock: o.clock, log: o.log, fullCheckAtStartMax: cfg.audit.fullCheckAtStartMax });
+    let result: ArchiveResult;
+    try {
+      result = await archivePrefix(log, o, align, segmentMax, verifyKeys);
+    } finally {
+      await log.close();
+    }
+    if (o.vacuum && result.segments.length > 0) result.vacuumed = vacuum(auditPath);
+    return result;
+  } finally {
+    store.close();
+  }
+}
+
+/** VACUUM of the (closed) audit file: rewrites it without its free pages; returns its size. */
+function vacuum(path: string): number {
+  const db = new DatabaseSync(path);
+  try {
+    db.exec('PRAGMA busy_timeout = 0; VACUUM; PRAGMA wal_checkpoint(TRUNCATE);');
+  } finally {
+    db.close();
+  }
+  return statSync(path).size;
+}
+
+/** Archives whole `align`-sized runs up to the latest checkpoint (and `o.before`), at most `segmentMax` entries a segment. */
+async function archivePrefix(log: AuditLog, o: ArchiveOptions, align: number, segmentMax: number, verifyKeys: readonly VerifyKey[]): Promise<ArchiveResult> {
+  const check = await log.fullCheckDone();
+  if (check.state !== 'clean') throw new SigilError('FAILED_PRECONDITION', `the audit log's full check did not pass (${check.state}${check.finding ? `: ${check.finding}` : ''}): nothing archived`);
+  const cp = log.lastSigned();
+  const done = (nothing: string | null, segments: ArchivedFile[] = []): ArchiveResult => ({ segments, archivedEnd: log.archivedEnd, size: log.size, nothing, vacuumed: null });
+  if (!cp) return done('the log has no signed checkpoint yet');
+  const end = Math.floor(Math.min(o.before ?? cp.size, cp.size) / align) * align;
+  if (end <= log.archivedEnd) {
+    return done(`entries below ${log.archivedEnd} are archived already; the latest checkpoint (size ${cp.size}${o.before !== undefined ? `, --before ${o.before}` : ''}) rounded down to a multiple of ${align} is ${end}`);
+  }
+  const segments: ArchivedFile[] = [];
+  for (let start = log.archivedEnd; start < end; start = segments.at(-1)!.end) {
+    segments.push(await archiveSegment(log, o.outDir, start, Math.min(end, start + segmentMax), verifyKeys, o.who));
+  }
+  return done(null, segments);
+}
+
+/** The file name of the segment of `[start, end)`: sorts in log order. */
+export function segmentFileName(start: number, end: number): string {
+  return `audit-${String(start).padStart(15, '0')}-${String(end).padStart(15, '0')}.segment`;
+}
+
+/**
+ * Opens `path` with SQLite's exclusive locking mode and takes the write lock: refused when any other
+ * connection (the daemon) has the file open; once taken, nobody else can open it until this one closes.
+ */
+function lockExclusive(path: string, what: string): DatabaseSync {
+  const db = new DatabaseSync(path);
+  try {
+    db.exec('PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;');
+    return db;
+  } catch (err) {
+    db.close();
+    if (/locked|busy/i.test(String((err as { message?: unknown }).message))) {
+      throw new SigilError('FAILED_PRECONDITION', `the ${what} ${path} is in use: stop sigild before archiving (docs/operations.md)`, { cause: err });
+    }
+    throw new SigilError('BACKEND_ERROR', `cannot open the ${what} ${path}`, { cause: err });
+  }
+}
+
+/**
+ * The audit key as the store records it, for a log opened with the daemon stopped: every version's
+ * public key (to verify checkpoints), no signing (the daemon signs the next checkpoint when it starts).
+ */
+function storedAuditKey(store: DatabaseSync, name: string): { key: AuditKey; verifyKeys: VerifyKey[] } {
+  const k = store.prepare('SELECT primary_version AS p FROM keys WHERE name = ?').get(name) as { p: number } | undefined;
+  const rows = store.prepare("SELECT version, spki, created_at FROM key_versions WHERE name = ? AND state != 'PENDING' ORDER BY version").all(name) as Array<{ version: number; spki: Uint8Array; created_at: number }>;
+  if (!k || rows.length === 0) throw new SigilError('FAILED_PRECONDITION', `the store holds no audit key ${name}`);
+  const versions = rows.map((r, i) => ({
+    keyVersion: keyVersionRef(name, r.version),
+    version: r.version,
+    spki: Buffer.from(r.spki),
+    createdAt: new Date(r.created_at),
+    supersededAt: rows[i + 1] ? new Date(rows[i + 1]!.created_at) : null,
+    current: r.version === k.p,
+  }));
+  const current = versions.find((v) => v.current) ?? versions.at(-1)!;
+  const key: AuditKey = {
+    publicKey: (keyVersion) => {
+      const v = keyVersion === undefined ? current : versions.find((x) => x.keyVersion === keyVersion);
+      if (!v) throw new SigilError('KEY_NOT_FOUND', `no audit key version ${keyVersion}`);
+      return { keyVersion: v.keyVersion, spki: v.spki };
+    },
+    sign: () => Promise.reject(new SigilError('FAILED_PRECONDITION', 'the archive command signs no checkpoint: the daemon does')),
+    versions: () => versions,
+  };
+  return { key, verifyKeys: versions.map((v) => ({ spki: v.spki, label: v.keyVersion })) };
+}
+
+/**
+ * Archives `[start, end)` of a log no one else writes: writes and verifies the segment, then prunes the
+ * entries as the act `audit.archive`, written ahead (its intent entry, which the archive record points at,
+ * names the range, the segment and its SHA-256).
+ */
+export async function archiveSegment(log: AuditLog, dir: string, start: number, end: number, keys: readonly VerifyKey[], who: string): Promise<ArchivedFile> {
+  const seg = writeVerifiedSegment(log, dir, start, end, keys);
+  await audited(log, { who, act: 'audit.archive', detail: { start, end, segment: seg.file, sha256: seg.sha256, checkpoint: seg.checkpoint } }, () =>
+    // Nothing else writes the log meanwhile: the intent just written is its last entry.
+    log.pruneArchived({ start, end, file: seg.file, sha256: seg.sha256, checkpoint: seg.checkpoint, entry: log.size - 1 }),
+  );
+  return seg;
+}
+
+/** Writes the segment of `[start, end)` durably (temp file, fsync, rename, fsync of the directory), then reads it back and verifies it. */
+export function writeVerifiedSegment(log: AuditLog, dir: string, start: number, end: number, keys: readonly VerifyKey[]): ArchivedFile {
+  const proof = log.segmentProof(start, end);
+  const file = segmentFileName(start, end);
+  const path = join(dir, file);
+  const tmp = `${path}.tmp`;
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeSync(fd, encodeSegmentHeader({ origin: log.origin, start, end, checkpoint: proof.checkpoint.note, left: proof.left, right: proof.right }));
+    for (let at = start; at < end; ) {
+      const page = log.entries(at, end - at);
+      if (page.length === 0) throw new SigilError('INTERNAL', `audit entry ${at} could not be read`);
+      writeSync(fd, Buffer.concat(page.map((e) => encodeSegmentEntry(e.data))));
+      at = page.at(-1)!.index + 1;
+    }
+    fsyncSync(fd);
+  } catch (err) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+  closeSync(fd);
+  renameSync(tmp, path);
+  const dfd = openSync(dir, 'r');
+  try {
+    fsyncSync(dfd);
+  } finally {
+    closeSync(dfd);
+  }
+  const bytes = readFileSync(path);
+  const r = verifySegment(parseSegment(bytes), keys, log.origin);
+  if (!r.ok || r.start !== start || r.end !== end) throw new SigilError('FAILED_PRECONDITION', `the segment ${path} does not verify after writing (${r.failure ?? 'wrong range'}): nothing pruned`);
+  return { file, start, end, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), checkpoint: proof.checkpoint.size };
+}
