@@ -1,5 +1,5 @@
 import type { DatabaseSync } from 'node:sqlite';
-import { CompactRange, type CompletedSubtree } from './merkle.ts';
+import { CompactRange, leafHash, type CompletedSubtree } from './merkle.ts';
 
 /** How many entries the full check reads per query: each page is its own read transaction, so a long check pins no WAL snapshot. */
 const PAGE = 16384;
@@ -22,9 +22,9 @@ export interface FullCheckOptions {
 export type FullCheckResult = { ok: true } | { ok: false; finding: string } | { ok: false; stopped: true };
 
 /**
- * The full check of an audit log file up to `size`: recomputes the tree from every stored leaf hash in
- * order, compares every stored checkpoint root at or below `size`, checks that exactly the archived entries
- * lack their data, and compares every stored subtree row
+ * The full check of an audit log file up to `size`: re-hashes every entry's bytes against its stored leaf
+ * hash, recomputes the tree from the leaf hashes in order, compares every stored checkpoint root at or below
+ * `size`, checks that exactly the archived entries lack their data, and compares every stored subtree row
  * (the `nodes` cache) that lies within `size` with the subtree recomputed from the leaves. A missing
  * `nodes` row is no finding (readers recompute it); a row that disagrees is, since sigil writes each row
  * in the same transaction as the leaves below it.
@@ -33,7 +33,7 @@ export function fullCheck(db: DatabaseSync, o: FullCheckOptions): FullCheckResul
   const { min } = db.prepare('SELECT MIN(idx) AS min FROM entries').get() as { min: number | null };
   if (min !== null && min < 0) return { ok: false, finding: `entry ${min} has a negative index` };
   const cps = db.prepare('SELECT size, root FROM checkpoints WHERE size <= ? ORDER BY size').all(o.size) as Array<{ size: number; root: Uint8Array }>;
-  const page = db.prepare('SELECT idx, leaf, length(data) AS bytes FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx');
+  const page = db.prepare('SELECT idx, data, leaf FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx');
   const archivedEnd = o.archivedEnd ?? 0;
   const stored = db.prepare('SELECT idx, hash FROM nodes WHERE level = ? AND idx >= ? AND idx <= ? ORDER BY idx');
   const tree = new CompactRange();
@@ -53,11 +53,12 @@ export function fullCheck(db: DatabaseSync, o: FullCheckOptions): FullCheckResul
     const end = Math.min(start + PAGE, o.size);
     // Completed subtrees of the stored heights, by height; within a page their indices are consecutive.
     const done = new Map<number, CompletedSubtree[]>();
-    for (const row of page.iterate(start, end) as Iterable<{ idx: number; leaf: Uint8Array; bytes: number }>) {
+    for (const row of page.iterate(start, end) as Iterable<{ idx: number; data: Uint8Array; leaf: Uint8Array }>) {
       if (row.idx !== tree.size) return { ok: false, finding: `entry ${tree.size} is missing` };
-      if ((row.bytes === 0) !== (row.idx < archivedEnd)) {
+      if ((row.data.length === 0) !== (row.idx < archivedEnd)) {
         return { ok: false, finding: row.idx < archivedEnd ? `entry ${row.idx} is recorded as archived but still holds data` : `the data of entry ${row.idx} is gone but no archive record covers it` };
       }
+      if (row.idx >= archivedEnd && !leafHash(row.data).equals(row.leaf)) return { ok: false, finding: `the bytes of entry ${row.idx} do not hash to its stored leaf hash` };
       tree.append(Buffer.from(row.leaf), (s) => {
         if (s.level % o.stride !== 0) return;
         let list = done.get(s.level);

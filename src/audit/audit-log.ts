@@ -398,7 +398,7 @@ export class AuditLog implements AuditSink {
     return null;
   }
 
-  /** Recomputes the tree from the stored leaf hashes and checks it against the stored checkpoints. */
+  /** Re-hashes every entry against its leaf hash, recomputes the tree from the leaf hashes and checks it against the stored checkpoints. */
   #loadFull(): void {
     const cps = (this.#db.prepare('SELECT * FROM checkpoints ORDER BY size').all() as unknown as CheckpointRow[]).map(toCheckpoint);
     let want = 0;
@@ -415,9 +415,9 @@ export class AuditLog implements AuditSink {
     };
     check();
     const archivedEnd = this.archivedEnd;
-    for (const row of this.#db.prepare('SELECT idx, leaf, length(data) AS bytes FROM entries ORDER BY idx').iterate() as Iterable<{ idx: number; leaf: Uint8Array; bytes: number }>) {
+    for (const row of this.#db.prepare('SELECT idx, data, leaf FROM entries ORDER BY idx').iterate() as Iterable<{ idx: number; data: Uint8Array; leaf: Uint8Array }>) {
       if (row.idx !== tree.size) throw new SigilError('FAILED_PRECONDITION', `audit log tampered: entry ${tree.size} is missing`);
-      if ((row.bytes === 0) !== (row.idx < archivedEnd)) throw tampered(archiveFinding(row.idx, archivedEnd));
+      checkEntryBytes(row, archivedEnd);
       tree.append(Buffer.from(row.leaf), (s) => s.level % STRIDE === 0 && nodes.push(s));
       check();
     }
@@ -445,11 +445,11 @@ export class AuditLog implements AuditSink {
       throw tampered(`the stored subtrees and entries on its frontier do not hash to the root of the checkpoint at size ${cp.size}`);
     }
     const completed: CompletedSubtree[] = [];
-    const after = this.#db.prepare('SELECT idx, leaf, length(data) AS bytes FROM entries WHERE idx >= ? ORDER BY idx');
+    const after = this.#db.prepare('SELECT idx, data, leaf FROM entries WHERE idx >= ? ORDER BY idx');
     const archivedEnd = this.archivedEnd;
-    for (const row of after.iterate(cp.size) as Iterable<{ idx: number; leaf: Uint8Array; bytes: number }>) {
+    for (const row of after.iterate(cp.size) as Iterable<{ idx: number; data: Uint8Array; leaf: Uint8Array }>) {
       if (row.idx !== tree.size) throw tampered(`entry ${tree.size} is missing`);
-      if ((row.bytes === 0) !== (row.idx < archivedEnd)) throw tampered(archiveFinding(row.idx, archivedEnd));
+      checkEntryBytes(row, archivedEnd);
       tree.append(Buffer.from(row.leaf), (s) => s.level % STRIDE === 0 && completed.push(s));
     }
     // The cache rows above the checkpoint are covered by no signature yet: derive them from the leaves.
@@ -871,6 +871,15 @@ function archiveFinding(idx: number, archivedEnd: number): string {
   return idx < archivedEnd
     ? `entry ${idx} is recorded as archived but still holds data: the archive records do not match the entries`
     : `the data of entry ${idx} is gone but no archive record covers it`;
+}
+
+/**
+ * The start-up checks of one stored entry: archived ones (below `archivedEnd`) hold no data, every other one
+ * holds data that hashes to its stored leaf hash (an entry rewritten with its leaf hash left alone).
+ */
+function checkEntryBytes(row: { idx: number; data: Uint8Array; leaf: Uint8Array }, archivedEnd: number): void {
+  if ((row.data.length === 0) !== (row.idx < archivedEnd)) throw tampered(archiveFinding(row.idx, archivedEnd));
+  if (row.idx >= archivedEnd && !leafHash(row.data).equals(row.leaf)) throw tampered(`the bytes of entry ${row.idx} do not hash to its stored leaf hash`);
 }
 
 interface CheckpointRow {

@@ -76,8 +76,10 @@ describe('the daemon with audit.fullCheckAtStartMax: 0 (always the fast start)',
     const cp = await td.daemon.audit.latestCheckpoint();
     assert.ok(cp.size >= 32, 'entry 3 lies under a stored subtree the start does not read');
     await td.stopDaemon();
+    // A forged entry with its leaf hash to match: only the tree's root, against the checkpoint, shows it.
     const db = new DatabaseSync(join(td.dir, 'audit.db'));
-    db.prepare('UPDATE entries SET leaf = ? WHERE idx = 3').run(leafHash(Buffer.from('forged')));
+    const original = Buffer.from((db.prepare('SELECT data FROM entries WHERE idx = 3').get() as { data: Uint8Array }).data);
+    db.prepare('UPDATE entries SET data = ?, leaf = ? WHERE idx = 3').run(Buffer.from('forged'), leafHash(Buffer.from('forged')));
     db.close();
     await td.restart();
     const done = await td.daemon.audit.fullCheckDone();
@@ -93,8 +95,31 @@ describe('the daemon with audit.fullCheckAtStartMax: 0 (always the fast start)',
     await td.stopDaemon();
     // Restored: the next start is clean again, so `after` finds a running td.daemon.
     const fix = new DatabaseSync(join(td.dir, 'audit.db'));
-    const row = fix.prepare('SELECT data FROM entries WHERE idx = 3').get() as { data: Uint8Array };
-    fix.prepare('UPDATE entries SET leaf = ? WHERE idx = 3').run(leafHash(row.data));
+    fix.prepare('UPDATE entries SET data = ?, leaf = ? WHERE idx = 3').run(original, leafHash(original));
+    fix.close();
+    await td.restart();
+    assert.equal((await td.daemon.audit.fullCheckDone()).state, 'clean');
+  });
+
+  test("an old entry's bytes rewritten with its leaf hash left alone: the background check names the entry, and so does sigilctl audit verify", async () => {
+    await td.stopDaemon();
+    const db = new DatabaseSync(join(td.dir, 'audit.db'));
+    const row = db.prepare('SELECT data FROM entries WHERE idx = 3').get() as { data: Uint8Array };
+    const pristine = Buffer.from(row.data);
+    const data = Buffer.from(pristine);
+    data[data.indexOf('"act":"') + 7] ^= 0x01;
+    db.prepare('UPDATE entries SET data = ? WHERE idx = 3').run(data);
+    db.close();
+    await td.restart();
+    const done = await td.daemon.audit.fullCheckDone();
+    assert.equal(done.state, 'tampered');
+    assert.equal(done.finding, 'the bytes of entry 3 do not hash to its stored leaf hash');
+    const v = await verify();
+    assert.equal(v.code, 1, 'the auditor sees it too');
+    assert.match(v.stderr + JSON.stringify(v.report), /entry-modified/);
+    await td.stopDaemon();
+    const fix = new DatabaseSync(join(td.dir, 'audit.db'));
+    fix.prepare('UPDATE entries SET data = ? WHERE idx = 3').run(pristine);
     fix.close();
     await td.restart();
     assert.equal((await td.daemon.audit.fullCheckDone()).state, 'clean');

@@ -227,10 +227,7 @@ describe('audit key rotation end to end', { skip: skip ?? false }, () => {
     data[data.indexOf('"act":"') + 7] ^= 0x01;
     db.prepare('UPDATE entries SET data = ? WHERE idx = ?').run(data, at);
     db.close();
-    await td.restart();
-    const bad = await verify('--checkpoint', saved, '--key', v1Pem, '--key', v2Pem);
-    assert.equal(bad.code, 1);
-    assert.deepEqual([bad.report.failure?.check, bad.report.failure?.index], ['entry-modified', at]);
+    await assert.rejects(td.restart(), new RegExp(`audit log tampered: the bytes of entry ${at} do not hash to its stored leaf hash`));
 
     await td.stopDaemon();
     const fix = new DatabaseSync(dbPath);

@@ -169,7 +169,7 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
       }
     };
 
-    test('a flipped byte in an entry: verify names the entry', async () => {
+    test('a flipped byte in an entry, its leaf hash left alone: the daemon refuses to start, naming the entry', async () => {
       await tampered((db) => {
         const row = db.prepare('SELECT data FROM entries WHERE idx = 5').get() as { data: Uint8Array };
         const data = Buffer.from(row.data);
@@ -177,11 +177,7 @@ describe('the audit log end to end', { skip: skip ?? false }, () => {
         data[at] = data[at] === 0x30 ? 0x31 : 0x30;
         db.prepare('UPDATE entries SET data = ? WHERE idx = 5').run(data);
       });
-      await withDaemon(async () => {
-        const v = await verify();
-        assert.equal(v.code, 1);
-        assert.deepEqual([v.report.failure?.check, v.report.failure?.index], ['entry-modified', 5]);
-      });
+      await assert.rejects(td.restart(), /audit log tampered: the bytes of entry 5 do not hash to its stored leaf hash/);
     });
 
     test('a flipped byte with its leaf hash recomputed: the daemon refuses to start; with the checkpoints dropped too, the saved checkpoint catches it', async () => {

@@ -59,6 +59,10 @@ async function fixture(): Promise<Fixture> {
 
 const forged = leafHash(Buffer.from('forged'));
 const setLeaf = (idx: number) => (db: DatabaseSync) => db.prepare('UPDATE entries SET leaf = ? WHERE idx = ?').run(forged, idx);
+/** A forged entry whose leaf hash matches it: only the tree's root against a checkpoint shows it. */
+const setEntry = (idx: number) => (db: DatabaseSync) => db.prepare('UPDATE entries SET data = ?, leaf = ? WHERE idx = ?').run(Buffer.from('forged'), leafHash(Buffer.from('forged')), idx);
+/** An entry's bytes changed, its leaf hash left alone. */
+const setBytes = (idx: number) => (db: DatabaseSync) => db.prepare("UPDATE entries SET data = CAST(data || X'20' AS BLOB) WHERE idx = ?").run(idx);
 const setNode = (level: number, idx: number) => (db: DatabaseSync) => {
   assert.equal(db.prepare('UPDATE nodes SET hash = ? WHERE level = ? AND idx = ?').run(forged, level, idx).changes, 1, `row (${level}, ${idx}) exists`);
 };
@@ -160,6 +164,7 @@ test('fast path: tampering the open verifies refuses to open, saying how', async
   const cases: Array<[string, (db: DatabaseSync) => void, RegExp]> = [
     // (b) after the latest checkpoint
     ['an entry after the checkpoint deleted', (db) => db.exec('DELETE FROM entries WHERE idx = 302'), /entry 302 is missing/],
+    ["an entry's bytes after the checkpoint", setBytes(303), /the bytes of entry 303 do not hash to its stored leaf hash/],
     ['the tail truncated below the checkpoint', (db) => db.exec('DELETE FROM entries WHERE idx >= 290'), /holds 290 entries but a checkpoint covers 300/],
     // (c) on the frontier
     ['the frontier row (8, 0)', setNode(8, 0), /on its frontier do not hash to the root of the checkpoint at size 300/],
@@ -185,8 +190,10 @@ test('fast path: tampering the open verifies refuses to open, saying how', async
 test('fast path: tampering inside the checkpoint but off its frontier opens, then the background check fails the log until restart', async (t) => {
   const cases: Array<[string, (db: DatabaseSync) => void, RegExp]> = [
     // (d) an old leaf under the stored row (8, 0): the first mismatch is the checkpoint at 37
-    ['an old leaf', setLeaf(3), /the stored entries do not hash to the root of the checkpoint at size 37/],
-    ['an old leaf past the first checkpoint', setLeaf(100), /the stored entries do not hash to the root of the checkpoint at size 300/],
+    ['an old entry with a matching leaf hash', setEntry(3), /the stored entries do not hash to the root of the checkpoint at size 37/],
+    ['an old entry past the first checkpoint with a matching leaf hash', setEntry(100), /the stored entries do not hash to the root of the checkpoint at size 300/],
+    ['an old leaf alone', setLeaf(3), /the bytes of entry 3 do not hash to its stored leaf hash/],
+    ["an old entry's bytes alone", setBytes(120), /the bytes of entry 120 do not hash to its stored leaf hash/],
     ['an old entry deleted', (db) => db.exec('DELETE FROM entries WHERE idx = 50'), /entry 50 is missing/],
     // (e) a cache row under (8, 0): no read uses it at open, the full check compares it
     ['a subtree cache row off the frontier', setNode(4, 3), /the stored subtree hash at height 4 index 3 does not match the entries below it/],

@@ -213,7 +213,9 @@ test('a log tampered on disk refuses to open, saying how', async (t) => {
   const cases: Array<[string, (db: DatabaseSync) => void, RegExp]> = [
     ['a deleted entry', (db) => db.exec('DELETE FROM entries WHERE idx = 3'), /entry 3 is missing/],
     ['a truncated tail', (db) => db.exec('DELETE FROM entries WHERE idx >= 15'), /holds 15 entries but a checkpoint covers 20/],
-    ['a rewritten leaf', (db) => db.prepare('UPDATE entries SET leaf = ? WHERE idx = 7').run(leafHash(Buffer.from('forged'))), /do not hash to the root of the checkpoint at size 20/],
+    ['a rewritten entry with its leaf hash to match', (db) => db.prepare('UPDATE entries SET data = ?, leaf = ? WHERE idx = 7').run(Buffer.from('forged'), leafHash(Buffer.from('forged'))), /do not hash to the root of the checkpoint at size 20/],
+    ['a rewritten leaf alone', (db) => db.prepare('UPDATE entries SET leaf = ? WHERE idx = 7').run(leafHash(Buffer.from('forged'))), /the bytes of entry 7 do not hash to its stored leaf hash/],
+    ["an entry's bytes changed, its leaf hash left alone", (db) => db.prepare("UPDATE entries SET data = CAST(data || X'20' AS BLOB) WHERE idx = 9").run(), /the bytes of entry 9 do not hash to its stored leaf hash/],
     ['two swapped entries', (db) => {
       db.exec('UPDATE entries SET idx = -1 WHERE idx = 4; UPDATE entries SET idx = 4 WHERE idx = 5; UPDATE entries SET idx = 5 WHERE idx = -1');
     }, /do not hash to the root/],
