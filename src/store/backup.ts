@@ -52,9 +52,9 @@ export function auditOriginOf(cfg: Config): string {
  * Copies the state of the daemon configured by `cfg` into `outDir` (new or empty; made mode 0700) while it
  * may be running: the store and then the audit log with SQLite's online backup (each a consistent
  * snapshot; the store first, so every store change in the copy has its written-ahead audit entry in the
- * copy of the log), and each TPM backend's key table (it holds the keys' authValues). Both databases are
- * integrity-checked in the copy. Key material held by backends and the secret files the config names are
- * not copied: the manifest lists them.
+ * copy of the log), and each TPM backend's key table (it holds the keys' authValues) and pinned storage
+ * key. Both databases are integrity-checked in the copy. Key material held by backends and the secret
+ * files the config names are not copied: the manifest lists them.
  */
 export async function backupDaemonState(cfg: Config, configFile: string, outDir: string, now: Date): Promise<BackupManifest> {
   await prepareOut(outDir);
@@ -82,11 +82,13 @@ export async function backupDaemonState(cfg: Config, configFile: string, outDir:
   for (const [name, b] of Object.entries(cfg.backends)) {
     switch (b.type) {
       case 'tpm': {
-        const table = join(b.stateDir, 'keys.json');
-        if (existsSync(table)) {
-          const to = join(outDir, 'tpm', name, 'keys.json');
+        // The key table, and the pinned storage key the backend holds its TPM to (docs/backends.md).
+        for (const file of ['keys.json', 'srk.json']) {
+          const from = join(b.stateDir, file);
+          if (!existsSync(from)) continue;
+          const to = join(outDir, 'tpm', name, file);
           await mkdir(dirname(to), { recursive: true, mode: 0o700 });
-          await copyFile(table, to);
+          await copyFile(from, to);
           await keep(to);
         }
         notIncluded.push(`backend ${name} (tpm): the keys themselves, which never leave that TPM; the key table copied here (with their authValues) is only of use with it`);

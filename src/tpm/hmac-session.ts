@@ -16,6 +16,8 @@ export interface HmacSession {
   readonly handle: number;
   /** Part 1, 19.6.8: empty for an unbound, unsalted session, else KDFa(..., "ATH", ...). */
   readonly sessionKey: Buffer;
+  /** True when the session was started with AES-128-CFB as its symmetric algorithm, so it can encrypt a command's first parameter. */
+  readonly aesCfb?: boolean;
   /** The TPM's latest nonce: nonceOlder in the next command's HMAC. */
   nonceTPM: Buffer;
 }
@@ -52,8 +54,8 @@ export function sessionKeyOf(bound: boolean, bindAuth: Buffer, salt: Buffer, non
   return kdfa('sha256', Buffer.concat([bound ? trimAuth(bindAuth) : Buffer.alloc(0), salt]), 'ATH', nonceTPM, nonceCaller, SHA256_SIZE * 8);
 }
 
-// Trailing zero octets of an authValue are dropped before it is used in an HMAC key (Part 1, 19.6.4.3).
-function trimAuth(auth: Buffer): Buffer {
+/** An authValue without its trailing zero octets, as it enters an HMAC or encryption key (Part 1, 19.6.4.3). */
+export function trimAuth(auth: Buffer): Buffer {
   let n = auth.length;
   while (n > 0 && auth[n - 1] === 0) n--;
   return auth.subarray(0, n);

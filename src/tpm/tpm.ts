@@ -3,6 +3,7 @@ import { SigilError } from '../errors.ts';
 import { TPM_ALG, TPM_CAP, TPM_CC, TPM_CC_NAMES, TPM_HEADER_SIZE, TPM_HT, TPM_PT, TPM_RH, TPM_SE, TPM_ST, TPMA_SESSION } from './constants.ts';
 import { cpHash, type HmacSession, hmacEquals, parseAuthResponses, ResponseHmacError, rpHash, sessionHmac, sessionKeyOf } from './hmac-session.ts';
 import { Reader, TpmFormatError, Writer } from './marshal.ts';
+import { cfbKey, cryptFirstParameter, eccSalt } from './salted-session.ts';
 import { baseRc, isRetryable, TPM_RC, TpmError } from './rc.ts';
 import {
   digestSize,
@@ -40,6 +41,8 @@ interface Auth {
 interface SessionAuth {
   session: HmacSession;
   authValue: Buffer;
+  /** Encrypt the command's first parameter (a TPM2B) with the session's AES-128-CFB (TPMA_SESSION.decrypt). */
+  decrypt?: boolean;
 }
 
 type CommandAuth = Auth | SessionAuth;
@@ -153,16 +156,26 @@ export class Tpm {
       const area = new Writer();
       const sessions = auths.some(isSessionAuth);
       if (sessions && (names === undefined || names.length !== handles.length)) throw new SigilError('INVALID_ARGUMENT', `${name}: an hmac session needs the name of every handle`);
+      // nonceCaller: a fresh digest-sized nonce per command (Part 1, 19.6.2). Drawn first: a decrypt
+      // session's key depends on it, and cpHash covers the parameters as sent, encrypted (Part 1, 18.7).
+      auths.forEach((a, i) => {
+        if (isSessionAuth(a)) sent.set(i, randomBytes(32));
+      });
+      const decrypting = auths.flatMap((a, i) => (isSessionAuth(a) && a.decrypt === true ? [i] : []));
+      if (decrypting.length > 1) throw new SigilError('INVALID_ARGUMENT', `${name}: at most one session may encrypt the first parameter`);
+      for (const i of decrypting) {
+        const a = auths[i] as SessionAuth;
+        if (a.session.aesCfb !== true) throw new SigilError('INVALID_ARGUMENT', `${name}: the session was not started with aes-128-cfb`);
+        params = cryptFirstParameter(params, cfbKey(a.session.sessionKey, a.authValue, sent.get(i)!, a.session.nonceTPM));
+      }
       const cp = sessions ? cpHash(cc, names!, params) : Buffer.alloc(0);
       auths.forEach((a, i) => {
         if (!isSessionAuth(a)) {
           area.u32(a.handle).sized(a.nonce).u8(a.attributes).sized(a.hmac);
           return;
         }
-        // nonceCaller: a fresh digest-sized nonce per command (Part 1, 19.6.2).
-        const nonceCaller = randomBytes(32);
-        sent.set(i, nonceCaller);
-        const attrs = TPMA_SESSION.continueSession;
+        const nonceCaller = sent.get(i)!;
+        const attrs = TPMA_SESSION.continueSession | (a.decrypt === true ? TPMA_SESSION.decrypt : 0);
         const hmac = sessionHmac(a.session.sessionKey, a.authValue, cp, nonceCaller, a.session.nonceTPM, attrs);
         area.u32(a.session.handle).sized(nonceCaller).u8(attrs).sized(hmac);
       });
@@ -315,22 +328,28 @@ export class Tpm {
   }
 
   /**
-   * TPM2_StartAuthSession of an unsalted HMAC session with SHA-256 and no parameter encryption,
-   * unbound or bound to `bind` (whose authValue must then be given): returns its handle, session key
-   * and the TPM's first nonce.
+   * TPM2_StartAuthSession of an HMAC session with SHA-256: unbound or bound to `bind` (whose authValue
+   * must then be given); unsalted or salted with the loaded ECC key `salt.handle`, whose public area
+   * `salt.public` the caller vouches for (the salt is encrypted to it, Part 1, 19.6.13); with AES-128-CFB
+   * for parameter encryption when `aesCfb`. Returns its handle, session key and the TPM's first nonce.
    */
-  async startHmacSession(opts: { bind?: { handle: number; authValue: Buffer } } = {}): Promise<HmacSession> {
+  async startHmacSession(opts: { bind?: { handle: number; authValue: Buffer }; salt?: { handle: number; public: TpmPublic }; aesCfb?: boolean } = {}): Promise<HmacSession> {
     const nonceCaller = randomBytes(32);
-    const params = new Writer().sized(nonceCaller).sized(Buffer.alloc(0)).u8(TPM_SE.HMAC).u16(TPM_ALG.NULL).u16(TPM_ALG.SHA256).finish();
+    const salt = opts.salt === undefined ? undefined : eccSalt(opts.salt.public);
+    const params = new Writer().sized(nonceCaller).sized(salt?.encryptedSalt ?? Buffer.alloc(0)).u8(TPM_SE.HMAC);
+    // TPMT_SYM_DEF (Part 2, 11.1.6): the algorithm, then key bits and mode unless it is TPM_ALG_NULL.
+    if (opts.aesCfb === true) params.u16(TPM_ALG.AES).u16(128).u16(TPM_ALG.CFB);
+    else params.u16(TPM_ALG.NULL);
+    params.u16(TPM_ALG.SHA256);
     const bind = opts.bind?.handle ?? TPM_RH.NULL;
-    const { handles, r } = await this.#run(TPM_CC.StartAuthSession, [TPM_RH.NULL, bind], null, params, 1);
+    const { handles, r } = await this.#run(TPM_CC.StartAuthSession, [opts.salt?.handle ?? TPM_RH.NULL, bind], null, params.finish(), 1);
     const handle = handles[0]!;
     try {
       const nonceTPM = r.sized(64);
       r.end();
       if (nonceTPM.length < 16) throw new TpmFormatError(`StartAuthSession nonce of ${nonceTPM.length} bytes`);
-      const sessionKey = sessionKeyOf(opts.bind !== undefined, opts.bind?.authValue ?? Buffer.alloc(0), Buffer.alloc(0), nonceTPM, nonceCaller);
-      return { handle, sessionKey, nonceTPM };
+      const sessionKey = sessionKeyOf(opts.bind !== undefined, opts.bind?.authValue ?? Buffer.alloc(0), salt?.salt ?? Buffer.alloc(0), nonceTPM, nonceCaller);
+      return { handle, sessionKey, nonceTPM, aesCfb: opts.aesCfb === true };
     } catch (err) {
       await this.flushContext(handle).catch(() => undefined);
       throw err;
@@ -362,11 +381,12 @@ export class Tpm {
 
   /**
    * Flushes every transient object the TPM lists (TPM_CAP_HANDLES from TPM_HT_TRANSIENT, Part 2, 7.2)
-   * and returns the handles flushed. One that vanished meanwhile (TPM_RC_HANDLE) is skipped. Only for
-   * a TPM this client has to itself: through no resource manager it flushes other users' objects too.
+   * but those in `keep`, and returns the handles flushed. One that vanished meanwhile (TPM_RC_HANDLE) is
+   * skipped. Only for a TPM this client has to itself: through no resource manager it flushes other
+   * users' objects too.
    */
-  flushTransients(): Promise<number[]> {
-    return this.#flushAll(TRANSIENT_FIRST, new Set());
+  flushTransients(keep: ReadonlySet<number> = new Set()): Promise<number[]> {
+    return this.#flushAll(TRANSIENT_FIRST, keep);
   }
 
   /**
@@ -440,9 +460,23 @@ export class Tpm {
     }
   }
 
-  /** TPM2_Create of an ordinary object under a loaded parent (empty password, or the EK's policy). */
-  async create(parent: number, templateBytes: Buffer, opts: { parentAuth?: ParentAuth; userAuth?: Buffer } = {}): Promise<CreatedObject> {
-    const { r } = await this.#withParentAuth(opts.parentAuth ?? 'password', (auth) => this.#run(TPM_CC.Create, [parent], [auth], this.#createParams(templateBytes, opts.userAuth)));
+  /**
+   * TPM2_Create of an ordinary object under a loaded parent: authorized by the parent's empty password,
+   * the EK's policy, or `session` (an HMAC session, with the parent's empty authValue and its Name
+   * `session.parentName` in cpHash). A session started with AES-128-CFB also encrypts the first
+   * parameter, TPM2B_SENSITIVE_CREATE, so `userAuth` does not cross the wire in the clear.
+   */
+  async create(
+    parent: number,
+    templateBytes: Buffer,
+    opts: { parentAuth?: ParentAuth; userAuth?: Buffer; session?: { session: HmacSession; parentName: Buffer } } = {},
+  ): Promise<CreatedObject> {
+    const params = this.#createParams(templateBytes, opts.userAuth);
+    const s = opts.session;
+    const { r } =
+      s === undefined
+        ? await this.#withParentAuth(opts.parentAuth ?? 'password', (auth) => this.#run(TPM_CC.Create, [parent], [auth], params))
+        : await this.#run(TPM_CC.Create, [parent], [{ session: s.session, authValue: Buffer.alloc(0), decrypt: s.session.aesCfb === true }], params, 0, [s.parentName]);
     const priv = r.sized();
     const pub = readPublic2B(r);
     const creationData = r.sized();

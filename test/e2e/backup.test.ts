@@ -94,6 +94,23 @@ describe('sigild backup, and a daemon restored from it', { skip: skip ?? false }
     assert.match(missing.stderr, /^sigild: the store .*elsewhere\/sigil\.db does not exist: is this the config the daemon runs with\?\n$/);
   });
 
+  test("copies a tpm backend's key table and pinned storage key (the backend is not opened)", async () => {
+    const cfg = parse(await readFile(td.configFile, 'utf8')) as { backends: Record<string, unknown> };
+    const stateDir = join(td.dir, 'tpm-state');
+    await mkdir(stateDir, { mode: 0o700 });
+    const files = { 'keys.json': '{"version":1,"keys":[]}\n', 'srk.json': '{"version":1,"name":"000b","public":"00","pinnedAt":"x"}\n' };
+    for (const [f, text] of Object.entries(files)) await writeFile(join(stateDir, f), text, { mode: 0o600 });
+    cfg.backends.board = { type: 'tpm', transport: 'swtpm:host=127.0.0.1,port=9', stateDir };
+    const withTpm = join(td.dir, 'with-tpm.yaml');
+    await writeFile(withTpm, stringify(cfg));
+    const dest = join(td.dir, 'backup-tpm');
+    const r = await sigild(['backup', '--config', withTpm, '--out', dest]);
+    assert.equal(r.code, 0, r.stderr);
+    const m = JSON.parse(await readFile(join(dest, 'manifest.json'), 'utf8')) as BackupManifest;
+    assert.deepEqual(m.files.map((f) => f.path).filter((f) => f.startsWith('tpm/')).sort(), ['tpm/board/keys.json', 'tpm/board/srk.json']);
+    for (const [f, text] of Object.entries(files)) assert.equal(await readFile(join(dest, 'tpm', 'board', f), 'utf8'), text);
+  });
+
   test('a daemon started on the restored files signs with the keys of the backup, knows nothing newer, and its audit log verifies', async () => {
     await rpc.createKey(td.client('admin'), { name: 'rel/late', algorithm: Algorithm.ECDSA_P256_SHA256, backend: '' });
     await td.daemon.stop();

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash, createPublicKey, verify, constants as cryptoConstants } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { startTpmRelay } from '../helpers/tpm-relay.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -191,7 +191,7 @@ test('an import records the name in its uri; an old plain-handle import gets its
   }
 });
 
-test('sessions a killed client left are flushed at open (the default); with the flush off, signing finds no session slot', { skip: skip ?? false }, async () => {
+test('sessions a killed client left are flushed at open (the default); with the flush off, signing and key creation find no session slot', { skip: skip ?? false }, async () => {
   const fill = () =>
     withClient(async (tpm) => {
       let started = 0;
@@ -205,14 +205,21 @@ test('sessions a killed client left are flushed at open (the default); with the 
       }
       return started;
     });
-  assert.equal(await fill(), 3, 'swtpm has three loaded-session slots');
   const off = config({ flushTransientsOnOpen: false });
+  const b0 = await openBackend(off);
   let uri = '';
+  try {
+    uri = (await b0.createKey({ label: 'no-slot-v1', algorithm: 'ECDSA_P256_SHA256' })).uri;
+  } finally {
+    await b0.close();
+  }
+  assert.equal(await fill(), 3, 'swtpm has three loaded-session slots');
+  const noSlot = (e: unknown) => isSigilError(e, 'BACKEND_UNAVAILABLE') && /0x903/.test(e.message);
   const b1 = await openBackend(off);
   try {
-    const k = await b1.createKey({ label: 'no-slot-v1', algorithm: 'ECDSA_P256_SHA256' });
-    uri = k.uri;
-    await assert.rejects((await b1.signer(k.uri, 'ECDSA_P256_SHA256')).sign(sha256('x')), (e) => isSigilError(e, 'BACKEND_UNAVAILABLE') && /0x903/.test(e.message));
+    await assert.rejects((await b1.signer(uri, 'ECDSA_P256_SHA256')).sign(sha256('x')), noSlot);
+    // Key creation takes a session too: TPM2_Create is authorized by a salted session that encrypts the authValue.
+    await assert.rejects(b1.createKey({ label: 'no-slot-v2', algorithm: 'ECDSA_P256_SHA256' }), noSlot);
   } finally {
     await b1.close();
   }
@@ -253,62 +260,25 @@ test('after a reconnect the pool starts new sessions (old ones flushed); after a
   }
 });
 
-/**
- * A TCP relay to swtpm that can alter the next TPM2_Sign response: a byte of its parameters is flipped,
- * as an interposer on the TPM's bus could do.
- */
-/** A TCP relay to swtpm that counts the TPM2_Sign commands it passes on and can flip a bit in the next Sign response. */
+/** A relay to swtpm that counts the TPM2_Sign commands it passes on and can flip a bit in the next Sign response, as an interposer on the TPM's bus could. */
 async function tamperingRelay(): Promise<{ port: number; tamperNextSign(): void; signs(): number; close(): Promise<void> }> {
+  const relay = await startTpmRelay(sw.port);
+  const isSign = (command: Buffer): boolean => command.length >= 10 && command.readUInt32BE(6) === TPM_CC.Sign;
   let tamper = false;
-  let signs = 0;
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((down) => {
-    sockets.add(down);
-    const up = connect({ host: '127.0.0.1', port: sw.port });
-    sockets.add(up);
-    let signPending = false;
-    let buf = Buffer.alloc(0);
-    down.on('data', (d) => {
-      if (d.length >= 10 && d.readUInt32BE(6) === TPM_CC.Sign) {
-        signPending = true;
-        signs++;
-      }
-      up.write(d);
-    });
-    up.on('data', (d) => {
-      if (!signPending) {
-        down.write(d);
-        return;
-      }
-      buf = Buffer.concat([buf, d]);
-      if (buf.length < 10 || buf.length < buf.readUInt32BE(2)) return;
-      const rsp = buf;
-      buf = Buffer.alloc(0);
-      signPending = false;
-      if (tamper && rsp.readUInt32BE(6) === 0) {
-        tamper = false;
-        rsp[20]! ^= 0x01; // inside the TPMT_SIGNATURE parameter
-      }
-      down.write(rsp);
-    });
-    const end = () => {
-      down.destroy();
-      up.destroy();
-    };
-    down.on('close', end).on('error', end);
-    up.on('close', end).on('error', end);
+  relay.onResponse((command, response) => {
+    if (!tamper || !isSign(command) || response.readUInt32BE(6) !== 0) return response;
+    tamper = false;
+    const altered = Buffer.from(response);
+    altered[20]! ^= 0x01; // inside the TPMT_SIGNATURE parameter
+    return altered;
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   return {
-    port: (server.address() as { port: number }).port,
+    port: relay.port,
     tamperNextSign: () => {
       tamper = true;
     },
-    signs: () => signs,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
+    signs: () => relay.commands.filter(isSign).length,
+    close: () => relay.close(),
   };
 }
 

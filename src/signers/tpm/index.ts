@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { SigilError } from '../../errors.ts';
 import type { Logger } from '../../log.ts';
-import { TPM_ALG, TPM_ECC, TPM_PT, TPM_RH, TPMA_OBJECT } from '../../tpm/constants.ts';
+import { TPM_ALG, TPM_ECC, TPM_PT, TPMA_OBJECT } from '../../tpm/constants.ts';
 import { TpmError } from '../../tpm/rc.ts';
 import { objectName, spkiOf, type TpmPublic, type TpmSignature } from '../../tpm/structures.ts';
-import { SRK_TEMPLATE_ECC, templateBytes } from '../../tpm/templates.ts';
-import { hex8, Tpm } from '../../tpm/tpm.ts';
+import { templateBytes } from '../../tpm/templates.ts';
+import { hex8, Tpm, type CreatedObject } from '../../tpm/tpm.ts';
 import { openTcp, openTransport, type TpmTransport } from '../../tpm/transport.ts';
 import {
   ALGORITHM_INFO,
@@ -26,6 +26,8 @@ import { flushesTransients, type TpmConfig } from './config.ts';
 import { isHandleMissing, tpmFailure } from './errors.ts';
 import { isAuthRefused, isSessionGone, SessionPool } from './session-pool.ts';
 import { KeyTable, type KeyEntry } from './key-table.ts';
+import { SrkLease, type LeasedSrk } from './srk-lease.ts';
+import { SrkPin } from './srk-pin.ts';
 import { lockStateDir, type StateLock } from './state-lock.ts';
 import { signingKeyTemplate } from './templates.ts';
 import { formatTpmUri, parseTpmKeyUri } from './uri.ts';
@@ -68,8 +70,9 @@ const AUTH_BYTES = 32;
 
 /**
  * Opens a TPM backend: keys persisted in the TPM's owner hierarchy, created under a storage primary
- * key (the standard ECC P-256 SRK template, made on demand and flushed after each creation), so the
- * private keys never leave the TPM. The TPM must answer at open: the algorithms depend on its curves.
+ * key (the standard ECC P-256 SRK template, made on demand and flushed after use), so the private keys
+ * never leave the TPM. The SRK is pinned in the state directory at the first open and held to after;
+ * every session is salted with it. The TPM must answer at open: the algorithms depend on its curves.
  */
 export async function open(config: TpmConfig, ctx: BackendContext): Promise<Backend & KeyCreator & KeyDestroyer> {
   // The lock comes first: a second sigild on the same directory is refused before it reads the table
@@ -78,6 +81,7 @@ export async function open(config: TpmConfig, ctx: BackendContext): Promise<Back
   let tpm: Tpm | undefined;
   try {
     const table = await KeyTable.open(config.stateDir);
+    const pin = await SrkPin.open(config.stateDir);
     tpm = new Tpm(await openTpmTransport(config.transport, Math.max(config.timeoutMs, config.createTimeoutMs)));
     const flush = flushesTransients(config);
     if (flush) await flushAtOpen(tpm, config.timeoutMs, ctx.log);
@@ -91,7 +95,15 @@ export async function open(config: TpmConfig, ctx: BackendContext): Promise<Back
       if (a === 'ECDSA_P384_SHA384') return curves.includes(TPM_ECC.NIST_P384);
       return true;
     });
-    return new TpmBackend(config, ctx.log, tpm, table, algorithms, lock, flush);
+    const srk = new SrkLease(tpm, pin, ctx.log);
+    // A TPM whose SRK is not the pinned one is refused here, with the reason; a busy TPM (its object
+    // slots full) is not: every later load of the SRK, before any session or key creation, checks again.
+    await tpmDeadline(config.timeoutMs, 'tpm storage key check', () => srk.with(async () => undefined)).catch((err: unknown) => {
+      const e = tpmFailure('tpm storage key check', err);
+      if (e.code !== 'BACKEND_UNAVAILABLE') throw e;
+      ctx.log.warn({ err: e }, 'tpm storage key not checked at open: it is checked before the first session or key creation');
+    });
+    return new TpmBackend(config, ctx.log, tpm, table, algorithms, lock, flush, srk);
   } catch (err) {
     await tpm?.close().catch(() => undefined);
     await lock.release();
@@ -182,6 +194,16 @@ function schemeAllows(pub: TpmPublic, alg: Exclude<Algorithm, 'ED25519'>): boole
   return d.scheme === SCHEMES[alg].scheme && d.schemeHash === SCHEMES[alg].hash;
 }
 
+/**
+ * The refusal when the TPM rejects the HMAC of a salted session on an object whose name sigil holds:
+ * the TPM did not derive the session key from the salt sigil encrypted to the pinned SRK (or, for a key,
+ * the key wants another authValue).
+ */
+function srkRefused(what: string, cause: unknown, orAuthValue = false): SigilError {
+  const or = orAuthValue ? "the key's authValue is not the one sigil holds, or " : '';
+  return new SigilError('FAILED_PRECONDITION', `${what}: the tpm refused the session hmac: ${or}the tpm does not hold the private key of the pinned storage key (srk) the session was salted with; nothing was signed or created`, { cause });
+}
+
 /** The refusal when the object at a handle is not the one sigil recorded there. */
 function notRecorded(handle: number): SigilError {
   return new SigilError('FAILED_PRECONDITION', `tpm object at ${hex8(handle)} is not the recorded key (its name differs from the one recorded when the key was created or imported); not signing with it`);
@@ -208,18 +230,25 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
   readonly #lock: StateLock;
   readonly #flushTransients: boolean;
   readonly #sessions: SessionPool;
+  readonly #srk: SrkLease;
   // The transport's connection count when transients were last flushed; a new connection means
   // whatever used the TPM in between may have left objects.
   #flushedAt: number | undefined;
   #closed = false;
 
-  constructor(config: TpmConfig, log: Logger, tpm: Tpm, table: KeyTable, algorithms: Algorithm[], lock: StateLock, flush: boolean) {
+  constructor(config: TpmConfig, log: Logger, tpm: Tpm, table: KeyTable, algorithms: Algorithm[], lock: StateLock, flush: boolean, srk: SrkLease) {
     this.algorithms = algorithms;
     this.#lock = lock;
     this.#flushTransients = flush;
     this.#flushedAt = tpm.transport.connections;
     this.#tpm = tpm;
-    this.#sessions = new SessionPool(tpm, SESSIONS, log);
+    this.#srk = srk;
+    // Every session is salted with the pinned SRK (Part 1, 19.6.13): its session key is secret from anyone
+    // without the SRK's private key, so a response HMAC that verifies came from the TPM holding it, and
+    // the session can encrypt a key's authValue in TPM2_Create (AES-128-CFB).
+    this.#sessions = new SessionPool(tpm, SESSIONS, log, () =>
+      srk.with((k) => tpm.startHmacSession({ salt: { handle: k.handle, public: k.pinned.public }, aesCfb: true })),
+    );
     this.#table = table;
     this.#log = log;
     this.#range = config.handleRange;
@@ -227,11 +256,10 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     this.#createTimeoutMs = config.createTimeoutMs;
   }
 
-  /** Runs one act against the TPM within its deadline and classifies what it throws. */
   /**
-   * Runs `f` under the backend's deadline. `f`'s signal is aborted when that deadline passes or `outer`
-   * is aborted: a call past its deadline runs on (a TPM command cannot be taken back), so whatever it
-   * has not started yet must check the signal and give up.
+   * Runs one act against the TPM under the backend's deadline and classifies what it throws. `f`'s signal
+   * is aborted when that deadline passes or `outer` is aborted: a call past its deadline runs on (a TPM
+   * command cannot be taken back), so whatever it has not started yet must check the signal and give up.
    */
   async #call<T>(what: string, ms: number, f: (signal: AbortSignal) => Promise<T>, outer?: AbortSignal): Promise<T> {
     if (this.#closed) throw new SigilError('BACKEND_UNAVAILABLE', 'tpm backend is closed');
@@ -270,17 +298,15 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
         // Again after that command: a connection that died unnoticed is remade by it.
         await this.#flushLeftovers();
         const tpm = this.#tpm;
-        const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
-        let key: TpmKey;
-        try {
+        const key = await this.#srk.with(async (srk): Promise<TpmKey> => {
           // Only whoever holds the key table (sigild's state directory, mode 0700) can sign with the key; with
           // an empty authValue any process that may open the TPM could. No trailing zero byte: the TPM drops
           // those (Part 1, 19.6.4.3), so what the table records is exactly what the TPM holds.
           let authValue = randomBytes(AUTH_BYTES);
           while (authValue[AUTH_BYTES - 1] === 0) authValue = randomBytes(AUTH_BYTES);
-          const made = await tpm.create(srk.handle, templateBytes(template), { userAuth: authValue });
+          const made = await this.#createUnder(srk, templateBytes(template), authValue);
           const name = objectName(made.public);
-          key = describeKey(handle, made.public, name, formatTpmUri(handle), authValue);
+          const key = describeKey(handle, made.public, name, formatTpmUri(handle), authValue);
           // The table entry goes first: after a crash, findKeyByLabel checks the handle for this name.
           await this.#table.put({ label, handle, name: name.toString('hex'), algorithm, createdAt: new Date().toISOString(), auth: authValue.toString('hex') });
           let evictSent = false;
@@ -299,15 +325,38 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
             if (!evictSent || err instanceof TpmError) await this.#table.delete(label).catch(() => undefined);
             throw err;
           }
-        } finally {
-          await this.#flush(srk.handle);
-        }
+          return key;
+        });
         this.#keys.set(handle, key);
         this.#log.info({ uri: key.uri, algorithm, label }, 'tpm key created');
         await this.#warnIfNearlyFull();
         return { uri: key.uri, spki: key.spki, keyType: key.keyType };
       }),
     );
+  }
+
+  /**
+   * TPM2_Create under the leased SRK, authorized by a pooled session salted with the pinned SRK, so the
+   * first parameter (TPM2B_SENSITIVE_CREATE, holding `authValue`) crosses the wire AES-128-CFB encrypted
+   * (Part 1, 21.3) and the response HMAC proves the answer came from the TPM holding the SRK.
+   */
+  async #createUnder(srk: LeasedSrk, template: Buffer, authValue: Buffer): Promise<CreatedObject> {
+    const session = await this.#sessions.acquire();
+    let keep = false;
+    try {
+      const made = await this.#tpm.create(srk.handle, template, { userAuth: authValue, session: { session, parentName: srk.pinned.name } });
+      keep = true;
+      return made;
+    } catch (err) {
+      keep = err instanceof TpmError && !isAuthRefused(err) && !isSessionGone(err);
+      if (isSessionGone(err)) throw new SigilError('BACKEND_UNAVAILABLE', 'tpm key creation: the tpm no longer holds the authorization session (restarted or flushed)', { cause: err });
+      // The SRK's name is in cpHash and its authValue is empty: a refusal means the TPM derived another
+      // session key, so it could not decrypt the salt with the pinned SRK's private key.
+      if (isAuthRefused(err)) throw srkRefused('tpm key creation', err);
+      throw err;
+    } finally {
+      this.#sessions.release(session, keep);
+    }
   }
 
   /**
@@ -397,7 +446,10 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
       this.#log.error({ uri: k.uri, recorded: k.name.toString('hex'), found: actual.toString('hex') }, 'tpm handle holds another object than the recorded key; signature refused');
       return new SigilError('FAILED_PRECONDITION', notRecorded(k.handle).message, { cause: err });
     }
-    return err;
+    // The same object: either its authValue is not the one sigil holds, or the TPM derived another
+    // session key (the salt was encrypted to the pinned SRK, and this TPM does not hold its private key).
+    this.#log.error({ uri: k.uri }, 'tpm refused the session hmac on the recorded key; signature refused');
+    return srkRefused(`tpm signature with ${k.uri}`, err, true);
   }
 
   /**
@@ -424,7 +476,10 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     this.#closed = true;
     this.#keys.clear();
     try {
-      await tpmDeadline(this.#timeoutMs, 'tpm session flush', () => this.#sessions.close()).catch((err: unknown) => {
+      await tpmDeadline(this.#timeoutMs, 'tpm session flush', async () => {
+        await this.#srk.settled();
+        await this.#sessions.close();
+      }).catch((err: unknown) => {
         this.#log.warn({ err }, 'tpm sessions not flushed at close');
       });
       await this.#tpm.close();
@@ -446,7 +501,8 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
    */
   async #flushLeftovers(): Promise<void> {
     if (!this.#needsFlush()) return;
-    const flushed = await this.#tpm.flushTransients();
+    const srk = this.#srk.heldHandle();
+    const flushed = await this.#tpm.flushTransients(new Set(srk === undefined ? [] : [srk]));
     // Sessions too: ours from before the drop and any a killed sigild left. Those commands in flight
     // hold are spared; idle ones are dropped and started afresh.
     this.#sessions.discardIdle();

@@ -1,8 +1,9 @@
-import { chmod, mkdir, open, readFile, rename } from 'node:fs/promises';
+import { chmod, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { SigilError } from '../../errors.ts';
 import { ALGORITHMS, type Algorithm } from '../signer.ts';
+import { writeStateFile } from './state-file.ts';
 
 /** One key sigil created: where it was persisted and the TPM name (nameAlg || H(public area)) it had. */
 export interface KeyEntry {
@@ -155,27 +156,10 @@ export class KeyTable {
   async #write(): Promise<void> {
     const pinned = [...this.#pinned.values()];
     const table = pinned.length > 0 ? { version: 1, keys: [...this.#byLabel.values()], pinned } : { version: 1, keys: [...this.#byLabel.values()] };
-    const body = JSON.stringify(table, null, 2) + '\n';
-    const path = join(this.#dir, FILE);
-    const tmp = `${path}.tmp`;
     try {
-      const fh = await open(tmp, 'w', 0o600);
-      try {
-        await fh.writeFile(body);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await rename(tmp, path);
-      // The rename is durable only once the directory is synced.
-      const dh = await open(this.#dir, 'r');
-      try {
-        await dh.sync();
-      } finally {
-        await dh.close();
-      }
+      await writeStateFile(this.#dir, FILE, JSON.stringify(table, null, 2) + '\n');
     } catch (err) {
-      throw new SigilError('BACKEND_ERROR', `tpm key table ${path} cannot be written`, { cause: err });
+      throw new SigilError('BACKEND_ERROR', `tpm key table ${join(this.#dir, FILE)} cannot be written`, { cause: err });
     }
   }
 }

@@ -34,6 +34,7 @@ interface Pooled {
  */
 export class SessionPool {
   readonly #tpm: Tpm;
+  readonly #start: () => Promise<HmacSession>;
   readonly #size: number;
   readonly #log: Logger;
   #idle: Pooled[] = [];
@@ -42,8 +43,10 @@ export class SessionPool {
   #starting = 0;
   #waiters: Array<() => void> = [];
 
-  constructor(tpm: Tpm, size: number, log: Logger) {
+  /** `start` starts one session on `tpm` (the backend salts it with the pinned SRK); the pool flushes what it drops. */
+  constructor(tpm: Tpm, size: number, log: Logger, start: () => Promise<HmacSession>) {
     this.#tpm = tpm;
+    this.#start = start;
     this.#size = size;
     this.#log = log;
   }
@@ -71,7 +74,7 @@ export class SessionPool {
         this.#starting++;
         try {
           await this.#flushStale();
-          const session = await this.#tpm.startHmacSession();
+          const session = await this.#start();
           // The TPM handed out this number, so whatever once had it is gone.
           this.#stale.delete(session.handle);
           const pooled = { session, connection: this.#tpm.transport.connections };
