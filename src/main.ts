@@ -13,6 +13,7 @@ import { systemClock, type Clock } from './clock.ts';
 import { splitHostPort } from './config/host-port.ts';
 import { IdentityCa } from './identity/identity-ca.ts';
 import { Verifier } from './attest/verifier.ts';
+import { Enrollments } from './attest/enrollments.ts';
 import { loadPolicies } from './attest/policy.ts';
 import type { EnrollmentRecords } from './attest/enrollment-records.ts';
 import type { Store } from './store/store.ts';
@@ -149,6 +150,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   }
   metrics.watchAudit(audited);
   const revocations = new Revocations({ store, sink: audited, clock, log: log.child({ module: 'revocation' }), ca: identity });
+  const enrollments = new Enrollments({ store, sink: audited, isRevoked: (ek, ak) => revocations.isBuilderRevoked(ek, ak), log: log.child({ module: 'attest' }) });
   const [host] = splitHostPort(cfg.listen);
   let attestation: AttestationDeps | null = null;
   if (cfg.attestation && identity) {
@@ -178,6 +180,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       auditLog: audited,
       attestation,
       revocation: { revocations, trustedRoot: rootPublisher },
+      enrollments,
       clock,
       keys,
       lifecycle,

@@ -85,6 +85,9 @@ type Pending =
   | { kind: 'renew'; policy: string; ekHash: string; ek: TpmPublic | null; ak: TpmPublic };
 
 const SECRET_BYTES = 32;
+// A builder renewing while its EK has no record (an admin forgot it, e.g. after the TPM was cleared): sigil-agent
+// enrolls afresh on a refusal that ends in `enroll again`.
+const NOT_ENROLLED = 'no enrollment for this ek (never made, or forgotten by an admin); enroll again';
 
 /**
  * The Qualified Name a quote by `ak` carries in qualifiedSigner when the AK is a child of `ek`, a primary
@@ -155,7 +158,8 @@ export class Verifier {
   /** A renewal challenge for a builder that enrolled with this EK and AK. */
   async renewChallenge(req: { ekHash: string; akName: string }): Promise<Buffer> {
     const rec = await this.#records.get(req.ekHash);
-    if (rec === undefined || rec.akName !== req.akName.toLowerCase()) deny('no enrollment for this ek and ak');
+    if (rec === undefined) deny(NOT_ENROLLED);
+    if (rec.akName !== req.akName.toLowerCase()) deny('no enrollment for this ek and ak');
     this.#checkRevoked(rec.ekHash, rec.akName);
     const policy = this.#policy(rec.policy);
     // The policy may have changed since enrollment; the EK and the AK must still pass it.
@@ -170,7 +174,8 @@ export class Verifier {
     const p = this.#nonces.take(req.nonce);
     if (p.kind !== 'renew') throw new SigilError('FAILED_PRECONDITION', 'unknown or already used nonce');
     const rec = await this.#records.get(p.ekHash);
-    if (rec === undefined || rec.akName !== objectName(p.ak).toString('hex')) deny('no enrollment for this ek and ak');
+    if (rec === undefined) deny(NOT_ENROLLED);
+    if (rec.akName !== objectName(p.ak).toString('hex')) deny('no enrollment for this ek and ak');
     // Again at the answer: an EK certificate (or a CA of its chain) may have expired since the challenge.
     this.#recheckEk(rec, this.#policy(p.policy));
     return this.#accept(p, req, rec);
@@ -242,11 +247,21 @@ export class Verifier {
     const c = q.clockInfo;
     const prev = known ?? (await this.#records.get(p.ekHash));
     if (prev !== undefined) {
-      if (c.resetCount < prev.resetCount) deny('tpm resetCount went backwards');
-      if (c.resetCount === prev.resetCount && c.restartCount < prev.restartCount) deny('tpm restartCount went backwards');
+      // TPM2_Clear sets Clock, resetCount and restartCount to zero (TPM 2.0 Part 1, "Clock" and Part 3,
+      // TPM2_Clear) while the EK, made from the endorsement seed, stays: a re-imaged runner whose TPM was cleared
+      // fails here for ever unless an admin forgets its record. A renewal keeps the short message (sigil-agent
+      // then enrolls, and that refusal says what to do).
+      const backwards = (what: string): never =>
+        deny(
+          p.kind === 'enroll'
+            ? `tpm ${what} went backwards (the tpm was cleared, or its state rolled back): if this runner was re-imaged, an admin can let it enroll again with sigilctl enrollment forget ${p.ekHash}`
+            : `tpm ${what} went backwards`,
+        );
+      if (c.resetCount < prev.resetCount) backwards('resetCount');
+      if (c.resetCount === prev.resetCount && c.restartCount < prev.restartCount) backwards('restartCount');
       // TPM 2.0 Part 2, 10.11.1: safe YES says no Clock value above this one was ever reported; a lower Clock
       // than one already seen, so reported, means a rolled-back TPM state (safe NO allows it, after a power loss).
-      if (c.safe && c.clock < prev.clock) deny('tpm clock went backwards');
+      if (c.safe && c.clock < prev.clock) backwards('clock');
     }
     const akName = objectName(p.ak).toString('hex');
     await this.#records.put({

@@ -41,6 +41,10 @@ import {
   type ApproveRequestResponse,
   type RejectRequestRequest,
   type RejectRequestResponse,
+  type ListEnrollmentsRequest,
+  type ListEnrollmentsResponse,
+  type ForgetEnrollmentRequest,
+  type ForgetEnrollmentResponse,
 } from '../gen/sigil/v1/admin.ts';
 import {
   AttestationClient,
@@ -176,6 +180,8 @@ export const rpc = {
   listApprovals: (c: Clients, r: ListApprovalsRequest) => promised<ListApprovalsResponse>((md, cb) => c.admin.listApprovals(r, md, cb)),
   approveRequest: (c: Clients, r: ApproveRequestRequest) => promised<ApproveRequestResponse>((md, cb) => c.admin.approveRequest(r, md, cb)),
   rejectRequest: (c: Clients, r: RejectRequestRequest) => promised<RejectRequestResponse>((md, cb) => c.admin.rejectRequest(r, md, cb)),
+  listEnrollments: (c: Clients, r: ListEnrollmentsRequest) => promised<ListEnrollmentsResponse>((md, cb) => c.admin.listEnrollments(r, md, cb)),
+  forgetEnrollment: (c: Clients, r: ForgetEnrollmentRequest) => promised<ForgetEnrollmentResponse>((md, cb) => c.admin.forgetEnrollment(r, md, cb)),
   beginEnrollment: (c: Clients, r: BeginEnrollmentRequest) => promised<BeginEnrollmentResponse>((md, cb) => c.attestation.beginEnrollment(r, md, cb)),
   finishEnrollment: (c: Clients, r: FinishEnrollmentRequest) => promised<FinishEnrollmentResponse>((md, cb) => c.attestation.finishEnrollment(r, md, cb)),
   renew: (c: Clients, r: RenewRequest) => promised<RenewResponse>((md, cb) => c.attestation.renew(r, md, cb)),

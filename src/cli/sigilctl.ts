@@ -10,6 +10,7 @@ import { registerRevocationCommands } from './commands/revocation.ts';
 import { registerAuditCommands } from './commands/audit.ts';
 import { keyJson, keyText, registerKeysCommands } from './commands/keys.ts';
 import { registerApprovalsCommands } from './commands/approvals.ts';
+import { registerEnrollmentCommands } from './commands/enrollments.ts';
 
 interface Globals {
   addr?: string;
@@ -163,6 +164,7 @@ export async function main(argv: string[]): Promise<void> {
   registerAuditCommands(program, cli);
   registerKeysCommands(program, cli);
   registerApprovalsCommands(program, cli);
+  registerEnrollmentCommands(program, cli);
 
   const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
   for (const leaf of leaves(program)) {

@@ -7,6 +7,8 @@ import type { KeyLifecycle, PolicyPatch } from '../keys/lifecycle.ts';
 import { approvalStateFromPb, approvalToPb, algorithmFromPb, keyToPb, keyVersionToPb, policyToPb } from './convert.ts';
 import { unary, type RpcContext } from './rpc.ts';
 import type { Principal, Role } from './auth.ts';
+import type { Enrollments, EnrollmentView } from '../attest/enrollments.ts';
+import type { Enrollment as PbEnrollment } from '../gen/sigil/v1/admin.ts';
 
 /** Who may change keys (create, import, rotate, disable, enable, schedule or cancel destruction, policy). */
 export const KEY_CHANGERS: readonly Role[] = ['admin'];
@@ -16,6 +18,10 @@ export const KEY_READERS: readonly Role[] = ['admin', 'auditor'];
 export const APPROVAL_READERS: readonly Role[] = ['admin', 'approver', 'auditor'];
 /** Who may approve or reject (never the requester: checked by the lifecycle). */
 export const APPROVERS: readonly Role[] = ['approver'];
+/** Who may list builder enrollments (read-only, like the revocation lists). */
+export const ENROLLMENT_READERS: readonly Role[] = ['admin', 'auditor'];
+/** Who may forget an enrollment (it re-opens the counters' rollback check for that TPM). */
+export const ENROLLMENT_CHANGERS: readonly Role[] = ['admin'];
 
 const MAX_SECONDS = 10 * 366 * 86_400;
 
@@ -64,11 +70,33 @@ export interface DaemonKeys {
   trustRootMissing?: (() => number[]) | null;
 }
 
+/** An enrollment record as the contract carries it. */
+function enrollmentToPb(v: EnrollmentView): PbEnrollment {
+  const r = v.record;
+  return {
+    ekHash: r.ekHash,
+    akName: r.akName,
+    policy: r.policy,
+    resetCount: r.resetCount,
+    restartCount: r.restartCount,
+    clock: Number(r.clock),
+    updateTime: r.updatedAt,
+    ekCertificateKept: r.ekCertificate !== null && r.ekCertificate.length > 0,
+    ekPublicKept: r.ekPublic !== null,
+    revoked: v.revoked,
+  };
+}
+
 /**
  * The `sigil.v1.Admin` service: key creation, import, inspection and lifecycle (rotation, disable,
- * destruction, policy, approvals). Every act is an audit log entry, durable before the answer (the lifecycle records its own).
+ * destruction, policy, approvals), and the builder enrollment records (list, forget). Every act is an audit
+ * log entry, durable before the answer (the lifecycle records its own).
  */
-export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle, daemonKeys: DaemonKeys | null = null): AdminServer {
+export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle, daemonKeys: DaemonKeys | null = null, enrollments: Enrollments | null = null): AdminServer {
+  const enrolled = (): Enrollments => {
+    if (enrollments === null) throw new SigilError('NOT_IMPLEMENTED', 'this daemon keeps no builder enrollments');
+    return enrollments;
+  };
   /**
    * The daemon's own keys (identity CA, audit, trusted root) are pinned by what they signed. The audit key
    * may only be rotated: its older versions stay, so the checkpoints they signed stay verifiable. The
@@ -238,5 +266,9 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
       return { approval: approvalToPb(r.approval), key: keyToPb(r.key) };
     }),
     rejectRequest: unary(ctx, 'RejectRequest', APPROVERS, async (req, who) => ({ approval: approvalToPb(await lifecycle.reject(actor(who), req.id, req.reason)) })),
+    listEnrollments: unary(ctx, 'ListEnrollments', ENROLLMENT_READERS, (req) => ({ enrollments: enrolled().list(req.ekHashPrefix).map(enrollmentToPb) })),
+    forgetEnrollment: unary(ctx, 'ForgetEnrollment', ENROLLMENT_CHANGERS, async (req, who) => ({
+      enrollment: enrollmentToPb(await enrolled().forget(req.ekHash, req.reason, who.subject)),
+    })),
   };
 }

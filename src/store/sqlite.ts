@@ -166,6 +166,23 @@ interface EnrollmentRow {
   ek_certificate: Uint8Array | null;
   ek_public: Uint8Array | null;
 }
+
+/** A row of the enrollments table as the store hands it out. */
+function enrollmentOf(r: EnrollmentRow): EnrollmentRecord {
+  return {
+    ekHash: r.ek_hash,
+    akName: r.ak_name,
+    akPublic: Buffer.from(r.ak_public),
+    policy: r.policy,
+    resetCount: r.reset_count,
+    restartCount: r.restart_count,
+    clock: BigInt(r.clock),
+    updatedAt: new Date(r.updated_at),
+    ekCertificate: r.ek_certificate === null ? null : Buffer.from(r.ek_certificate),
+    ekPublic: r.ek_public === null ? null : Buffer.from(r.ek_public),
+  };
+}
+
 interface KeyRow {
   name: string;
   algorithm: string;
@@ -250,7 +267,7 @@ interface CaRow {
 /** The embedded default store: one SQLite file in WAL mode, synchronous=FULL so a commit is durable. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync;
-  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'listCa' | 'getEnrollment' | 'putEnrollment' | 'useJoinToken'
+  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'listCa' | 'getEnrollment' | 'putEnrollment' | 'listEnrollments' | 'deleteEnrollment' | 'useJoinToken'
     | 'insertIssued' | 'getIssued' | 'insertRevokedIdentity' | 'listRevokedIdentities' | 'insertRevokedBuilder' | 'listRevokedBuilders' | 'nextCrlNumber'
     | 'getVersion' | 'maxVersion' | 'completeVersion' | 'setPrimary' | 'deleteVersion' | 'updateVersion' | 'updateKey' | 'dueRotations'
     | 'insertApproval' | 'getApproval' | 'updateApproval' | 'insertTransition' | 'listTransitions', StatementSync>;
@@ -297,6 +314,8 @@ export class SqliteStore implements Store {
       latestCa: this.#db.prepare('SELECT * FROM ca_certificates WHERE key_version = ? ORDER BY id DESC LIMIT 1'),
       listCa: this.#db.prepare("SELECT * FROM ca_certificates WHERE substr(key_version, 1, length(?) + 1) = ? || '@' ORDER BY id"),
       getEnrollment: this.#db.prepare('SELECT * FROM enrollments WHERE ek_hash = ?'),
+      listEnrollments: this.#db.prepare('SELECT * FROM enrollments WHERE substr(ek_hash, 1, length(?)) = ? ORDER BY ek_hash'),
+      deleteEnrollment: this.#db.prepare('DELETE FROM enrollments WHERE ek_hash = ?'),
       useJoinToken: this.#db.prepare('INSERT INTO join_tokens_used (token_hash, policy, used_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING'),
       insertIssued: this.#db.prepare('INSERT INTO issued_certificates (serial, ek_hash, san, not_after, issued_at, ca_version) VALUES (?, ?, ?, ?, ?, ?)'),
       getIssued: this.#db.prepare('SELECT * FROM issued_certificates WHERE serial = ?'),
@@ -530,19 +549,15 @@ export class SqliteStore implements Store {
 
   getEnrollment(ekHash: string): EnrollmentRecord | null {
     const r = this.#q.getEnrollment.get(ekHash) as EnrollmentRow | undefined;
-    if (!r) return null;
-    return {
-      ekHash: r.ek_hash,
-      akName: r.ak_name,
-      akPublic: Buffer.from(r.ak_public),
-      policy: r.policy,
-      resetCount: r.reset_count,
-      restartCount: r.restart_count,
-      clock: BigInt(r.clock),
-      updatedAt: new Date(r.updated_at),
-      ekCertificate: r.ek_certificate === null ? null : Buffer.from(r.ek_certificate),
-      ekPublic: r.ek_public === null ? null : Buffer.from(r.ek_public),
-    };
+    return r ? enrollmentOf(r) : null;
+  }
+
+  listEnrollments(ekHashPrefix: string): EnrollmentRecord[] {
+    return (this.#q.listEnrollments.all(ekHashPrefix, ekHashPrefix) as unknown as EnrollmentRow[]).map(enrollmentOf);
+  }
+
+  deleteEnrollment(ekHash: string): boolean {
+    return Number(this.#q.deleteEnrollment.run(ekHash).changes) === 1;
   }
 
   useJoinToken(tokenHash: string, policy: string, at: Date): boolean {

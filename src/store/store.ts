@@ -215,6 +215,10 @@ export interface Store {
   getEnrollment(ekHash: string): EnrollmentRecord | null;
   /** Records (or replaces) an EK's enrollment state; durable when it returns. */
   putEnrollment(rec: EnrollmentRecord): void;
+  /** Enrollments whose EK hash starts with `ekHashPrefix` (lower-case hex; empty for all), sorted by EK hash. */
+  listEnrollments(ekHashPrefix: string): EnrollmentRecord[];
+  /** Deletes an EK's enrollment record: true when there was one, false (and no change) otherwise. Durable when it returns. */
+  deleteEnrollment(ekHash: string): boolean;
   /** Spends a one-time join token (by its hash): true the first time, false ever after. Durable when it returns. */
   useJoinToken(tokenHash: string, policy: string, at: Date): boolean;
   /** Records a builder certificate the identity CA issued; durable when it returns. */

@@ -313,10 +313,10 @@ describe('attestation against swtpm and tpm2-tools', { skip: skip ?? false }, ()
     const a = await enroll('ecdsa');
     const rec = (await records.get(a.ekHash))!;
     await records.put({ ...rec, resetCount: rec.resetCount + 1000 });
-    await assert.rejects(enroll('ecdsa'), denied('tpm resetCount went backwards'));
+    await assert.rejects(enroll('ecdsa'), denied(`tpm resetCount went backwards (the tpm was cleared, or its state rolled back): if this runner was re-imaged, an admin can let it enroll again with sigilctl enrollment forget ${a.ekHash}`));
     assert.equal((await records.get(a.ekHash))!.resetCount, rec.resetCount + 1000);
     await records.put({ ...rec, restartCount: rec.restartCount + 1 });
-    await assert.rejects(enroll('ecdsa'), denied('tpm restartCount went backwards'));
+    await assert.rejects(enroll('ecdsa'), denied(/^tpm restartCount went backwards \(the tpm was cleared, or its state rolled back\): .* sigilctl enrollment forget [0-9a-f]{64}$/));
     await records.put(rec);
     await enroll('ecdsa');
   });

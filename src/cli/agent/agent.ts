@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { rpc, type Clients } from '../client.ts';
 import { describeError } from '../errors.ts';
-import { Attestor, builderClients, type AttestorOptions, type Identity } from './attestor.ts';
+import { AkUnavailableError, Attestor, builderClients, type AttestorOptions, type Identity } from './attestor.ts';
 
 /** What the agent reports as it runs (enrolled, renewed, renewal failed, ...). */
 export type AgentEvent = { event: string; [field: string]: unknown };
@@ -84,10 +84,15 @@ export class Agent {
       await this.renew();
     } catch (err) {
       // sigild asks for a new enrollment when it cannot re-check this runner's EK trust (an enrollment recorded
-      // by an older sigild): enroll afresh, which proves the EK again, instead of letting the identity run out.
+      // by an older sigild) or has no record of its EK (an admin forgot it): enroll afresh, which proves the EK
+      // again, instead of letting the identity run out. When the TPM's counters went backwards (the TPM was
+      // cleared) the enrollment is refused too, with a message that tells the operator what to do, and that
+      // refusal is what the agent reports; once an admin forgot the record, the next retry enrolls.
+      // A TPM that no longer loads the enrolled AK (cleared while the agent ran) cannot renew at all: enroll too.
       const se = err as Partial<ServiceError>;
-      if (se.code === Status.PERMISSION_DENIED && typeof se.details === 'string' && /enroll again$/.test(se.details)) {
-        this.#report({ event: 'renewal refused, enrolling again', error: se.details });
+      const lost = err instanceof AkUnavailableError;
+      if (lost || (se.code === Status.PERMISSION_DENIED && typeof se.details === 'string' && /(?:enroll again|^tpm \w+ went backwards)$/.test(se.details))) {
+        this.#report(lost ? { event: 'renewal impossible, enrolling again', error: describe(err) } : { event: 'renewal refused, enrolling again', error: se.details });
         try {
           await this.enroll();
           return;

@@ -6,6 +6,14 @@ import { openTransport } from '../../tpm/transport.ts';
 import { Tpm } from '../../tpm/tpm.ts';
 import { PCR_BANKS } from '../../attest/policy.ts';
 import { activate, createAk, loadAk, quoteWithPcrs, readEk, type Ak } from '../../tpm/attestation-client.ts';
+import { baseRc, TPM_RC, TpmError } from '../../tpm/rc.ts';
+
+/**
+ * The TPM refused to load the AK this runner enrolled with (TPM2_Load failed): the TPM was cleared (TPM2_Clear
+ * changes the proof values that protect the AK's blob) or replaced, so no renewal can be quoted; only a new
+ * enrollment, with a new AK, can go on.
+ */
+export class AkUnavailableError extends Error {}
 
 /** How the agent reaches sigild and its TPM, and what it asks for. */
 export interface AttestorOptions {
@@ -104,7 +112,14 @@ export class Attestor {
     try {
       const begin = await rpc.beginEnrollment(c, { policy: '', ekCertificate: Buffer.alloc(0), ekPublic: Buffer.alloc(0), akPublic: Buffer.alloc(0), joinToken: '', renewal: true });
       const ek = await readEk(tpm, this.#o.ek);
-      const ak = await loadAk(tpm, this.#ak, ek).finally(() => tpm.flushContext(ek.handle).catch(() => undefined));
+      const ak = await loadAk(tpm, this.#ak, ek)
+        .catch((err: unknown) => {
+          // TPM_RC_INTEGRITY: the blob no longer verifies under this TPM's EK (TPM 2.0 Part 3, TPM2_Load). Anything
+          // else (a transport failure, out of object memory) a retry may get past.
+          if (!(err instanceof TpmError) || baseRc(err.rc) !== TPM_RC.INTEGRITY) throw err;
+          throw new AkUnavailableError(`the tpm no longer loads the enrolled ak (was it cleared?): ${err.message}; enroll again`, { cause: err });
+        })
+        .finally(() => tpm.flushContext(ek.handle).catch(() => undefined));
       try {
         const { keyPem, spki } = ephemeralKey();
         const quote = await this.#quote(tpm, ak, begin.nonce, spki, begin.pcrSelection);

@@ -66,6 +66,9 @@ function setup(tpm: SoftTpm, over: Partial<AttestationPolicy> = {}) {
 
 const spki = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
 const denied = (m: string) => (e: unknown) => isSigilError(e, 'PERMISSION_DENIED') && e.message === m;
+/** The refusal an enrollment gets when the TPM's `what` went backwards: what happened and how an admin lets it in again. */
+const wentBackwards = (what: string, ekHash: string) =>
+  `tpm ${what} went backwards (the tpm was cleared, or its state rolled back): if this runner was re-imaged, an admin can let it enroll again with sigilctl enrollment forget ${ekHash}`;
 
 async function enroll(v: Verifier, tpm: SoftTpm, tamper: (ev: Parameters<Verifier['finish']>[0]) => void = () => {}) {
   const ch = await v.begin({ policy: 'ci', ekPublic: tpm.ek.pub.raw, akPublic: tpm.ak.pub.raw });
@@ -126,8 +129,18 @@ test('monotonicity per ek; renewal with the enrolled ak only', async () => {
   await enroll(v, tpm);
   tpm.restartCount = 0;
   tpm.resetCount = 5;
-  await assert.rejects(enroll(v, tpm), denied('tpm resetCount went backwards'));
+  await assert.rejects(enroll(v, tpm), denied(wentBackwards('resetCount', a.ekHash)));
   assert.equal((await records.get(a.ekHash))!.resetCount, 6);
+  // At renewal the short message stays: sigil-agent then enrolls, and that refusal says what to do.
+  const nb = await v.renewChallenge({ ekHash: a.ekHash, akName: a.akName });
+  const idb = spki();
+  await assert.rejects(v.renew({ nonce: nb, identitySpki: idb, ...tpm.quote(nb, idb) }), denied('tpm resetCount went backwards'));
+  tpm.resetCount = 6;
+  tpm.restartCount = 2;
+  await enroll(v, tpm);
+  tpm.restartCount = 1;
+  await assert.rejects(enroll(v, tpm), denied(wentBackwards('restartCount', a.ekHash)));
+  tpm.restartCount = 2;
 
   tpm.resetCount = 6;
   const nonce = await v.renewChallenge({ ekHash: a.ekHash, akName: a.akName });
@@ -142,7 +155,7 @@ test('monotonicity per ek; renewal with the enrolled ak only', async () => {
   const b = await enroll(v, tpm);
   assert.notEqual(b.akName, a.akName);
   await assert.rejects(v.renewChallenge({ ekHash: a.ekHash, akName: a.akName }), denied('no enrollment for this ek and ak'));
-  await assert.rejects(v.renewChallenge({ ekHash: '00'.repeat(32), akName: a.akName }), denied('no enrollment for this ek and ak'));
+  await assert.rejects(v.renewChallenge({ ekHash: '00'.repeat(32), akName: a.akName }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again'));
   // A quote by another key over a renewal nonce fails the signature.
   const n3 = await v.renewChallenge({ ekHash: b.ekHash, akName: b.akName });
   const wrong = new SoftTpm();
@@ -200,7 +213,7 @@ test('the tpm clock may not go backwards while safe says no higher value was rep
   tpm.clock = 5000n;
   const a = await enroll(v, tpm);
   tpm.clock = 4999n;
-  await assert.rejects(enroll(v, tpm), denied('tpm clock went backwards'));
+  await assert.rejects(enroll(v, tpm), denied(wentBackwards('clock', a.ekHash)));
   assert.equal((await records.get(a.ekHash))!.clock, 5000n);
   // safe NO: after a power loss the TPM may report a lower Clock than it did before, and says so.
   tpm.safe = false;

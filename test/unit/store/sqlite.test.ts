@@ -180,3 +180,45 @@ test('enrollments: migration 10 leaves older rows without ek certificate and pub
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('enrollments: listed by ek hash prefix in ek hash order; deleted one by one, durably; deleting an unknown one changes nothing', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-store-'));
+  try {
+    const path = join(dir, 'sigil.db');
+    const s = new SqliteStore(path);
+    const rec = (ekHash: string, resetCount: number) => ({
+      ekHash,
+      akName: '000b' + 'cd'.repeat(32),
+      akPublic: Buffer.from([1, 2]),
+      policy: 'ci',
+      resetCount,
+      restartCount: 1,
+      clock: 12_345_678_901n,
+      updatedAt: t0,
+      ekCertificate: null,
+      ekPublic: Buffer.from([0, 1]),
+    });
+    const a1 = rec('ab' + '01'.repeat(31), 1);
+    const a2 = rec('ab' + '00'.repeat(31), 2);
+    const b = rec('b' + '0'.repeat(63), 3);
+    for (const r of [a1, b, a2]) s.putEnrollment(r);
+    assert.deepEqual(s.listEnrollments(''), [a2, a1, b]);
+    assert.deepEqual(s.listEnrollments('ab'), [a2, a1]);
+    assert.deepEqual(s.listEnrollments('ab01'), [a1]);
+    assert.deepEqual(s.listEnrollments(b.ekHash), [b]);
+    assert.deepEqual(s.listEnrollments('c'), []);
+    // A prefix is matched as text, never as a LIKE pattern.
+    assert.deepEqual(s.listEnrollments('a%'), []);
+    assert.deepEqual(s.listEnrollments('_b'), []);
+    assert.equal(s.deleteEnrollment('ff'.repeat(32)), false);
+    assert.equal(s.deleteEnrollment(a1.ekHash), true);
+    assert.equal(s.deleteEnrollment(a1.ekHash), false);
+    assert.equal(s.getEnrollment(a1.ekHash), null);
+    s.close();
+    const again = new SqliteStore(path);
+    assert.deepEqual(again.listEnrollments(''), [a2, b], 'the deletion survives a reopen, and only that record went');
+    again.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
