@@ -145,7 +145,16 @@ async function p11Worker(a: P11Args): Promise<void> {
   pk.load(a.module);
   pk.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
   try {
-    const slot = pk.C_GetSlotList(true).find((s) => pk.C_GetTokenInfo(s).label.trim() === a.label);
+    // Through p11-kit's client module the token list comes from the server; with four clients connecting at
+    // once one of them now and then sees no token (seen once in session 8): start the module again, a few times.
+    const findSlot = (): Buffer | undefined => pk.C_GetSlotList(true).find((s) => pk.C_GetTokenInfo(s).label.trim() === a.label);
+    let slot = findSlot();
+    for (let attempt = 1; slot === undefined && attempt < 5; attempt++) {
+      pk.C_Finalize();
+      await new Promise((r) => setTimeout(r, 200 * attempt));
+      pk.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+      slot = findSlot();
+    }
     if (slot === undefined) throw new Error(`token ${a.label} not found through ${a.module}`);
     const sessions = Array.from({ length: a.inflight }, () => pk.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION));
     const session = sessions[0]!;
