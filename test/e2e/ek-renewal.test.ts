@@ -167,4 +167,30 @@ describe('ek trust re-checked at renewal', { skip: skip ?? false }, () => {
       await agent.stop();
     }
   });
+
+  test('sigil-agent enrolls again by itself once sigild is back after an outage longer than its identity', async () => {
+    const events: AgentEvent[] = [];
+    const agent = new Agent(options('ci', 3), (e) => events.push(e));
+    const until = async (what: string, ms: number): Promise<void> => {
+      for (const end = Date.now() + ms; !events.some((e) => e.event === what); ) {
+        if (Date.now() > end) assert.fail(`no ${what} event within ${ms} ms: ${JSON.stringify(events)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    try {
+      const first = await agent.enroll();
+      await td.stopDaemon();
+      await until('identity expired, enrolling again', 8000);
+      await until('enrollment failed', 5000);
+      assert.ok(events.some((e) => e.event === 'renewal failed'), 'renewal was tried while the identity lasted');
+      await td.restart();
+      events.length = 0;
+      await until('enrolled', 70_000);
+      assert.notEqual(agent.identity!.certificatePem, first.certificatePem);
+      assert.ok(agent.identity!.notAfter.getTime() > Date.now());
+      await sign(agent.identity!);
+    } finally {
+      await agent.stop();
+    }
+  });
 });

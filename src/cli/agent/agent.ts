@@ -19,10 +19,14 @@ export function defaultSocketPath(): string {
 // Largest request the local socket accepts: an Ed25519 message up to sigild's default cap, base64.
 const MAX_BODY = 96 * 1024 * 1024;
 
+// Enrollment retries after the identity expired: 1 s, doubling, at most a minute apart.
+const REENROLL_FIRST_MS = 1000;
+const REENROLL_MAX_MS = 60_000;
+
 /**
  * The long-running agent: enrolls, keeps the identity in memory, renews it at half-life with a fresh
- * quote (retrying until it expires), and signs for local callers over a unix socket only its user can
- * open.
+ * quote (retrying until it expires, then enrolling afresh until that works), and signs for local callers
+ * over a unix socket only its user can open.
  */
 export class Agent {
   readonly #o: AttestorOptions;
@@ -104,9 +108,30 @@ export class Agent {
       const left = id.notAfter.getTime() - Date.now();
       this.#report({ event: 'renewal failed', error: describe(err), expiresInSeconds: Math.max(0, Math.round(left / 1000)) });
       // Retry at a tenth of what is left (between 1 s and 30 s) until the identity has expired.
-      if (left > 0) this.#schedule(Math.min(30_000, Math.max(1000, left / 10)));
-      else this.#report({ event: 'identity expired', spiffeId: id.spiffeId });
+      if (left > 0) {
+        this.#schedule(Math.min(30_000, Math.max(1000, left / 10)));
+        return;
+      }
+      // No renewal can work any more (the certificate it is made with has expired): only a new enrollment, a full
+      // attestation judged by the policy of the day, gives the runner an identity again, e.g. once sigild is back
+      // after an outage longer than the identity's lifetime.
+      this.#report({ event: 'identity expired, enrolling again', spiffeId: id.spiffeId });
+      this.#reenroll(REENROLL_FIRST_MS);
     }
+  }
+
+  /** Tries to enroll in `delayMs`, and again with the delay doubled (up to a minute) until it works or the agent stops. */
+  #reenroll(delayMs: number): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => {
+      this.enroll().catch((err: unknown) => {
+        const next = Math.min(REENROLL_MAX_MS, delayMs * 2);
+        this.#report({ event: 'enrollment failed', error: describe(err), retryInSeconds: Math.round(next / 1000) });
+        this.#reenroll(next);
+      });
+    }, delayMs);
+    this.#timer.unref();
   }
 
   /** Serves the local socket; the directory is made private and the socket readable by this user only. */
@@ -140,6 +165,10 @@ export class Agent {
         return reply(200, { spiffeId: id.spiffeId, notBefore: id.notBefore, notAfter: id.notAfter, certificatePem: id.certificatePem, caCertificatePem: id.caCertificatePem });
       }
       if (req.method !== 'POST') return reply(405, { code: 'INVALID_ARGUMENT', message: 'use POST' });
+      // sigild would refuse the expired certificate anyway; say what is going on instead.
+      if (id.notAfter.getTime() <= Date.now()) {
+        return reply(503, { code: 'UNAVAILABLE', message: `the agent's identity expired at ${id.notAfter.toISOString()}: it is enrolling again` });
+      }
       const body = JSON.parse((await readBody(req)).toString('utf8')) as { key?: unknown; digest?: unknown; message?: unknown };
       if (typeof body.key !== 'string') return reply(400, { code: 'INVALID_ARGUMENT', message: 'key is required' });
       if (req.url === '/v1/public-key') {
