@@ -1,5 +1,6 @@
 import { createHash, X509Certificate, type KeyObject } from 'node:crypto';
 import { SigilError } from '../errors.ts';
+import type { EkRevocationCheck } from './ek-crl.ts';
 import { TPM_ALG, TPMA_OBJECT } from '../tpm/constants.ts';
 import { marshalPublic, parsePublic, spkiOf, type PublicArea, type TpmPublic } from '../tpm/structures.ts';
 import { EK_TEMPLATE_H3, EK_TEMPLATE_L1, EK_TEMPLATE_L2 } from '../tpm/templates.ts';
@@ -15,6 +16,8 @@ export interface EkTrustAnchors {
   ekCas: readonly X509Certificate[];
   /** Allowlisted EK hashes. */
   ekHashes: ReadonlySet<string>;
+  /** The EK CAs' CRLs, consulted for a certificate that chains (policy `ekCrlFiles`). */
+  ekCrls?: EkRevocationCheck;
 }
 
 /** An EK the verifier trusts, with the public area MakeCredential encrypts to. */
@@ -23,6 +26,8 @@ export interface TrustedEk {
   ekPublic: TpmPublic;
   /** What made it trusted. */
   via: 'certificate' | 'allowlist';
+  /** Out-of-date CRLs consulted anyway (policy `ekCrlExpired: warn`), for the log. */
+  warnings?: string[];
 }
 
 const MAX_CHAIN = 8;
@@ -38,31 +43,39 @@ function validAt(c: X509Certificate, now: Date): string | null {
 }
 
 /**
- * Why `leaf` does not chain to one of `cas` at time `now`, or null when it does: each link is a CA
- * of the bundle whose key verifies the certificate below, every certificate on the path is valid at
- * `now`, and every issuer carries basicConstraints CA. The walk continues up the bundle to a
- * self-signed root when the bundle has one.
+ * Walks from `leaf` up `cas` at time `now`: the path (leaf first, then each CA that issued the one below,
+ * ending at the trust anchor) or why there is none. Each link is a CA of the bundle whose key verifies the
+ * certificate below, every certificate on the path is valid at `now`, and every issuer carries
+ * basicConstraints CA. The walk continues up the bundle to a self-signed root when the bundle has one.
  */
-export function chainProblem(leaf: X509Certificate, cas: readonly X509Certificate[], now: Date): string | null {
+export function ekChain(leaf: X509Certificate, cas: readonly X509Certificate[], now: Date): { chain: X509Certificate[] } | { problem: string } {
   const bad = validAt(leaf, now);
-  if (bad !== null) return bad;
+  if (bad !== null) return { problem: bad };
   let cur = leaf;
+  const chain = [leaf];
   const seen = new Set<X509Certificate>();
   for (let depth = 0; depth < MAX_CHAIN; depth++) {
     const issuers = cas.filter((c) => !seen.has(c) && cur.checkIssued(c));
     const issuer = issuers.find((c) => cur.verify(c.publicKey));
     if (issuer === undefined) {
-      if (depth > 0) return null; // cur is itself a CA of the bundle: a trust anchor
-      return issuers.length > 0 ? `the signature of ${subjectOf(cur)} does not verify` : `no trusted ca issued ${subjectOf(cur)}`;
+      if (depth > 0) return { chain }; // cur is itself a CA of the bundle: a trust anchor
+      return { problem: issuers.length > 0 ? `the signature of ${subjectOf(cur)} does not verify` : `no trusted ca issued ${subjectOf(cur)}` };
     }
-    if (!issuer.ca) return `issuer ${subjectOf(issuer)} is not a ca`;
+    if (!issuer.ca) return { problem: `issuer ${subjectOf(issuer)} is not a ca` };
     const expired = validAt(issuer, now);
-    if (expired !== null) return expired;
-    if (issuer.checkIssued(issuer) && issuer.verify(issuer.publicKey)) return null; // self-signed root
+    if (expired !== null) return { problem: expired };
+    chain.push(issuer);
+    if (issuer.checkIssued(issuer) && issuer.verify(issuer.publicKey)) return { chain }; // self-signed root
     seen.add(issuer);
     cur = issuer;
   }
-  return `chain longer than ${MAX_CHAIN}`;
+  return { problem: `chain longer than ${MAX_CHAIN}` };
+}
+
+/** Why `leaf` does not chain to one of `cas` at time `now` (see `ekChain`), or null when it does. */
+export function chainProblem(leaf: X509Certificate, cas: readonly X509Certificate[], now: Date): string | null {
+  const r = ekChain(leaf, cas, now);
+  return 'problem' in r ? r.problem : null;
 }
 
 // The EK public area of a runner that sent only its certificate. RSA 2048, P-256 and P-384 keys get the TCG
@@ -111,8 +124,9 @@ function parseEkPublic(b: Uint8Array): TpmPublic {
 /**
  * Decides whether the EK is trusted under `anchors` at `now`: an EK certificate chaining to a CA of
  * the bundle (and carrying the same key as the EK public area when both are sent), otherwise the
- * EK hash on the allowlist. Throws PERMISSION_DENIED `untrusted ek certificate: ...` or `ek not on the
- * allowlist`, INVALID_ARGUMENT for malformed input.
+ * EK hash on the allowlist. A certificate that chains is then looked up in the CAs' CRLs (`anchors.ekCrls`).
+ * Throws PERMISSION_DENIED `untrusted ek certificate: ...`, `ek not on the allowlist` or `ek certificate revoked
+ * by its ca (...)`, INVALID_ARGUMENT for malformed input, and what the CRL check throws when its files cannot be used.
  */
 export function trustEk(input: { ekCert?: Uint8Array; ekPublic?: Uint8Array }, anchors: EkTrustAnchors, now: Date): TrustedEk {
   if (!input.ekCert?.length && !input.ekPublic?.length) throw new SigilError('INVALID_ARGUMENT', 'give an ek certificate or an ek public area');
@@ -132,9 +146,14 @@ export function trustEk(input: { ekCert?: Uint8Array; ekPublic?: Uint8Array }, a
     }
     if (pubSpki !== undefined && !pubSpki.equals(spki)) throw new SigilError('PERMISSION_DENIED', 'ek certificate and ek public area carry different keys');
     ekPublic = pub ?? defaultEkPublic(cert.publicKey);
-    const problem = anchors.ekCas.length === 0 ? 'the policy trusts no ek ca' : chainProblem(cert, anchors.ekCas, now);
-    if (problem === null) return { ekHash: ekHash(spki), ekPublic, via: 'certificate' };
-    certProblem = problem;
+    const walk = anchors.ekCas.length === 0 ? { problem: 'the policy trusts no ek ca' } : ekChain(cert, anchors.ekCas, now);
+    if ('chain' in walk) {
+      const verdict = anchors.ekCrls?.check(walk.chain, now) ?? { revoked: null, warnings: [] };
+      // A CA's revocation is news the allowlist predates: it is refused even when the EK hash is listed.
+      if (verdict.revoked !== null) throw new SigilError('PERMISSION_DENIED', verdict.revoked);
+      return { ekHash: ekHash(spki), ekPublic, via: 'certificate', ...(verdict.warnings.length > 0 ? { warnings: verdict.warnings } : {}) };
+    }
+    certProblem = walk.problem;
   } else {
     spki = pubSpki!;
     ekPublic = pub!;

@@ -4,6 +4,7 @@ import { SigilError } from '../errors.ts';
 import { parseDuration } from '../config/duration.ts';
 import { TPM_ALG } from '../tpm/constants.ts';
 import { eventTypeByName, type EventRule } from './eventlog.ts';
+import { EkCrls, parseEkCrl, type EkCrlExpired } from './ek-crl.ts';
 
 /** PCR banks a policy may quote, with their TPM_ALG id and digest size. */
 export const PCR_BANKS = {
@@ -42,6 +43,13 @@ export const attestationPolicySchema = z
   .strictObject({
     ekCaFiles: z.array(z.string().min(1)).default([]),
     ekHashes: z.array(z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lower-case hex digits (sha-256 of the ek spki)')).default([]),
+    /**
+     * CRLs (DER or PEM) of the EK CAs, read at each enrollment and renewal so a new one needs no restart; each
+     * must be signed by a CA of `ekCaFiles`. Only CAs with a CRL here are checked.
+     */
+    ekCrlFiles: z.array(z.string().min(1)).default([]),
+    /** A CA's newest CRL past its nextUpdate: `refuse` the EKs it speaks for until the file is refreshed, or `warn` and use it. */
+    ekCrlExpired: z.enum(['refuse', 'warn']).default('refuse'),
     pcrs: z.strictObject({
       bank: z.enum(['sha256', 'sha384', 'sha1']),
       select: z.array(pcrIndex).min(1),
@@ -74,6 +82,9 @@ export const attestationPolicySchema = z
   .superRefine((p, ctx) => {
     if (p.ekCaFiles.length === 0 && p.ekHashes.length === 0) {
       ctx.addIssue({ code: 'custom', path: ['ekCaFiles'], message: 'give ekCaFiles, ekHashes or both' });
+    }
+    if (p.ekCrlFiles.length > 0 && p.ekCaFiles.length === 0) {
+      ctx.addIssue({ code: 'custom', path: ['ekCrlFiles'], message: 'needs ekCaFiles: a crl is checked against the ca that signed it' });
     }
     if (p.golden === undefined && p.eventLog === undefined) {
       ctx.addIssue({ code: 'custom', path: ['golden'], message: 'give golden values, eventLog rules or both' });
@@ -132,6 +143,8 @@ export interface AttestationPolicy {
   ekCas: X509Certificate[];
   /** Allowlisted EK hashes (lower-case hex SHA-256 of the EK SPKI). */
   ekHashes: ReadonlySet<string>;
+  /** The EK CAs' CRLs, read again at each check, when the policy gives `ekCrlFiles`. */
+  ekCrls?: EkCrls;
   /** The exact selection a quote must cover: bank name, its TPM_ALG id, and the PCRs ascending. */
   pcrs: { bank: PcrBank; hashAlg: number; select: number[] };
   /** Golden value sets; any one matching passes. */
@@ -188,7 +201,7 @@ function resolveRule(r: z.infer<typeof ruleSchema>): EventRule {
 
 /**
  * Turns the config's `attestation.policies` (parsed YAML/JSON, not yet validated) into resolved
- * policies, reading every CA bundle with `readFile`; throws PolicyProblems (CONFIG_INVALID) listing
+ * policies, reading every CA bundle and CRL with `readFile` (CRLs again at each check); throws PolicyProblems (CONFIG_INVALID) listing
  * every schema problem and every unreadable or unusable bundle at once.
  */
 export function loadPolicies(raw: unknown, readFile: (path: string) => string | Buffer): Map<string, AttestationPolicy> {
@@ -216,6 +229,24 @@ export function loadPolicies(raw: unknown, readFile: (path: string) => string | 
       }
       ekCas.push(...loadBundle(file, text, where, problems));
     });
+    const asBuffer = (f: string): Buffer => {
+      const d = readFile(f);
+      return typeof d === 'string' ? Buffer.from(d, 'utf8') : d;
+    };
+    // Without ekCaFiles the schema already says so; every CRL would only add "not one of the policy's ek cas".
+    const crlFiles = Array.isArray(p?.ekCrlFiles) && files.length > 0 ? p.ekCrlFiles.filter((f): f is string => typeof f === 'string') : [];
+    crlFiles.forEach((file, i) => {
+      const where = `${name}.ekCrlFiles.${i}`;
+      let data: Buffer;
+      try {
+        data = asBuffer(file);
+      } catch (err) {
+        problems.push(`${where}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+        return;
+      }
+      const crl = parseEkCrl(file, data, ekCas);
+      if (typeof crl === 'string') problems.push(`${where}: ${crl}`);
+    });
     if (!parsed.success) continue;
     const cfg = p as AttestationPolicyConfig;
     const bank = PCR_BANKS[cfg.pcrs.bank];
@@ -223,6 +254,7 @@ export function loadPolicies(raw: unknown, readFile: (path: string) => string | 
       name,
       ekCas,
       ekHashes: new Set(cfg.ekHashes),
+      ...(cfg.ekCrlFiles.length > 0 ? { ekCrls: new EkCrls({ files: cfg.ekCrlFiles, cas: ekCas, expired: cfg.ekCrlExpired as EkCrlExpired, readFile: asBuffer }) } : {}),
       pcrs: { bank: cfg.pcrs.bank, hashAlg: bank.alg, select: [...cfg.pcrs.select].sort((a, b) => a - b) },
       ...(cfg.golden !== undefined
         ? { golden: cfg.golden.map((set) => new Map(Object.entries(set).map(([k, v]) => [Number(k), Buffer.from(v, 'hex')]))) }

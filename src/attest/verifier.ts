@@ -135,6 +135,7 @@ export class Verifier {
   async begin(req: BeginRequest): Promise<BeginResponse> {
     const policy = this.#policy(req.policy);
     const ek = trustEk({ ...(req.ekCert ? { ekCert: req.ekCert } : {}), ...(req.ekPublic ? { ekPublic: req.ekPublic } : {}) }, policy, this.#clock.now());
+    this.#warn(ek, policy);
     const ak = parsePublic(req.akPublic);
     checkAk(ak, policy.akAlgorithms);
     this.#checkRevoked(ek.ekHash, objectName(ak).toString('hex'));
@@ -201,10 +202,17 @@ export class Verifier {
       ek = trustEk({ ...(rec.ekCertificate !== null ? { ekCert: rec.ekCertificate } : {}), ekPublic: rec.ekPublic }, policy, this.#clock.now());
     } catch (err) {
       if (isSigilError(err, 'PERMISSION_DENIED')) deny(`ek no longer trusted: ${err.message}`);
+      // The EK CRLs cannot be used now (an unusable file, or one out of date): not the record's fault.
+      if (isSigilError(err) && err.code !== 'INVALID_ARGUMENT') throw err;
       throw new SigilError('INTERNAL', 'the enrollment record holds an ek that does not parse', { cause: err });
     }
     if (ek.ekHash !== rec.ekHash) throw new SigilError('INTERNAL', 'the enrollment record holds an ek of another hash');
+    this.#warn(ek, policy);
     return ek.ekPublic;
+  }
+
+  #warn(ek: TrustedEk, policy: AttestationPolicy): void {
+    for (const w of ek.warnings ?? []) this.#log?.warn({ ekHash: ek.ekHash, policy: policy.name }, w);
   }
 
   #checkRevoked(ekHash: string, akName: string): void {

@@ -8,7 +8,7 @@ import { loadPolicies, PolicyProblems } from '../attest/policy.ts';
 /** Keys anywhere in the config whose values are file paths, resolved against the config file's directory. */
 const PATH_KEYS = new Set(['certFile', 'keyFile', 'clientCaFile', 'path', 'module', 'pinFile', 'softhsmConf', 'dir', 'joinTokenFile', 'credentialsFile', 'stateDir']);
 /** Keys whose values are lists of file paths (resolved and checked like the single ones). */
-const PATH_LIST_KEYS = new Set(['ekCaFiles']);
+const PATH_LIST_KEYS = new Set(['ekCaFiles', 'ekCrlFiles']);
 /** Of those, the files that must already exist and be readable when the daemon starts. */
 const MUST_EXIST = new Set(['certFile', 'keyFile', 'clientCaFile', 'module', 'pinFile', 'softhsmConf', 'joinTokenFile', 'credentialsFile']);
 

@@ -15,6 +15,9 @@ export interface SwtpmState {
   state: string;
   /** PEM: the swtpm_localca root and the intermediate that issued the EK certificates. */
   caBundle: string;
+  /** The intermediate's certificate (PEM) and private key (swtpm_localca's `signkey.pem`), for tests that revoke EK certificates. */
+  issuerCert: string;
+  issuerKey: string;
 }
 
 /** A running swtpm. */
@@ -35,7 +38,8 @@ export async function prepareSwtpmState(dir: string): Promise<SwtpmState> {
   const ca = join(dir, 'ca');
   const state = join(dir, 'state');
   const caBundle = join(dir, 'ek-ca.pem');
-  if (existsSync(caBundle) && existsSync(join(state, 'tpm2-00.permall'))) return { state, caBundle };
+  const issuer = { issuerCert: join(ca, 'issuercert.pem'), issuerKey: join(ca, 'signkey.pem') };
+  if (existsSync(caBundle) && existsSync(join(state, 'tpm2-00.permall'))) return { state, caBundle, ...issuer };
   await mkdir(ca, { recursive: true, mode: 0o700 });
   await mkdir(state, { recursive: true, mode: 0o700 });
   await writeFile(
@@ -57,7 +61,7 @@ export async function prepareSwtpmState(dir: string): Promise<SwtpmState> {
   const root = await readFile(join(ca, 'swtpm-localca-rootca-cert.pem'), 'utf8');
   const intermediate = await readFile(join(ca, 'issuercert.pem'), 'utf8');
   await writeFile(caBundle, `${root.trimEnd()}\n${intermediate.trimEnd()}\n`);
-  return { state, caBundle };
+  return { state, caBundle, ...issuer };
 }
 
 /** Starts swtpm over `stateDir` on a free pair of loopback ports (retrying on a taken port). */

@@ -20,6 +20,8 @@ export interface Swtpm {
   stateDir: string;
   /** PEM bundle: the swtpm_localca root and the intermediate that issued the EK certificates. */
   ekCaFile: string;
+  /** The intermediate CA that issued the EK certificates: its PEM certificate and private key (shared, read only). */
+  ekIssuer: { certFile: string; keyFile: string };
   /** Sends a signal to the swtpm process (SIGSTOP and SIGCONT pause and resume it). */
   signal(sig: NodeJS.Signals): void;
   /** Kills swtpm and removes its temp dir. */
@@ -76,6 +78,7 @@ export async function startSwtpm(opts: SwtpmOptions = {}): Promise<Swtpm> {
       tcti: tpm.tcti,
       stateDir,
       ekCaFile,
+      ekIssuer: { certFile: prep.issuerCert, keyFile: prep.issuerKey },
       signal: (sig) => void tpm.child.kill(sig),
       async stop() {
         await tpm.stop();

@@ -1,8 +1,13 @@
+import 'reflect-metadata';
 import { execFileSync } from 'node:child_process';
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, webcrypto, type KeyObject } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import * as x509 from '@peculiar/x509';
+
+x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[1]);
+const DAY = 86400_000;
 
 /** A CA made with openssl: its PEM certificate and key file. */
 export interface TestCa {
@@ -78,4 +83,30 @@ export class OpensslCas {
   cleanup(): void {
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** A CRL to sign: by which CA, listing which serials (hex), dated around `now` unless given. */
+export interface CrlSpec {
+  now: Date;
+  by: TestCa;
+  serials?: { serial: string; reason?: x509.X509CrlReason }[];
+  thisUpdate?: Date;
+  nextUpdate?: Date;
+  extensions?: x509.Extension[];
+}
+
+/** A CRL signed with `by`'s key by @peculiar/x509, naming `by`'s subject as issuer: DER. */
+export async function signCrl(spec: CrlSpec): Promise<Buffer> {
+  const pkcs8 = createPrivateKey(readFileSync(spec.by.keyFile)).export({ type: 'pkcs8', format: 'der' });
+  const key = await webcrypto.subtle.importKey('pkcs8', pkcs8, { name: 'ECDSA', namedCurve: 'P-256' }, false, ['sign']);
+  const c = await x509.X509CrlGenerator.create({
+    issuer: new x509.X509Certificate(spec.by.pem).subjectName,
+    thisUpdate: spec.thisUpdate ?? new Date(spec.now.getTime() - DAY),
+    nextUpdate: spec.nextUpdate ?? new Date(spec.now.getTime() + 7 * DAY),
+    entries: (spec.serials ?? []).map((s) => ({ serialNumber: s.serial, revocationDate: new Date(spec.now.getTime() - DAY), ...(s.reason !== undefined ? { reason: s.reason } : {}) })),
+    ...(spec.extensions ? { extensions: spec.extensions } : {}),
+    signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
+    signingKey: key,
+  });
+  return Buffer.from(c.rawData);
 }

@@ -2,13 +2,14 @@ import assert from 'node:assert/strict';
 import { createHash, generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { test } from 'node:test';
 import { ekHash } from '../../../src/attest/ek.ts';
+import { EkCrls } from '../../../src/attest/ek-crl.ts';
 import { MemoryEnrollmentRecords } from '../../../src/attest/enrollment-records.ts';
 import type { AttestationPolicy } from '../../../src/attest/policy.ts';
 import { akQualifiedName, Verifier } from '../../../src/attest/verifier.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { TPM_ALG, TPMA_OBJECT } from '../../../src/tpm/constants.ts';
 import { objectName, spkiOf } from '../../../src/tpm/structures.ts';
-import { OpensslCas } from './ek-certs.ts';
+import { OpensslCas, signCrl } from './ek-certs.ts';
 import { softActivate, softAk, softEk, softQuote, type SoftKey } from './soft-tpm.ts';
 
 const SELECT = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -285,6 +286,51 @@ test('renewal re-checks ek trust under the current policy: allowlist removed, ca
     await assert.rejects(renew(), denied('ek trust cannot be re-checked: this enrollment was recorded before sigild kept ek certificates; enroll again'));
     policies.set('ci', { ...base, ekHashes: new Set(['ab'.repeat(32)]) });
     await assert.rejects(renew(), denied('ek no longer trusted: ek not on the allowlist'));
+  } finally {
+    cas.cleanup();
+  }
+});
+
+test('renewal consults the ek ca crls read at that moment: revoked refused, an out-of-date crl refused as such, not as a bad record', async () => {
+  const cas = new OpensslCas();
+  try {
+    const root = cas.root('ek root');
+    const tpm = new SoftTpm();
+    const hash = ekHash(spkiOf(tpm.ek.pub));
+    const ekCert = cas.ekCert(root, tpm.ek.key);
+    const serial = new X509Certificate(ekCert).serialNumber;
+    const c = clock();
+    const records = new MemoryEnrollmentRecords();
+    const files = new Map<string, Buffer>();
+    const policy = (expired: 'refuse' | 'warn'): AttestationPolicy => ({
+      name: 'ci', ekCas: [new X509Certificate(root.pem)], ekHashes: new Set(), pcrs: { bank: 'sha256', hashAlg: TPM_ALG.SHA256, select: SELECT }, golden: [values(0)], akAlgorithms: new Set(['rsa', 'ecc']),
+      ekCrls: new EkCrls({ files: ['/crl'], cas: [new X509Certificate(root.pem)], expired, readFile: (p) => files.get(p)! }),
+    });
+    const policies = new Map([['ci', policy('refuse')]]);
+    const warnings: string[] = [];
+    const log = { warn: (_o: unknown, m: string) => warnings.push(m), info: () => {}, debug: () => {} } as unknown as ConstructorParameters<typeof Verifier>[0]['log'];
+    const v = new Verifier({ policies, clock: c, nonceTtlMs: 60_000, records, log });
+    const renew = async () => {
+      const nonce = await v.renewChallenge({ ekHash: hash, akName: objectName(tpm.ak.pub).toString('hex') });
+      const id = spki();
+      return v.renew({ nonce, identitySpki: id, ...tpm.quote(nonce, id) });
+    };
+    files.set('/crl', await signCrl({ now: c.now(), by: root }));
+    const ch = await v.begin({ policy: 'ci', ekCert, ekPublic: tpm.ek.pub.raw, akPublic: tpm.ak.pub.raw });
+    const id = spki();
+    await v.finish({ nonce: ch.nonce, activatedSecret: softActivate(tpm.ek, objectName(tpm.ak.pub), ch), identitySpki: id, ...tpm.quote(ch.nonce, id) });
+    await renew();
+
+    // Eight days on, the CRL's nextUpdate (a week) has passed: refused until the operator refreshes it.
+    c.advance(8 * 86_400_000);
+    await assert.rejects(renew(), (e: unknown) => isSigilError(e, 'FAILED_PRECONDITION') && /^the ek crl of CN=ek root is out of date/.test(e.message));
+    policies.set('ci', policy('warn'));
+    await renew();
+    assert.match(warnings.join('\n'), /out of date .*: refresh \/crl/);
+    // The CA revokes the certificate: the renewal is refused with the serial and the reason.
+    files.set('/crl', await signCrl({ now: c.now(), by: root, serials: [{ serial, reason: 1 }] }));
+    await assert.rejects(renew(), denied(`ek no longer trusted: ek certificate revoked by its ca (serial ${serial}, reason keyCompromise)`));
+    await assert.rejects(v.begin({ policy: 'ci', ekCert, ekPublic: tpm.ek.pub.raw, akPublic: tpm.ak.pub.raw }), denied(`ek certificate revoked by its ca (serial ${serial}, reason keyCompromise)`));
   } finally {
     cas.cleanup();
   }

@@ -97,3 +97,21 @@ test('the shipped systemd unit passes systemd-analyze verify', { skip: missing('
   const r = await promisify(execFile)('systemd-analyze', ['verify', unit]);
   assert.equal(r.stderr, '');
 });
+
+test('attestation ekCrlFiles resolve against the config file like ekCaFiles, and an unreadable one is a problem with its path', () => {
+  const text = `${base}identity: { trustDomain: sigil.test }
+attestation:
+  policies:
+    ci:
+      ekCaFiles: [cas/ek.pem]
+      ekCrlFiles: [crls/vendor.crl]
+      pcrs: { bank: sha256, select: [0] }
+      golden: [{ "0": "${'00'.repeat(32)}" }]
+`;
+  const c = parseConfig(text, '/srv/sigil/config.yaml', { checkFiles: false });
+  const ci = (c.attestation!.policies as Record<string, { ekCaFiles: string[]; ekCrlFiles: string[]; ekCrlExpired: string }>).ci!;
+  assert.deepEqual(ci.ekCaFiles, ['/srv/sigil/cas/ek.pem']);
+  assert.deepEqual(ci.ekCrlFiles, ['/srv/sigil/crls/vendor.crl']);
+  assert.equal(ci.ekCrlExpired, 'refuse');
+  assert.throws(() => parseConfig(text, '/srv/sigil/config.yaml'), (e: unknown) => e instanceof ConfigProblems && e.problems.includes('attestation.policies.ci.ekCrlFiles.0: cannot read /srv/sigil/crls/vendor.crl'));
+});
