@@ -37,7 +37,7 @@ function osUser(): string {
 /** The `sigild` command line: serve, dev, backup, audit archive, config validate. */
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('sigild')
-    .description('sigil signing daemon: one gRPC signer API over PKCS#11 HSMs')
+    .description('sigil signing daemon: one gRPC signer API over PKCS#11 HSMs, TPM 2.0 and cloud KMS (AWS, GCP)')
     .showHelpAfterError()
     .exitOverride();
 
