@@ -14,7 +14,10 @@ import { splitHostPort } from './config/host-port.ts';
 import { IdentityCa } from './identity/identity-ca.ts';
 import { Verifier } from './attest/verifier.ts';
 import { Enrollments } from './attest/enrollments.ts';
-import { loadPolicies } from './attest/policy.ts';
+import { loadPolicies, PolicyProblems, type AttestationPolicy } from './attest/policy.ts';
+import { ConfigProblems, parseConfig } from './config/load.ts';
+import { planReload } from './config/reload.ts';
+import { createHash } from 'node:crypto';
 import type { EnrollmentRecords } from './attest/enrollment-records.ts';
 import type { Store } from './store/store.ts';
 import { Revocations } from './revocation/revocations.ts';
@@ -42,11 +45,31 @@ export interface Daemon {
   revocations: Revocations;
   /** The audit log every act is recorded in. */
   audit: AuditLog;
+  /**
+   * Re-reads the config file the daemon started with (SIGHUP) and applies its reloadable parts (`RELOADABLE`)
+   * at once; other changes are reported and ignored. An invalid file changes nothing. Each outcome is logged,
+   * audited (`config.reload`) and counted. Reloads run one at a time.
+   */
+  reload(): Promise<ReloadOutcome>;
   stop(): Promise<void>;
 }
 
+/** What a reload did. */
+export interface ReloadOutcome {
+  /** `ok`: applied, nothing ignored; `partial`: applied, some changes need a restart; `invalid`: refused, nothing changed; `failed`: not audited, nothing changed. */
+  result: 'ok' | 'partial' | 'invalid' | 'failed';
+  /** SHA-256 of the file read, lower-case hex (absent when it could not be read). */
+  sha256?: string;
+  /** Reloadable key paths that changed and now apply. */
+  applied: string[];
+  /** Changed key paths that need a restart. */
+  ignored: string[];
+  /** Why the file was refused, one line per problem. */
+  problems: string[];
+}
+
 /** Composition root: config -> store -> backends -> key service -> servers. */
-export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clock } = {}): Promise<Daemon> {
+export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clock; configFile?: string } = {}): Promise<Daemon> {
   const log = opts.log ?? createLogger({ level: cfg.log.level });
   const audit = auditChannel(log);
   const production = cfg.mode === 'production';
@@ -153,8 +176,10 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   const enrollments = new Enrollments({ store, sink: audited, isRevoked: (ek, ak) => revocations.isBuilderRevoked(ek, ak), log: log.child({ module: 'attest' }) });
   const [host] = splitHostPort(cfg.listen);
   let attestation: AttestationDeps | null = null;
+  // One map for the verifier and the service: a reload replaces its contents in one synchronous step.
+  const policies = new Map<string, AttestationPolicy>();
   if (cfg.attestation && identity) {
-    const policies = loadPolicies(cfg.attestation.policies, (f) => readFileSync(f));
+    for (const [name, p] of loadPolicies(cfg.attestation.policies, (f) => readFileSync(f))) policies.set(name, p);
     const verifier = new Verifier({ policies, clock, nonceTtlMs: cfg.attestation.nonceTtl, records: enrollmentRecords(store), log: log.child({ module: 'attest' }), refuse: (ek, ak) => revocations.refuseEnrollment(ek, ak) });
     attestation = {
       verifier,
@@ -210,6 +235,75 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   revocations.start();
   log.info({ address, metrics: metricsAddress, mode: cfg.mode, backends: backends.names() }, 'sigild serving');
   let stopping: Promise<void> | null = null;
+  let running = cfg;
+  let reloading: Promise<unknown> = Promise.resolve();
+  const reloadOnce = async (): Promise<ReloadOutcome> => {
+    const rlog = log.child({ module: 'config' });
+    const file = opts.configFile;
+    if (file === undefined) throw new SigilError('FAILED_PRECONDITION', 'this daemon was not started from a config file: nothing to reload');
+    let bytes: Buffer;
+    let outcome: ReloadOutcome;
+    let next: Config | null = null;
+    let nextPolicies: Map<string, AttestationPolicy> | null = null;
+    try {
+      bytes = readFileSync(file);
+    } catch (err) {
+      outcome = { result: 'invalid', applied: [], ignored: [], problems: [`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`] };
+      return finishReload(outcome, rlog, null);
+    }
+    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    try {
+      next = parseConfig(bytes.toString('utf8'), file);
+      if (next.attestation && running.attestation) nextPolicies = loadPolicies(next.attestation.policies, (f) => readFileSync(f));
+    } catch (err) {
+      const problems = err instanceof ConfigProblems ? err.problems : err instanceof PolicyProblems ? err.problems.map((p) => `attestation.policies.${p}`) : [isSigilError(err) ? err.message : 'cannot load the config'];
+      return finishReload({ result: 'invalid', sha256, applied: [], ignored: [], problems }, rlog, null);
+    }
+    const plan = planReload(running, next);
+    outcome = { result: plan.ignored.length ? 'partial' : 'ok', sha256, applied: plan.applied, ignored: plan.ignored, problems: [] };
+    return finishReload(outcome, rlog, () => {
+      const e = plan.effective;
+      // Compiled first (reconfigure throws before changing anything), then swapped without an await between.
+      if (plan.applied.includes('auth.roles') || plan.applied.includes('authorization.builders')) grpc.reconfigure({ roles: e.auth.roles, builders: e.authorization.builders });
+      if (nextPolicies !== null && plan.applied.includes('attestation.policies')) {
+        policies.clear();
+        for (const [name, p] of nextPolicies) policies.set(name, p);
+      }
+      running = e;
+    });
+  };
+  /** Audits the outcome first (fail closed: nothing applies unless its entry is durable), then applies, logs and counts it. */
+  const finishReload = async (o: ReloadOutcome, rlog: Logger, apply: (() => void) | null): Promise<ReloadOutcome> => {
+    try {
+      await audited.record({
+        who: 'sigild',
+        act: 'config.reload',
+        result: apply ? 'ok' : 'refused',
+        ...(apply ? {} : { reason: 'CONFIG_INVALID' }),
+        detail: { file: opts.configFile, sha256: o.sha256, applied: o.applied, ignored: o.ignored, ...(o.problems.length ? { problems: o.problems.slice(0, 100) } : {}) },
+      });
+    } catch (err) {
+      rlog.error({ err, file: opts.configFile }, 'config reload not applied: the audit log refused its entry');
+      metrics.configReloads.inc({ result: 'failed' });
+      return { ...o, result: 'failed' };
+    }
+    if (apply) {
+      try {
+        apply();
+      } catch (err) {
+        // The schema admits only patterns that compile, so this is a bug; nothing was swapped.
+        rlog.error({ err, file: opts.configFile }, 'config reload not applied: the new rules did not compile');
+        metrics.configReloads.inc({ result: 'failed' });
+        return { ...o, result: 'failed' };
+      }
+    }
+    metrics.configReloads.inc({ result: o.result });
+    const fields = { file: opts.configFile, sha256: o.sha256, applied: o.applied, ignored: o.ignored };
+    if (o.result === 'invalid') rlog.error({ ...fields, problems: o.problems }, `config reload refused, nothing changed: ${o.problems.length} problem${o.problems.length === 1 ? '' : 's'}:\n  ${o.problems.join('\n  ')}`);
+    else if (o.ignored.length) rlog.warn(fields, `config reloaded; not applied, restart sigild for: ${o.ignored.join(', ')}`);
+    else rlog.info(fields, o.applied.length ? `config reloaded: ${o.applied.join(', ')}` : 'config reloaded: no change');
+    return o;
+  };
   return {
     address,
     metricsAddress,
@@ -219,6 +313,11 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     identity,
     revocations,
     audit: audited,
+    reload: () => {
+      const r = reloading.then(reloadOnce, reloadOnce);
+      reloading = r.catch(() => undefined);
+      return r;
+    },
     stop: () =>
       (stopping ??= (async () => {
         await scheduler.stop();

@@ -31,6 +31,7 @@ export interface Attestation {
 
 /** Options of a Verifier. */
 export interface VerifierOptions {
+  /** The policies by name, looked up at every step: a config reload replaces the map's contents. */
   policies: ReadonlyMap<string, AttestationPolicy>;
   clock: Clock;
   /** Lifetime of an issued nonce (default 60 s). */
@@ -80,7 +81,8 @@ export interface FinishRequest extends QuoteEvidence {
 }
 
 type Pending =
-  | { kind: 'enroll'; policy: string; ekHash: string; ek: TpmPublic; ekCert: Buffer | null; ak: TpmPublic; secret: Buffer }
+  // at: the policy in force at the challenge; when a reload replaced it before the answer, the EK and AK are checked again.
+  | { kind: 'enroll'; policy: string; at: AttestationPolicy; ekHash: string; ek: TpmPublic; ekCert: Buffer | null; ak: TpmPublic; secret: Buffer }
   // ek is null for an enrollment recorded before the EK public area was kept.
   | { kind: 'renew'; policy: string; ekHash: string; ek: TpmPublic | null; ak: TpmPublic };
 
@@ -125,15 +127,16 @@ export class Verifier {
     this.#nonces = new NonceStore<Pending>({ clock: opts.clock, ttlMs: opts.nonceTtlMs ?? 60_000, ...(opts.maxPending !== undefined ? { maxPending: opts.maxPending } : {}) });
   }
 
-  #policy(name: string): AttestationPolicy {
+  /** The policy in force now; `known` says the name was valid earlier (a reload may have removed it since). */
+  #policy(name: string, known = true): AttestationPolicy {
     const p = this.#policies.get(name);
-    if (p === undefined) throw new SigilError('FAILED_PRECONDITION', `no attestation policy ${name}`);
+    if (p === undefined) throw new SigilError('FAILED_PRECONDITION', known ? `attestation policy ${name} is no longer configured` : `no attestation policy ${name}`);
     return p;
   }
 
   /** Step 1 of enrollment: trust the EK, check the AK, return a credential for the AK and a nonce. */
   async begin(req: BeginRequest): Promise<BeginResponse> {
-    const policy = this.#policy(req.policy);
+    const policy = this.#policy(req.policy, false);
     const ek = trustEk({ ...(req.ekCert ? { ekCert: req.ekCert } : {}), ...(req.ekPublic ? { ekPublic: req.ekPublic } : {}) }, policy, this.#clock.now());
     this.#warn(ek, policy);
     const ak = parsePublic(req.akPublic);
@@ -142,7 +145,7 @@ export class Verifier {
     const secret = randomBytes(SECRET_BYTES);
     const cred = makeCredential(ek.ekPublic, objectName(ak), secret);
     const ekCert = req.ekCert?.length ? Buffer.from(req.ekCert) : null;
-    const nonce = this.#nonces.issue({ kind: 'enroll', policy: policy.name, ekHash: ek.ekHash, ek: ek.ekPublic, ekCert, ak, secret });
+    const nonce = this.#nonces.issue({ kind: 'enroll', policy: policy.name, at: policy, ekHash: ek.ekHash, ek: ek.ekPublic, ekCert, ak, secret });
     this.#log?.debug({ ekHash: ek.ekHash, akName: objectName(ak).toString('hex'), policy: policy.name, ekTrust: ek.via }, 'enrollment begun');
     return { nonce, ...cred };
   }
@@ -153,6 +156,12 @@ export class Verifier {
     if (p.kind !== 'enroll') throw new SigilError('FAILED_PRECONDITION', 'unknown or already used nonce');
     const got = Buffer.from(req.activatedSecret);
     if (got.length !== p.secret.length || !timingSafeEqual(got, p.secret)) deny('activated secret does not match the credential');
+    // The answer is judged by the policy in force now: a reload between challenge and answer applies to it whole.
+    const now = this.#policy(p.policy);
+    if (now !== p.at) {
+      trustEk({ ...(p.ekCert !== null ? { ekCert: p.ekCert } : {}), ekPublic: p.ek.raw }, now, this.#clock.now());
+      checkAk(p.ak, now.akAlgorithms);
+    }
     return this.#accept(p, req, undefined);
   }
 

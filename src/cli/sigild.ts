@@ -10,18 +10,24 @@ import { archiveAuditLog } from '../store/audit-archive.ts';
 import { systemClock } from '../clock.ts';
 import { createLogger } from '../log.ts';
 import { userInfo } from 'node:os';
+import { resolve as resolvePath } from 'node:path';
 
-/** Runs the daemon until SIGINT or SIGTERM, then stops it gracefully. */
+/** Runs the daemon until SIGINT or SIGTERM, then stops it gracefully; SIGHUP reloads its config (the daemon logs and audits the outcome). */
 async function serveUntilSignal(daemon: Daemon, onStop?: () => void): Promise<void> {
   await new Promise<void>((resolve) => {
+    const reload = (): void => {
+      daemon.reload().catch((err: unknown) => process.stderr.write(`sigild: config reload failed: ${(err as Error).message}\n`));
+    };
     const stop = (): void => {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
+      process.off('SIGHUP', reload);
       onStop?.();
       daemon.stop().then(resolve, resolve);
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
+    process.on('SIGHUP', reload);
   });
 }
 
@@ -46,8 +52,20 @@ export async function main(argv: string[]): Promise<void> {
     .description('serve with a config file')
     .requiredOption('-c, --config <file>', 'YAML config file')
     .action(async (o: { config: string }) => {
-      const daemon = await startDaemon(loadConfig(o.config));
-      await serveUntilSignal(daemon);
+      // SIGHUP's default action ends the process: while the daemon starts (an audit check can take a while), a
+      // reload asked for is remembered and runs once it serves.
+      let early = false;
+      const remember = (): void => void (early = true);
+      process.on('SIGHUP', remember);
+      let daemon: Daemon;
+      try {
+        daemon = await startDaemon(loadConfig(o.config), { configFile: resolvePath(o.config) });
+      } finally {
+        process.off('SIGHUP', remember);
+      }
+      const serving = serveUntilSignal(daemon);
+      if (early) void daemon.reload().catch((err: unknown) => process.stderr.write(`sigild: config reload failed: ${(err as Error).message}\n`));
+      await serving;
     });
 
   program
@@ -57,7 +75,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('-l, --listen <host:port>', 'where to listen; port 0 picks a free port, written to DIR/sigild.addr', '127.0.0.1:0')
     .action(async (o: { dataDir: string; listen: string }) => {
       const dev = await prepareDevDir(o.dataDir, o.listen);
-      const daemon = await startDaemon(loadConfig(dev.config));
+      const daemon = await startDaemon(loadConfig(dev.config), { configFile: resolvePath(dev.config) });
       // The demo builder's TPM; sigild itself never talks to it (it verifies attestation in software).
       const tpm = await launchSwtpm(dev.swtpmState).catch(async (err: unknown) => {
         await daemon.stop();

@@ -91,7 +91,7 @@ const hostPort = z
  */
 const principalPattern = z.string().regex(/^(cn|subject|dns|uri|fingerprint):.+$/, 'must start with cn:, subject:, dns:, uri: or fingerprint:');
 
-/** The one strict schema of sigild's config file; unknown keys are errors. */
+/** The one strict schema of sigild's config file; unknown keys are errors. SIGHUP re-applies the `RELOADABLE` parts (config/reload.ts). */
 export const configSchema = z.strictObject({
   /** `production` refuses dev-only backends and shortened safety minimums. */
   mode: z.enum(['production', 'development']).default('production'),

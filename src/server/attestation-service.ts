@@ -103,7 +103,8 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
           if (req.ekCertificate.length || req.ekPublic.length || req.akPublic.length || req.policy || req.joinToken) {
             throw new SigilError('INVALID_ARGUMENT', 'a renewal request carries no other field');
           }
-          const policy = policyOf(b.policy);
+          const policy = d.policies.get(b.policy);
+          if (policy === undefined) throw new SigilError('FAILED_PRECONDITION', removedPolicy(b.policy));
           const nonce = await d.verifier.renewChallenge({ ekHash: b.ekHash, akName: b.akName });
           return { nonce, credentialBlob: Buffer.alloc(0), encryptedSecret: Buffer.alloc(0), expireTime: expireTime(), pcrSelection: selection(policy) };
         }, who.subject);
@@ -144,6 +145,11 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
       }, who.subject);
     }),
   };
+}
+
+/** Why a builder enrolled under a policy the config no longer names cannot renew. */
+function removedPolicy(name: string): string {
+  return `attestation policy ${name} is no longer configured: its builders cannot renew (enroll under a configured policy)`;
 }
 
 /** A policy with a join-token file needs a token listed there and never used before; it is spent now. */

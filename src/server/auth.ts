@@ -77,17 +77,17 @@ const WHY: Readonly<Record<string, string>> = {
  * patterns apply to the other (operator CA) certificates only.
  */
 export class Authenticator {
-  readonly #rules: Array<{ role: OperatorRole; match: Matcher }> = [];
-  // Principals by certificate fingerprint: the role decision is made once per certificate.
-  readonly #cache = new Map<string, Principal>();
+  #rules: Array<{ role: OperatorRole; match: Matcher }>;
+  // Principals by certificate fingerprint: the role decision is made once per certificate and role map
+  // (a reload replaces the map and empties the cache, so no cached role outlives it).
+  #cache = new Map<string, Principal>();
+  #generation = 0;
   readonly #identityCas: BuilderCas | null;
   readonly #clock: Clock;
   readonly #revoked: RevocationCheck | null;
 
   constructor(roles: Partial<Record<OperatorRole, readonly string[]>>, opts: AuthOptions = {}) {
-    for (const role of Object.keys(roles) as OperatorRole[]) {
-      for (const pattern of roles[role] ?? []) this.#rules.push({ role, match: compile(pattern) });
-    }
+    this.#rules = compileRoles(roles);
     if (opts.identityCas) this.#identityCas = opts.identityCas;
     else if (opts.identityCa) {
       const certificate = new X509Certificate(opts.identityCa);
@@ -95,6 +95,22 @@ export class Authenticator {
     } else this.#identityCas = null;
     this.#clock = opts.clock ?? systemClock;
     this.#revoked = opts.revoked ?? null;
+  }
+
+  /**
+   * Replaces the role map (a config reload): every call from now on, on open connections too, gets its roles
+   * from the new map. Throws CONFIG_INVALID on a bad pattern and then changes nothing.
+   */
+  setRoles(roles: Partial<Record<OperatorRole, readonly string[]>>): void {
+    const rules = compileRoles(roles);
+    this.#rules = rules;
+    this.#cache = new Map();
+    this.#generation++;
+  }
+
+  /** Counts `setRoles` calls: a long-lived stream that took its principal earlier asks again when it moved. */
+  get generation(): number {
+    return this.#generation;
   }
 
   /** The principal of a call, or UNAUTHENTICATED when the call carries no trusted, valid client certificate. */
@@ -190,6 +206,14 @@ export class Authenticator {
     }
     return null;
   }
+}
+
+function compileRoles(roles: Partial<Record<OperatorRole, readonly string[]>>): Array<{ role: OperatorRole; match: Matcher }> {
+  const rules: Array<{ role: OperatorRole; match: Matcher }> = [];
+  for (const role of Object.keys(roles) as OperatorRole[]) {
+    for (const pattern of roles[role] ?? []) rules.push({ role, match: compile(pattern) });
+  }
+  return rules;
 }
 
 /** A certificate subject as `CN=..,O=..`. */

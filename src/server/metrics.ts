@@ -42,6 +42,12 @@ export class Metrics {
     labelNames: ['kind', 'policy', 'outcome'],
     registers: [this.registry],
   });
+  readonly configReloads = new Counter({
+    name: 'sigil_config_reloads_total',
+    help: 'Config reloads (SIGHUP), by result: ok (applied), partial (applied; some changes need a restart), invalid (refused, nothing changed), failed (not audited, nothing changed)',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
 
   readonly auditCommit = new Histogram({
     name: 'sigil_audit_commit_seconds',

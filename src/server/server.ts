@@ -78,6 +78,11 @@ export interface RunningServer {
   health: HealthImplementation;
   /** Stops accepting calls, lets running ones finish for up to `graceMs`, then cuts them. */
   stop(graceMs?: number): Promise<void>;
+  /**
+   * Replaces the role map and the builder rules (a config reload); the next call on any connection uses them,
+   * calls in flight finish under the old ones. Compiles both first: a bad pattern throws and changes nothing.
+   */
+  reconfigure(access: { roles: Record<OperatorRole, string[]>; builders: readonly BuilderRule[] }): void;
 }
 
 /** Builds and binds sigild's gRPC server: Signer, Admin, health (open) and reflection (admin only). */
@@ -147,6 +152,11 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     server,
     port,
     health,
+    reconfigure: (next) => {
+      const builders = new BuilderPolicy(next.builders);
+      auth.setRoles(next.roles);
+      access.builders = builders;
+    },
     stop: (graceMs = 5000) =>
       new Promise<void>((resolve) => {
         stopFollowing?.();

@@ -28,6 +28,7 @@ const STREAM_WINDOW = 256;
 
 /** Which keys a caller may sign with beyond its role. */
 export interface KeyAccess {
+  /** Read at every call: a config reload replaces it. */
   builders: BuilderPolicy;
   /** Keys no caller may sign with through the API (the identity CA's, the audit log's and the trusted root's). */
   reservedKeys: readonly string[];
@@ -115,6 +116,19 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
         return;
       }
       inFlight.inc();
+      // A reload of the role map reaches an open stream at its next request, as it reaches the next call.
+      let generation = ctx.auth.generation;
+      const signAs = async (req: SignRequest | undefined): Promise<SignResponse> => {
+        if (ctx.auth.generation !== generation) {
+          try {
+            who = ctx.auth.require(call, SIGNERS);
+            generation = ctx.auth.generation;
+          } catch (err) {
+            throw await recordRefusal(ctx, call, 'SignStream', err);
+          }
+        }
+        return signOne(req, who);
+      };
       let pending = 0;
       let ended = false;
       let closed = false;
@@ -140,7 +154,7 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
           blocked = true;
           call.pause();
         }
-        void result(signOne(msg.request, who), 'SignStream').then((r) => {
+        void result(signAs(msg.request), 'SignStream').then((r) => {
           if (!closed && !call.cancelled) call.write({ id: msg.id, result: r });
           settle();
         });

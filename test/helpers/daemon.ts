@@ -36,7 +36,7 @@ export interface TestDaemon {
   logs(): Array<Record<string, unknown>>;
   /** Every entry of the daemon's audit log so far, decoded. */
   auditEntries(): AuditEntry[];
-  /** The config file the daemon runs with, for starting it as a subprocess too. */
+  /** The config file the daemon runs with (and re-reads at `daemon.reload()`), for starting it as a subprocess too. */
   configFile: string;
   /** Clients of the running daemon, authenticated as an identity (or with no client certificate). */
   client(who: keyof TestDaemon['ids'] | 'anonymous'): Clients;
@@ -101,7 +101,7 @@ export async function startTestDaemon(opts: { extraConfig?: Record<string, unkno
     },
   });
   // The file, not `text`: a test may change the config between restarts.
-  const start = async (): Promise<Daemon> => startDaemon(parseConfig(await readFile(configFile, 'utf8'), configFile), { log: pino({ level: 'debug' }, sink), ...(opts.clock ? { clock: opts.clock } : {}) });
+  const start = async (): Promise<Daemon> => startDaemon(parseConfig(await readFile(configFile, 'utf8'), configFile), { log: pino({ level: 'debug' }, sink), configFile, ...(opts.clock ? { clock: opts.clock } : {}) });
   let daemon = await start();
   let running = true;
   const opened: Clients[] = [];

@@ -335,3 +335,36 @@ test('renewal consults the ek ca crls read at that moment: revoked refused, an o
     cas.cleanup();
   }
 });
+
+test('a policy replaced between challenge and answer (config reload): the answer is judged by the policy in force at the answer', async () => {
+  const tpm = new SoftTpm();
+  const c = clock();
+  const base: AttestationPolicy = {
+    name: 'ci',
+    ekCas: [],
+    ekHashes: new Set([ekHash(spkiOf(tpm.ek.pub))]),
+    pcrs: { bank: 'sha256', hashAlg: TPM_ALG.SHA256, select: SELECT },
+    golden: [values(0)],
+    akAlgorithms: new Set(['rsa', 'ecc']),
+  };
+  const policies = new Map([['ci', base]]);
+  const v = new Verifier({ policies, clock: c, nonceTtlMs: 60_000, records: new MemoryEnrollmentRecords() });
+  const reloadingTo = (next: AttestationPolicy | undefined) => () => {
+    if (next === undefined) policies.delete('ci');
+    else policies.set('ci', next);
+  };
+  // New golden values (after a firmware update): the old PCRs no longer pass.
+  await assert.rejects(enroll(v, tpm, reloadingTo({ ...base, golden: [values(9)] })), denied("pcr values match none of the policy's golden sets (pcr 0, 1, 2, 3, 4, 5, 6, 7 match no set)"));
+  // The EK taken off the allowlist, or the AK's algorithm no longer accepted: refused at the answer too.
+  policies.set('ci', base);
+  await assert.rejects(enroll(v, tpm, reloadingTo({ ...base, ekHashes: new Set(['ab'.repeat(32)]) })), denied('ek not on the allowlist'));
+  policies.set('ci', base);
+  await assert.rejects(enroll(v, tpm, reloadingTo({ ...base, akAlgorithms: new Set(['rsa']) })), (e: unknown) => isSigilError(e, 'PERMISSION_DENIED') && /ak/.test(e.message));
+  // The policy removed: the pending answer is refused with the reason.
+  policies.set('ci', base);
+  await assert.rejects(enroll(v, tpm, reloadingTo(undefined)), (e: unknown) => isSigilError(e, 'FAILED_PRECONDITION') && e.message === 'attestation policy ci is no longer configured');
+  // Replaced by an equal policy: passes.
+  policies.set('ci', base);
+  const a = await enroll(v, tpm, reloadingTo({ ...base }));
+  assert.equal(a.policy, 'ci');
+});
