@@ -208,6 +208,9 @@ export class Tpm {
       await new Promise((res) => setTimeout(res, Math.min(2 ** attempt, 50)));
     }
     if (rc !== 0) throw new TpmError(name, rc);
+    // A success answering HMAC sessions must carry their HMACs: a NO_SESSIONS answer would let whoever sits
+    // between sigild and the TPM answer in its place (error answers carry no sessions, and were handled above).
+    if (sent.size > 0 && tag !== TPM_ST.SESSIONS) throw new ResponseHmacError(name);
     const outH: number[] = [];
     for (let i = 0; i < outHandles; i++) outH.push(r.u32());
     if (tag === TPM_ST.SESSIONS) {
@@ -222,9 +225,10 @@ export class Tpm {
           const a = auths![i] as SessionAuth;
           const g = got[i]!;
           if (g.nonce.length < 16) throw new TpmFormatError(`${name} response nonce of ${g.nonce.length} bytes`);
-          a.session.nonceTPM = g.nonce;
           const want = sessionHmac(a.session.sessionKey, a.authValue, rph, g.nonce, nonceCaller, g.attributes);
           if (!hmacEquals(g.hmac, want)) throw new ResponseHmacError(name);
+          // Only a verified nonce enters the session's state.
+          a.session.nonceTPM = g.nonce;
         }
       }
       return { handles: outH, r: new Reader(rp) };

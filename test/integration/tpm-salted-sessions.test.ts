@@ -13,7 +13,7 @@ import type { Backend, KeyCreator, KeyDestroyer } from '../../src/signers/signer
 import { tpmConfigSchema, type TpmConfig } from '../../src/signers/tpm/config.ts';
 import { open } from '../../src/signers/tpm/index.ts';
 import { signingKeyTemplate } from '../../src/signers/tpm/templates.ts';
-import { TPM_ALG, TPM_CC, TPM_RH, TPMA_SESSION } from '../../src/tpm/constants.ts';
+import { TPM_ALG, TPM_CC, TPM_RH, TPM_ST, TPMA_SESSION } from '../../src/tpm/constants.ts';
 import { rpHash } from '../../src/tpm/hmac-session.ts';
 import { Reader, Writer } from '../../src/tpm/marshal.ts';
 import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
@@ -257,6 +257,32 @@ test('an interposer that rewrites a signature and recomputes the response hmac, 
     await tpm.close();
     await relay.close();
     await withTpmClient(sw, (t) => t.evictControl(IMPORT_HANDLE, IMPORT_HANDLE)).catch(() => undefined);
+  }
+});
+
+test('an interposer that strips the authorization area from a Sign answer (tag NO_SESSIONS, no hmac to check) is refused', { skip: skip ?? false }, async () => {
+  const relay = await startTpmRelay(sw.port);
+  let stripped = 0;
+  const b = await openBackend(config(viaRelay(relay)));
+  try {
+    const k = await b.createKey({ label: 'stripped-v1', algorithm: 'ECDSA_P256_SHA256' });
+    const signer = await b.signer(k.uri, 'ECDSA_P256_SHA256');
+    const msg = Buffer.from('answered by the relay');
+    relay.onResponse((command, response) => {
+      if (command.readUInt32BE(6) !== TPM_CC.Sign || response.readUInt16BE(0) !== TPM_ST.SESSIONS || response.readUInt32BE(6) !== 0) return response;
+      stripped++;
+      // The parameters alone, as a TPM answers a command sent without sessions.
+      const params = response.subarray(14, 14 + response.readUInt32BE(10));
+      return new Writer().u16(TPM_ST.NO_SESSIONS).u32(10 + params.length).u32(0).bytes(params).finish();
+    });
+    await assert.rejects(signer.sign(sha256(msg)), (e) => isSigilError(e, 'BACKEND_ERROR') && /response hmac does not verify/.test(e.message));
+    assert.equal(stripped, 1, 'the relay did strip the answer');
+    relay.onResponse((_c, r) => r);
+    assert.ok(verifyWithOpenssl(Algorithm.ECDSA_P256_SHA256, pemOf(k.spki), msg, await signer.sign(sha256(msg))), 'the next signature, on a fresh session, is genuine');
+    await b.destroyKey(k.uri);
+  } finally {
+    await b.close();
+    await relay.close();
   }
 });
 

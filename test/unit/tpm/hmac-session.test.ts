@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { TPM_CC } from '../../../src/tpm/constants.ts';
+import { TPM_ALG, TPM_CC, TPM_ST } from '../../../src/tpm/constants.ts';
 import { kdfa } from '../../../src/tpm/kdf.ts';
-import { cpHash, marshalAuthResponses, parseAuthResponses, rpHash, sessionHmac, sessionKeyOf } from '../../../src/tpm/hmac-session.ts';
-import { Reader, TpmFormatError } from '../../../src/tpm/marshal.ts';
+import { cpHash, marshalAuthResponses, parseAuthResponses, ResponseHmacError, rpHash, sessionHmac, sessionKeyOf } from '../../../src/tpm/hmac-session.ts';
+import { Reader, TpmFormatError, Writer } from '../../../src/tpm/marshal.ts';
+import { Tpm } from '../../../src/tpm/tpm.ts';
+import type { TpmTransport } from '../../../src/tpm/transport.ts';
 import { EXCHANGE, KEY_NAME } from './hmac-vectors.ts';
 
 const hex = (s: string) => Buffer.from(s, 'hex');
@@ -126,4 +128,23 @@ test('fuzz: response authorization areas round-trip, and arbitrary bytes parse o
     }),
     { numRuns: 3000 },
   );
+});
+
+test('a success answered without sessions to a command sent with an hmac session is refused, not read', async () => {
+  // What an interposer that strips the authorization area would send back for TPM2_Sign: tag NO_SESSIONS, rc 0,
+  // a signature of its own choosing and no HMAC to check.
+  const params = new Writer().u16(TPM_ALG.ECDSA).u16(TPM_ALG.SHA256).sized(Buffer.alloc(32, 0xaa)).sized(Buffer.alloc(32, 0xbb)).finish();
+  const forged = new Writer().u16(TPM_ST.NO_SESSIONS).u32(10 + params.length).u32(0).bytes(params).finish();
+  const transport = { send: async () => forged, close: async () => undefined, connections: 1 };
+  const tpm = new Tpm(transport as unknown as TpmTransport);
+  const nonceTPM = Buffer.alloc(32, 2);
+  const session = { handle: 0x02000000, sessionKey: Buffer.alloc(32, 1), nonceTPM };
+  await assert.rejects(
+    tpm.sign(0x81000010, Buffer.alloc(32), TPM_ALG.ECDSA, TPM_ALG.SHA256, { session, name: Buffer.alloc(34, 3), authValue: Buffer.alloc(32, 4) }),
+    (e: unknown) => e instanceof ResponseHmacError,
+  );
+  assert.equal(session.nonceTPM, nonceTPM, 'the session keeps its nonce: nothing unverified entered it');
+  // The same answer to a password-authorized command carries nothing to verify, and is read.
+  const sig = await tpm.sign(0x81000010, Buffer.alloc(32), TPM_ALG.ECDSA, TPM_ALG.SHA256);
+  assert.equal(sig.sigAlg, TPM_ALG.ECDSA);
 });
