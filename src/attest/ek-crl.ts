@@ -84,11 +84,32 @@ function signatureVerifies(crl: x509.X509Crl, key: KeyObject): boolean {
 }
 
 /**
- * Parses one CRL file (DER, or PEM `X509 CRL`) of untrusted content and finds the CA of `cas` that signed it:
- * its issuer name must equal the CA's subject and the signature must verify with that CA's key. Returns the
- * CRL or a problem (lower-case, naming the file).
+ * Parses a CRL file of untrusted content: one DER CRL, or PEM holding one or more `X509 CRL` blocks (a bundle,
+ * e.g. the root's CRL and an intermediate's), and finds for each the CA of `cas` that signed it: its issuer name
+ * must equal the CA's subject and the signature must verify with that CA's key. Returns every CRL, or one problem
+ * (lower-case, naming the file) when any block cannot be used: a file is used whole or not at all.
  */
-export function parseEkCrl(file: string, data: Buffer, cas: readonly X509Certificate[]): EkCrl | string {
+export function parseEkCrl(file: string, data: Buffer, cas: readonly X509Certificate[]): EkCrl[] | string {
+  const text = data.toString('latin1');
+  if (!text.includes('-----BEGIN')) {
+    const one = parseOneCrl(file, data, cas);
+    return typeof one === 'string' ? one : [one];
+  }
+  const blocks = [...text.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g)];
+  if (!blocks.some((b) => b[1] === 'X509 CRL')) return `${file} holds no pem x509 crl`;
+  const other = blocks.find((b) => b[1] !== 'X509 CRL');
+  if (other !== undefined) return `${file} holds a pem ${other[1]!.toLowerCase()} besides its crls: give crls only`;
+  const out: EkCrl[] = [];
+  for (const [i, b] of blocks.entries()) {
+    const one = parseOneCrl(blocks.length > 1 ? `${file} (crl ${i + 1} of ${blocks.length})` : file, Buffer.from(b[2]!.replace(/\s+/g, ''), 'base64'), cas);
+    if (typeof one === 'string') return one;
+    out.push({ ...one, file });
+  }
+  return out;
+}
+
+/** One DER CRL of `file`, checked as `parseEkCrl` says. */
+function parseOneCrl(file: string, der: Buffer, cas: readonly X509Certificate[]): EkCrl | string {
   let crl: x509.X509Crl;
   let issuerDer: Buffer;
   let issuerText: string;
@@ -96,10 +117,6 @@ export function parseEkCrl(file: string, data: Buffer, cas: readonly X509Certifi
   let thisUpdate: Date;
   let nextUpdate: Date | undefined;
   try {
-    const text = data.toString('latin1');
-    const pem = /-----BEGIN X509 CRL-----([\s\S]*?)-----END X509 CRL-----/.exec(text);
-    if (pem === null && text.includes('-----BEGIN')) return `${file} holds no pem x509 crl`;
-    const der = pem !== null ? Buffer.from(pem[1]!.replace(/\s+/g, ''), 'base64') : data;
     crl = new x509.X509Crl(der);
     issuerDer = Buffer.from(crl.issuerName.toArrayBuffer());
     issuerText = nameText(crl.issuerName);
@@ -148,7 +165,7 @@ export class EkCrls implements EkRevocationCheck {
   readonly #cas: readonly X509Certificate[];
   readonly #expired: EkCrlExpired;
   readonly #read: (path: string) => Buffer;
-  #cache = new Map<string, { digest: string; crl: EkCrl | string }>();
+  #cache = new Map<string, { digest: string; crl: EkCrl[] | string }>();
 
   constructor(opts: EkCrlsOptions) {
     this.#files = opts.files;
@@ -161,7 +178,7 @@ export class EkCrls implements EkRevocationCheck {
   load(): { crls: EkCrl[]; problems: string[] } {
     const crls: EkCrl[] = [];
     const problems: string[] = [];
-    const next = new Map<string, { digest: string; crl: EkCrl | string }>();
+    const next = new Map<string, { digest: string; crl: EkCrl[] | string }>();
     for (const file of this.#files) {
       let data: Buffer;
       try {
@@ -175,7 +192,7 @@ export class EkCrls implements EkRevocationCheck {
       const crl = known !== undefined && known.digest === digest ? known.crl : parseEkCrl(file, data, this.#cas);
       next.set(file, { digest, crl });
       if (typeof crl === 'string') problems.push(crl);
-      else crls.push(crl);
+      else crls.push(...crl);
     }
     this.#cache = next;
     return { crls, problems };
