@@ -164,7 +164,8 @@ export interface RootChainResult {
 /**
  * Follows the chain of root keys from the pinned key to the one that signed the document, link by link:
  * each statement must be canonical, name the key before it, and be signed by that key and by the key it
- * introduces; then the document must verify under the last key reached. Throws FAILED_PRECONDITION (a
+ * introduces; then the document must verify under the last key reached and carry `sigilKeyVersions` (the full
+ * document, not the sigstore form the same key signs). Throws FAILED_PRECONDITION (a
  * chain that does not verify) or INVALID_ARGUMENT (malformed input) with what failed; returns only when
  * everything verified.
  */
@@ -243,7 +244,19 @@ export function verifyRootChain(input: RootChainInput): RootChainResult {
   }
   if (input.document.keyVersion !== ref(version)) fail(`the trusted root is signed by ${input.document.keyVersion || 'an unnamed key'}, not by ${ref(version)}, the key the chain reaches from the pinned one`);
   if (!verifies(p256(current, ref(version)), input.document.json, input.document.signature)) fail(`the trusted root's signature does not verify under ${ref(version)}, the key the chain reaches from the pinned one`);
+  // The root key signs the sigstore form too (no key versions): handed over as the full document it would verify,
+  // and hide every key version's window and revocation. The full document always carries the list, maybe empty.
+  if (!hasKeyVersions(input.document.json)) fail('the trusted root verifies but has no sigilKeyVersions: it is the sigstore form, not the full document (the two were swapped on the way)');
   return { followed, currentSpki: current };
+}
+
+/** True when `json` is a trusted-root document with sigil's key versions (an array, possibly empty). */
+function hasKeyVersions(json: Buffer): boolean {
+  try {
+    return Array.isArray((JSON.parse(json.toString('utf8')) as { sigilKeyVersions?: unknown }).sigilKeyVersions);
+  } catch {
+    return false;
+  }
 }
 
 /** N of `key@N`, or null when `ref` is not a version of `key`. */

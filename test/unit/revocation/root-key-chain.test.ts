@@ -34,7 +34,7 @@ const link = (v: number, by: Pair = keys[v - 2]!, self: Pair = keys[v - 1]!, spk
   const statement = transitionStatement(KEY, v, spki, keys[v - 2]!.spki, at);
   return { version: v, statement, previousSignature: sig(by, statement), signature: sig(self, statement) };
 };
-const doc = Buffer.from('{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}\n');
+const doc = Buffer.from('{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1","sigilKeyVersions":[]}\n');
 const input = (over: Partial<RootChainInput> = {}, signer = 4): RootChainInput => ({
   key: KEY,
   pinned: keys[0]!.spki,
@@ -53,6 +53,11 @@ const fails = (i: RootChainInput, re: RegExp): void => {
     },
   );
 };
+
+test('the sigstore form (no sigilKeyVersions), signed by the same key, is refused in place of the full document', () => {
+  const sigstore = Buffer.from('{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1"}\n');
+  fails(input({ document: { json: sigstore, signature: sig(keys[3]!, sigstore), keyVersion: `${KEY}@4` } }), /has no sigilKeyVersions: it is the sigstore form/);
+});
 
 test('a verifier pinned to v1 follows the chain to v4 and verifies the document with v4', () => {
   const r = verifyRootChain(input());
