@@ -342,6 +342,7 @@ function enrollmentRecords(store: Store): EnrollmentRecords {
   return {
     get: async (ekHash) => store.getEnrollment(ekHash) ?? undefined,
     put: async (rec) => store.putEnrollment(rec),
+    update: async (rec) => store.updateEnrollment(rec),
   };
 }
 

@@ -7,6 +7,8 @@ export type { EnrollmentRecord };
 export interface EnrollmentRecords {
   get(ekHash: string): Promise<EnrollmentRecord | undefined>;
   put(rec: EnrollmentRecord): Promise<void>;
+  /** A renewal's write: only while the EK's record still exists with the same AK; false (no change) otherwise. */
+  update(rec: EnrollmentRecord): Promise<boolean>;
 }
 
 /** An in-memory EnrollmentRecords, for tests. */
@@ -20,5 +22,16 @@ export class MemoryEnrollmentRecords implements EnrollmentRecords {
 
   async put(rec: EnrollmentRecord): Promise<void> {
     this.#recs.set(rec.ekHash, { ...rec, akPublic: Buffer.from(rec.akPublic) });
+  }
+
+  async update(rec: EnrollmentRecord): Promise<boolean> {
+    if (this.#recs.get(rec.ekHash)?.akName !== rec.akName) return false;
+    await this.put(rec);
+    return true;
+  }
+
+  /** Deletes a record, as an admin's forget does. */
+  delete(ekHash: string): void {
+    this.#recs.delete(ekHash);
   }
 }

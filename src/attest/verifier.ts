@@ -281,7 +281,7 @@ export class Verifier {
       if (c.safe && c.clock < prev.clock) backwards('clock');
     }
     const akName = objectName(p.ak).toString('hex');
-    await this.#records.put({
+    const rec: EnrollmentRecord = {
       ekHash: p.ekHash,
       akName,
       akPublic: p.ak.raw,
@@ -293,7 +293,10 @@ export class Verifier {
       // A renewal keeps what enrollment proved; only a new enrollment replaces it.
       ekCertificate: p.kind === 'enroll' ? p.ekCert : (known?.ekCertificate ?? null),
       ekPublic: p.kind === 'enroll' ? p.ek.raw : (known?.ekPublic ?? null),
-    });
+    };
+    // A renewal only updates the record it was judged against: one an admin forgot meanwhile stays forgotten.
+    if (p.kind === 'enroll') await this.#records.put(rec);
+    else if (!(await this.#records.update(rec))) deny(NOT_ENROLLED);
     this.#log?.info({ ekHash: p.ekHash, akName, policy: policy.name, kind: p.kind, resetCount: c.resetCount, restartCount: c.restartCount }, p.kind === 'enroll' ? 'builder enrolled' : 'builder attestation renewed');
     return {
       ekHash: p.ekHash,

@@ -267,7 +267,7 @@ interface CaRow {
 /** The embedded default store: one SQLite file in WAL mode, synchronous=FULL so a commit is durable. */
 export class SqliteStore implements Store {
   readonly #db: DatabaseSync;
-  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'listCa' | 'getEnrollment' | 'putEnrollment' | 'listEnrollments' | 'deleteEnrollment' | 'useJoinToken'
+  readonly #q: Record<'insertKey' | 'insertVersion' | 'getKey' | 'getVersions' | 'listKeys' | 'listVersions' | 'uriInUse' | 'insertCa' | 'latestCa' | 'listCa' | 'getEnrollment' | 'putEnrollment' | 'updateEnrollment' | 'listEnrollments' | 'deleteEnrollment' | 'useJoinToken'
     | 'insertIssued' | 'getIssued' | 'insertRevokedIdentity' | 'listRevokedIdentities' | 'insertRevokedBuilder' | 'listRevokedBuilders' | 'nextCrlNumber'
     | 'getVersion' | 'maxVersion' | 'completeVersion' | 'setPrimary' | 'deleteVersion' | 'updateVersion' | 'updateKey' | 'dueRotations'
     | 'insertApproval' | 'getApproval' | 'updateApproval' | 'insertTransition' | 'listTransitions', StatementSync>;
@@ -326,6 +326,10 @@ export class SqliteStore implements Store {
       insertRevokedBuilder: this.#db.prepare('INSERT INTO revoked_builders (ek_hash, ak_name, reason, revoked_at, revoked_by) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING'),
       listRevokedBuilders: this.#db.prepare('SELECT * FROM revoked_builders ORDER BY revoked_at, ek_hash, ak_name'),
       nextCrlNumber: this.#db.prepare('INSERT INTO crl_numbers (id, last) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET last = last + 1 RETURNING last'),
+      updateEnrollment: this.#db.prepare(
+        `UPDATE enrollments SET ak_public = ?, policy = ?, reset_count = ?, restart_count = ?, clock = ?, updated_at = ?, ek_certificate = ?, ek_public = ?
+         WHERE ek_hash = ? AND ak_name = ?`,
+      ),
       putEnrollment: this.#db.prepare(
         `INSERT INTO enrollments (ek_hash, ak_name, ak_public, policy, reset_count, restart_count, clock, updated_at, ek_certificate, ek_public)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -562,6 +566,11 @@ export class SqliteStore implements Store {
 
   useJoinToken(tokenHash: string, policy: string, at: Date): boolean {
     return Number(this.#q.useJoinToken.run(tokenHash, policy, at.getTime()).changes) === 1;
+  }
+
+  updateEnrollment(rec: EnrollmentRecord): boolean {
+    const r = this.#q.updateEnrollment.run(rec.akPublic, rec.policy, rec.resetCount, rec.restartCount, rec.clock.toString(), rec.updatedAt.getTime(), rec.ekCertificate, rec.ekPublic, rec.ekHash, rec.akName);
+    return Number(r.changes) === 1;
   }
 
   putEnrollment(rec: EnrollmentRecord): void {

@@ -215,6 +215,11 @@ export interface Store {
   getEnrollment(ekHash: string): EnrollmentRecord | null;
   /** Records (or replaces) an EK's enrollment state; durable when it returns. */
   putEnrollment(rec: EnrollmentRecord): void;
+  /**
+   * A renewal's write: replaces the EK's enrollment state only while its record still names the same AK; false
+   * (and no change) when the record is gone (forgotten by an admin meanwhile) or names another AK. Durable when it returns.
+   */
+  updateEnrollment(rec: EnrollmentRecord): boolean;
   /** Enrollments whose EK hash starts with `ekHashPrefix` (lower-case hex; empty for all), sorted by EK hash. */
   listEnrollments(ekHashPrefix: string): EnrollmentRecord[];
   /** Deletes an EK's enrollment record: true when there was one, false (and no change) otherwise. Durable when it returns. */

@@ -49,9 +49,8 @@ class SoftTpm {
   }
 }
 
-function setup(tpm: SoftTpm, over: Partial<AttestationPolicy> = {}) {
+function setup<R extends MemoryEnrollmentRecords = MemoryEnrollmentRecords>(tpm: SoftTpm, over: Partial<AttestationPolicy> = {}, records: R = new MemoryEnrollmentRecords() as R) {
   const c = clock();
-  const records = new MemoryEnrollmentRecords();
   const p: AttestationPolicy = {
     name: 'ci',
     ekCas: [],
@@ -162,6 +161,30 @@ test('monotonicity per ek; renewal with the enrolled ak only', async () => {
   const wrong = new SoftTpm();
   wrong.ak = softAk('rsassa');
   await assert.rejects(v.renew({ nonce: n3, identitySpki: id, ...wrong.quote(n3, id) }), denied('quote signature does not verify'));
+});
+
+test('a renewal whose record an admin forgets while it is judged does not bring the record back', async () => {
+  // The forget lands between the renewal's read of the record and its write (as ForgetEnrollment can, in the
+  // daemon): the renewal is refused as not enrolled, and the record stays forgotten.
+  class ForgottenAfterRead extends MemoryEnrollmentRecords {
+    forgetAtNextRead = false;
+    override async get(ekHash: string) {
+      const r = await super.get(ekHash);
+      if (this.forgetAtNextRead) {
+        this.forgetAtNextRead = false;
+        this.delete(ekHash);
+      }
+      return r;
+    }
+  }
+  const tpm = new SoftTpm();
+  const { v, records } = setup(tpm, {}, new ForgottenAfterRead());
+  const a = await enroll(v, tpm);
+  const nonce = await v.renewChallenge({ ekHash: a.ekHash, akName: a.akName });
+  records.forgetAtNextRead = true;
+  const id = spki();
+  await assert.rejects(v.renew({ nonce, identitySpki: id, ...tpm.quote(nonce, id) }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again'));
+  assert.equal(await records.get(a.ekHash), undefined, 'the forgotten record stays forgotten');
 });
 
 test('logs name the builder, never the secret or the nonce', async () => {
