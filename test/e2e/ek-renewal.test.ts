@@ -196,4 +196,24 @@ describe('ek trust re-checked at renewal', { skip: skip ?? false }, () => {
       await agent.stop();
     }
   });
+
+  // Last: it revokes this file's TPM for good.
+  test('sigil-agent of a revoked builder stops enrolling once its identity expired, instead of retrying for ever', async () => {
+    const events: AgentEvent[] = [];
+    const agent = new Agent(options('ci', 3), (e) => events.push(e));
+    try {
+      await agent.enroll();
+      await rpc.revokeBuilder(td.client('admin'), { ekHash, reason: 'keyCompromise', akName: '' });
+      for (const end = Date.now() + 15_000; !events.some((e) => e.event === 'enrollment refused for good, the agent stops enrolling'); ) {
+        if (Date.now() > end) assert.fail(`the agent did not stop within 15 s: ${JSON.stringify(events)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const seen = events.length;
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.equal(events.length, seen, `nothing after it: ${JSON.stringify(events.slice(seen))}`);
+      assert.ok(!events.some((e) => e.event === 'enrollment failed'), 'no retry was scheduled');
+    } finally {
+      await agent.stop();
+    }
+  });
 });

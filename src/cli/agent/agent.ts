@@ -19,9 +19,11 @@ export function defaultSocketPath(): string {
 // Largest request the local socket accepts: an Ed25519 message up to sigild's default cap, base64.
 const MAX_BODY = 96 * 1024 * 1024;
 
-// Enrollment retries after the identity expired: 1 s, doubling, at most a minute apart.
+// Enrollment retries after the identity expired: 1 s, doubling, at most a minute apart while sigild cannot be
+// reached or fails, at most an hour apart while it refuses (each refusal is an audit entry on sigild's side).
 const REENROLL_FIRST_MS = 1000;
 const REENROLL_MAX_MS = 60_000;
+const REENROLL_REFUSED_MAX_MS = 3_600_000;
 
 /**
  * The long-running agent: enrolls, keeps the identity in memory, renews it at half-life with a fresh
@@ -126,7 +128,14 @@ export class Agent {
     if (this.#stopped) return;
     this.#timer = setTimeout(() => {
       this.enroll().catch((err: unknown) => {
-        const next = Math.min(REENROLL_MAX_MS, delayMs * 2);
+        const se = err as Partial<ServiceError>;
+        if (se.code === Status.PERMISSION_DENIED && typeof se.details === 'string' && /^builder tpm revoked/.test(se.details)) {
+          // No retry can succeed: only an admin can act, and the agent must be restarted after that.
+          this.#report({ event: 'enrollment refused for good, the agent stops enrolling', error: describe(err) });
+          return;
+        }
+        const refused = se.code === Status.PERMISSION_DENIED || se.code === Status.FAILED_PRECONDITION;
+        const next = Math.min(refused ? REENROLL_REFUSED_MAX_MS : REENROLL_MAX_MS, delayMs * 2);
         this.#report({ event: 'enrollment failed', error: describe(err), retryInSeconds: Math.round(next / 1000) });
         this.#reenroll(next);
       });
