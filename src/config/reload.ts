@@ -3,10 +3,11 @@ import type { Config } from './schema.ts';
 
 /**
  * The parts of the config a running sigild applies at a reload (SIGHUP): pure in-memory policy that the next
- * call reads. Everything else (listen addresses, TLS files, store, backends, audit, identity, key windows,
- * limits, the nonce lifetime, whether attestation is on, the log level) needs a restart.
+ * call reads, and the TLS files (read again at every reload, so a certificate renewed in place is taken without
+ * a path change; the daemon compares their contents). Everything else (listen addresses, store, backends, audit,
+ * identity, key windows, limits, the nonce lifetime, whether attestation is on, the log level) needs a restart.
  */
-export const RELOADABLE: readonly string[] = ['auth.roles', 'authorization.builders', 'attestation.policies'];
+export const RELOADABLE: readonly string[] = ['auth.roles', 'authorization.builders', 'attestation.policies', 'tls'];
 
 /** What a reload would do: the reloadable paths that changed, the other changed paths it ignores, and the config then in force. */
 export interface ReloadPlan {
@@ -36,6 +37,8 @@ export function planReload(current: Config, next: Config): ReloadPlan {
     const a = effective.attestation;
     take('attestation.policies', current.attestation.policies, next.attestation.policies, () => (a.policies = structuredClone(next.attestation!.policies)));
   }
+  // The TLS files' paths are taken as they are; whether what they hold changed is for the daemon to see.
+  effective.tls = structuredClone(next.tls);
   const ignored: string[] = [];
   diffPaths(effective, next, [], ignored);
   return { applied, ignored, effective };

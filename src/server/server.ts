@@ -83,6 +83,13 @@ export interface RunningServer {
    * calls in flight finish under the old ones. Compiles both first: a bad pattern throws and changes nothing.
    */
   reconfigure(access: { roles: Record<OperatorRole, string[]>; builders: readonly BuilderRule[] }): void;
+  /**
+   * Replaces the server certificate, its key and the operator client-CA bundle (a config reload): handshakes from
+   * now on use them. When the client-CA bundle changed, open connections are asked to close, so every client
+   * is judged again by the new bundle at its next handshake. Throws, changing nothing, on a key that does not
+   * match its certificate or a PEM that does not parse.
+   */
+  setTls(tls: { cert: Buffer; key: Buffer; clientCa: Buffer }): void;
 }
 
 /** Builds and binds sigild's gRPC server: Signer, Admin, health (open) and reflection (admin only). */
@@ -90,7 +97,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const identity = o.identity ?? null;
   // One trust store for the operator CA and the live identity CA generations; which one signed a client
   // certificate is decided again in auth.
-  const clientCa = (): Buffer => (identity ? Buffer.concat([o.tls.clientCa, Buffer.from('\n'), Buffer.from(identity.livePem())]) : o.tls.clientCa);
+  let operatorCa = o.tls.clientCa;
+  const clientCa = (): Buffer => (identity ? Buffer.concat([operatorCa, Buffer.from('\n'), Buffer.from(identity.livePem())]) : operatorCa);
   const server = new GrpcH2Server({
     cert: o.tls.cert,
     key: o.tls.key,
@@ -152,6 +160,19 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     server,
     port,
     health,
+    setTls: (tls) => {
+      const caChanged = !tls.clientCa.equals(operatorCa);
+      const before = operatorCa;
+      operatorCa = tls.clientCa;
+      try {
+        server.setTls({ cert: tls.cert, key: tls.key, clientCa: clientCa() });
+      } catch (err) {
+        operatorCa = before;
+        throw err;
+      }
+      // A connection's client certificate was judged by the bundle of its handshake: a CA taken out must not stay trusted.
+      if (caChanged) server.closeSessions();
+    },
     reconfigure: (next) => {
       const builders = new BuilderPolicy(next.builders);
       auth.setRoles(next.roles);

@@ -5,7 +5,10 @@
 import 'reflect-metadata';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
+import { connect as tlsConnect } from 'node:tls';
+import { join } from 'node:path';
+import { createDevCa, issueLeaf } from '../../src/dev/pki.ts';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { parse, stringify } from 'yaml';
@@ -176,6 +179,64 @@ describe('config reload', { skip: skip ?? false }, () => {
     // Reloading the same file again: the ignored changes are still reported, nothing more applies.
     const again = await td.daemon.reload();
     assert.deepEqual([again.applied, again.ignored], [[], ['limits.maxBatch', 'listen']]);
+  });
+
+  test('the tls files are read again at each reload: a renewed server certificate serves at once, a key that is not its key changes nothing, a new client ca closes open connections', async () => {
+    writeFileSync(td.configFile, original);
+    await td.daemon.reload();
+    const certFile = join(td.dir, 'server.pem');
+    const keyFile = join(td.dir, 'server-key.pem');
+    const caFile = td.ca;
+    const saved = { cert: readFileSync(certFile), key: readFileSync(keyFile), ca: readFileSync(caFile) };
+    const served = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const [host, port] = td.daemon.address.split(':');
+        const s = tlsConnect({ host, port: Number(port), rejectUnauthorized: false, ALPNProtocols: ['h2'] }, () => {
+          resolve(s.getPeerX509Certificate()!.fingerprint256);
+          s.destroy();
+        });
+        s.on('error', reject);
+      });
+    const fingerprint = (pem: string | Buffer): string => new X509Certificate(pem).fingerprint256;
+    assert.equal(await served(), fingerprint(saved.cert));
+    try {
+      // A renewed certificate (here from another CA, so that it cannot be mistaken for the first) written in place.
+      const otherCa = await createDevCa('sigil test server ca 2');
+      const renewed = await issueLeaf(otherCa, { cn: 'sigild', usage: 'server', dns: ['localhost'], ips: ['127.0.0.1'] });
+      writeFileSync(certFile, renewed.cert);
+      writeFileSync(keyFile, renewed.key);
+      const out = await td.daemon.reload();
+      assert.equal(out.result, 'ok', out.problems.join('; '));
+      assert.deepEqual(out.applied, ['tls.certFile', 'tls.keyFile']);
+      assert.equal(await served(), fingerprint(renewed.cert));
+      assert.deepEqual((reloads().at(-1)!.detail as { applied: string[] }).applied, ['tls.certFile', 'tls.keyFile']);
+
+      // A key that is not the certificate's: refused, nothing changes, the renewed certificate still serves.
+      const stranger = await issueLeaf(otherCa, { cn: 'someone', usage: 'server', dns: ['localhost'] });
+      writeFileSync(keyFile, stranger.key);
+      const bad = await td.daemon.reload();
+      assert.equal(bad.result, 'invalid');
+      assert.match(bad.problems.join('\n'), /^tls\.keyFile: .*server-key\.pem is not the private key of .*server\.pem/m);
+      assert.ok(!bad.problems.join('\n').includes('PRIVATE KEY'), 'no key material in the problem');
+      assert.equal(await served(), fingerprint(renewed.cert));
+
+      // Back to the first certificate, then a client CA bundle without the operator CA: the open connection is
+      // closed, and its client certificate is refused at the next handshake.
+      writeFileSync(certFile, saved.cert);
+      writeFileSync(keyFile, saved.key);
+      assert.deepEqual((await td.daemon.reload()).applied, ['tls.certFile', 'tls.keyFile']);
+      const admin = td.client('admin');
+      await rpc.adminListKeys(admin, { prefix: '' });
+      writeFileSync(caFile, otherCa.cert);
+      assert.deepEqual((await td.daemon.reload()).applied, ['tls.clientCaFile']);
+      await rejectsWith(rpc.adminListKeys(admin, { prefix: '' }), Status.UNAUTHENTICATED);
+    } finally {
+      writeFileSync(certFile, saved.cert);
+      writeFileSync(keyFile, saved.key);
+      writeFileSync(caFile, saved.ca);
+      await td.daemon.reload();
+    }
+    await rpc.adminListKeys(td.client('admin'), { prefix: '' });
   });
 
   test('sigild serve reloads on SIGHUP', async () => {

@@ -41,8 +41,8 @@ export class GrpcH2Server {
   readonly #sessions = new Set<ServerHttp2Session>();
   readonly #limits: { maxReceiveBytes: number; maxSendBytes: number };
   readonly #onError: (err: Error) => void;
-  readonly #probe: X509Certificate;
-  readonly #tls: { cert: Buffer; key: Buffer };
+  #probe: X509Certificate;
+  #tls: { cert: Buffer; key: Buffer };
   #closing = false;
 
   constructor(o: H2ServerOptions) {
@@ -89,6 +89,23 @@ export class GrpcH2Server {
    */
   setClientCa(clientCa: Buffer): void {
     this.#server.setSecureContext({ cert: this.#tls.cert, key: this.#tls.key, ca: clientCa });
+  }
+
+  /**
+   * Replaces the server's certificate and key and the client-CA bundle, without a restart: handshakes from
+   * now on use them. Throws, changing nothing, when the key does not match the certificate or a PEM does not
+   * parse. Sessions already open keep theirs until `closeSessions`.
+   */
+  setTls(tls: { cert: Buffer; key: Buffer; clientCa: Buffer }): void {
+    const probe = new X509Certificate(tls.cert);
+    this.#server.setSecureContext({ cert: tls.cert, key: tls.key, ca: tls.clientCa });
+    this.#tls = { cert: tls.cert, key: tls.key };
+    this.#probe = probe;
+  }
+
+  /** Asks every open session to close (GOAWAY): calls in flight finish, clients reconnect with a new handshake. */
+  closeSessions(): void {
+    for (const s of this.#sessions) s.close();
   }
 
   /** Listens on host:port; resolves to the real port (useful with port 0). */

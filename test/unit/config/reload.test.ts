@@ -52,5 +52,15 @@ test('attestation turned on or off, or its nonce lifetime changed, needs a resta
   assert.deepEqual([planReload(on, off).applied, planReload(on, off).ignored], [[], ['attestation']]);
   const ttl = parse(base + attestation.replace('attestation:\n', 'attestation:\n  nonceTtl: 30s\n'));
   assert.deepEqual([planReload(on, ttl).applied, planReload(on, ttl).ignored], [[], ['attestation.nonceTtl']]);
-  assert.deepEqual(RELOADABLE, ['auth.roles', 'authorization.builders', 'attestation.policies']);
+  assert.deepEqual(RELOADABLE, ['auth.roles', 'authorization.builders', 'attestation.policies', 'tls']);
 });
+
+test('tls file paths are taken as they are, not reported as ignored: the daemon compares what the files hold', () => {
+  const cur = parse(base);
+  const next = structuredClone(cur);
+  next.tls.certFile = '/etc/sigil/renewed.pem';
+  const plan = planReload(cur, next);
+  assert.deepEqual([plan.applied, plan.ignored], [[], []]);
+  assert.equal(plan.effective.tls.certFile, '/etc/sigil/renewed.pem');
+});
+
