@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parse, stringify } from 'yaml';
-import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { status as Status } from '@grpc/grpc-js';
+import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
@@ -19,13 +20,6 @@ const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
 // swtpm's PCRs 0-7 are all zero after startup.
 const ZEROS = Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]));
 const NEW_FIRMWARE = Object.fromEntries(PCRS.map((i) => [String(i), 'ab'.repeat(32)]));
-
-const rejectsWith = (p: Promise<unknown>, code: Status, re: RegExp) =>
-  assert.rejects(p, (e: ServiceError) => {
-    assert.equal(Status[e.code], Status[code], `got ${Status[e.code]}: ${e.details}`);
-    assert.match(e.details, re);
-    return true;
-  });
 
 interface Cfg {
   authorization: { builders: unknown[] };

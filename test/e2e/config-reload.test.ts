@@ -12,7 +12,8 @@ import { createDevCa, issueLeaf } from '../../src/dev/pki.ts';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { parse, stringify } from 'yaml';
-import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { status as Status } from '@grpc/grpc-js';
+import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { rpc, connect, type Clients } from '../../src/cli/client.ts';
@@ -20,13 +21,6 @@ import type { SignStreamResponse } from '../../src/gen/sigil/v1/signer.ts';
 
 const skip = missingTools('softhsm', 'softhsm2-util');
 const bin = (n: string): string => new URL(`../../bin/${n}.js`, import.meta.url).pathname;
-
-const rejectsWith = (p: Promise<unknown>, code: Status, re?: RegExp) =>
-  assert.rejects(p, (e: ServiceError) => {
-    assert.equal(Status[e.code], Status[code], `got ${Status[e.code]}: ${e.details}`);
-    if (re) assert.match(e.details, re);
-    return true;
-  });
 
 type Cfg = Record<string, unknown> & { auth: { roles: Record<string, string[]> }; limits?: Record<string, unknown> };
 

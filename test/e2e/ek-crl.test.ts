@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 import { stringify, parse } from 'yaml';
 import { readFileSync } from 'node:fs';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
@@ -27,13 +28,6 @@ const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
 const ZEROS = Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]));
 const run = promisify(execFile);
 const bin = (name: string) => new URL(`../../bin/${name}.js`, import.meta.url).pathname;
-
-const rejectsWith = (p: Promise<unknown>, code: Status, re: RegExp) =>
-  assert.rejects(p, (e: ServiceError) => {
-    assert.equal(Status[e.code], Status[code], `got ${Status[e.code]}: ${e.details}`);
-    assert.match(e.details, re);
-    return true;
-  });
 
 describe('ek certificates revoked by their ca', { skip: skip ?? false }, () => {
   let sw: Swtpm;

@@ -9,7 +9,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
-import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { status as Status } from '@grpc/grpc-js';
+import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
@@ -25,13 +26,6 @@ import { spkiOf } from '../../src/tpm/structures.ts';
 const skip = missingTools('swtpm', 'swtpm_setup', 'openssl', 'softhsm', 'softhsm2-util');
 const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
 const ZEROS = Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]));
-
-const rejectsWith = (p: Promise<unknown>, code: Status, re: RegExp) =>
-  assert.rejects(p, (e: ServiceError) => {
-    assert.equal(Status[e.code], Status[code], `got ${Status[e.code]}: ${e.details}`);
-    assert.match(e.details, re);
-    return true;
-  });
 
 describe('ek trust re-checked at renewal', { skip: skip ?? false }, () => {
   let sw: Swtpm;

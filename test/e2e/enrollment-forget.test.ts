@@ -10,7 +10,8 @@ import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
-import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { status as Status } from '@grpc/grpc-js';
+import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
@@ -26,13 +27,6 @@ const skip = missingTools('swtpm', 'swtpm_setup', 'tpm2_clear', 'tpm2_setclock',
 const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
 const ZEROS = Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]));
 const SIGILCTL = new URL('../../bin/sigilctl.js', import.meta.url).pathname;
-
-const rejectsWith = (p: Promise<unknown>, code: Status, re: RegExp) =>
-  assert.rejects(p, (e: ServiceError) => {
-    assert.equal(Status[e.code], Status[code], `got ${Status[e.code]}: ${e.details}`);
-    assert.match(e.details, re);
-    return true;
-  });
 
 interface EnrollmentJson {
   ekHash: string;

@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
@@ -33,13 +34,6 @@ function openssl(args: string[]): { code: number; out: string } {
   const r = spawnSync('openssl', args, { encoding: 'utf8' });
   return { code: r.status ?? -1, out: `${r.stdout}${r.stderr}` };
 }
-
-const rejectsWith = (p: Promise<unknown>, code: Status, re: RegExp) =>
-  assert.rejects(p, (e: ServiceError) => {
-    assert.equal(Status[e.code], Status[code], `got ${Status[e.code]}: ${e.details}`);
-    assert.match(e.details, re);
-    return true;
-  });
 
 describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
   let sw: Swtpm;

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { inspect } from 'node:util';
+import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { isSigilError, type ErrorCode } from '../../src/errors.ts';
 
 /**
@@ -13,6 +14,15 @@ export async function assertCode(p: Promise<unknown>, code: ErrorCode, check?: R
     assert.doesNotMatch(e.message, /\.$/, 'no trailing period');
     if (check instanceof RegExp) assert.match(e.message, check);
     else check?.(e.message);
+    return true;
+  });
+}
+
+/** Asserts that a gRPC call rejects with status `code` and, when given, details matching `re`. */
+export function rejectsWith(p: Promise<unknown>, code: Status, re?: RegExp): Promise<void> {
+  return assert.rejects(p, (e: ServiceError) => {
+    assert.equal(Status[e.code], Status[code], `got ${Status[e.code]}: ${e.details}`);
+    if (re) assert.match(e.details, re);
     return true;
   });
 }
