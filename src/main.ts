@@ -17,8 +17,8 @@ import { Enrollments } from './attest/enrollments.ts';
 import { loadPolicies, PolicyProblems, type AttestationPolicy } from './attest/policy.ts';
 import { ConfigProblems, parseConfig } from './config/load.ts';
 import { planReload } from './config/reload.ts';
-import { createHash, X509Certificate } from 'node:crypto';
-import { createSecureContext } from 'node:tls';
+import { createHash } from 'node:crypto';
+import { readServerTls, TLS_KEYS, type ServerTls } from './config/tls-files.ts';
 import type { EnrollmentRecords } from './attest/enrollment-records.ts';
 import type { Store } from './store/store.ts';
 import { Revocations } from './revocation/revocations.ts';
@@ -195,9 +195,9 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     };
   }
   let grpc: RunningServer;
-  let serverTls: ReturnType<typeof readTls>;
+  let serverTls: ServerTls;
   try {
-    serverTls = readTls(cfg.tls);
+    serverTls = readServerTls(cfg.tls);
     grpc = await startServer({
       listen: cfg.listen,
       tls: serverTls,
@@ -267,7 +267,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     // The TLS files, read again whatever their paths (a certificate renewed in place), and checked before anything applies.
     let nextTls: { cert: Buffer; key: Buffer; clientCa: Buffer };
     try {
-      nextTls = readTls(next.tls);
+      nextTls = readServerTls(next.tls);
     } catch (err) {
       return finishReload({ result: 'invalid', sha256, applied: [], ignored: [], problems: [isSigilError(err) ? err.message : 'the tls files cannot be used'] }, rlog, null);
     }
@@ -355,40 +355,6 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
 }
 
 /** The verifier's view of the store's enrollment table. */
-/** Config key of each TLS file, as a reload names what it applied. */
-const TLS_KEYS = { cert: 'tls.certFile', key: 'tls.keyFile', clientCa: 'tls.clientCaFile' } as const;
-
-/**
- * Reads the server's TLS files and checks they can serve: the certificate parses and the key is its key (a TLS
- * context is built from them). CONFIG_INVALID naming the file otherwise; never the key's contents.
- */
-function readTls(tls: Config['tls']): { cert: Buffer; key: Buffer; clientCa: Buffer } {
-  const read = (path: string, key: string): Buffer => {
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      throw new SigilError('CONFIG_INVALID', `${key}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
-    }
-  };
-  const out = { cert: read(tls.certFile, TLS_KEYS.cert), key: read(tls.keyFile, TLS_KEYS.key), clientCa: read(tls.clientCaFile, TLS_KEYS.clientCa) };
-  try {
-    new X509Certificate(out.cert);
-  } catch {
-    throw new SigilError('CONFIG_INVALID', `${TLS_KEYS.cert}: ${tls.certFile} is not a pem certificate`);
-  }
-  try {
-    createSecureContext({ cert: out.cert, key: out.key });
-  } catch {
-    throw new SigilError('CONFIG_INVALID', `${TLS_KEYS.key}: ${tls.keyFile} is not the private key of ${tls.certFile} (or does not parse)`);
-  }
-  try {
-    createSecureContext({ ca: out.clientCa });
-  } catch {
-    throw new SigilError('CONFIG_INVALID', `${TLS_KEYS.clientCa}: ${tls.clientCaFile} is not a pem certificate bundle`);
-  }
-  return out;
-}
-
 function enrollmentRecords(store: Store): EnrollmentRecords {
   return {
     get: async (ekHash) => store.getEnrollment(ekHash) ?? undefined,

@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { rmSync } from 'node:fs';
 import { loadConfig } from '../config/load.ts';
+import { readServerTls } from '../config/tls-files.ts';
 import { startDaemon, type Daemon } from '../main.ts';
 import { prepareDevDir, writeAddrFile } from '../dev/dev.ts';
 import { launchSwtpm } from '../dev/swtpm.ts';
@@ -168,7 +169,8 @@ export async function main(argv: string[]): Promise<void> {
     .description('check a config file without starting; prints every problem at once')
     .argument('<file>', 'YAML config file')
     .action((file: string) => {
-      loadConfig(file);
+      // The TLS files too: a key that is not its certificate's would otherwise show only at start or reload.
+      readServerTls(loadConfig(file).tls);
       process.stdout.write(`${file}: ok\n`);
     });
 

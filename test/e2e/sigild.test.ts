@@ -109,6 +109,20 @@ describe('sigild as a program', { skip: skip ?? false }, () => {
     assert.match(err.stderr, /tls\.certFile: cannot read .*missing\.pem/);
   });
 
+  test('config validate refuses a tls key that is not its certificate\'s, without echoing the key', async () => {
+    const other = await issueLeaf(await createDevCa('another ca'), { cn: 'other', usage: 'server', ips: ['127.0.0.1'] });
+    await writeFile(join(dir, 'other-key.pem'), other.key, { mode: 0o600 });
+    const file = join(dir, 'mismatch.yaml');
+    await writeFile(file, stringify({ ...goodConfig, tls: { certFile: 'server.pem', keyFile: 'other-key.pem', clientCaFile: 'ca.pem' } }));
+    const err = await run(process.execPath, [bin('sigild'), 'config', 'validate', file]).then(
+      () => assert.fail('accepted'),
+      (e: { code: number; stderr: string }) => e,
+    );
+    assert.equal(err.code, 2);
+    assert.match(err.stderr, /tls\.keyFile: .*other-key\.pem is not the private key of .*server\.pem/);
+    assert.doesNotMatch(err.stderr, /PRIVATE KEY/);
+  });
+
   test('serve starts, answers health, and stops cleanly on SIGTERM', async () => {
     const file = join(dir, 'serve.yaml');
     await writeFile(file, stringify({ ...goodConfig, metrics: { listen: '127.0.0.1:0' } }));
