@@ -27,6 +27,7 @@ import { AuditLog } from './audit/audit-log.ts';
 import { auditKeyOf } from './audit/audit-key.ts';
 import { isSigilError, SigilError } from './errors.ts';
 import { auditOriginOf, auditPathOf } from './store/backup.ts';
+import { OnlineArchiver } from './store/audit-archive.ts';
 import { dirname, join } from 'node:path';
 
 /** A running sigild: its address, and how to stop it. */
@@ -93,6 +94,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   let grpcAddress = cfg.listen;
   let auditLog: AuditLog | null = null;
   let checkpointTimer: NodeJS.Timeout | null = null;
+  let stopArchiving: (() => void) | null = null;
   try {
     // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
     await backends.get(cfg.defaultBackend);
@@ -173,6 +175,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     checkpointTimer.unref();
   }
   metrics.watchAudit(audited);
+  const archiver = new OnlineArchiver(audited, { dir: cfg.audit.archiveDir ?? null, align: cfg.audit.archiveAlign, segmentMax: cfg.audit.archiveSegmentMax });
+  if (cfg.audit.archiveEvery !== undefined) stopArchiving = archiver.schedule(cfg.audit.archiveEvery, cfg.audit.archiveKeep, clock, log.child({ module: 'audit' }));
   const revocations = new Revocations({ store, sink: audited, clock, log: log.child({ module: 'revocation' }), ca: identity });
   const enrollments = new Enrollments({ store, sink: audited, isRevoked: (ek, ak) => revocations.isBuilderRevoked(ek, ak), log: log.child({ module: 'attest' }) });
   const [host] = splitHostPort(cfg.listen);
@@ -209,6 +213,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       attestation,
       revocation: { revocations, trustedRoot: rootPublisher },
       enrollments,
+      archiver,
       clock,
       keys,
       lifecycle,
@@ -220,6 +225,8 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   } catch (err) {
     identity?.close();
     if (checkpointTimer) clearInterval(checkpointTimer);
+    stopArchiving?.();
+    await archiver.settled();
     await audited.close();
     await backends.closeAll();
     store.close();
@@ -342,6 +349,9 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
         identity?.close();
         await grpc.stop();
         if (checkpointTimer) clearInterval(checkpointTimer);
+        stopArchiving?.();
+        // A segment half-way is finished (or fails) before the log closes under it.
+        await archiver.settled();
         // A checkpoint over everything written: the next start verifies up to here without reading it all.
         if (audited.healthy) await audited.latestCheckpoint().catch((err: unknown) => log.warn({ err }, 'audit checkpoint at stop failed'));
         await audited.close();

@@ -117,7 +117,8 @@ export interface AuditLogStats {
 
 interface Waiter {
   data: Buffer;
-  resolve(): void;
+  /** Called with the entry's index once its transaction committed. */
+  resolve(index: number): void;
   reject(err: unknown): void;
 }
 
@@ -173,6 +174,11 @@ export class AuditLog implements AuditSink {
   #latest: StoredCheckpoint | null;
   /** The archived ranges, in order from entry 0 (contiguous, checked at open). */
   #archives: ArchivedSegment[] = [];
+  /**
+   * The range being pruned by the writer thread: from its commit until the writer's answer arrives, the file
+   * holds those entries without data while `#archives` does not list them yet; reads name the segment instead.
+   */
+  #pruning: Omit<ArchivedSegment, 'createdAt'> | null = null;
   /** `archivedFrontier` for the archived prefix it was computed at. */
   #frontier: { end: number; hashes: Buffer[] } | null = null;
   #signing: Promise<StoredCheckpoint> | null = null;
@@ -272,6 +278,12 @@ export class AuditLog implements AuditSink {
 
   /** Queues the entry; resolves once the transaction that holds it committed, rejects AUDIT_UNAVAILABLE otherwise. */
   record(e: AuditEvent): Promise<void> {
+    // The same promise: it resolves with the index, which callers of `record` ignore.
+    return this.recordAt(e) as Promise<unknown> as Promise<void>;
+  }
+
+  /** Like `record`, and resolves with the entry's index (an act that names its own intent entry needs it). */
+  recordAt(e: AuditEvent): Promise<number> {
     if (this.#closed) return Promise.reject(new SigilError('AUDIT_UNAVAILABLE', 'the audit log is closed'));
     if (this.#tampered) return Promise.reject(this.#tampered);
     let data: Buffer;
@@ -283,7 +295,7 @@ export class AuditLog implements AuditSink {
     } catch (err) {
       return Promise.reject(err);
     }
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<number>((resolve, reject) => {
       this.#queue.push({ data, resolve, reject });
       this.#schedule();
     });
@@ -317,10 +329,11 @@ export class AuditLog implements AuditSink {
     let next: CompactRange;
     let request: Extract<WriterRequest, { op: 'append' }>;
     let transfer: ArrayBuffer[];
+    let start: number;
     try {
       if (this.#broken) this.#resync();
       next = this.#tip.clone();
-      const start = next.size;
+      start = next.size;
       const nodes: Array<[number, number, Uint8Array]> = [];
       let total = 0;
       for (const w of batch) total += w.data.length;
@@ -352,7 +365,7 @@ export class AuditLog implements AuditSink {
         this.#broken = null;
         this.stats.flushes++;
         this.stats.entries += batch.length;
-        for (const w of batch) w.resolve();
+        for (let i = 0; i < batch.length; i++) batch[i]!.resolve(start + i);
       },
       (err: unknown) => this.#fail(batch, err),
     ).finally(() => {
@@ -627,8 +640,16 @@ export class AuditLog implements AuditSink {
     const end = Math.min(from + Math.min(count, MAX_PAGE), this.#tree.size);
     if (end <= from) return [];
     const a = this.archiveOf(from);
-    if (a) throw new SigilError('FAILED_PRECONDITION', `entry ${from} is archived in segment ${a.file} (entries ${a.start} to ${a.end - 1}, sha256 ${a.sha256})`);
-    return (this.#q.page.all(from, end) as Array<{ idx: number; data: Uint8Array; leaf: Uint8Array }>).map((r) => ({ index: r.idx, data: Buffer.from(r.data), leaf: Buffer.from(r.leaf) }));
+    if (a) throw archivedError(from, a);
+    const rows = this.#q.page.all(from, end) as Array<{ idx: number; data: Uint8Array; leaf: Uint8Array }>;
+    for (const r of rows) {
+      if (r.data.length > 0) continue;
+      // Pruned by the writer while this page was read (its answer not handled yet): archived, not empty.
+      const p = this.#pruning ?? this.archiveOf(r.idx);
+      if (p && r.idx >= p.start && r.idx < p.end) throw archivedError(r.idx, p);
+      throw new SigilError('INTERNAL', `audit entry ${r.idx} has no data and no archive record covers it`);
+    }
+    return rows.map((r) => ({ index: r.idx, data: Buffer.from(r.data), leaf: Buffer.from(r.leaf) }));
   }
 
   /** The leaf hash of entry `index` (kept for archived entries too). */
@@ -677,16 +698,20 @@ export class AuditLog implements AuditSink {
 
   /**
    * Removes the data of entries `[a.start, a.end)`, archived in the segment `a.file` (verified by the
-   * caller), and records the range, in one transaction; the leaf hashes and subtrees stay, so roots and
-   * proofs do not change. `sigild audit archive` calls it with the daemon stopped: a running daemon would
-   * keep serving from its own view of the archived ranges.
+   * caller), and records the range, in one transaction run by the writer thread (between two batches of
+   * appends, which keep queuing meanwhile); the leaf hashes and subtrees stay, so roots and proofs do not
+   * change. `a.entry` must be the committed `audit.archive` entry naming the same range and segment, and
+   * `a.checkpoint` a stored checkpoint that covers the range. The caller runs one archive at a time, after
+   * the background full check ended (it reads the entries' data and would take pruned ones for tampering).
    */
-  pruneArchived(a: Omit<ArchivedSegment, 'createdAt'>): ArchivedSegment {
+  async pruneArchived(a: Omit<ArchivedSegment, 'createdAt'>): Promise<ArchivedSegment> {
     this.ready();
-    const cp = this.#latest;
+    if (this.#pruning) throw new SigilError('FAILED_PRECONDITION', `entries [${this.#pruning.start}, ${this.#pruning.end}) are being archived`);
+    if (this.#check.state === 'running') throw new SigilError('FAILED_PRECONDITION', 'the audit log\'s full check is running: nothing can be pruned until it ended');
     if (a.start !== this.archivedEnd) throw new SigilError('INVALID_ARGUMENT', `an archived range starts at ${this.archivedEnd}, not ${a.start}`);
-    if (!cp || a.checkpoint !== cp.size || !Number.isSafeInteger(a.end) || a.end <= a.start || a.end > cp.size) {
-      throw new SigilError('INVALID_ARGUMENT', `the archived range [${a.start}, ${a.end}) must end within the latest checkpoint, which it must name`);
+    const cp = Number.isSafeInteger(a.checkpoint) ? this.checkpointAt(a.checkpoint) : null;
+    if (!cp || !Number.isSafeInteger(a.end) || a.end <= a.start || a.end > cp.size) {
+      throw new SigilError('INVALID_ARGUMENT', `the archived range [${a.start}, ${a.end}) must end within a signed checkpoint, which it must name`);
     }
     if (!/^[0-9a-f]{64}$/.test(a.sha256) || a.file.length === 0 || /[/\\\n]/.test(a.file)) throw new SigilError('INVALID_ARGUMENT', 'an archived range needs a segment file name and its sha-256');
     const e = Number.isSafeInteger(a.entry) && a.entry >= a.end && a.entry < this.#tree.size ? this.entries(a.entry, 1)[0] : undefined;
@@ -695,22 +720,16 @@ export class AuditLog implements AuditSink {
       throw new SigilError('INVALID_ARGUMENT', `entry ${a.entry} is not the audit.archive entry of [${a.start}, ${a.end}) in ${a.file}`);
     }
     const rec: ArchivedSegment = { ...a, createdAt: this.#clock.now() };
-    this.#db.exec('BEGIN IMMEDIATE');
+    this.#pruning = { start: a.start, end: a.end, file: a.file, sha256: a.sha256, checkpoint: a.checkpoint, entry: a.entry };
     try {
-      // Rows deleted and written again without their data (rather than updated in place): SQLite frees the
-      // pages the old rows filled, and later appends reuse them, so the file stops growing without a VACUUM.
-      this.#db.exec('CREATE TEMP TABLE IF NOT EXISTS archiving (idx INTEGER PRIMARY KEY, leaf BLOB NOT NULL); DELETE FROM temp.archiving');
-      const n = this.#db.prepare('INSERT INTO temp.archiving SELECT idx, leaf FROM entries WHERE idx >= ? AND idx < ? AND length(data) > 0').run(a.start, a.end).changes;
-      if (Number(n) !== a.end - a.start) throw new SigilError('FAILED_PRECONDITION', `archiving [${a.start}, ${a.end}) found ${n} entries with data, not ${a.end - a.start}`);
-      this.#db.prepare('DELETE FROM entries WHERE idx >= ? AND idx < ?').run(a.start, a.end);
-      this.#db.exec("INSERT INTO entries (idx, data, leaf) SELECT idx, X'', leaf FROM temp.archiving ORDER BY idx; DELETE FROM temp.archiving");
-      this.#db.prepare('INSERT INTO archives (start, end, file, sha256, checkpoint, entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(a.start, a.end, a.file, a.sha256, a.checkpoint, a.entry, rec.createdAt.getTime());
-      this.#db.exec('COMMIT');
+      await this.#writer.request({ id: 0, op: 'prune', start: a.start, end: a.end, file: a.file, sha256: a.sha256, checkpoint: a.checkpoint, entry: a.entry, createdAt: rec.createdAt.getTime() });
+      this.#archives.push(rec);
     } catch (err) {
-      if (this.#db.isTransaction) this.#db.exec('ROLLBACK');
-      throw err;
+      // The writer rolled back (its transaction is all or nothing): the entries keep their data.
+      throw new SigilError('AUDIT_UNAVAILABLE', `archiving [${a.start}, ${a.end}) could not be written: nothing pruned`, { cause: err });
+    } finally {
+      this.#pruning = null;
     }
-    this.#archives.push(rec);
     this.#log.info({ start: a.start, end: a.end, file: a.file, sha256: a.sha256 }, 'audit entries archived');
     return rec;
   }
@@ -843,6 +862,11 @@ class WriterThread {
   close(): Promise<void> {
     return this.#client.close({ id: 0, op: 'close' });
   }
+}
+
+/** The error for a read of archived entry `index`: the segment that holds it. */
+function archivedError(index: number, a: Omit<ArchivedSegment, 'createdAt'>): SigilError {
+  return new SigilError('FAILED_PRECONDITION', `entry ${index} is archived in segment ${a.file} (entries ${a.start} to ${a.end - 1}, sha256 ${a.sha256})`);
 }
 
 interface ArchiveRow {

@@ -23,6 +23,8 @@ export type WriterRequest =
       nodes: Array<[number, number, Uint8Array]>;
     }
   | { id: number; op: 'checkpoint'; size: number; root: Uint8Array; note: string; keyVersion: string; createdAt: number }
+  /** Removes the data of entries `[start, end)` (archived in `file`, checked by the main thread) and records the range. */
+  | { id: number; op: 'prune'; start: number; end: number; file: string; sha256: string; checkpoint: number; entry: number; createdAt: number }
   | { id: number; op: 'close' };
 
 /** The writer's answer for requests `ids`: their transaction committed, or why it did not. */
@@ -55,6 +57,25 @@ function transaction(body: () => void): void {
 }
 
 type Append = Extract<WriterRequest, { op: 'append' }>;
+type Prune = Extract<WriterRequest, { op: 'prune' }>;
+
+/**
+ * The prune of an archived range, all or nothing. Rows are deleted and written again without their data
+ * (rather than updated in place): SQLite frees the pages the old rows filled, and later appends reuse them,
+ * so the file stops growing without a VACUUM. It runs here, between two append transactions, because this
+ * connection owns the write lock: a prune on another connection would hold it long enough for appends to
+ * hit their busy timeout and fail closed.
+ */
+function prune(m: Prune): void {
+  transaction(() => {
+    db.exec('CREATE TEMP TABLE IF NOT EXISTS archiving (idx INTEGER PRIMARY KEY, leaf BLOB NOT NULL); DELETE FROM temp.archiving');
+    const n = db.prepare('INSERT INTO temp.archiving SELECT idx, leaf FROM entries WHERE idx >= ? AND idx < ? AND length(data) > 0').run(m.start, m.end).changes;
+    if (Number(n) !== m.end - m.start) throw new Error(`archiving [${m.start}, ${m.end}) found ${n} entries with data, not ${m.end - m.start}`);
+    db.prepare('DELETE FROM entries WHERE idx >= ? AND idx < ?').run(m.start, m.end);
+    db.exec("INSERT INTO entries (idx, data, leaf) SELECT idx, X'', leaf FROM temp.archiving ORDER BY idx; DELETE FROM temp.archiving");
+    db.prepare('INSERT INTO archives (start, end, file, sha256, checkpoint, entry, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(m.start, m.end, m.file, m.sha256, m.checkpoint, m.entry, m.createdAt);
+  });
+}
 
 /** The index the next entry must have: the file's entry count. */
 const countEntries = db.prepare('SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM entries');
@@ -127,6 +148,7 @@ function run(): void {
     flush();
     try {
       if (m.op === 'checkpoint') transaction(() => insertCheckpoint.run(m.size, m.root, m.note, m.keyVersion, m.createdAt));
+      else if (m.op === 'prune') prune(m);
       else db.close();
       port!.postMessage({ ids: [m.id], ok: true } satisfies WriterReply);
     } catch (err) {

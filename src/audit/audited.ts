@@ -55,6 +55,34 @@ export async function audited<T>(
   onOk?: (r: T) => Partial<Omit<AuditEvent, 'result'>>,
 ): Promise<T> {
   const intent = await recordIntent(sink, event);
+  return outcome(sink, event, intent, act, onOk);
+}
+
+/** A sink that tells where an entry landed (the audit log). */
+export interface IndexedAuditSink extends AuditSink {
+  /** Like `record`, resolving with the entry's index once it is durable. */
+  recordAt(e: AuditEvent): Promise<number>;
+}
+
+/** `audited`, for an act that must name its own intent entry (an archive record points at it): `act` gets the intent's index. */
+export async function auditedAt<T>(sink: IndexedAuditSink, event: Omit<AuditEvent, 'result' | 'reason'>, act: (intentIndex: number) => Promise<T> | T): Promise<T> {
+  const intent = randomUUID();
+  let at: number;
+  try {
+    at = await sink.recordAt({ ...event, result: 'started', detail: { ...event.detail, intent } });
+  } catch (err) {
+    throw isSigilError(err, 'AUDIT_UNAVAILABLE') ? err : new SigilError('AUDIT_UNAVAILABLE', 'the audit log cannot be written', { cause: err });
+  }
+  return outcome(sink, event, intent, () => act(at));
+}
+
+async function outcome<T>(
+  sink: AuditSink,
+  event: Omit<AuditEvent, 'result' | 'reason'>,
+  intent: string,
+  act: () => Promise<T> | T,
+  onOk?: (r: T) => Partial<Omit<AuditEvent, 'result'>>,
+): Promise<T> {
   let r: T;
   try {
     r = await act();

@@ -45,6 +45,8 @@ import {
   type ListEnrollmentsResponse,
   type ForgetEnrollmentRequest,
   type ForgetEnrollmentResponse,
+  type ArchiveAuditLogRequest,
+  type ArchiveAuditLogResponse,
 } from '../gen/sigil/v1/admin.ts';
 import {
   AttestationClient,
@@ -182,6 +184,7 @@ export const rpc = {
   rejectRequest: (c: Clients, r: RejectRequestRequest) => promised<RejectRequestResponse>((md, cb) => c.admin.rejectRequest(r, md, cb)),
   listEnrollments: (c: Clients, r: ListEnrollmentsRequest) => promised<ListEnrollmentsResponse>((md, cb) => c.admin.listEnrollments(r, md, cb)),
   forgetEnrollment: (c: Clients, r: ForgetEnrollmentRequest) => promised<ForgetEnrollmentResponse>((md, cb) => c.admin.forgetEnrollment(r, md, cb)),
+  archiveAuditLog: (c: Clients, r: ArchiveAuditLogRequest) => promised<ArchiveAuditLogResponse>((md, cb) => c.admin.archiveAuditLog(r, md, cb)),
   beginEnrollment: (c: Clients, r: BeginEnrollmentRequest) => promised<BeginEnrollmentResponse>((md, cb) => c.attestation.beginEnrollment(r, md, cb)),
   finishEnrollment: (c: Clients, r: FinishEnrollmentRequest) => promised<FinishEnrollmentResponse>((md, cb) => c.attestation.finishEnrollment(r, md, cb)),
   renew: (c: Clients, r: RenewRequest) => promised<RenewResponse>((md, cb) => c.attestation.renew(r, md, cb)),

@@ -1,3 +1,4 @@
+import { isAbsolute } from 'node:path';
 import { z } from 'zod';
 import { backendConfigSchema } from '../signers/config.ts';
 import { checkKeyName } from '../keys/names.ts';
@@ -61,6 +62,19 @@ const auditSchema = z.strictObject({
    * the latest checkpoint's frontier and the entries after it, and the full check runs in the background. 0: always the fast start.
    */
   fullCheckAtStartMax: z.number().int().min(0).default(1_000_000),
+  /**
+   * Where the running daemon writes archive segments (`sigilctl audit archive`): an absolute path, created
+   * mode 0700 when missing. Absent: the RPC is refused; the offline `sigild audit archive --out` still works.
+   */
+  archiveDir: z.string().min(1).refine((p) => isAbsolute(p), 'must be an absolute path').optional(),
+  /** The archived prefix ends on a multiple of this power of two (whole subtrees go). */
+  archiveAlign: z.number().int().min(1).max(2 ** 30).refine((n) => (n & (n - 1)) === 0, 'must be a power of two').default(65536),
+  /** At most this many entries per segment file: a multiple of archiveAlign. */
+  archiveSegmentMax: z.number().int().min(1).default(262144),
+  /** Archive on a schedule this often (counted from the last archive run that archived something); none when absent. Needs archiveDir. */
+  archiveEvery: duration.optional(),
+  /** A scheduled run keeps at least this many of the newest entries live (the RPC's `before` is the log's size minus it). */
+  archiveKeep: z.number().int().min(0).default(0),
 });
 
 /** Which builder identities may use which keys: a rule grants its keys to any identity it lists. */
@@ -178,6 +192,19 @@ export const configSchema = z.strictObject({
   }
   if (cfg.audit.checkpointInterval !== undefined && cfg.audit.checkpointInterval < 1000) {
     ctx.addIssue({ code: 'custom', path: ['audit', 'checkpointInterval'], message: 'must be at least 1s' });
+  }
+  // setInterval takes at most 2^31-1 ms (~24.8 days); above that Node fires the timer every millisecond.
+  if (cfg.audit.checkpointInterval !== undefined && cfg.audit.checkpointInterval > 7 * 86_400_000) {
+    ctx.addIssue({ code: 'custom', path: ['audit', 'checkpointInterval'], message: 'must be at most 7d' });
+  }
+  if (cfg.audit.archiveEvery !== undefined && cfg.audit.archiveDir === undefined) {
+    ctx.addIssue({ code: 'custom', path: ['audit', 'archiveEvery'], message: 'needs audit.archiveDir, where the segments go' });
+  }
+  if (cfg.audit.archiveEvery !== undefined && cfg.audit.archiveEvery < 1000) {
+    ctx.addIssue({ code: 'custom', path: ['audit', 'archiveEvery'], message: 'must be at least 1s' });
+  }
+  if (cfg.audit.archiveSegmentMax % cfg.audit.archiveAlign !== 0) {
+    ctx.addIssue({ code: 'custom', path: ['audit', 'archiveSegmentMax'], message: `must be a multiple of audit.archiveAlign (${cfg.audit.archiveAlign})` });
   }
   if (!cfg.identity && cfg.authorization.builders.length > 0) {
     ctx.addIssue({ code: 'custom', path: ['authorization', 'builders'], message: 'builder rules need the identity section (identity.trustDomain)' });

@@ -9,6 +9,7 @@ import { unary, type RpcContext } from './rpc.ts';
 import type { Principal, Role } from './auth.ts';
 import type { Enrollments, EnrollmentView } from '../attest/enrollments.ts';
 import type { Enrollment as PbEnrollment } from '../gen/sigil/v1/admin.ts';
+import type { OnlineArchiver } from '../store/audit-archive.ts';
 
 /** Who may change keys (create, import, rotate, disable, enable, schedule or cancel destruction, policy). */
 export const KEY_CHANGERS: readonly Role[] = ['admin'];
@@ -22,6 +23,8 @@ export const APPROVERS: readonly Role[] = ['approver'];
 export const ENROLLMENT_READERS: readonly Role[] = ['admin', 'auditor'];
 /** Who may forget an enrollment (it re-opens the counters' rollback check for that TPM). */
 export const ENROLLMENT_CHANGERS: readonly Role[] = ['admin'];
+/** Who may archive old audit entries (their data leaves the live log for segment files). */
+export const AUDIT_ARCHIVERS: readonly Role[] = ['admin'];
 
 const MAX_SECONDS = 10 * 366 * 86_400;
 
@@ -92,7 +95,14 @@ function enrollmentToPb(v: EnrollmentView): PbEnrollment {
  * destruction, policy, approvals), and the builder enrollment records (list, forget). Every act is an audit
  * log entry, durable before the answer (the lifecycle records its own).
  */
-export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLifecycle, daemonKeys: DaemonKeys | null = null, enrollments: Enrollments | null = null): AdminServer {
+export function adminService(
+  ctx: RpcContext,
+  keys: KeyService,
+  lifecycle: KeyLifecycle,
+  daemonKeys: DaemonKeys | null = null,
+  enrollments: Enrollments | null = null,
+  archiver: OnlineArchiver | null = null,
+): AdminServer {
   const enrolled = (): Enrollments => {
     if (enrollments === null) throw new SigilError('NOT_IMPLEMENTED', 'this daemon keeps no builder enrollments');
     return enrollments;
@@ -270,5 +280,15 @@ export function adminService(ctx: RpcContext, keys: KeyService, lifecycle: KeyLi
     forgetEnrollment: unary(ctx, 'ForgetEnrollment', ENROLLMENT_CHANGERS, async (req, who) => ({
       enrollment: enrollmentToPb(await enrolled().forget(req.ekHash, req.reason, who.subject)),
     })),
+    archiveAuditLog: unary(ctx, 'ArchiveAuditLog', AUDIT_ARCHIVERS, async (req, who) => {
+      if (archiver === null) throw new SigilError('NOT_IMPLEMENTED', 'this daemon does not archive its audit log');
+      const r = await archiver.run(who.subject, req.before);
+      return {
+        segments: r.segments.map((s) => ({ start: s.start, end: s.end, file: s.file, sha256: s.sha256, checkpointSize: s.checkpoint, entryIndex: s.entry })),
+        archivedEnd: r.archivedEnd,
+        treeSize: r.size,
+        nothing: r.nothing ?? '',
+      };
+    }),
   };
 }

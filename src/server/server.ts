@@ -18,6 +18,7 @@ import type { Logger } from '../log.ts';
 import type { KeyService } from '../keys/key-service.ts';
 import type { KeyLifecycle } from '../keys/lifecycle.ts';
 import type { Enrollments } from '../attest/enrollments.ts';
+import type { OnlineArchiver } from '../store/audit-archive.ts';
 import { Authenticator, type BuilderCas, type OperatorRole } from './auth.ts';
 import type { Clock } from '../clock.ts';
 import type { BuilderRule } from '../identity/builder-policy.ts';
@@ -52,6 +53,8 @@ export interface ServerOptions {
   revocation?: RevocationDeps | null;
   /** The builder enrollment records the Admin service lists and forgets; without them those RPCs are UNIMPLEMENTED. */
   enrollments?: Enrollments | null;
+  /** Archives old audit entries for the Admin service (`ArchiveAuditLog`); without it that RPC is UNIMPLEMENTED. */
+  archiver?: OnlineArchiver | null;
   keys: KeyService;
   /** Rotation, retirement, policy and approvals (the Admin service's lifecycle RPCs). */
   lifecycle: KeyLifecycle;
@@ -127,7 +130,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const reservedKeys = dk ? [dk.identityCa, dk.audit, dk.trustRoot].filter((k): k is string => k !== null) : [];
   const access = { builders: new BuilderPolicy(o.builders ?? []), reservedKeys };
   server.addService(SignerService, signerService(ctx, o.keys, o.limits, access) as unknown as UntypedServiceImplementation);
-  server.addService(AdminService, adminService(ctx, o.keys, o.lifecycle, dk, o.enrollments ?? null) as unknown as UntypedServiceImplementation);
+  server.addService(AdminService, adminService(ctx, o.keys, o.lifecycle, dk, o.enrollments ?? null, o.archiver ?? null) as unknown as UntypedServiceImplementation);
   server.addService(AuditService, auditService(ctx, o.auditLog) as unknown as UntypedServiceImplementation);
   if (o.attestation) server.addService(AttestationService, attestationService(ctx, o.attestation) as unknown as UntypedServiceImplementation);
   if (o.revocation) server.addService(RevocationService, revocationService(ctx, o.revocation) as unknown as UntypedServiceImplementation);

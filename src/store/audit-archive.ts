@@ -3,8 +3,8 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, re
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { AuditLog, type AuditKey } from '../audit/audit-log.ts';
-import { audited } from '../audit/audited.ts';
-import { encodeSegmentEntry, encodeSegmentHeader, parseSegment, verifySegment } from '../audit/segment.ts';
+import { auditedAt, reasonOf, resultOf } from '../audit/audited.ts';
+import { encodeSegmentEntry, encodeSegmentHeader, parseSegment, verifySegmentAsync } from '../audit/segment.ts';
 import type { VerifyKey } from '../audit/verify.ts';
 import type { Clock } from '../clock.ts';
 import type { Config } from '../config/schema.ts';
@@ -40,6 +40,8 @@ export interface ArchivedFile {
   sha256: string;
   /** The size of the signed checkpoint the segment carries. */
   checkpoint: number;
+  /** The index of the `audit.archive` entry written ahead of the pruning (-1 until it is written). */
+  entry: number;
 }
 
 /** What an archive run did: the segments, and the log's archived prefix and size after it. */
@@ -105,7 +107,7 @@ function vacuum(path: string): number {
 }
 
 /** Archives whole `align`-sized runs up to the latest checkpoint (and `o.before`), at most `segmentMax` entries a segment. */
-async function archivePrefix(log: AuditLog, o: ArchiveOptions, align: number, segmentMax: number, verifyKeys: readonly VerifyKey[]): Promise<ArchiveResult> {
+async function archivePrefix(log: AuditLog, o: Pick<ArchiveOptions, 'outDir' | 'before' | 'who'>, align: number, segmentMax: number, verifyKeys: readonly VerifyKey[]): Promise<ArchiveResult> {
   const check = await log.fullCheckDone();
   if (check.state !== 'clean') throw new SigilError('FAILED_PRECONDITION', `the audit log's full check did not pass (${check.state}${check.finding ? `: ${check.finding}` : ''}): nothing archived`);
   const cp = log.lastSigned();
@@ -175,21 +177,132 @@ function storedAuditKey(store: DatabaseSync, name: string): { key: AuditKey; ver
 }
 
 /**
- * Archives `[start, end)` of a log no one else writes: writes and verifies the segment, then prunes the
- * entries as the act `audit.archive`, written ahead (its intent entry, which the archive record points at,
- * names the range, the segment and its SHA-256).
+ * Archives `[start, end)`, the first entries not archived, with no other archive run on the log: writes
+ * and verifies the segment, then prunes the entries as the act `audit.archive`, written ahead (its intent
+ * entry, which the archive record points at, names the range, the segment and its SHA-256). Appends may go
+ * on meanwhile (the daemon running).
  */
 export async function archiveSegment(log: AuditLog, dir: string, start: number, end: number, keys: readonly VerifyKey[], who: string): Promise<ArchivedFile> {
-  const seg = writeVerifiedSegment(log, dir, start, end, keys);
-  await audited(log, { who, act: 'audit.archive', detail: { start, end, segment: seg.file, sha256: seg.sha256, checkpoint: seg.checkpoint } }, () =>
-    // Nothing else writes the log meanwhile: the intent just written is its last entry.
-    log.pruneArchived({ start, end, file: seg.file, sha256: seg.sha256, checkpoint: seg.checkpoint, entry: log.size - 1 }),
-  );
+  const seg = await writeVerifiedSegment(log, dir, start, end, keys);
+  await auditedAt(log, { who, act: 'audit.archive', detail: { start, end, segment: seg.file, sha256: seg.sha256, checkpoint: seg.checkpoint } }, async (entry) => {
+    await log.pruneArchived({ start, end, file: seg.file, sha256: seg.sha256, checkpoint: seg.checkpoint, entry });
+    seg.entry = entry;
+  });
   return seg;
 }
 
-/** Writes the segment of `[start, end)` durably (temp file, fsync, rename, fsync of the directory), then reads it back and verifies it. */
-export function writeVerifiedSegment(log: AuditLog, dir: string, start: number, end: number, keys: readonly VerifyKey[]): ArchivedFile {
+/** Where and how the running daemon archives (`audit.archiveDir`, `audit.archiveAlign`, `audit.archiveSegmentMax`). */
+export interface OnlineArchiveConfig {
+  /** The segment directory, an absolute path; null when not configured (every run is refused). */
+  dir: string | null;
+  align: number;
+  segmentMax: number;
+}
+
+/**
+ * Archives the oldest entries of the log while the daemon runs and appends (the `ArchiveAuditLog` RPC):
+ * the offline command's steps, one run at a time (a second is refused, not queued), only after the
+ * background full check passed, up to the latest signed checkpoint (signed first when the tree grew).
+ * A refusal is an audit entry (`audit.archive`, refused); each segment is an act written ahead.
+ */
+export class OnlineArchiver {
+  readonly #log: AuditLog;
+  readonly #cfg: OnlineArchiveConfig;
+  #running = false;
+  #current: Promise<unknown> = Promise.resolve();
+
+  constructor(log: AuditLog, cfg: OnlineArchiveConfig) {
+    this.#log = log;
+    this.#cfg = cfg;
+  }
+
+  /** True while a run is under way. */
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /** Resolves once the run under way (if any) has ended, whatever its outcome: the daemon waits for it before closing the log. */
+  settled(): Promise<void> {
+    return this.#current.then(
+      () => undefined,
+      () => undefined,
+    );
+  }
+
+  /** Archives whole `align` runs below `before` (default: all the latest checkpoint covers), as `who`. */
+  async run(who: string, before?: number): Promise<ArchiveResult> {
+    let dir: string;
+    try {
+      dir = this.#admit(before);
+    } catch (err) {
+      await this.#log.record({ who, act: 'audit.archive', result: resultOf(err), reason: reasonOf(err), detail: { message: err instanceof SigilError ? err.message : 'internal error' } });
+      throw err;
+    }
+    this.#running = true;
+    const p = (async () => {
+      try {
+        // Archive up to a checkpoint that covers what is there now: a segment carries a signed checkpoint.
+        await this.#log.latestCheckpoint();
+        const keys = this.#log.keyVersions().map((v) => ({ spki: v.spki, label: v.keyVersion }));
+        return await archivePrefix(this.#log, { outDir: dir, before, who }, this.#cfg.align, this.#cfg.segmentMax, keys);
+      } finally {
+        this.#running = false;
+      }
+    })();
+    this.#current = p;
+    return p;
+  }
+
+  /**
+   * Runs the archive every `every` ms (counted from the last archive record, so a restart does not reset it;
+   * at once when nothing was ever archived), as `sigild`, keeping the newest `keep` entries live. Checks at
+   * least hourly (timers cannot wait 30 days); a check while a run is under way or the full check still runs
+   * waits for the next one. Failures are logged (and audited by `run`). Returns the function that stops it.
+   */
+  schedule(every: number, keep: number, clock: Clock, log: Logger): () => void {
+    let timer: NodeJS.Timeout | null = null;
+    let stopped = false;
+    const tick = async (): Promise<void> => {
+      const last = this.#log.archives().at(-1)?.createdAt.getTime() ?? null;
+      if (this.#running || this.#log.fullCheck.state === 'running' || (last !== null && clock.now().getTime() - last < every)) return;
+      try {
+        const r = await this.run('sigild', Math.max(0, this.#log.size - keep));
+        if (r.segments.length > 0) log.info({ segments: r.segments.length, archivedEnd: r.archivedEnd }, 'scheduled audit archive done');
+        else log.debug({ nothing: r.nothing }, 'scheduled audit archive: nothing to archive');
+      } catch (err) {
+        log.error({ err }, 'scheduled audit archive failed');
+      }
+    };
+    const next = (): void => {
+      if (stopped) return;
+      timer = setTimeout(() => void tick().finally(next), Math.min(every, 3_600_000));
+      timer.unref();
+    };
+    next();
+    return () => {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+    };
+  }
+
+  /** The checks before a run, all synchronous (so two calls in the same turn cannot both pass); returns the directory. */
+  #admit(before: number | undefined): string {
+    if (this.#cfg.dir === null) throw new SigilError('FAILED_PRECONDITION', 'audit.archiveDir is not configured: set it to the absolute path of the directory archive segments go to (docs/operations.md)');
+    if (before !== undefined && (!Number.isSafeInteger(before) || before < 0)) throw new SigilError('INVALID_ARGUMENT', 'before must be a non-negative integer');
+    if (this.#running) throw new SigilError('FAILED_PRECONDITION', 'an audit archive is already running: try again once it has finished');
+    this.#log.ready();
+    const c = this.#log.fullCheck;
+    if (c.state === 'running') throw new SigilError('FAILED_PRECONDITION', `the audit log's full check is running (${c.verified} of ${c.size} entries verified): archive once it has passed`);
+    if (c.state !== 'clean') throw new SigilError('FAILED_PRECONDITION', `the audit log's full check did not pass (${c.state}${c.finding ? `: ${c.finding}` : ''}): nothing archived`);
+    return this.#cfg.dir;
+  }
+}
+
+/**
+ * Writes the segment of `[start, end)` durably (temp file, fsync, rename, fsync of the directory), then reads it
+ * back and verifies it. Hands the event loop back between pages, so a daemon archiving online keeps serving.
+ */
+export async function writeVerifiedSegment(log: AuditLog, dir: string, start: number, end: number, keys: readonly VerifyKey[]): Promise<ArchivedFile> {
   const proof = log.segmentProof(start, end);
   const file = segmentFileName(start, end);
   const path = join(dir, file);
@@ -203,6 +316,7 @@ export function writeVerifiedSegment(log: AuditLog, dir: string, start: number, 
       if (page.length === 0) throw new SigilError('INTERNAL', `audit entry ${at} could not be read`);
       writeSync(fd, Buffer.concat(page.map((e) => encodeSegmentEntry(e.data))));
       at = page.at(-1)!.index + 1;
+      await new Promise((resolve) => setImmediate(resolve));
     }
     fsyncSync(fd);
   } catch (err) {
@@ -219,7 +333,7 @@ export function writeVerifiedSegment(log: AuditLog, dir: string, start: number, 
     closeSync(dfd);
   }
   const bytes = readFileSync(path);
-  const r = verifySegment(parseSegment(bytes), keys, log.origin);
+  const r = await verifySegmentAsync(parseSegment(bytes), keys, log.origin);
   if (!r.ok || r.start !== start || r.end !== end) throw new SigilError('FAILED_PRECONDITION', `the segment ${path} does not verify after writing (${r.failure ?? 'wrong range'}): nothing pruned`);
-  return { file, start, end, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), checkpoint: proof.checkpoint.size };
+  return { file, start, end, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex'), checkpoint: proof.checkpoint.size, entry: -1 };
 }

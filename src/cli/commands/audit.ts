@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { createHash, createPublicKey } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promised, type Clients } from '../client.ts';
+import { promised, rpc, type Clients } from '../client.ts';
 import type {
   GetAuditKeyResponse,
   GetCheckpointResponse,
@@ -82,7 +82,7 @@ function serverKeys(k: GetAuditKeyResponse): VerifyKey[] {
   return k.versions.map((v) => ({ spki: v.spkiDer, label: v.keyVersion }));
 }
 
-/** `sigilctl audit tail|keys|checkpoint|verify|proof|verify-archive`: read and verify the audit log (roles auditor or admin) and archive segments (offline). */
+/** `sigilctl audit tail|keys|checkpoint|verify|proof|verify-archive|archive`: read and verify the audit log (roles auditor or admin), verify archive segments (offline), archive old entries (admin). */
 export function registerAuditCommands(program: Command, cli: CliContext): void {
   const audit = program.command('audit').description('read and verify the audit log');
 
@@ -221,6 +221,28 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
       const f = r.failure!;
       cli.out(json, `FAILED (${f.check}${f.index !== undefined ? ` at entry ${f.index}` : ''}): ${f.message}`);
       process.exitCode = 1;
+    });
+
+  audit
+    .command('archive')
+    .description(
+      'move the oldest entries, up to the latest signed checkpoint, into segment files in the directory sigild\'s config names (audit.archiveDir), ' +
+        'while sigild runs (role admin); each segment is verified before the entries are pruned',
+    )
+    .option('--before <n>', 'archive only entries below this index (rounded down to audit.archiveAlign)')
+    .action(async (o: { before?: string }) => {
+      const before = o.before === undefined ? undefined : count(o.before, '--before');
+      const r = await rpc.archiveAuditLog(cli.open(), before === undefined ? {} : { before });
+      const segments = r.segments.map((s) => ({ file: s.file, start: s.start, end: s.end, sha256: s.sha256, checkpointSize: s.checkpointSize, entryIndex: s.entryIndex }));
+      cli.out(
+        { segments, archivedEnd: r.archivedEnd, treeSize: r.treeSize, nothing: r.nothing || null },
+        r.segments.length === 0
+          ? `nothing archived: ${r.nothing}`
+          : [
+              ...segments.map((s) => `archived entries ${s.start} to ${s.end - 1} in ${s.file} (sha256 ${s.sha256}, checkpoint at size ${s.checkpointSize}, audit.archive entry ${s.entryIndex})`),
+              `entries below ${r.archivedEnd} are archived; the log holds ${r.treeSize}`,
+            ].join('\n'),
+      );
     });
 
   audit

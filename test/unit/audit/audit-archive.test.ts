@@ -195,7 +195,7 @@ test('a segment with a changed entry, from another log, or with wrong subtrees d
   const f = await fixture();
   const other = await fixture('CN=ci-signer-2');
   try {
-    const seg = writeVerifiedSegment(f.log, f.segDir, 0, 64, KEYS);
+    const seg = await writeVerifiedSegment(f.log, f.segDir, 0, 64, KEYS);
     const bytes = readFileSync(join(f.segDir, seg.file));
     const text = bytes.toString('utf8');
     const fails = (s: Segment, pattern: RegExp, origin = TEST_AUDIT_ORIGIN, keys = KEYS) => {
@@ -221,7 +221,7 @@ test('a segment with a changed entry, from another log, or with wrong subtrees d
     fails(parseSegment(bytes), /segment of the log sigil\/test\/audit, not of sigil\/elsewhere\/audit/, 'sigil/elsewhere/audit');
     // A segment of another log under the same key and origin verifies on its own (it is genuine), but its entries
     // are not this log's: chained to this log's subtrees it does not reach this log's root.
-    const theirs = parseSegment(readFileSync(join(other.segDir, writeVerifiedSegment(other.log, other.segDir, 0, 64, KEYS).file)));
+    const theirs = parseSegment(readFileSync(join(other.segDir, (await writeVerifiedSegment(other.log, other.segDir, 0, 64, KEYS)).file)));
     assert.ok(verifySegment(theirs, KEYS).ok);
     const mixed: Segment = { header: { ...parseSegment(bytes).header }, entries: theirs.entries };
     fails(mixed, /do not hash to the root/);
@@ -236,7 +236,7 @@ test('a segment with a changed entry, from another log, or with wrong subtrees d
 test('fuzz: the segment parser takes untrusted bytes without crashing, and a mutated segment never verifies', async () => {
   const f = await fixture();
   try {
-    const seg = writeVerifiedSegment(f.log, f.segDir, 0, 16, KEYS);
+    const seg = await writeVerifiedSegment(f.log, f.segDir, 0, 16, KEYS);
     const good = readFileSync(join(f.segDir, seg.file));
     const tryParse = (b: Uint8Array): Segment | null => {
       try {

@@ -115,3 +115,23 @@ attestation:
   assert.equal(ci.ekCrlExpired, 'refuse');
   assert.throws(() => parseConfig(text, '/srv/sigil/config.yaml'), (e: unknown) => e instanceof ConfigProblems && e.problems.includes('attestation.policies.ci.ekCrlFiles.0: cannot read /srv/sigil/crls/vendor.crl'));
 });
+
+test('audit.archiveDir must be an absolute path, archiveAlign a power of two, archiveSegmentMax a multiple of it, archiveEvery needs archiveDir; absent, no directory', () => {
+  const withAudit = (audit: string) => `${base}audit: ${audit}\n`;
+  const c = parseConfig(base, '/srv/sigil/config.yaml');
+  assert.equal(c.audit.archiveDir, undefined);
+  assert.deepEqual([c.audit.archiveAlign, c.audit.archiveSegmentMax], [65536, 262144]);
+  const ok = parseConfig(withAudit('{ archiveDir: /var/lib/sigil/archive, archiveAlign: 16, archiveSegmentMax: 48 }'), '/srv/sigil/config.yaml');
+  assert.deepEqual([ok.audit.archiveDir, ok.audit.archiveAlign, ok.audit.archiveSegmentMax], ['/var/lib/sigil/archive', 16, 48]);
+  const refused = (audit: string, pattern: RegExp) =>
+    assert.throws(() => parseConfig(withAudit(audit), '/srv/sigil/config.yaml'), (err: unknown) => err instanceof ConfigProblems && pattern.test(err.message), audit);
+  refused('{ archiveDir: archive }', /audit\.archiveDir.*must be an absolute path/);
+  refused('{ archiveAlign: 24 }', /audit\.archiveAlign.*must be a power of two/);
+  refused('{ archiveAlign: 16, archiveSegmentMax: 40 }', /audit\.archiveSegmentMax.*must be a multiple of audit\.archiveAlign \(16\)/);
+  refused('{ archiveEvery: 30d }', /audit\.archiveEvery.*needs audit\.archiveDir/);
+  // A timer Node cannot hold (above 2^31-1 ms it fires every millisecond) is refused: at most a week.
+  refused('{ checkpointInterval: 30d }', /audit\.checkpointInterval.*must be at most 7d/);
+  assert.equal(parseConfig(withAudit('{ checkpointInterval: 7d }'), '/srv/sigil/config.yaml').audit.checkpointInterval, 7 * 86_400_000);
+  const every = parseConfig(withAudit('{ archiveDir: /a, archiveEvery: 30d, archiveKeep: 1000 }'), '/srv/sigil/config.yaml');
+  assert.deepEqual([every.audit.archiveEvery, every.audit.archiveKeep], [30 * 86_400_000, 1000]);
+});
