@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { parse, stringify } from 'yaml';
+import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { promised, rpc, type Clients } from '../../src/cli/client.ts';
@@ -28,13 +29,6 @@ const skip = missingTools('softhsm', 'softhsm2-util');
 const SIGILCTL = new URL('../../bin/sigilctl.js', import.meta.url).pathname;
 type Out = { code: number; stdout: string; stderr: string };
 const ALIGN = 16;
-
-const rejectsWith = (p: Promise<unknown>, code: Status, re: RegExp) =>
-  assert.rejects(p, (err: ServiceError) => {
-    assert.equal(err.code, code, err.details);
-    assert.match(err.details, re);
-    return true;
-  });
 
 describe('archiving the audit log while sigild runs', { skip: skip ?? false }, () => {
   let td: TestDaemon;
