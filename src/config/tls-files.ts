@@ -37,10 +37,26 @@ export function readServerTls(tls: Config['tls']): ServerTls {
   } catch {
     throw new SigilError('CONFIG_INVALID', `${TLS_KEYS.key}: ${tls.keyFile} is not the private key of ${tls.certFile} (or does not parse)`);
   }
-  try {
-    createSecureContext({ ca: out.clientCa });
-  } catch {
-    throw new SigilError('CONFIG_INVALID', `${TLS_KEYS.clientCa}: ${tls.clientCaFile} is not a pem certificate bundle`);
-  }
+  // createSecureContext takes an empty or junk bundle without a word (and then trusts no one): check it block by block.
+  const problem = bundleProblem(out.clientCa);
+  if (problem !== null) throw new SigilError('CONFIG_INVALID', `${TLS_KEYS.clientCa}: ${tls.clientCaFile} ${problem}`);
   return out;
+}
+
+/** What is wrong with a PEM CA bundle (no certificate, a block cut short, another kind of block, one that does not parse), or null. */
+export function bundleProblem(pem: Buffer): string | null {
+  const text = pem.toString('latin1');
+  const begins = text.match(/-----BEGIN [^-]*-----/g)?.length ?? 0;
+  const blocks = [...text.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g)];
+  if (blocks.length === 0) return 'holds no pem certificate';
+  if (begins !== blocks.length) return 'holds a pem block without its end line (cut short?)';
+  for (const [i, b] of blocks.entries()) {
+    if (b[1] !== 'CERTIFICATE') return `holds a pem ${b[1]!.toLowerCase()} (block ${i + 1}): give certificates only`;
+    try {
+      new X509Certificate(b[0]);
+    } catch {
+      return `holds a certificate that does not parse (block ${i + 1})`;
+    }
+  }
+  return null;
 }

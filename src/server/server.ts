@@ -88,12 +88,15 @@ export interface RunningServer {
   reconfigure(access: { roles: Record<OperatorRole, string[]>; builders: readonly BuilderRule[] }): void;
   /**
    * Replaces the server certificate, its key and the operator client-CA bundle (a config reload): handshakes from
-   * now on use them. When the client-CA bundle changed, open connections are asked to close, so every client
-   * is judged again by the new bundle at its next handshake. Throws, changing nothing, on a key that does not
+   * now on use them. When the client-CA bundle changed, open connections are asked to close and cut 5 s later
+   * (streams included), so every client is judged again by the new bundle at its next handshake. Throws, changing nothing, on a key that does not
    * match its certificate or a PEM that does not parse.
    */
   setTls(tls: { cert: Buffer; key: Buffer; clientCa: Buffer }): void;
 }
+
+/** How long calls in flight may run on after the operator CA bundle changed before their connection is cut. */
+const CA_CHANGE_GRACE_MS = 5000;
 
 /** Builds and binds sigild's gRPC server: Signer, Admin, health (open) and reflection (admin only). */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
@@ -173,8 +176,9 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
         operatorCa = before;
         throw err;
       }
-      // A connection's client certificate was judged by the bundle of its handshake: a CA taken out must not stay trusted.
-      if (caChanged) server.closeSessions();
+      // A connection's client certificate was judged by the bundle of its handshake: a CA taken out must not stay
+      // trusted, on a long-lived SignStream either. Calls in flight get a few seconds; then the connection is cut.
+      if (caChanged) server.closeSessions(CA_CHANGE_GRACE_MS);
     },
     reconfigure: (next) => {
       const builders = new BuilderPolicy(next.builders);

@@ -221,9 +221,30 @@ describe('config reload', { skip: skip ?? false }, () => {
       assert.deepEqual((await td.daemon.reload()).applied, ['tls.certFile', 'tls.keyFile']);
       const admin = td.client('admin');
       await rpc.adminListKeys(admin, { prefix: '' });
+      // A SignStream opened before: it may finish what is in flight, then its connection is cut.
+      const stream = td.client('signer').signer.signStream();
+      const got: SignStreamResponse[] = [];
+      const ended = new Promise<Error | null>((resolve) => {
+        stream.on('data', (r: SignStreamResponse) => got.push(r));
+        stream.on('end', () => resolve(null));
+        stream.on('error', (err: Error) => resolve(err));
+      });
+      stream.write({ id: 1, request: { key: 'ci/app', digest: Buffer.alloc(32, 1) } });
+      while (got.length < 1) await new Promise((r) => setTimeout(r, 10));
       writeFileSync(caFile, otherCa.cert);
       assert.deepEqual((await td.daemon.reload()).applied, ['tls.clientCaFile']);
       await rejectsWith(rpc.adminListKeys(admin, { prefix: '' }), Status.UNAUTHENTICATED);
+      const cutAt = Date.now();
+      const err = await Promise.race([ended, new Promise<string>((r) => setTimeout(() => r('still open'), 10_000))]);
+      assert.notEqual(err, 'still open', 'the stream was cut');
+      assert.ok(Date.now() - cutAt < 8000);
+      stream.write({ id: 2, request: { key: 'ci/app', digest: Buffer.alloc(32, 2) } });
+      assert.equal(got.filter((r) => r.result?.signature !== undefined).length, 1, 'nothing was signed after the cut');
+      // An empty (or half-copied) bundle is refused: nobody is locked out.
+      writeFileSync(caFile, '');
+      const empty = await td.daemon.reload();
+      assert.equal(empty.result, 'invalid');
+      assert.match(empty.problems.join('\n'), /^tls\.clientCaFile: .* holds no pem certificate$/m);
     } finally {
       writeFileSync(certFile, saved.cert);
       writeFileSync(keyFile, saved.key);

@@ -103,9 +103,18 @@ export class GrpcH2Server {
     this.#probe = probe;
   }
 
-  /** Asks every open session to close (GOAWAY): calls in flight finish, clients reconnect with a new handshake. */
-  closeSessions(): void {
-    for (const s of this.#sessions) s.close();
+  /**
+   * Asks every open session to close (GOAWAY): calls in flight may finish within `graceMs`, then what is still
+   * open is cut (a long-lived stream would otherwise keep the trust of its handshake for ever). Clients reconnect
+   * with a new handshake.
+   */
+  closeSessions(graceMs: number): void {
+    for (const s of [...this.#sessions]) {
+      s.close();
+      setTimeout(() => {
+        if (!s.destroyed) s.destroy();
+      }, graceMs).unref();
+    }
   }
 
   /** Listens on host:port; resolves to the real port (useful with port 0). */
