@@ -97,6 +97,8 @@ export function parseEkCrl(file: string, data: Buffer, cas: readonly X509Certifi
   }
   const blocks = [...text.matchAll(/-----BEGIN ([A-Z0-9 ]+)-----([\s\S]*?)-----END \1-----/g)];
   if (!blocks.some((b) => b[1] === 'X509 CRL')) return `${file} holds no pem x509 crl`;
+  // A block cut short (no end line) matches nothing above: without this, the CRLs before it would be used alone.
+  if ((text.match(/-----BEGIN /g)?.length ?? 0) !== blocks.length) return `${file} holds a pem block without its end line (cut short?)`;
   const other = blocks.find((b) => b[1] !== 'X509 CRL');
   if (other !== undefined) return `${file} holds a pem ${other[1]!.toLowerCase()} besides its crls: give crls only`;
   const out: EkCrl[] = [];

@@ -92,6 +92,9 @@ describe('ek ca crls', { skip: skip ?? false }, () => {
     const forged = await crl({ by: impostor, serials: [] });
     assert.match(parseEkCrl('/b2', Buffer.from(pem(fromRoot) + pem(forged)), [x(root), x(inter)]) as string, /^\/b2 \(crl 2 of 2\): the crl signature does not verify/);
     assert.match(parseEkCrl('/b3', Buffer.from(pem(fromRoot) + root.pem), [x(root), x(inter)]) as string, /^\/b3 holds a pem certificate besides its crls: give crls only$/);
+    // The bundle cut short before the end of its second crl (a copy caught half-way): refused whole, not read as the first crl alone.
+    const cut = pem(fromRoot) + pem(fromInter).replace(/-----END X509 CRL-----\n$/, '');
+    assert.equal(parseEkCrl('/b4', Buffer.from(cut), [x(root), x(inter)]), '/b4 holds a pem block without its end line (cut short?)');
   });
 
   test('a crl made by openssl ca -gencrl is read too', async () => {
