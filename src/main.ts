@@ -279,7 +279,10 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       return finishReload({ result: 'invalid', sha256, applied: [], ignored: [], problems: [isSigilError(err) ? err.message : 'the tls files cannot be used'] }, rlog, null);
     }
     const tlsChanged = (['cert', 'key', 'clientCa'] as const).filter((k) => !nextTls[k].equals(tlsNow[k]));
-    const applied = [...plan.applied, ...tlsChanged.map((k) => TLS_KEYS[k])];
+    // An EK CA bundle edited in place (same path) is new trust too: compare the certificates the files hold now.
+    const caPrints = (p: AttestationPolicy): string => p.ekCas.map((c) => c.fingerprint256).join(',');
+    const ekCasChanged = nextPolicies === null ? [] : [...nextPolicies].filter(([name, p]) => policies.has(name) && caPrints(policies.get(name)!) !== caPrints(p)).map(([name]) => name);
+    const applied = [...plan.applied, ...ekCasChanged.map((name) => `attestation.policies.${name}.ekCaFiles`), ...tlsChanged.map((k) => TLS_KEYS[k])];
     outcome = { result: plan.ignored.length ? 'partial' : 'ok', sha256, applied, ignored: plan.ignored, problems: [] };
     return finishReload(outcome, rlog, () => {
       const e = plan.effective;
@@ -289,7 +292,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       }
       // Compiled first (reconfigure throws before changing anything), then swapped without an await between.
       if (plan.applied.includes('auth.roles') || plan.applied.includes('authorization.builders')) grpc.reconfigure({ roles: e.auth.roles, builders: e.authorization.builders });
-      if (nextPolicies !== null && plan.applied.includes('attestation.policies')) {
+      if (nextPolicies !== null && (plan.applied.includes('attestation.policies') || ekCasChanged.length > 0)) {
         policies.clear();
         for (const [name, p] of nextPolicies) policies.set(name, p);
       }

@@ -9,6 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { parse, stringify } from 'yaml';
 import { status as Status } from '@grpc/grpc-js';
 import { rejectsWith } from '../helpers/assert.ts';
+import { createDevCa } from '../../src/dev/pki.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
@@ -85,6 +86,21 @@ describe('config reload: attestation policies and builder rules', { skip: skip ?
     await reloadWith((c) => void (c.attestation.policies.ci!.golden = [ZEROS]));
     const e = td.auditEntries().filter((x) => x.act === 'config.reload').at(-1)!;
     assert.deepEqual((e.detail as { applied: string[] }).applied, ['attestation.policies']);
+  });
+
+  test('an ek ca bundle edited in place (same path) applies at the reload: a removed ca refuses the next enrollment', async () => {
+    const saved = readFileSync(sw.ekCaFile);
+    try {
+      writeFileSync(sw.ekCaFile, (await createDevCa('not the tpm vendor')).cert);
+      const out = await td.daemon.reload();
+      assert.deepEqual([out.result, out.applied], ['ok', ['attestation.policies.ci.ekCaFiles', 'attestation.policies.spare.ekCaFiles']]);
+      await rejectsWith(agent('ci').enroll(), Status.PERMISSION_DENIED, /ek/);
+    } finally {
+      writeFileSync(sw.ekCaFile, saved);
+    }
+    const back = await td.daemon.reload();
+    assert.deepEqual(back.applied, ['attestation.policies.ci.ekCaFiles', 'attestation.policies.spare.ekCaFiles']);
+    await sign(await agent('ci').enroll());
   });
 
   test('a builder rule taken away refuses the next signature; given back, it signs again', async () => {
