@@ -262,9 +262,18 @@ export class OnlineArchiver {
   schedule(every: number, keep: number, clock: Clock, log: Logger): () => void {
     let timer: NodeJS.Timeout | null = null;
     let stopped = false;
+    let warned: string | null = null;
     const tick = async (): Promise<void> => {
       const last = this.#log.archives().at(-1)?.createdAt.getTime() ?? null;
-      if (this.#running || this.#log.fullCheck.state === 'running' || (last !== null && clock.now().getTime() - last < every)) return;
+      if (this.#running || (last !== null && clock.now().getTime() - last < every)) return;
+      // Only over a log whose check passed: a run would be refused, and audited as such, at every check otherwise.
+      const state = this.#log.fullCheck.state;
+      if (state !== 'clean') {
+        if (state !== 'running' && state !== warned) log.warn({ state }, 'scheduled audit archive waits: the audit log full check has not passed');
+        warned = state;
+        return;
+      }
+      warned = null;
       try {
         const r = await this.run('sigild', Math.max(0, this.#log.size - keep));
         if (r.segments.length > 0) log.info({ segments: r.segments.length, archivedEnd: r.archivedEnd }, 'scheduled audit archive done');

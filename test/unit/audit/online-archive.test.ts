@@ -203,3 +203,39 @@ test('the schedule archives as sigild when due (counted from the last archive re
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('the schedule waits, without a refused entry at each check, while the full check has not passed', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-online-archive-'));
+  const clock = { now: () => new Date(Date.parse('2030-01-01T00:00:00Z')) };
+  const log = AuditLog.open({ path: join(dir, 'audit.db'), origin: TEST_AUDIT_ORIGIN, key, clock, log: silentLogger() });
+  // The log as the archiver sees it, with a background check that ended in an error (a disk that failed under it).
+  let state: 'error' | 'clean' = 'error';
+  const seen = new Proxy(log, {
+    get: (target, prop) => {
+      if (prop === 'fullCheck') return { ...target.fullCheck, state };
+      const v: unknown = Reflect.get(target, prop, target);
+      return typeof v === 'function' ? (v as (...args: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  const warnings: string[] = [];
+  const logger = Object.assign(Object.create(silentLogger()) as ReturnType<typeof silentLogger>, { warn: (_o: unknown, msg: string) => void warnings.push(msg) });
+  const a = new OnlineArchiver(seen, { dir: join(dir, 'segments'), align: 16, segmentMax: 16 });
+  const stop = a.schedule(1000, 0, clock, logger);
+  try {
+    await Promise.all(Array.from({ length: 40 }, (_, i) => log.record(event(i))));
+    await new Promise((r) => setTimeout(r, 2300));
+    assert.equal(log.archivedEnd, 0, 'nothing archived');
+    assert.equal(acts(log, 'audit.archive').length, 0, 'no refused run audited at each check');
+    assert.deepEqual(warnings, ['scheduled audit archive waits: the audit log full check has not passed'], 'warned once');
+    state = 'clean';
+    for (const deadline = Date.now() + 10_000; log.archivedEnd === 0; ) {
+      if (Date.now() > deadline) assert.fail('the schedule did not run once the check passed');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  } finally {
+    stop();
+    await a.settled();
+    await log.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
