@@ -372,7 +372,7 @@ function enrollmentRecords(store: Store): EnrollmentRecords {
   return {
     get: async (ekHash) => store.getEnrollment(ekHash) ?? undefined,
     put: async (rec) => store.putEnrollment(rec),
-    update: async (rec) => store.updateEnrollment(rec),
+    update: async (rec, judged) => store.updateEnrollment(rec, judged),
   };
 }
 

@@ -7,8 +7,8 @@ export type { EnrollmentRecord };
 export interface EnrollmentRecords {
   get(ekHash: string): Promise<EnrollmentRecord | undefined>;
   put(rec: EnrollmentRecord): Promise<void>;
-  /** A renewal's write: only while the EK's record still exists with the same AK; false (no change) otherwise. */
-  update(rec: EnrollmentRecord): Promise<boolean>;
+  /** A renewal's write: only while the EK's record is still the one it was judged against (same AK, written at `judged`); false (no change) otherwise. */
+  update(rec: EnrollmentRecord, judged: Date): Promise<boolean>;
 }
 
 /** An in-memory EnrollmentRecords, for tests. */
@@ -24,8 +24,9 @@ export class MemoryEnrollmentRecords implements EnrollmentRecords {
     this.#recs.set(rec.ekHash, { ...rec, akPublic: Buffer.from(rec.akPublic) });
   }
 
-  async update(rec: EnrollmentRecord): Promise<boolean> {
-    if (this.#recs.get(rec.ekHash)?.akName !== rec.akName) return false;
+  async update(rec: EnrollmentRecord, judged: Date): Promise<boolean> {
+    const cur = this.#recs.get(rec.ekHash);
+    if (cur?.akName !== rec.akName || cur.updatedAt.getTime() !== judged.getTime()) return false;
     await this.put(rec);
     return true;
   }

@@ -296,7 +296,7 @@ export class Verifier {
     };
     // A renewal only updates the record it was judged against: one an admin forgot meanwhile stays forgotten.
     if (p.kind === 'enroll') await this.#records.put(rec);
-    else if (!(await this.#records.update(rec))) deny(NOT_ENROLLED);
+    else if (prev === undefined || !(await this.#records.update(rec, prev.updatedAt))) deny(NOT_ENROLLED);
     this.#log?.info({ ekHash: p.ekHash, akName, policy: policy.name, kind: p.kind, resetCount: c.resetCount, restartCount: c.restartCount }, p.kind === 'enroll' ? 'builder enrolled' : 'builder attestation renewed');
     return {
       ekHash: p.ekHash,

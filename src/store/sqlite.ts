@@ -328,7 +328,7 @@ export class SqliteStore implements Store {
       nextCrlNumber: this.#db.prepare('INSERT INTO crl_numbers (id, last) VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET last = last + 1 RETURNING last'),
       updateEnrollment: this.#db.prepare(
         `UPDATE enrollments SET ak_public = ?, policy = ?, reset_count = ?, restart_count = ?, clock = ?, updated_at = ?, ek_certificate = ?, ek_public = ?
-         WHERE ek_hash = ? AND ak_name = ?`,
+         WHERE ek_hash = ? AND ak_name = ? AND updated_at = ?`,
       ),
       putEnrollment: this.#db.prepare(
         `INSERT INTO enrollments (ek_hash, ak_name, ak_public, policy, reset_count, restart_count, clock, updated_at, ek_certificate, ek_public)
@@ -568,8 +568,8 @@ export class SqliteStore implements Store {
     return Number(this.#q.useJoinToken.run(tokenHash, policy, at.getTime()).changes) === 1;
   }
 
-  updateEnrollment(rec: EnrollmentRecord): boolean {
-    const r = this.#q.updateEnrollment.run(rec.akPublic, rec.policy, rec.resetCount, rec.restartCount, rec.clock.toString(), rec.updatedAt.getTime(), rec.ekCertificate, rec.ekPublic, rec.ekHash, rec.akName);
+  updateEnrollment(rec: EnrollmentRecord, judged: Date): boolean {
+    const r = this.#q.updateEnrollment.run(rec.akPublic, rec.policy, rec.resetCount, rec.restartCount, rec.clock.toString(), rec.updatedAt.getTime(), rec.ekCertificate, rec.ekPublic, rec.ekHash, rec.akName, judged.getTime());
     return Number(r.changes) === 1;
   }
 

@@ -216,10 +216,11 @@ export interface Store {
   /** Records (or replaces) an EK's enrollment state; durable when it returns. */
   putEnrollment(rec: EnrollmentRecord): void;
   /**
-   * A renewal's write: replaces the EK's enrollment state only while its record still names the same AK; false
-   * (and no change) when the record is gone (forgotten by an admin meanwhile) or names another AK. Durable when it returns.
+   * A renewal's write: replaces the EK's enrollment state only while its record is still the one the renewal was
+   * judged against (same AK, last written at `judged`); false (and no change) when it is gone (forgotten by an
+   * admin meanwhile) or was written since (a new enrollment). Durable when it returns.
    */
-  updateEnrollment(rec: EnrollmentRecord): boolean;
+  updateEnrollment(rec: EnrollmentRecord, judged: Date): boolean;
   /** Enrollments whose EK hash starts with `ekHashPrefix` (lower-case hex; empty for all), sorted by EK hash. */
   listEnrollments(ekHashPrefix: string): EnrollmentRecord[];
   /** Deletes an EK's enrollment record: true when there was one, false (and no change) otherwise. Durable when it returns. */

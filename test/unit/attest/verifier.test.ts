@@ -168,11 +168,17 @@ test('a renewal whose record an admin forgets while it is judged does not bring 
   // daemon): the renewal is refused as not enrolled, and the record stays forgotten.
   class ForgottenAfterRead extends MemoryEnrollmentRecords {
     forgetAtNextRead = false;
+    reenrollAtNextRead = false;
     override async get(ekHash: string) {
       const r = await super.get(ekHash);
       if (this.forgetAtNextRead) {
         this.forgetAtNextRead = false;
         this.delete(ekHash);
+      }
+      if (this.reenrollAtNextRead && r !== undefined) {
+        // Forgotten, and the same TPM enrolled afresh with the same AK, between the renewal's read and its write.
+        this.reenrollAtNextRead = false;
+        await this.put({ ...r, resetCount: r.resetCount + 1, updatedAt: new Date(r.updatedAt.getTime() + 1000) });
       }
       return r;
     }
@@ -185,6 +191,13 @@ test('a renewal whose record an admin forgets while it is judged does not bring 
   const id = spki();
   await assert.rejects(v.renew({ nonce, identitySpki: id, ...tpm.quote(nonce, id) }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again'));
   assert.equal(await records.get(a.ekHash), undefined, 'the forgotten record stays forgotten');
+  // A new enrollment between the read and the write: the stale renewal does not write its older counters over it.
+  const b = await enroll(v, tpm);
+  const fresh = (await records.get(b.ekHash))!;
+  const n2 = await v.renewChallenge({ ekHash: b.ekHash, akName: b.akName });
+  records.reenrollAtNextRead = true;
+  await assert.rejects(v.renew({ nonce: n2, identitySpki: id, ...tpm.quote(n2, id) }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again'));
+  assert.equal((await records.get(b.ekHash))!.resetCount, fresh.resetCount + 1, "the new enrollment's counters stay");
 });
 
 test('logs name the builder, never the secret or the nonce', async () => {

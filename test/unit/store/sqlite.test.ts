@@ -214,13 +214,15 @@ test('enrollments: listed by ek hash prefix in ek hash order; deleted one by one
     assert.equal(s.deleteEnrollment(a1.ekHash), true);
     assert.equal(s.deleteEnrollment(a1.ekHash), false);
     assert.equal(s.getEnrollment(a1.ekHash), null);
-    // A renewal's write: only onto the record it was judged against (same EK, same AK).
-    assert.equal(s.updateEnrollment({ ...a1, resetCount: 9 }), false, 'a forgotten record is not brought back');
+    // A renewal's write: only onto the record it was judged against (same EK, same AK, written at the same time).
+    const later = new Date(t0.getTime() + 1000);
+    assert.equal(s.updateEnrollment({ ...a1, resetCount: 9, updatedAt: later }, t0), false, 'a forgotten record is not brought back');
     assert.equal(s.getEnrollment(a1.ekHash), null);
-    assert.equal(s.updateEnrollment({ ...b, akName: '000b' + 'ef'.repeat(32), resetCount: 9 }), false, 'nor is another ak written over it');
-    assert.equal(s.updateEnrollment({ ...b, resetCount: 4 }), true);
+    assert.equal(s.updateEnrollment({ ...b, akName: '000b' + 'ef'.repeat(32), resetCount: 9, updatedAt: later }, t0), false, 'nor is another ak written over it');
+    assert.equal(s.updateEnrollment({ ...b, resetCount: 9, updatedAt: later }, new Date(t0.getTime() - 1)), false, 'nor a record written since (a new enrollment)');
+    assert.equal(s.updateEnrollment({ ...b, resetCount: 4, updatedAt: later }, t0), true);
     assert.equal(s.getEnrollment(b.ekHash)!.resetCount, 4);
-    s.updateEnrollment({ ...b, resetCount: 3 });
+    s.putEnrollment(b);
     s.close();
     const again = new SqliteStore(path);
     assert.deepEqual(again.listEnrollments(''), [a2, b], 'the deletion survives a reopen, and only that record went');
