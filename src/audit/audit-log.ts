@@ -725,8 +725,12 @@ export class AuditLog implements AuditSink {
       await this.#writer.request({ id: 0, op: 'prune', start: a.start, end: a.end, file: a.file, sha256: a.sha256, checkpoint: a.checkpoint, entry: a.entry, createdAt: rec.createdAt.getTime() });
       this.#archives.push(rec);
     } catch (err) {
-      // The writer rolled back (its transaction is all or nothing): the entries keep their data.
-      throw new SigilError('AUDIT_UNAVAILABLE', `archiving [${a.start}, ${a.end}) could not be written: nothing pruned`, { cause: err });
+      // The writer's transaction is all or nothing, but a writer that died after its commit and before its answer
+      // leaves the prune done: the file, not the failure, says which (read on this connection).
+      const done = this.#db.prepare('SELECT * FROM archives WHERE start = ? AND end = ? AND file = ? AND sha256 = ?').get(a.start, a.end, a.file, a.sha256) as ArchiveRow | undefined;
+      if (done === undefined) throw new SigilError('AUDIT_UNAVAILABLE', `archiving [${a.start}, ${a.end}) could not be written: nothing pruned`, { cause: err });
+      this.#log.warn({ err, start: a.start, end: a.end }, 'the audit writer failed after the prune committed: it stands');
+      this.#archives.push({ ...rec, createdAt: new Date(done.created_at) });
     } finally {
       this.#pruning = null;
     }
