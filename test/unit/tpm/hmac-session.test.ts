@@ -148,3 +148,19 @@ test('a success answered without sessions to a command sent with an hmac session
   const sig = await tpm.sign(0x81000010, Buffer.alloc(32), TPM_ALG.ECDSA, TPM_ALG.SHA256);
   assert.equal(sig.sigAlg, TPM_ALG.ECDSA);
 });
+
+test('an answer whose response hmac does not verify leaves the session nonce as it was', async () => {
+  const params = new Writer().u16(TPM_ALG.ECDSA).u16(TPM_ALG.SHA256).sized(Buffer.alloc(32, 0xaa)).sized(Buffer.alloc(32, 0xbb)).finish();
+  const forgedNonce = Buffer.alloc(32, 9);
+  const auth = marshalAuthResponses([{ nonce: forgedNonce, attributes: 1, hmac: Buffer.alloc(32, 7) }]);
+  const body = new Writer().u32(params.length).bytes(params).bytes(auth).finish();
+  const forged = new Writer().u16(TPM_ST.SESSIONS).u32(10 + body.length).u32(0).bytes(body).finish();
+  const tpm = new Tpm({ send: async () => forged, close: async () => undefined, connections: 1 } as unknown as TpmTransport);
+  const nonceTPM = Buffer.alloc(32, 2);
+  const session = { handle: 0x02000000, sessionKey: Buffer.alloc(32, 1), nonceTPM };
+  await assert.rejects(
+    tpm.sign(0x81000010, Buffer.alloc(32), TPM_ALG.ECDSA, TPM_ALG.SHA256, { session, name: Buffer.alloc(34, 3), authValue: Buffer.alloc(32, 4) }),
+    (e: unknown) => e instanceof ResponseHmacError,
+  );
+  assert.equal(session.nonceTPM, nonceTPM, 'the unverified nonce did not enter the session');
+});
