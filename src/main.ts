@@ -226,7 +226,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     identity?.close();
     if (checkpointTimer) clearInterval(checkpointTimer);
     stopArchiving?.();
-    await archiver.settled();
+    await archiver.stop();
     await audited.close();
     await backends.closeAll();
     store.close();
@@ -354,7 +354,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
         if (checkpointTimer) clearInterval(checkpointTimer);
         stopArchiving?.();
         // A segment half-way is finished (or fails) before the log closes under it.
-        await archiver.settled();
+        await archiver.stop();
         // A checkpoint over everything written: the next start verifies up to here without reading it all.
         if (audited.healthy) await audited.latestCheckpoint().catch((err: unknown) => log.warn({ err }, 'audit checkpoint at stop failed'));
         await audited.close();

@@ -107,7 +107,7 @@ function vacuum(path: string): number {
 }
 
 /** Archives whole `align`-sized runs up to the latest checkpoint (and `o.before`), at most `segmentMax` entries a segment. */
-async function archivePrefix(log: AuditLog, o: Pick<ArchiveOptions, 'outDir' | 'before' | 'who'>, align: number, segmentMax: number, verifyKeys: readonly VerifyKey[]): Promise<ArchiveResult> {
+async function archivePrefix(log: AuditLog, o: Pick<ArchiveOptions, 'outDir' | 'before' | 'who'>, align: number, segmentMax: number, verifyKeys: readonly VerifyKey[], stopping: () => boolean = () => false): Promise<ArchiveResult> {
   const check = await log.fullCheckDone();
   if (check.state !== 'clean') throw new SigilError('FAILED_PRECONDITION', `the audit log's full check did not pass (${check.state}${check.finding ? `: ${check.finding}` : ''}): nothing archived`);
   const cp = log.lastSigned();
@@ -119,6 +119,8 @@ async function archivePrefix(log: AuditLog, o: Pick<ArchiveOptions, 'outDir' | '
   }
   const segments: ArchivedFile[] = [];
   for (let start = log.archivedEnd; start < end; start = segments.at(-1)!.end) {
+    // A daemon stopping ends the run between segments (each is whole): the rest waits for the next run.
+    if (stopping()) return done(`stopped after ${segments.length} segment(s): sigild is stopping`, segments);
     segments.push(await archiveSegment(log, o.outDir, start, Math.min(end, start + segmentMax), verifyKeys, o.who));
   }
   return done(null, segments);
@@ -209,6 +211,7 @@ export class OnlineArchiver {
   readonly #log: AuditLog;
   readonly #cfg: OnlineArchiveConfig;
   #running = false;
+  #stopping = false;
   #current: Promise<unknown> = Promise.resolve();
 
   constructor(log: AuditLog, cfg: OnlineArchiveConfig) {
@@ -221,8 +224,12 @@ export class OnlineArchiver {
     return this.#running;
   }
 
-  /** Resolves once the run under way (if any) has ended, whatever its outcome: the daemon waits for it before closing the log. */
-  settled(): Promise<void> {
+  /**
+   * Stops archiving: a run under way ends after the segment it is on (each is whole), no later run starts.
+   * Resolves once that run has ended, whatever its outcome: the daemon waits for it before closing the log.
+   */
+  stop(): Promise<void> {
+    this.#stopping = true;
     return this.#current.then(
       () => undefined,
       () => undefined,
@@ -244,7 +251,7 @@ export class OnlineArchiver {
         // Archive up to a checkpoint that covers what is there now: a segment carries a signed checkpoint.
         await this.#log.latestCheckpoint();
         const keys = this.#log.keyVersions().map((v) => ({ spki: v.spki, label: v.keyVersion }));
-        return await archivePrefix(this.#log, { outDir: dir, before, who }, this.#cfg.align, this.#cfg.segmentMax, keys);
+        return await archivePrefix(this.#log, { outDir: dir, before, who }, this.#cfg.align, this.#cfg.segmentMax, keys, () => this.#stopping);
       } finally {
         this.#running = false;
       }
@@ -299,6 +306,7 @@ export class OnlineArchiver {
     if (this.#cfg.dir === null) throw new SigilError('FAILED_PRECONDITION', 'audit.archiveDir is not configured: set it to the absolute path of the directory archive segments go to (docs/operations.md)');
     if (before !== undefined && (!Number.isSafeInteger(before) || before < 0)) throw new SigilError('INVALID_ARGUMENT', 'before must be a non-negative integer');
     if (this.#running) throw new SigilError('FAILED_PRECONDITION', 'an audit archive is already running: try again once it has finished');
+    if (this.#stopping) throw new SigilError('FAILED_PRECONDITION', 'sigild is stopping: no audit archive starts');
     this.#log.ready();
     const c = this.#log.fullCheck;
     if (c.state === 'running') throw new SigilError('FAILED_PRECONDITION', `the audit log's full check is running (${c.verified} of ${c.size} entries verified): archive once it has passed`);

@@ -116,6 +116,22 @@ test('a second run while one is under way is refused (not queued), audited, and 
   }
 });
 
+test('stop ends a run between segments (each whole) and refuses later runs: a daemon stopping does not wait for a whole backlog', async () => {
+  const f = await fixture(64);
+  try {
+    const a = new OnlineArchiver(f.log, { dir: f.segDir, align: 16, segmentMax: 16 });
+    const run = a.run('CN=admin');
+    await a.stop();
+    const r = await run;
+    assert.ok(r.segments.length < 4, `${r.segments.length} of 4 segments`);
+    assert.match(r.nothing ?? '', /^stopped after \d segment\(s\): sigild is stopping$/);
+    assert.equal(f.log.archivedEnd, r.segments.length * 16, 'what was archived is whole');
+    await assert.rejects(a.run('CN=admin'), refused(/sigild is stopping/));
+  } finally {
+    await f.cleanup();
+  }
+});
+
 test('a run while the background full check is running is refused, naming it', async () => {
   const f = await fixture(40, 0);
   try {
@@ -198,7 +214,7 @@ test('the schedule archives as sigild when due (counted from the last archive re
     assert.equal(log.archivedEnd % 16, 0);
   } finally {
     stop();
-    await a.settled();
+    await a.stop();
     await log.close();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -234,7 +250,7 @@ test('the schedule waits, without a refused entry at each check, while the full 
     }
   } finally {
     stop();
-    await a.settled();
+    await a.stop();
     await log.close();
     rmSync(dir, { recursive: true, force: true });
   }
