@@ -18,6 +18,8 @@ import { loadPolicies, PolicyProblems, type AttestationPolicy } from './attest/p
 import { ConfigProblems, parseConfig } from './config/load.ts';
 import { planReload } from './config/reload.ts';
 import { createHash } from 'node:crypto';
+import { Authenticator } from './server/auth.ts';
+import { BuilderPolicy } from './identity/builder-policy.ts';
 import { readServerTls, TLS_KEYS, type ServerTls } from './config/tls-files.ts';
 import type { EnrollmentRecords } from './attest/enrollment-records.ts';
 import type { Store } from './store/store.ts';
@@ -271,6 +273,13 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
       return finishReload({ result: 'invalid', sha256, applied: [], ignored: [], problems }, rlog, null);
     }
     const plan = planReload(running, next);
+    // What applying compiles is compiled here, before the audit entry says `ok`: applying cannot then fail half-way.
+    try {
+      new Authenticator(plan.effective.auth.roles);
+      new BuilderPolicy(plan.effective.authorization.builders);
+    } catch (err) {
+      return finishReload({ result: 'invalid', sha256, applied: [], ignored: [], problems: [isSigilError(err) ? err.message : 'the role or builder patterns do not compile'] }, rlog, null);
+    }
     // The TLS files, read again whatever their paths (a certificate renewed in place), and checked before anything applies.
     let nextTls: { cert: Buffer; key: Buffer; clientCa: Buffer };
     try {
