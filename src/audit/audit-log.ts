@@ -508,7 +508,7 @@ export class AuditLog implements AuditSink {
     const bytes = (idx: number): number | null => (this.#db.prepare('SELECT length(data) AS n FROM entries WHERE idx = ?').get(idx) as { n: number } | undefined)?.n ?? null;
     if (at > 0 && bytes(at - 1) !== 0) throw tampered(archiveFinding(at - 1, at));
     if (at < count && bytes(at) === 0) throw tampered(archiveFinding(at, at));
-    this.#archives = rows.map((r) => ({ start: r.start, end: r.end, file: r.file, sha256: r.sha256, checkpoint: r.checkpoint, entry: r.entry, createdAt: new Date(r.created_at) }));
+    this.#archives = rows.map(toArchive);
   }
 
   /** Writes subtree cache rows in one transaction, after emptying the cache first when `replaceAll`. */
@@ -730,7 +730,7 @@ export class AuditLog implements AuditSink {
       const done = this.#db.prepare('SELECT * FROM archives WHERE start = ? AND end = ? AND file = ? AND sha256 = ?').get(a.start, a.end, a.file, a.sha256) as ArchiveRow | undefined;
       if (done === undefined) throw new SigilError('AUDIT_UNAVAILABLE', `archiving [${a.start}, ${a.end}) could not be written: nothing pruned`, { cause: err });
       this.#log.warn({ err, start: a.start, end: a.end }, 'the audit writer failed after the prune committed: it stands');
-      this.#archives.push({ ...rec, createdAt: new Date(done.created_at) });
+      this.#archives.push(toArchive(done));
     } finally {
       this.#pruning = null;
     }
@@ -873,14 +873,11 @@ function archivedError(index: number, a: Omit<ArchivedSegment, 'createdAt'>): Si
   return new SigilError('FAILED_PRECONDITION', `entry ${index} is archived in segment ${a.file} (entries ${a.start} to ${a.end - 1}, sha256 ${a.sha256})`);
 }
 
-interface ArchiveRow {
-  start: number;
-  end: number;
-  file: string;
-  sha256: string;
-  checkpoint: number;
-  entry: number;
-  created_at: number;
+/** A row of the `archives` table: an ArchivedSegment with its time as stored. */
+type ArchiveRow = Omit<ArchivedSegment, 'createdAt'> & { created_at: number };
+
+function toArchive(r: ArchiveRow): ArchivedSegment {
+  return { start: r.start, end: r.end, file: r.file, sha256: r.sha256, checkpoint: r.checkpoint, entry: r.entry, createdAt: new Date(r.created_at) };
 }
 
 /** The range and segment an `audit.archive` entry names, or null when the bytes are not such an entry. */

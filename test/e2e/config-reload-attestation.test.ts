@@ -4,17 +4,17 @@
 import 'reflect-metadata';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parse, stringify } from 'yaml';
 import { status as Status } from '@grpc/grpc-js';
+import { signAsBuilder } from '../helpers/builder.ts';
 import { rejectsWith } from '../helpers/assert.ts';
 import { createDevCa } from '../../src/dev/pki.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
 import { rpc } from '../../src/cli/client.ts';
-import { Attestor, builderClients, type Identity } from '../../src/cli/agent/attestor.ts';
+import { Attestor, type Identity } from '../../src/cli/agent/attestor.ts';
 
 const skip = missingTools('swtpm', 'swtpm_setup', 'openssl', 'softhsm', 'softhsm2-util');
 const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -34,14 +34,7 @@ describe('config reload: attestation policies and builder rules', { skip: skip ?
 
   const agent = (policy: string): Attestor =>
     new Attestor({ addr: td.daemon.address, ca: td.ca, tpm: sw.tcti, policy, ek: 'rsa', ak: 'ecc', claims: { repository: 'acme/widgets' }, lifetimeSeconds: 0 });
-  const sign = async (id: Identity): Promise<void> => {
-    const c = builderClients(td.daemon.address, td.ca, id);
-    try {
-      await rpc.sign(c, { key: 'ci/provenance', digest: createHash('sha256').update('artifact').digest(), message: undefined });
-    } finally {
-      c.close();
-    }
-  };
+  const sign = async (id: Identity): Promise<void> => void (await signAsBuilder(td, id));
   const reloadWith = async (edit: (cfg: Cfg) => void): Promise<Awaited<ReturnType<TestDaemon['daemon']['reload']>>> => {
     const cfg = parse(readFileSync(td.configFile, 'utf8')) as Cfg;
     edit(cfg);

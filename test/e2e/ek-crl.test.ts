@@ -13,12 +13,13 @@ import { promisify } from 'node:util';
 import { stringify, parse } from 'yaml';
 import { readFileSync } from 'node:fs';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { signAsBuilder } from '../helpers/builder.ts';
 import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
 import { rpc } from '../../src/cli/client.ts';
-import { Attestor, builderClients, type Identity } from '../../src/cli/agent/attestor.ts';
+import { Attestor, type Identity } from '../../src/cli/agent/attestor.ts';
 import type { AuditEntry } from '../../src/audit/entry.ts';
 import { readEk } from '../../src/tpm/attestation-client.ts';
 import { spkiOf } from '../../src/tpm/structures.ts';
@@ -42,14 +43,7 @@ describe('ek certificates revoked by their ca', { skip: skip ?? false }, () => {
   const ca = (args: string[]) =>
     execFileSync('openssl', ['ca', '-config', join(dir, 'ca.cnf'), '-keyfile', sw.ekIssuer.keyFile, '-cert', sw.ekIssuer.certFile, ...args], { stdio: 'pipe' });
   const agent = (): Attestor => new Attestor({ addr: td.daemon.address, ca: td.ca, tpm: sw.tcti, policy: 'ci', ek: 'rsa', ak: 'ecc', claims: { repository: 'acme/widgets' }, lifetimeSeconds: 0 });
-  const sign = async (id: Identity): Promise<void> => {
-    const c = builderClients(td.daemon.address, td.ca, id);
-    try {
-      await rpc.sign(c, { key: 'ci/provenance', digest: createHash('sha256').update('artifact').digest(), message: undefined });
-    } finally {
-      c.close();
-    }
-  };
+  const sign = async (id: Identity): Promise<void> => void (await signAsBuilder(td, id));
   const refused = (act: string, why: RegExp): AuditEntry | undefined =>
     td.auditEntries().find((e) => e.act === act && e.result === 'refused' && e.reason === 'PERMISSION_DENIED' && why.test(String((e.detail as { why?: string }).why)));
 

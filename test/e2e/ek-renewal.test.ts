@@ -5,23 +5,21 @@
 import 'reflect-metadata';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
 import { status as Status } from '@grpc/grpc-js';
+import { signAsBuilder } from '../helpers/builder.ts';
 import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
-import { startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
+import { startSwtpm, swtpmEkHash, type Swtpm } from '../helpers/swtpm.ts';
 import { createDevCa } from '../../src/dev/pki.ts';
 import { rpc } from '../../src/cli/client.ts';
-import { Attestor, builderClients, type AttestorOptions, type Identity } from '../../src/cli/agent/attestor.ts';
+import { Attestor, type AttestorOptions, type Identity } from '../../src/cli/agent/attestor.ts';
 import { Agent, type AgentEvent } from '../../src/cli/agent/agent.ts';
 import type { AuditEntry } from '../../src/audit/entry.ts';
 import { SqliteStore } from '../../src/store/sqlite.ts';
-import { readEk } from '../../src/tpm/attestation-client.ts';
-import { spkiOf } from '../../src/tpm/structures.ts';
 
 const skip = missingTools('swtpm', 'swtpm_setup', 'openssl', 'softhsm', 'softhsm2-util');
 const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -41,14 +39,7 @@ describe('ek trust re-checked at renewal', { skip: skip ?? false }, () => {
     return o;
   };
   const agent = (policy: string): Attestor => new Attestor(options(policy));
-  const sign = async (id: Identity): Promise<void> => {
-    const c = builderClients(td.daemon.address, td.ca, id);
-    try {
-      await rpc.sign(c, { key: 'ci/provenance', digest: createHash('sha256').update('artifact').digest(), message: undefined });
-    } finally {
-      c.close();
-    }
-  };
+  const sign = async (id: Identity): Promise<void> => void (await signAsBuilder(td, id));
   /** Restarts sigild on the same store, token and files, with `edit` applied to its attestation policies. */
   const restartWith = async (edit: (policies: Record<string, Record<string, unknown>>) => void): Promise<void> => {
     const cfg = parse(readFileSync(td.configFile, 'utf8')) as { attestation: { policies: Record<string, Record<string, unknown>> } };
@@ -62,11 +53,7 @@ describe('ek trust re-checked at renewal', { skip: skip ?? false }, () => {
   before(async () => {
     if (skip) return;
     sw = await startSwtpm();
-    ekHash = await withTpmClient(sw, async (tpm) => {
-      const ek = await readEk(tpm, 'rsa');
-      await tpm.flushContext(ek.handle);
-      return createHash('sha256').update(spkiOf(ek.public)).digest('hex');
-    });
+    ekHash = await swtpmEkHash(sw);
     const base = { pcrs: { bank: 'sha256', select: PCRS }, golden: [ZEROS] };
     td = await startTestDaemon({
       extraConfig: {

@@ -14,14 +14,12 @@ import { status as Status } from '@grpc/grpc-js';
 import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
-import { startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
+import { startSwtpm, swtpmEkHash, type Swtpm } from '../helpers/swtpm.ts';
 import { verifyWithOpenssl } from '../helpers/verify.ts';
 import { rpc } from '../../src/cli/client.ts';
 import { AkUnavailableError, Attestor, builderClients, type AttestorOptions, type Identity } from '../../src/cli/agent/attestor.ts';
 import { Agent, type AgentEvent } from '../../src/cli/agent/agent.ts';
 import { SqliteStore } from '../../src/store/sqlite.ts';
-import { readEk } from '../../src/tpm/attestation-client.ts';
-import { spkiOf } from '../../src/tpm/structures.ts';
 
 const skip = missingTools('swtpm', 'swtpm_setup', 'tpm2_clear', 'tpm2_setclock', 'openssl', 'softhsm', 'softhsm2-util');
 const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -86,11 +84,7 @@ describe('forgetting the enrollment of a runner whose tpm was cleared', { skip: 
   before(async () => {
     if (skip) return;
     sw = await startSwtpm();
-    ekHash = await withTpmClient(sw, async (tpm) => {
-      const ek = await readEk(tpm, 'rsa');
-      await tpm.flushContext(ek.handle);
-      return createHash('sha256').update(spkiOf(ek.public)).digest('hex');
-    });
+    ekHash = await swtpmEkHash(sw);
     td = await startTestDaemon({
       extraConfig: {
         identity: { trustDomain: 'sigil.test' },

@@ -8,6 +8,9 @@ import { launchSwtpm, prepareSwtpmState, type SwtpmState } from '../../src/dev/s
 import { isSigilError } from '../../src/errors.ts';
 import { KeyTable } from '../../src/signers/tpm/key-table.ts';
 import { Tpm } from '../../src/tpm/tpm.ts';
+import { readEk } from '../../src/tpm/attestation-client.ts';
+import { spkiOf } from '../../src/tpm/structures.ts';
+import { ekHash } from '../../src/attest/ek.ts';
 
 /** A running swtpm (TPM 2.0 simulator) on 127.0.0.1 with EK certificates issued by a local CA. */
 export interface Swtpm {
@@ -120,6 +123,15 @@ export async function withTpmClient<T>(sw: Swtpm, f: (tpm: Tpm) => Promise<T>): 
   } finally {
     await tpm.close();
   }
+}
+
+/** The EK hash sigild knows a builder on `sw` by (the RSA EK sigil-agent uses by default). */
+export async function swtpmEkHash(sw: Swtpm): Promise<string> {
+  return withTpmClient(sw, async (tpm) => {
+    const ek = await readEk(tpm, 'rsa');
+    await tpm.flushContext(ek.handle);
+    return ekHash(spkiOf(ek.public));
+  });
 }
 
 /**
