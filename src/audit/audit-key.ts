@@ -1,6 +1,6 @@
 import type { KeyService } from '../keys/key-service.ts';
 import { keyVersionRef } from '../keys/names.ts';
-import type { KeyRecord } from '../store/store.ts';
+import type { KeyRecord, KeyVersionRecord } from '../store/store.ts';
 import type { AuditKey } from './audit-log.ts';
 
 /** One version of the audit key with the window in which it signs checkpoints. */
@@ -26,7 +26,9 @@ export interface AuditKeyVersion {
  * The versions of the audit key, oldest first: every version that holds a key (a PENDING version of a
  * rotation under way or interrupted is left out), each superseded when the next one was created.
  */
-export function auditKeyVersions(key: KeyRecord): Array<AuditKeyVersion & { createdAt: Date }> {
+export function auditKeyVersions(
+  key: Pick<KeyRecord, 'name' | 'primaryVersion'> & { versions: ReadonlyArray<Pick<KeyVersionRecord, 'version' | 'state' | 'spki' | 'createdAt'>> },
+): Array<AuditKeyVersion & { createdAt: Date }> {
   const made = key.versions.filter((v) => v.state !== 'PENDING').sort((a, b) => a.version - b.version);
   return made.map((v, i) => ({
     keyVersion: keyVersionRef(key.name, v.version),

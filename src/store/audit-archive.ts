@@ -9,9 +9,10 @@ import type { VerifyKey } from '../audit/verify.ts';
 import type { Clock } from '../clock.ts';
 import type { Config } from '../config/schema.ts';
 import { SigilError } from '../errors.ts';
-import { keyVersionRef } from '../keys/names.ts';
+import { auditKeyVersions } from '../audit/audit-key.ts';
 import type { Logger } from '../log.ts';
 import { auditOriginOf, auditPathOf } from './backup.ts';
+import type { KeyVersionState } from './store.ts';
 
 /** What `sigild audit archive` is asked for. */
 export interface ArchiveOptions {
@@ -154,17 +155,11 @@ function lockExclusive(path: string, what: string): DatabaseSync {
  * public key (to verify checkpoints), no signing (the daemon signs the next checkpoint when it starts).
  */
 function storedAuditKey(store: DatabaseSync, name: string): { key: AuditKey; verifyKeys: VerifyKey[] } {
+  // Read on the connection that holds the store's exclusive lock (a SqliteStore would be a second one, refused).
   const k = store.prepare('SELECT primary_version AS p FROM keys WHERE name = ?').get(name) as { p: number } | undefined;
-  const rows = store.prepare("SELECT version, spki, created_at FROM key_versions WHERE name = ? AND state != 'PENDING' ORDER BY version").all(name) as Array<{ version: number; spki: Uint8Array; created_at: number }>;
-  if (!k || rows.length === 0) throw new SigilError('FAILED_PRECONDITION', `the store holds no audit key ${name}`);
-  const versions = rows.map((r, i) => ({
-    keyVersion: keyVersionRef(name, r.version),
-    version: r.version,
-    spki: Buffer.from(r.spki),
-    createdAt: new Date(r.created_at),
-    supersededAt: rows[i + 1] ? new Date(rows[i + 1]!.created_at) : null,
-    current: r.version === k.p,
-  }));
+  const rows = store.prepare('SELECT version, state, spki, created_at FROM key_versions WHERE name = ?').all(name) as Array<{ version: number; state: KeyVersionState; spki: Uint8Array; created_at: number }>;
+  const versions = k ? auditKeyVersions({ name, primaryVersion: k.p, versions: rows.map((r) => ({ version: r.version, state: r.state, spki: Buffer.from(r.spki), createdAt: new Date(r.created_at) })) }) : [];
+  if (versions.length === 0) throw new SigilError('FAILED_PRECONDITION', `the store holds no audit key ${name}`);
   const current = versions.find((v) => v.current) ?? versions.at(-1)!;
   const key: AuditKey = {
     publicKey: (keyVersion) => {
