@@ -73,3 +73,15 @@ if [ ! -f dist/.stamp ] || [ -n "$(find src -newer dist/.stamp -print -quit)" ];
   rm -rf dist
   mv dist.new dist
 fi
+
+# sigil's own programs in node_modules/.bin, so that `npx sigild|sigilctl|sigil-agent` run this checkout. Without
+# the links npm exec installs the project into its own cache, whose links go stale when a program is added (the
+# new name then fails, or would be looked up as a package of that name).
+node -e '
+  const fs = require("node:fs"), path = require("node:path");
+  for (const [name, file] of Object.entries(require("./package.json").bin)) {
+    const link = path.join("node_modules/.bin", name), target = path.join("../..", file);
+    let current = null;
+    try { current = fs.readlinkSync(link); } catch {}
+    if (current !== target) { fs.rmSync(link, { force: true }); fs.symlinkSync(target, link); }
+  }'

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,5 +26,16 @@ test("the README's first command runs the demo: sign README.md as an operator an
     assert.ok(!existsSync(join(dir, 'agent.sock')), 'the agent stopped and removed its socket');
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('after set-up, npx runs each of sigil\'s programs from this checkout, without looking anything up', async () => {
+  const pkg = JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as { bin: Record<string, string> };
+  assert.deepEqual(Object.keys(pkg.bin).sort(), ['sigil-agent', 'sigilctl', 'sigild']);
+  for (const [name, file] of Object.entries(pkg.bin)) {
+    // --no-install: a program npm would have to fetch fails instead.
+    const r = await run('npx', ['--no-install', name, '--help'], { cwd: root, timeout: 60_000 });
+    assert.match(r.stdout, new RegExp(`^Usage: ${name} `), name);
+    assert.equal(await realpath(join(root, 'node_modules/.bin', name)), await realpath(join(root, file)), name);
   }
 });
