@@ -169,7 +169,14 @@ describe('crash safety: sigild SIGKILLed at random moments during lifecycle acts
     }
     await kill();
     c = await start(); // the recovery pass runs before "sigild serving"
-    const key = (await rpc.getKey(c, { name: KEY })).key!;
+    // Windows of 1 s that ended while sigild was down are destroyed by its scheduler right after the start: wait
+    // for that, or the token would change between the listings check() compares.
+    let key = (await rpc.getKey(c, { name: KEY })).key!;
+    for (const deadline = Date.now() + 30_000; key.versions.some((v) => v.state === S.DESTROY_SCHEDULED); ) {
+      assert.ok(Date.now() < deadline, `versions still scheduled for destruction 30 s after the start: ${JSON.stringify(key.versions)}`);
+      await new Promise((res) => setTimeout(res, 100));
+      key = (await rpc.getKey(c, { name: KEY })).key!;
+    }
     await check(key);
 
     // The audit log survived every kill: it verifies against its latest signed checkpoint, and it holds the acts.
