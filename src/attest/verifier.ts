@@ -1,6 +1,6 @@
 import { createHash, createPublicKey, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Clock } from '../clock.ts';
-import { isSigilError, SigilError } from '../errors.ts';
+import { isSigilError, SigilError, type ErrorReason, type Refusal } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { TPM_RH } from '../tpm/constants.ts';
 import { hierarchyQualifiedName, objectName, parsePublic, qualifiedNameOf, type ClockInfo, type PcrSelection, type TpmPublic } from '../tpm/structures.ts';
@@ -41,7 +41,7 @@ export interface VerifierOptions {
   records: EnrollmentRecords;
   log?: Logger;
   /** Why this EK (and AK) may not enroll or renew (it was revoked), or null; checked at every step. */
-  refuse?: (ekHash: string, akName: string) => string | null;
+  refuse?: (ekHash: string, akName: string) => Refusal | null;
 }
 
 /** Input of `Verifier.begin`: the EK (certificate DER and/or TPMT_PUBLIC) and the AK TPMT_PUBLIC. */
@@ -88,7 +88,7 @@ type Pending =
 
 const SECRET_BYTES = 32;
 // A builder renewing while its EK has no record (an admin forgot it, e.g. after the TPM was cleared): sigil-agent
-// enrolls afresh on a refusal that ends in `enroll again`.
+// enrolls afresh on the reason ENROLL_AGAIN (an older agent on the message's ending `enroll again`).
 const NOT_ENROLLED = 'no enrollment for this ek (never made, or forgotten by an admin); enroll again';
 
 /**
@@ -100,8 +100,8 @@ export function akQualifiedName(ek: TpmPublic, ak: TpmPublic): Buffer {
   return qualifiedNameOf(qualifiedNameOf(hierarchyQualifiedName(TPM_RH.ENDORSEMENT), ek), ak);
 }
 
-function deny(message: string): never {
-  throw new SigilError('PERMISSION_DENIED', message);
+function deny(message: string, reason?: ErrorReason, metadata?: Record<string, string>): never {
+  throw new SigilError('PERMISSION_DENIED', message, { ...(reason !== undefined ? { reason } : {}), ...(metadata !== undefined ? { metadata } : {}) });
 }
 
 /**
@@ -116,7 +116,7 @@ export class Verifier {
   readonly #records: EnrollmentRecords;
   readonly #nonces: NonceStore<Pending>;
   readonly #log: Logger | undefined;
-  readonly #refuse: (ekHash: string, akName: string) => string | null;
+  readonly #refuse: (ekHash: string, akName: string) => Refusal | null;
 
   constructor(opts: VerifierOptions) {
     this.#refuse = opts.refuse ?? (() => null);
@@ -168,7 +168,7 @@ export class Verifier {
   /** A renewal challenge for a builder that enrolled with this EK and AK. */
   async renewChallenge(req: { ekHash: string; akName: string }): Promise<Buffer> {
     const rec = await this.#records.get(req.ekHash);
-    if (rec === undefined) deny(NOT_ENROLLED);
+    if (rec === undefined) deny(NOT_ENROLLED, 'ENROLL_AGAIN');
     if (rec.akName !== req.akName.toLowerCase()) deny('no enrollment for this ek and ak');
     this.#checkRevoked(rec.ekHash, rec.akName);
     const policy = this.#policy(rec.policy);
@@ -184,7 +184,7 @@ export class Verifier {
     const p = this.#nonces.take(req.nonce);
     if (p.kind !== 'renew') throw new SigilError('FAILED_PRECONDITION', 'unknown or already used nonce');
     const rec = await this.#records.get(p.ekHash);
-    if (rec === undefined) deny(NOT_ENROLLED);
+    if (rec === undefined) deny(NOT_ENROLLED, 'ENROLL_AGAIN');
     if (rec.akName !== objectName(p.ak).toString('hex')) deny('no enrollment for this ek and ak');
     // Again at the answer: an EK certificate (or a CA of its chain) may have expired since the challenge.
     this.#recheckEk(rec, this.#policy(p.policy));
@@ -200,11 +200,8 @@ export class Verifier {
   #recheckEk(rec: EnrollmentRecord, policy: AttestationPolicy): TpmPublic | null {
     if (rec.ekPublic === null) {
       if (policy.ekHashes.has(rec.ekHash)) return null;
-      deny(
-        policy.ekHashes.size > 0 && policy.ekCas.length === 0
-          ? 'ek no longer trusted: ek not on the allowlist'
-          : 'ek trust cannot be re-checked: this enrollment was recorded before sigild kept ek certificates; enroll again',
-      );
+      if (policy.ekHashes.size > 0 && policy.ekCas.length === 0) deny('ek no longer trusted: ek not on the allowlist');
+      deny('ek trust cannot be re-checked: this enrollment was recorded before sigild kept ek certificates; enroll again', 'ENROLL_AGAIN');
     }
     let ek: TrustedEk;
     try {
@@ -226,7 +223,7 @@ export class Verifier {
 
   #checkRevoked(ekHash: string, akName: string): void {
     const why = this.#refuse(ekHash, akName);
-    if (why !== null) deny(why);
+    if (why !== null) deny(why.message, why.reason);
   }
 
   async #accept(p: Pending, ev: QuoteEvidence, known: EnrollmentRecord | undefined): Promise<Attestation> {
@@ -273,6 +270,8 @@ export class Verifier {
           p.kind === 'enroll'
             ? `tpm ${what} went backwards (the tpm was cleared, or its state rolled back): if this runner was re-imaged, an admin can let it enroll again with sigilctl enrollment forget ${p.ekHash}`
             : `tpm ${what} went backwards`,
+          'TPM_CLOCK_WENT_BACKWARDS',
+          { counter: what, ek_hash: p.ekHash },
         );
       if (c.resetCount < prev.resetCount) backwards('resetCount');
       if (c.resetCount === prev.resetCount && c.restartCount < prev.restartCount) backwards('restartCount');
@@ -296,7 +295,7 @@ export class Verifier {
     };
     // A renewal only updates the record it was judged against: one an admin forgot meanwhile stays forgotten.
     if (p.kind === 'enroll') await this.#records.put(rec);
-    else if (prev === undefined || !(await this.#records.update(rec, prev.updatedAt))) deny(NOT_ENROLLED);
+    else if (prev === undefined || !(await this.#records.update(rec, prev.updatedAt))) deny(NOT_ENROLLED, 'ENROLL_AGAIN');
     this.#log?.info({ ekHash: p.ekHash, akName, policy: policy.name, kind: p.kind, resetCount: c.resetCount, restartCount: c.restartCount }, p.kind === 'enroll' ? 'builder enrolled' : 'builder attestation renewed');
     return {
       ekHash: p.ekHash,

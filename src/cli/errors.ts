@@ -1,4 +1,5 @@
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
+import { errorInfoOf } from './error-reason.ts';
 
 // Words for the errno codes a command line meets with its files (for a person, not for a program).
 const ERRNO: Readonly<Record<string, string>> = {
@@ -40,13 +41,46 @@ function connectionFailure(details: string): string | null {
  */
 export function describeError(err: unknown, addr?: string): string {
   const se = err as Partial<ServiceError>;
+  if (typeof se.code === 'number' && typeof se.details === 'string') return `${Status[se.code] ?? se.code}: ${grpcMessage(se.code, se.details, addr)}`;
+  return localMessage(err);
+}
+
+/** An error as `sigilctl --output json` prints it, under `error`. */
+export interface ErrorJson {
+  /** The gRPC status code's name; for an error of the command line itself INVALID_ARGUMENT (a usage error) or UNKNOWN. */
+  code: string;
+  /** sigild's machine-readable reason (docs/architecture.md, "Errors"); absent when it sent none. */
+  reason?: string;
+  /** What describeError says after the code. */
+  message: string;
+  /** The reason's metadata (`key_version`, ...), when there is any. */
+  metadata?: Record<string, string>;
+}
+
+/** The JSON form of an error (`usage` marks a mistake in the command line). */
+export function errorJson(err: unknown, addr?: string, usage = false): ErrorJson {
+  const se = err as Partial<ServiceError>;
   if (typeof se.code === 'number' && typeof se.details === 'string') {
-    if (se.code === Status.UNAVAILABLE) {
-      const why = connectionFailure(se.details);
-      if (why !== null) return `UNAVAILABLE: cannot reach sigild${addr ? ` at ${addr}` : ''}: ${why}`;
-    }
-    return `${Status[se.code] ?? se.code}: ${se.details}`;
+    const info = errorInfoOf(err);
+    return {
+      code: Status[se.code] ?? String(se.code),
+      ...(info !== undefined ? { reason: info.reason } : {}),
+      message: grpcMessage(se.code, se.details, addr),
+      ...(info !== undefined && Object.keys(info.metadata).length > 0 ? { metadata: info.metadata } : {}),
+    };
   }
+  return { code: usage ? 'INVALID_ARGUMENT' : 'UNKNOWN', message: localMessage(err) };
+}
+
+function grpcMessage(code: Status, details: string, addr: string | undefined): string {
+  if (code === Status.UNAVAILABLE) {
+    const why = connectionFailure(details);
+    if (why !== null) return `cannot reach sigild${addr ? ` at ${addr}` : ''}: ${why}`;
+  }
+  return details;
+}
+
+function localMessage(err: unknown): string {
   const e = err as Partial<NodeJS.ErrnoException>;
   if (typeof e.code === 'string' && typeof e.path === 'string') return `cannot ${VERB[e.syscall ?? ''] ?? 'use'} ${e.path}: ${fileErrorWords(err)}`;
   return err instanceof Error ? err.message : String(err);

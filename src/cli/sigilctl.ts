@@ -3,7 +3,7 @@ import { statSync, writeFileSync, readFileSync } from 'node:fs';
 import { createHash, createPrivateKey, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
 import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
-import { describeError, fileErrorWords } from './errors.ts';
+import { describeError, errorJson, fileErrorWords } from './errors.ts';
 import { HASH_OF, hashFile } from './files.ts';
 import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
 import { registerRevocationCommands } from './commands/revocation.ts';
@@ -175,18 +175,21 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {
-    process.exitCode = report(err, g().addr);
+    process.exitCode = report(err, g().addr, format);
   } finally {
     (clients as Clients | null)?.close();
   }
 }
 
-function report(err: unknown, addr: string | undefined): number {
+/** Reports a failed command: a line on stderr, or with `--output json` `{ "error": {code, reason, message} }` on stdout. */
+function report(err: unknown, addr: string | undefined, format: 'text' | 'json'): number {
   if (err && typeof err === 'object' && 'exitCode' in err && typeof (err as { exitCode: unknown }).exitCode === 'number' && !('details' in err)) {
     return (err as { exitCode: number }).exitCode;
   }
-  process.stderr.write(`sigilctl: ${describeError(err, addr)}\n`);
-  return err instanceof UsageError ? 2 : 1;
+  const usage = err instanceof UsageError;
+  if (format === 'json') process.stdout.write(`${JSON.stringify({ error: errorJson(err, addr, usage) }, null, 2)}\n`);
+  else process.stderr.write(`sigilctl: ${describeError(err, addr)}\n`);
+  return usage ? 2 : 1;
 }
 
 /** host:port with a port grpc-js can dial (it would otherwise fail later with a RangeError in its details). */

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { SigilError } from '../errors.ts';
+import { SigilError, type ErrorReason } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Clock } from '../clock.ts';
 import type { Store, KeyRecord, KeyVersionRecord } from '../store/store.ts';
@@ -139,7 +139,11 @@ export class KeyService {
   publicKey(ref: string): PublicKey {
     const { key, version } = this.#lookup(ref);
     if (version.version < key.policy.minVerifyVersion) {
-      throw new SigilError('FAILED_PRECONDITION', `key ${keyVersionRef(key.name, version.version)} is below min_verify_version ${key.policy.minVerifyVersion}: its public key is no longer trusted`);
+      const ref = keyVersionRef(key.name, version.version);
+      throw new SigilError('FAILED_PRECONDITION', `key ${ref} is below min_verify_version ${key.policy.minVerifyVersion}: its public key is no longer trusted`, {
+        reason: 'BELOW_MIN_VERIFY_VERSION',
+        metadata: { key_version: ref, min_verify_version: String(key.policy.minVerifyVersion) },
+      });
     }
     return { keyVersion: keyVersionRef(key.name, version.version), algorithm: key.algorithm, spki: version.spki };
   }
@@ -241,12 +245,25 @@ export class KeyService {
 function checkSignable(key: KeyRecord, v: KeyVersionRecord, primary: boolean): void {
   const ref = keyVersionRef(key.name, v.version);
   if (v.version < key.policy.minSignVersion) {
-    throw new SigilError('FAILED_PRECONDITION', `key ${ref} is below min_sign_version ${key.policy.minSignVersion}: sign with ${key.name} or a newer version`);
+    throw new SigilError('FAILED_PRECONDITION', `key ${ref} is below min_sign_version ${key.policy.minSignVersion}: sign with ${key.name} or a newer version`, {
+      reason: 'BELOW_MIN_SIGN_VERSION',
+      metadata: { key_version: ref, min_sign_version: String(key.policy.minSignVersion) },
+    });
   }
   if (v.state === 'ENABLED') return;
   const why = v.revokedAt ? ' (compromised)' : v.state === 'DESTROY_SCHEDULED' && v.destroyAt ? ` (destruction at ${v.destroyAt.toISOString()})` : '';
-  if (primary) throw new SigilError('FAILED_PRECONDITION', `the primary version ${ref} of key ${key.name} is ${v.state}${why}: rotate the key to sign with ${key.name}`);
-  throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state}${why} and cannot sign`);
+  const reason = notSignable(v);
+  const o = { metadata: { key_version: ref, state: v.state }, ...(reason !== undefined ? { reason } : {}) };
+  if (primary) throw new SigilError('FAILED_PRECONDITION', `the primary version ${ref} of key ${key.name} is ${v.state}${why}: rotate the key to sign with ${key.name}`, o);
+  throw new SigilError('FAILED_PRECONDITION', `key ${ref} is ${v.state}${why} and cannot sign`, o);
+}
+
+/** The reason a version in a state other than ENABLED refuses to sign; none for PENDING (a rotation not finished). */
+function notSignable(v: KeyVersionRecord): ErrorReason | undefined {
+  if (v.state === 'DESTROYING' || v.state === 'DESTROYED') return 'KEY_VERSION_DESTROYED';
+  if (v.revokedAt) return 'KEY_VERSION_COMPROMISED';
+  if (v.state === 'DISABLED' || v.state === 'DESTROY_SCHEDULED') return 'KEY_VERSION_DISABLED';
+  return undefined;
 }
 
 function requireAlgorithm(a: Algorithm | null): Algorithm {

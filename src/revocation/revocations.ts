@@ -1,4 +1,4 @@
-import { SigilError, isSigilError } from '../errors.ts';
+import { SigilError, isSigilError, type Refusal } from '../errors.ts';
 import type { AuditEvent, AuditSink } from '../audit/audit-sink.ts';
 import type { Clock } from '../clock.ts';
 import type { Logger } from '../log.ts';
@@ -58,6 +58,8 @@ export interface BuilderCredentials {
 }
 
 const DEFAULT_CRL_VALIDITY_MS = 60 * 60_000;
+const IDENTITY_REVOKED: Refusal = Object.freeze({ reason: 'IDENTITY_REVOKED', message: 'builder identity revoked' });
+const BUILDER_REVOKED: Refusal = Object.freeze({ reason: 'BUILDER_REVOKED', message: 'builder tpm revoked' });
 
 /**
  * Revoked builder identities (certificates, by serial) and revoked builders (TPMs by EK hash, or one
@@ -109,15 +111,15 @@ export class Revocations {
    * Why a builder's request must be refused (its certificate or its TPM is revoked), or null. The server
    * records the refusal (`request.refused`, with this reason) like any other.
    */
-  refuseBuilder(b: BuilderCredentials): string | null {
-    if (this.#serials.has(b.serial)) return 'builder identity revoked';
-    if (this.isBuilderRevoked(b.ekHash, b.akName)) return 'builder tpm revoked';
+  refuseBuilder(b: BuilderCredentials): Refusal | null {
+    if (this.#serials.has(b.serial)) return IDENTITY_REVOKED;
+    if (this.isBuilderRevoked(b.ekHash, b.akName)) return BUILDER_REVOKED;
     return null;
   }
 
   /** Why enrollment or renewal of this EK (and AK) must be refused, or null. */
-  refuseEnrollment(ekHash: string, akName: string): string | null {
-    return this.isBuilderRevoked(ekHash, akName) ? 'builder tpm revoked' : null;
+  refuseEnrollment(ekHash: string, akName: string): Refusal | null {
+    return this.isBuilderRevoked(ekHash, akName) ? BUILDER_REVOKED : null;
   }
 
   /** Both lists, oldest revocation first. */

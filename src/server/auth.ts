@@ -1,6 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import type { PeerCertificate } from 'node:tls';
-import { SigilError } from '../errors.ts';
+import { SigilError, type Refusal } from '../errors.ts';
 import { systemClock, type Clock } from '../clock.ts';
 import { parseBuilderExtensions, type BuilderIdentity } from '../identity/builder-extensions.ts';
 import { globToRegExp } from '../identity/glob.ts';
@@ -44,7 +44,7 @@ export interface BuilderCas {
 }
 
 /** Why a builder principal must be refused now (its certificate or TPM was revoked), or null. */
-export type RevocationCheck = (p: Principal & { builder: BuilderIdentity; serial: string }) => string | null;
+export type RevocationCheck = (p: Principal & { builder: BuilderIdentity; serial: string }) => Refusal | null;
 
 /** What auth needs of a call: the verified peer certificate, or why there is none. */
 export interface AuthCall {
@@ -66,9 +66,10 @@ type Matcher = (c: PeerCertificate, names: { dns: string[]; uri: string[]; subje
 
 // OpenSSL verify codes (as Node's authorizationError spells them) that deserve their own message.
 const WHY: Readonly<Record<string, string>> = {
-  CERT_HAS_EXPIRED: 'client certificate expired',
   CERT_NOT_YET_VALID: 'client certificate not yet valid',
 };
+
+const expired = (): SigilError => new SigilError('UNAUTHENTICATED', 'client certificate expired', { reason: 'CERTIFICATE_EXPIRED' });
 
 /**
  * Maps verified client certificates to roles. The server hands over a peer certificate only when it
@@ -120,6 +121,7 @@ export class Authenticator {
     if (!cert) {
       const why = ctx.authorizationError;
       if (why === undefined) throw new SigilError('UNAUTHENTICATED', 'a client certificate issued by the operator ca or the identity ca is required');
+      if (why === 'CERT_HAS_EXPIRED') throw expired();
       throw new SigilError('UNAUTHENTICATED', WHY[why] ?? `client certificate not trusted (${why.toLowerCase()})`);
     }
     const fp = cert.fingerprint256;
@@ -130,7 +132,7 @@ export class Authenticator {
       this.#cache.set(fp, p);
     }
     // TLS checked the validity at the handshake; a long-lived connection may outlast the certificate.
-    if (this.#clock.now().getTime() > p.notAfter) throw new SigilError('UNAUTHENTICATED', 'client certificate expired');
+    if (this.#clock.now().getTime() > p.notAfter) throw expired();
     // Not cached: a disabled or ended generation, and a revocation, must reach connections that are already open.
     if (p.caVersion !== undefined && this.#identityCas !== null) {
       const why = this.#identityCas.refusal(p.caVersion);
@@ -138,7 +140,7 @@ export class Authenticator {
     }
     if (p.builder !== undefined && this.#revoked !== null) {
       const why = this.#revoked(p as Principal & { builder: BuilderIdentity; serial: string });
-      if (why !== null) throw new SigilError('UNAUTHENTICATED', why);
+      if (why !== null) throw new SigilError('UNAUTHENTICATED', why.message, { reason: why.reason });
     }
     return p;
   }

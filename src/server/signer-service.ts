@@ -88,7 +88,7 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
       (signature) => ({ signature, error: undefined }),
       (err: unknown) => {
         const w = toWireError(err, ctx.log, rpc);
-        return { signature: undefined, error: { code: w.code, message: w.details, reason: w.reason } };
+        return { signature: undefined, error: { code: w.code, message: w.details, reason: w.errorCode, errorInfoReason: w.info.reason } };
       },
     );
 

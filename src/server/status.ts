@@ -2,6 +2,7 @@ import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import type { ErrorCode } from '../errors.ts';
 import { SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { ERROR_DOMAIN, type ErrorInfo } from '../status-details.ts';
 
 /** The one table from sigil error codes to gRPC status codes. */
 export const STATUS_OF = {
@@ -23,12 +24,17 @@ export const STATUS_OF = {
   INTERNAL: Status.INTERNAL,
 } as const satisfies Record<ErrorCode, Status>;
 
-/** A status ready to send: code, a safe message and sigil's reason code. */
+/** A status ready to send: code, a safe message, sigil's error code and the ErrorInfo for clients. */
 export interface WireError {
   code: Status;
   details: string;
-  reason: ErrorCode;
+  /** sigil's error code (what SignError.reason carries). */
+  errorCode: ErrorCode;
+  /** The machine-readable reason (the error code unless the error names a more precise one) and its metadata. */
+  info: ErrorInfo;
 }
+
+const INTERNAL_INFO: ErrorInfo = Object.freeze({ reason: 'INTERNAL', domain: ERROR_DOMAIN, metadata: Object.freeze({}) as Record<string, string> });
 
 /**
  * Turns any thrown value into what the caller may see. A SigilError keeps its message (written to be
@@ -43,13 +49,16 @@ export function toWireError(err: unknown, log: Logger, rpc: string): WireError {
       // Refusals are security events: always logged, with the reason (never with secrets).
       log.warn({ rpc, reason: err.code, detail: err.message }, 'request refused');
     }
-    return { code: STATUS_OF[err.code], details: err.message, reason: err.code };
+    return { code: STATUS_OF[err.code], details: err.message, errorCode: err.code, info: { reason: err.reason, domain: ERROR_DOMAIN, metadata: { ...err.metadata } } };
   }
   log.error({ err, rpc }, 'unexpected error');
-  return { code: Status.INTERNAL, details: 'internal error', reason: 'INTERNAL' };
+  return { code: Status.INTERNAL, details: 'internal error', errorCode: 'INTERNAL', info: INTERNAL_INFO };
 }
 
-/** A grpc-js ServiceError for a callback or a stream's error event. */
-export function toServiceError(w: WireError): Partial<ServiceError> {
-  return { code: w.code, details: w.details, message: w.details };
+/**
+ * A grpc-js ServiceError for a callback or a stream's error event, with the ErrorInfo the server sends
+ * in grpc-status-details-bin (`server/h2/call.ts` statusOf).
+ */
+export function toServiceError(w: WireError): Partial<ServiceError> & { errorInfo: ErrorInfo } {
+  return { code: w.code, details: w.details, message: w.details, errorInfo: w.info };
 }

@@ -22,6 +22,7 @@ import { AK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 import { buildEventLog } from '../../src/attest/eventlog.ts';
 import { SqliteStore } from '../../src/store/sqlite.ts';
 import type { BeginEnrollmentResponse, Quote } from '../../src/gen/sigil/v1/attestation.ts';
+import { reasonOf } from '../../src/cli/error-reason.ts';
 
 const run = promisify(execFile);
 const root = new URL('../..', import.meta.url).pathname;
@@ -133,12 +134,13 @@ async function finish(nonce: Buffer, secret: Buffer, q: Quote, spki: Buffer) {
   return rpc.finishEnrollment(anon, { nonce, activatedSecret: secret, quote: q, identityPublicKey: spki, claims: { repository: 'acme/widgets' }, lifetimeSeconds: 0 });
 }
 
-/** Asserts a gRPC refusal with `code` whose message matches `re`, and that the audit log has the refusal. */
-async function refused(p: Promise<unknown>, code: Status, re: RegExp): Promise<void> {
+/** Asserts a gRPC refusal with `code` whose message matches `re` (and reason, when given), and that the audit log has the refusal. */
+async function refused(p: Promise<unknown>, code: Status, re: RegExp, reason?: string): Promise<void> {
   const seen = td.logs().length;
   await assert.rejects(p, (err: ServiceError) => {
     assert.equal(err.code, code, `got ${Status[err.code]}: ${err.details}`);
     assert.match(err.details, re);
+    if (reason !== undefined) assert.equal(reasonOf(err), reason);
     return true;
   });
   const lines = td.logs().slice(seen);
@@ -360,8 +362,8 @@ test('resetCount going backwards is refused', { skip: skip ?? false }, async () 
   const rec = store.getEnrollment(ekHash)!;
   try {
     store.putEnrollment({ ...rec, resetCount: rec.resetCount + 5 });
-    await refused(attestor.renew(id), Status.PERMISSION_DENIED, /resetCount went backwards/);
-    await refused(new Attestor(agentOptions()).enroll(), Status.PERMISSION_DENIED, /resetCount went backwards/);
+    await refused(attestor.renew(id), Status.PERMISSION_DENIED, /resetCount went backwards/, 'TPM_CLOCK_WENT_BACKWARDS');
+    await refused(new Attestor(agentOptions()).enroll(), Status.PERMISSION_DENIED, /resetCount went backwards/, 'TPM_CLOCK_WENT_BACKWARDS');
     // Nothing was recorded by the refused attempts.
     assert.equal(store.getEnrollment(ekHash)!.resetCount, rec.resetCount + 5);
   } finally {

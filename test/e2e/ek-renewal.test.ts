@@ -121,7 +121,7 @@ describe('ek trust re-checked at renewal', { skip: skip ?? false }, () => {
       store.close();
     }
     await td.restart();
-    await rejectsWith(a.renew(id), Status.PERMISSION_DENIED, /^ek trust cannot be re-checked: .*; enroll again$/);
+    await rejectsWith(a.renew(id), Status.PERMISSION_DENIED, /^ek trust cannot be re-checked: .*; enroll again$/, 'ENROLL_AGAIN');
     assert.ok(refusedRenewal(/enroll again/), 'the refused renewal is in the audit log');
     // Enrolling again keeps the certificate, and renewals work again.
     const again = await a.enroll();
@@ -142,6 +142,7 @@ describe('ek trust re-checked at renewal', { skip: skip ?? false }, () => {
           await new Promise((r) => setTimeout(r, 100));
         }
         assert.deepEqual(events.slice(0, 3).map((e) => e.event), ['enrolled', 'renewal refused, enrolling again', 'enrolled'], JSON.stringify(events));
+        assert.equal(events[1]!.reason, 'ENROLL_AGAIN', 'decided by the reason sigild sent');
         assert.ok(store.getEnrollment(ekHash)!.ekCertificate !== null);
       } finally {
         store.close();
@@ -193,6 +194,7 @@ describe('ek trust re-checked at renewal', { skip: skip ?? false }, () => {
       await new Promise((r) => setTimeout(r, 2500));
       assert.equal(events.length, seen, `nothing after it: ${JSON.stringify(events.slice(seen))}`);
       assert.ok(!events.some((e) => e.event === 'enrollment failed'), 'no retry was scheduled');
+      assert.equal(events.find((e) => e.event === 'enrollment refused for good, the agent stops enrolling')!.reason, 'BUILDER_REVOKED');
     } finally {
       await agent.stop();
     }

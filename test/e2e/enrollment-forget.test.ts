@@ -207,6 +207,7 @@ describe('forgetting the enrollment of a runner whose tpm was cleared', { skip: 
       assert.deepEqual(events.slice(0, 3).map((e) => e.event), ['enrolled', 'renewal impossible, enrolling again', 'renewal failed']);
       assert.match(String(events[1]!.error), /^the tpm no longer loads the enrolled ak/);
       assert.match(String(events[2]!.error), new RegExp(`^PERMISSION_DENIED: tpm clock went backwards \\(the tpm was cleared, or its state rolled back\\): .* sigilctl enrollment forget ${ekHash}$`));
+      assert.equal(events[2]!.reason, 'TPM_CLOCK_WENT_BACKWARDS');
       await rpc.forgetEnrollment(td.client('admin'), { ekHash, reason: 're-imaged' });
       // The next retry cannot load the AK either and enrolls; this time it is let in.
       await waitFor('enrolled again', () => events.filter((e) => e.event === 'enrolled').length === 2);
@@ -223,7 +224,7 @@ describe('forgetting the enrollment of a runner whose tpm was cleared', { skip: 
     const r = await rpc.forgetEnrollment(td.client('admin'), { ekHash, reason: 're-imaged' });
     assert.equal(r.enrollment?.revoked, true);
     assert.equal(stored(), null);
-    await rejectsWith(new Attestor(options()).enroll(), Status.PERMISSION_DENIED, /^builder tpm revoked$/);
+    await rejectsWith(new Attestor(options()).enroll(), Status.PERMISSION_DENIED, /^builder tpm revoked$/, 'BUILDER_REVOKED');
     assert.equal(stored(), null, 'nothing was recorded');
   });
 });

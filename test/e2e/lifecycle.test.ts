@@ -7,6 +7,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { missingTools } from '../helpers/hw.ts';
+import { rejectsWith } from '../helpers/assert.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
 import { rpc } from '../../src/cli/client.ts';
 import { parseConfig } from '../../src/config/load.ts';
@@ -49,13 +50,7 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     return r.stdout;
   };
   const json = async <T>(args: string[], who: Who = 'admin'): Promise<T> => JSON.parse(await ok([...args, '-o', 'json'], who)) as T;
-  const rejects = async (p: Promise<unknown>, code: number, re: RegExp): Promise<void> => {
-    await assert.rejects(p, (e: { code?: number; details?: string }) => {
-      assert.equal(e.code, code, e.details);
-      assert.match(e.details ?? '', re);
-      return true;
-    });
-  };
+  const rejects = (p: Promise<unknown>, code: number, re: RegExp, reason?: string): Promise<void> => rejectsWith(p, code, re, reason);
   const tokenLabels = async (): Promise<string[]> => {
     const pin = (await readFile(d.token.pinFile, 'utf8')).trim();
     const r = await run('pkcs11-tool', ['--module', d.token.module, '--token-label', d.token.label, '--login', '--pin', pin, '--list-objects', '--type', 'privkey'], {
@@ -96,11 +91,12 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     const refused = await ctl(['sign', '--key', 'rel/app@1', '--file', join(d.dir, 'a.bin'), '--out', join(d.dir, 'x.sig')], 'signer');
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /FAILED_PRECONDITION: key rel\/app@1 is below min_sign_version 2/);
+    await rejects(rpc.sign(s, { key: 'rel/app@1', digest, message: undefined }), status.FAILED_PRECONDITION, /below min_sign_version 2/, 'BELOW_MIN_SIGN_VERSION');
     await ok(['key', 'policy', 'rel/app', '--min-sign-version', '1']);
 
     assert.equal((await rpc.sign(s, { key: 'rel/app@1', digest, message: undefined })).keyVersion, 'rel/app@1');
     await rpc.disableKeyVersion(a, { key: 'rel/app@1', compromised: false, compromiseTime: undefined });
-    await rejects(rpc.sign(s, { key: 'rel/app@1', digest, message: undefined }), status.FAILED_PRECONDITION, /rel\/app@1 is DISABLED/);
+    await rejects(rpc.sign(s, { key: 'rel/app@1', digest, message: undefined }), status.FAILED_PRECONDITION, /rel\/app@1 is DISABLED/, 'KEY_VERSION_DISABLED');
     await rejects(rpc.disableKeyVersion(a, { key: 'rel/app@2', compromised: false, compromiseTime: undefined }), status.FAILED_PRECONDITION, /primary version.*rotate the key first/);
     await rpc.enableKeyVersion(a, { key: 'rel/app@1' });
     assert.equal((await rpc.sign(s, { key: 'rel/app@1', digest, message: undefined })).keyVersion, 'rel/app@1');
@@ -112,6 +108,7 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     const en = await ctl(['key', 'enable', 'rel/app@1']);
     assert.equal(en.code, 1);
     assert.match(en.stderr, /compromised and can never be enabled again/);
+    await rejects(rpc.sign(s, { key: 'rel/app@1', digest, message: undefined }), status.FAILED_PRECONDITION, /DISABLED \(compromised\)/, 'KEY_VERSION_COMPROMISED');
   });
 
   test('destruction at window end removes the object from the token; the public key stays served; production refuses a 1h minimum', async () => {
@@ -127,7 +124,7 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     assert.deepEqual((await d.daemon.scheduler.tick()).destroyed, ['tmp/k@1']);
     assert.ok(!(await tokenLabels()).includes('sigil-tmp-k-v1'), 'gone from the token');
     assert.ok((await tokenLabels()).includes('sigil-tmp-k-v2'));
-    await rejects(rpc.sign(d.client('signer'), { key: 'tmp/k@1', digest, message: undefined }), status.FAILED_PRECONDITION, /DESTROYED/);
+    await rejects(rpc.sign(d.client('signer'), { key: 'tmp/k@1', digest, message: undefined }), status.FAILED_PRECONDITION, /DESTROYED/, 'KEY_VERSION_DESTROYED');
     assert.match(await ok(['key', 'pubkey', 'tmp/k@1']), /BEGIN PUBLIC KEY/);
     assert.match(await ok(['key', 'show', 'tmp/k']), /@1 {2}DESTROYED \(destroyed /);
 

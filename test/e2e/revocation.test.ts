@@ -74,7 +74,7 @@ test('revoking an identity by serial: the next Sign on the open connection is re
     assert.equal(r.revoked!.serial, serial.toLowerCase().replace(/^0+/, ''));
     assert.equal(r.revoked!.revokedBy, 'CN=test-admin');
     // Same channel, same TLS connection: refused from now on.
-    await rejectsWith(sign(c), Status.UNAUTHENTICATED, /^builder identity revoked$/);
+    await rejectsWith(sign(c), Status.UNAUTHENTICATED, /^builder identity revoked$/, 'IDENTITY_REVOKED');
     await sign(kept);
     assert.ok(td.auditEntries().some((l) => l.act === 'identity.revoke' && l.result === 'ok'), 'the revocation is audited');
     assert.ok(td.auditEntries().some((l) => l.act === 'request.refused' && (l.detail as { why?: string } | undefined)?.why === 'builder identity revoked'), 'the refusal is audited');
@@ -113,14 +113,14 @@ test('revoking a builder by ek hash: its identity stops working, renewal and a n
   try {
     await sign(c);
     await rpc.revokeBuilder(admin, { ekHash, reason: 'cessationOfOperation', akName: '' });
-    await rejectsWith(sign(c), Status.UNAUTHENTICATED, /^builder tpm revoked$/);
-    await rejectsWith(a.renew(id), Status.UNAUTHENTICATED, /builder tpm revoked/);
+    await rejectsWith(sign(c), Status.UNAUTHENTICATED, /^builder tpm revoked$/, 'BUILDER_REVOKED');
+    await rejectsWith(a.renew(id), Status.UNAUTHENTICATED, /builder tpm revoked/, 'BUILDER_REVOKED');
     assert.ok(
       td.auditEntries().some((l) => l.act === 'request.refused' && (l.detail as { rpc?: string; why?: string } | undefined)?.rpc === 'BeginEnrollment' && /builder tpm revoked/.test(String((l.detail as { why?: string }).why))),
       'the refused renewal is audited',
     );
     const seen = td.logs().length;
-    await rejectsWith(agent().enroll(), Status.PERMISSION_DENIED, /builder tpm revoked/);
+    await rejectsWith(agent().enroll(), Status.PERMISSION_DENIED, /builder tpm revoked/, 'BUILDER_REVOKED');
     assert.ok(td.logs().slice(seen).some((l) => l.msg === 'enrollment refused' && l.detail === 'builder tpm revoked'), 'the refused enrollment is audited');
     assert.ok(td.auditEntries().some((l) => l.act === 'builder.revoke' && l.result === 'ok'));
     await rejectsWith(rpc.revokeBuilder(admin, { ekHash, reason: '', akName: '' }), Status.FAILED_PRECONDITION, /already revoked/);

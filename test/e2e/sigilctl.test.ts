@@ -150,6 +150,33 @@ describe('sigilctl against a running sigild', { skip: skip ?? false }, () => {
     assert.match((noAddr as { stderr: string }).stderr, /--addr \(or SIGIL_ADDR\) is required/);
   });
 
+  test('with --output json an error is a json document on stdout with the code, sigild\'s reason and the message', async () => {
+    for (const args of [['key', 'create', 'cli/json', '--alg', 'p256'], ['key', 'rotate', 'cli/json'], ['key', 'disable', 'cli/json@1']]) {
+      const r = await ctl(args);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const file = join(d.dir, 'json.bin');
+    writeFileSync(file, 'payload');
+    const disabled = await ctl(['--output', 'json', 'sign', '--key', 'cli/json@1', '--file', file, '--out', join(d.dir, 'json.sig')], 'signer');
+    assert.equal(disabled.code, 1);
+    assert.equal(disabled.stderr, '');
+    assert.deepEqual(JSON.parse(disabled.stdout), {
+      error: { code: 'FAILED_PRECONDITION', reason: 'KEY_VERSION_DISABLED', message: 'key cli/json@1 is DISABLED and cannot sign', metadata: { key_version: 'cli/json@1', state: 'DISABLED' } },
+    });
+    // The option after the command too; an error without a precise reason has sigil's error code.
+    const nf = await ctl(['key', 'show', 'no/such', '-o', 'json']);
+    assert.equal(nf.code, 1);
+    assert.deepEqual(JSON.parse(nf.stdout), { error: { code: 'NOT_FOUND', reason: 'KEY_NOT_FOUND', message: 'no key named no/such' } });
+    // A mistake in the command line has no reason: it never reached sigild.
+    const bad = await ctl(['-o', 'json', 'key', 'create', 'x', '--alg', 'dsa']);
+    assert.equal(bad.code, 2);
+    assert.equal(JSON.parse(bad.stdout).error.code, 'INVALID_ARGUMENT');
+    assert.equal(JSON.parse(bad.stdout).error.reason, undefined);
+    // Text output is as it was.
+    const text = await ctl(['sign', '--key', 'cli/json@1', '--file', file, '--out', join(d.dir, 'json.sig')], 'signer');
+    assert.equal(text.stderr, 'sigilctl: FAILED_PRECONDITION: key cli/json@1 is DISABLED and cannot sign\n');
+  });
+
   test('connection and credential problems say what to check, with the option that set it', async () => {
     const as = async (over: NodeJS.ProcessEnv): Promise<{ code: number; stderr: string }> => {
       const r = await run(process.execPath, [SIGILCTL, 'key', 'list'], { env: { ...env, SIGIL_CLIENT_CERT: d.ids.admin.cert, SIGIL_CLIENT_KEY: d.ids.admin.key, ...over } }).then(

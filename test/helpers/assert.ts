@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { inspect } from 'node:util';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { isSigilError, type ErrorCode } from '../../src/errors.ts';
+import { reasonOf } from '../../src/cli/error-reason.ts';
 
 /**
  * Asserts that `p` rejects with a SigilError of `code` whose message follows the house style (no trailing
@@ -18,11 +19,15 @@ export async function assertCode(p: Promise<unknown>, code: ErrorCode, check?: R
   });
 }
 
-/** Asserts that a gRPC call rejects with status `code` and, when given, details matching `re`. */
-export function rejectsWith(p: Promise<unknown>, code: Status, re?: RegExp): Promise<void> {
+/**
+ * Asserts that a gRPC call rejects with status `code` and, when given, details matching `re` and the ErrorInfo
+ * reason `reason` (from grpc-status-details-bin).
+ */
+export function rejectsWith(p: Promise<unknown>, code: Status, re?: RegExp, reason?: string): Promise<void> {
   return assert.rejects(p, (e: ServiceError) => {
     assert.equal(Status[e.code], Status[code], `got ${Status[e.code]}: ${e.details}`);
     if (re) assert.match(e.details, re);
+    if (reason !== undefined) assert.equal(reasonOf(e), reason, `reason of ${Status[e.code]}: ${e.details}`);
     return true;
   });
 }

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { rpc, type Clients } from '../client.ts';
 import { describeError } from '../errors.ts';
+import { reasonOf } from '../error-reason.ts';
 import { AkUnavailableError, Attestor, builderClients, type AttestorOptions, type Identity } from './attestor.ts';
 
 /** What the agent reports as it runs (enrolled, renewed, renewal failed, ...). */
@@ -89,16 +90,14 @@ export class Agent {
     try {
       await this.renew();
     } catch (err) {
-      // sigild asks for a new enrollment when it cannot re-check this runner's EK trust (an enrollment recorded
-      // by an older sigild) or has no record of its EK (an admin forgot it): enroll afresh, which proves the EK
-      // again, instead of letting the identity run out. When the TPM's counters went backwards (the TPM was
-      // cleared) the enrollment is refused too, with a message that tells the operator what to do, and that
-      // refusal is what the agent reports; once an admin forgot the record, the next retry enrolls.
-      // A TPM that no longer loads the enrolled AK (cleared while the agent ran) cannot renew at all: enroll too.
+      // See renewalOutcome: enroll afresh (proving the EK again) instead of letting the identity run out. When the
+      // TPM's counters went backwards (the TPM was cleared) the enrollment is refused too, with a message that tells
+      // the operator what to do, and that refusal is what the agent reports; once an admin forgot the record, the
+      // next retry enrolls.
       const se = err as Partial<ServiceError>;
       const lost = err instanceof AkUnavailableError;
-      if (lost || (se.code === Status.PERMISSION_DENIED && typeof se.details === 'string' && /(?:enroll again|^tpm \w+ went backwards)$/.test(se.details))) {
-        this.#report(lost ? { event: 'renewal impossible, enrolling again', error: describe(err) } : { event: 'renewal refused, enrolling again', error: se.details });
+      if (renewalOutcome(err) === 'enroll') {
+        this.#report(lost ? { event: 'renewal impossible, enrolling again', error: describe(err) } : { event: 'renewal refused, enrolling again', error: se.details, ...reasonField(err) });
         try {
           await this.enroll();
           return;
@@ -108,7 +107,7 @@ export class Agent {
       }
       const id = this.#identity!;
       const left = id.notAfter.getTime() - Date.now();
-      this.#report({ event: 'renewal failed', error: describe(err), expiresInSeconds: Math.max(0, Math.round(left / 1000)) });
+      this.#report({ event: 'renewal failed', error: describe(err), ...reasonField(err), expiresInSeconds: Math.max(0, Math.round(left / 1000)) });
       // Retry at a tenth of what is left (between 1 s and 30 s) until the identity has expired.
       if (left > 0) {
         this.#schedule(Math.min(30_000, Math.max(1000, left / 10)));
@@ -128,15 +127,14 @@ export class Agent {
     if (this.#stopped) return;
     this.#timer = setTimeout(() => {
       this.enroll().catch((err: unknown) => {
-        const se = err as Partial<ServiceError>;
-        if (se.code === Status.PERMISSION_DENIED && typeof se.details === 'string' && /^builder tpm revoked/.test(se.details)) {
+        const outcome = enrollmentOutcome(err);
+        if (outcome === 'stop') {
           // No retry can succeed: only an admin can act, and the agent must be restarted after that.
-          this.#report({ event: 'enrollment refused for good, the agent stops enrolling', error: describe(err) });
+          this.#report({ event: 'enrollment refused for good, the agent stops enrolling', error: describe(err), ...reasonField(err) });
           return;
         }
-        const refused = se.code === Status.PERMISSION_DENIED || se.code === Status.FAILED_PRECONDITION;
-        const next = Math.min(refused ? REENROLL_REFUSED_MAX_MS : REENROLL_MAX_MS, delayMs * 2);
-        this.#report({ event: 'enrollment failed', error: describe(err), retryInSeconds: Math.round(next / 1000) });
+        const next = Math.min(outcome === 'refused' ? REENROLL_REFUSED_MAX_MS : REENROLL_MAX_MS, delayMs * 2);
+        this.#report({ event: 'enrollment failed', error: describe(err), ...reasonField(err), retryInSeconds: Math.round(next / 1000) });
         this.#reenroll(next);
       });
     }, delayMs);
@@ -193,7 +191,7 @@ export class Agent {
       return reply(404, { code: 'NOT_FOUND', message: `no such call ${req.url}` });
     } catch (err) {
       const se = err as Partial<ServiceError>;
-      if (typeof se.code === 'number') return reply(se.code === Status.PERMISSION_DENIED ? 403 : 400, { code: Status[se.code], message: se.details });
+      if (typeof se.code === 'number') return reply(se.code === Status.PERMISSION_DENIED ? 403 : 400, { code: Status[se.code], ...reasonField(err), message: se.details });
       return reply(400, { code: 'INVALID_ARGUMENT', message: describe(err) });
     }
   }
@@ -206,6 +204,41 @@ export class Agent {
     if (this.#server) await new Promise<void>((resolve) => this.#server!.close(() => resolve()));
     if (this.#socketPath) rmSync(this.#socketPath, { force: true });
   }
+}
+
+/**
+ * What the agent does after a failed renewal: `enroll` afresh when sigild asks for a new enrollment (it cannot
+ * re-check this runner's EK trust, or has no record of its EK) or the TPM's clock went backwards (the
+ * enrollment's refusal then names the fix), and when the TPM no longer loads the enrolled AK (cleared while the
+ * agent ran); otherwise `retry` the renewal while the identity lasts. Decided by sigild's ErrorInfo reason.
+ */
+export function renewalOutcome(err: unknown): 'enroll' | 'retry' {
+  if (err instanceof AkUnavailableError) return 'enroll';
+  const reason = reasonOf(err);
+  if (reason !== undefined) return reason === 'ENROLL_AGAIN' || reason === 'TPM_CLOCK_WENT_BACKWARDS' ? 'enroll' : 'retry';
+  // Fallback for a sigild older than ErrorInfo reasons: its messages, which it never changed.
+  const se = err as Partial<ServiceError>;
+  return se.code === Status.PERMISSION_DENIED && typeof se.details === 'string' && /(?:enroll again|^tpm \w+ went backwards)$/.test(se.details) ? 'enroll' : 'retry';
+}
+
+/**
+ * What the agent does after a failed enrollment: `stop` for good when the builder's TPM is revoked (only an
+ * admin can act), retry slowly when otherwise `refused` (each refusal is an audit entry on sigild's side), or
+ * `retry` soon (sigild unreachable or failing). Decided by sigild's ErrorInfo reason.
+ */
+export function enrollmentOutcome(err: unknown): 'stop' | 'refused' | 'retry' {
+  const se = err as Partial<ServiceError>;
+  const reason = reasonOf(err);
+  if (reason === 'BUILDER_REVOKED') return 'stop';
+  // Fallback for a sigild older than ErrorInfo reasons: its message, which it never changed.
+  if (reason === undefined && se.code === Status.PERMISSION_DENIED && typeof se.details === 'string' && /^builder tpm revoked/.test(se.details)) return 'stop';
+  return se.code === Status.PERMISSION_DENIED || se.code === Status.FAILED_PRECONDITION ? 'refused' : 'retry';
+}
+
+/** `{ reason }` for an agent event when sigild sent one. */
+function reasonField(err: unknown): { reason?: string } {
+  const reason = reasonOf(err);
+  return reason === undefined ? {} : { reason };
 }
 
 /** Milliseconds from `now` to the middle of what is left of the identity's validity. */

@@ -3,6 +3,7 @@ import type { Http2Session, IncomingHttpHeaders, ServerHttp2Stream } from 'node:
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Metadata, status as Status, type MethodDefinition } from '@grpc/grpc-js';
 import { encodeFrame, FrameDecoder, percentEncode, type CallStatus } from './frames.ts';
+import { encodeStatusDetails, ERROR_DOMAIN, STATUS_DETAILS_HEADER, type ErrorInfo } from '../../status-details.ts';
 
 /** What handlers see of the transport: the verified client certificate, if any (the grpc-js shape). */
 export interface AuthContext {
@@ -61,22 +62,40 @@ function buildAuthContext(socket: TLSSocket): AuthContext {
   return Object.freeze({ transportSecurityType: 'ssl', authorizationError: code });
 }
 
+/**
+ * The trailers of a status. An error also carries grpc-status-details-bin, a google.rpc.Status with the same
+ * code and message and one ErrorInfo (the gRPC convention grpc-js, grpc-go and Google's API clients read);
+ * a status the transport raised itself (deadline, framing, unknown method) has its code's name as reason.
+ */
+export function statusTrailers(s: CallStatus): Record<string, string> {
+  if (s.code === Status.OK) return { 'grpc-status': '0', 'grpc-message': percentEncode(s.details) };
+  const info: ErrorInfo = s.info ?? { reason: Status[s.code] ?? 'UNKNOWN', domain: ERROR_DOMAIN, metadata: {} };
+  const bin = encodeStatusDetails({ code: s.code, message: s.details, info }).toString('base64');
+  // Binary header values go unpadded (gRPC over HTTP/2, "Custom-Metadata").
+  return { 'grpc-status': String(s.code), 'grpc-message': percentEncode(s.details), [STATUS_DETAILS_HEADER]: bin.replace(/=+$/, '') };
+}
+
 /** Answers a call with a status and nothing else: a Trailers-Only response, or trailers after sent headers. */
 export function sendTrailersOnly(stream: ServerHttp2Stream, s: CallStatus): void {
   if (stream.destroyed || stream.closed || stream.headersSent) return;
-  stream.respond({ ...RESPONSE_HEADERS, 'grpc-status': String(s.code), 'grpc-message': percentEncode(s.details) }, RESPOND_AND_END);
+  stream.respond({ ...RESPONSE_HEADERS, ...statusTrailers(s) }, RESPOND_AND_END);
 }
 
 function sendOkTrailers(this: ServerHttp2Stream): void {
   this.sendTrailers(OK_TRAILERS);
 }
 
-/** The status a handler's error stands for: `{code, details}`, an Error with a numeric code, or anything else as UNKNOWN. */
+/**
+ * The status a handler's error stands for: `{code, details, errorInfo?}`, an Error with a numeric code, or
+ * anything else as UNKNOWN. `errorInfo` (sigil's services set it) becomes the ErrorInfo of the status.
+ */
 export function statusOf(err: unknown): CallStatus {
-  const e = err as { code?: unknown; details?: unknown; message?: unknown } | null | undefined;
+  const e = err as { code?: unknown; details?: unknown; message?: unknown; errorInfo?: Partial<ErrorInfo> } | null | undefined;
   const code = typeof e?.code === 'number' && Number.isInteger(e.code) && e.code >= 0 && e.code <= 16 ? (e.code as Status) : Status.UNKNOWN;
   const details = typeof e?.details === 'string' ? e.details : typeof e?.message === 'string' ? e.message : 'unknown error';
-  return { code, details };
+  const i = e?.errorInfo;
+  if (typeof i?.reason !== 'string' || typeof i.domain !== 'string' || typeof i.metadata !== 'object' || i.metadata === null) return { code, details };
+  return { code, details, info: { reason: i.reason, domain: i.domain, metadata: i.metadata } };
 }
 
 function serialize(method: AnyMethod, res: unknown, max: number): Buffer | CallStatus {
@@ -365,7 +384,7 @@ export class StreamCall extends CallBase {
     const stream = this.stream;
     if (stream.destroyed || stream.closed) return;
     if (!stream.headersSent) return sendTrailersOnly(stream, s);
-    if (s.code !== Status.OK) this.#trailers = { 'grpc-status': String(s.code), 'grpc-message': percentEncode(s.details) };
+    if (s.code !== Status.OK) this.#trailers = statusTrailers(s);
     stream.end();
   }
 

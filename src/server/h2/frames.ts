@@ -1,9 +1,12 @@
 import { status as Status } from '@grpc/grpc-js';
+import type { ErrorInfo } from '../../status-details.ts';
 
 /** A gRPC status to end a call with. */
 export interface CallStatus {
   code: Status;
   details: string;
+  /** The machine-readable reason sent in grpc-status-details-bin; without one, the code's name. */
+  info?: ErrorInfo;
 }
 
 /** Frames one message: the 5-byte gRPC prefix (uncompressed flag, big-endian length) and the body, in one Buffer. */

@@ -65,7 +65,8 @@ function setup<R extends MemoryEnrollmentRecords = MemoryEnrollmentRecords>(tpm:
 }
 
 const spki = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' });
-const denied = (m: string) => (e: unknown) => isSigilError(e, 'PERMISSION_DENIED') && e.message === m;
+/** A PERMISSION_DENIED with message `m` and reason `reason` (the code itself unless the refusal names one). */
+const denied = (m: string, reason = 'PERMISSION_DENIED') => (e: unknown) => isSigilError(e, 'PERMISSION_DENIED') && e.message === m && e.reason === reason;
 /** The refusal an enrollment gets when the TPM's `what` went backwards: what happened and how an admin lets it in again. */
 const wentBackwards = (what: string, ekHash: string) =>
   `tpm ${what} went backwards (the tpm was cleared, or its state rolled back): if this runner was re-imaged, an admin can let it enroll again with sigilctl enrollment forget ${ekHash}`;
@@ -129,17 +130,17 @@ test('monotonicity per ek; renewal with the enrolled ak only', async () => {
   await enroll(v, tpm);
   tpm.restartCount = 0;
   tpm.resetCount = 5;
-  await assert.rejects(enroll(v, tpm), denied(wentBackwards('resetCount', a.ekHash)));
+  await assert.rejects(enroll(v, tpm), denied(wentBackwards('resetCount', a.ekHash), 'TPM_CLOCK_WENT_BACKWARDS'));
   assert.equal((await records.get(a.ekHash))!.resetCount, 6);
   // At renewal the short message stays: sigil-agent then enrolls, and that refusal says what to do.
   const nb = await v.renewChallenge({ ekHash: a.ekHash, akName: a.akName });
   const idb = spki();
-  await assert.rejects(v.renew({ nonce: nb, identitySpki: idb, ...tpm.quote(nb, idb) }), denied('tpm resetCount went backwards'));
+  await assert.rejects(v.renew({ nonce: nb, identitySpki: idb, ...tpm.quote(nb, idb) }), denied('tpm resetCount went backwards', 'TPM_CLOCK_WENT_BACKWARDS'));
   tpm.resetCount = 6;
   tpm.restartCount = 2;
   await enroll(v, tpm);
   tpm.restartCount = 1;
-  await assert.rejects(enroll(v, tpm), denied(wentBackwards('restartCount', a.ekHash)));
+  await assert.rejects(enroll(v, tpm), denied(wentBackwards('restartCount', a.ekHash), 'TPM_CLOCK_WENT_BACKWARDS'));
   tpm.restartCount = 2;
 
   tpm.resetCount = 6;
@@ -155,7 +156,7 @@ test('monotonicity per ek; renewal with the enrolled ak only', async () => {
   const b = await enroll(v, tpm);
   assert.notEqual(b.akName, a.akName);
   await assert.rejects(v.renewChallenge({ ekHash: a.ekHash, akName: a.akName }), denied('no enrollment for this ek and ak'));
-  await assert.rejects(v.renewChallenge({ ekHash: '00'.repeat(32), akName: a.akName }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again'));
+  await assert.rejects(v.renewChallenge({ ekHash: '00'.repeat(32), akName: a.akName }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again', 'ENROLL_AGAIN'));
   // A quote by another key over a renewal nonce fails the signature.
   const n3 = await v.renewChallenge({ ekHash: b.ekHash, akName: b.akName });
   const wrong = new SoftTpm();
@@ -189,14 +190,14 @@ test('a renewal whose record an admin forgets while it is judged does not bring 
   const nonce = await v.renewChallenge({ ekHash: a.ekHash, akName: a.akName });
   records.forgetAtNextRead = true;
   const id = spki();
-  await assert.rejects(v.renew({ nonce, identitySpki: id, ...tpm.quote(nonce, id) }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again'));
+  await assert.rejects(v.renew({ nonce, identitySpki: id, ...tpm.quote(nonce, id) }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again', 'ENROLL_AGAIN'));
   assert.equal(await records.get(a.ekHash), undefined, 'the forgotten record stays forgotten');
   // A new enrollment between the read and the write: the stale renewal does not write its older counters over it.
   const b = await enroll(v, tpm);
   const fresh = (await records.get(b.ekHash))!;
   const n2 = await v.renewChallenge({ ekHash: b.ekHash, akName: b.akName });
   records.reenrollAtNextRead = true;
-  await assert.rejects(v.renew({ nonce: n2, identitySpki: id, ...tpm.quote(n2, id) }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again'));
+  await assert.rejects(v.renew({ nonce: n2, identitySpki: id, ...tpm.quote(n2, id) }), denied('no enrollment for this ek (never made, or forgotten by an admin); enroll again', 'ENROLL_AGAIN'));
   assert.equal((await records.get(b.ekHash))!.resetCount, fresh.resetCount + 1, "the new enrollment's counters stay");
 });
 
@@ -250,7 +251,7 @@ test('the tpm clock may not go backwards while safe says no higher value was rep
   tpm.clock = 5000n;
   const a = await enroll(v, tpm);
   tpm.clock = 4999n;
-  await assert.rejects(enroll(v, tpm), denied(wentBackwards('clock', a.ekHash)));
+  await assert.rejects(enroll(v, tpm), denied(wentBackwards('clock', a.ekHash), 'TPM_CLOCK_WENT_BACKWARDS'));
   assert.equal((await records.get(a.ekHash))!.clock, 5000n);
   // safe NO: after a power loss the TPM may report a lower Clock than it did before, and says so.
   tpm.safe = false;
@@ -319,7 +320,7 @@ test('renewal re-checks ek trust under the current policy: allowlist removed, ca
     await renew();
     assert.equal((await records.get(hash))!.ekPublic, null, 'a renewal does not invent what enrollment did not keep');
     policies.set('ci', { ...base, ekCas: [new X509Certificate(root.pem)] });
-    await assert.rejects(renew(), denied('ek trust cannot be re-checked: this enrollment was recorded before sigild kept ek certificates; enroll again'));
+    await assert.rejects(renew(), denied('ek trust cannot be re-checked: this enrollment was recorded before sigild kept ek certificates; enroll again', 'ENROLL_AGAIN'));
     policies.set('ci', { ...base, ekHashes: new Set(['ab'.repeat(32)]) });
     await assert.rejects(renew(), denied('ek no longer trusted: ek not on the allowlist'));
   } finally {

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { status as Status } from '@grpc/grpc-js';
-import { describeError } from '../../../src/cli/errors.ts';
+import { Metadata, status as Status } from '@grpc/grpc-js';
+import { describeError, errorJson } from '../../../src/cli/errors.ts';
+import { encodeStatusDetails, ERROR_DOMAIN } from '../../../src/status-details.ts';
 
 // The UNAVAILABLE details grpc-js 1.14 gives when a channel cannot connect, as sigilctl receives them.
 const failed = (why: string) => ({ code: Status.UNAVAILABLE, details: `No connection established. Last error: ${why}. Resolution note: ` });
@@ -35,4 +36,20 @@ test('file errors name the file and say what is wrong in words', () => {
   assert.equal(describeError(errno('EWHAT', 'fsync', '/x')), 'cannot use /x: EWHAT');
   assert.equal(describeError(new Error('plain')), 'plain');
   assert.equal(describeError('text'), 'text');
+});
+
+test('the json form of an error: the status name, sigild\'s reason and metadata when it sent them, the message', () => {
+  const metadata = new Metadata();
+  metadata.set('grpc-status-details-bin', encodeStatusDetails({ code: Status.FAILED_PRECONDITION, message: 'key k@1 is DISABLED and cannot sign', info: { reason: 'KEY_VERSION_DISABLED', domain: ERROR_DOMAIN, metadata: { key_version: 'k@1', state: 'DISABLED' } } }));
+  assert.deepEqual(errorJson({ code: Status.FAILED_PRECONDITION, details: 'key k@1 is DISABLED and cannot sign', metadata }), {
+    code: 'FAILED_PRECONDITION',
+    reason: 'KEY_VERSION_DISABLED',
+    message: 'key k@1 is DISABLED and cannot sign',
+    metadata: { key_version: 'k@1', state: 'DISABLED' },
+  });
+  // A sigild older than reasons, and a connection that failed: no reason, the same words as the text form.
+  assert.deepEqual(errorJson({ code: Status.NOT_FOUND, details: 'no key named x', metadata: new Metadata() }), { code: 'NOT_FOUND', message: 'no key named x' });
+  assert.deepEqual(errorJson(failed('Error: connect ECONNREFUSED 10.0.0.1:8443'), '10.0.0.1:8443'), { code: 'UNAVAILABLE', message: 'cannot reach sigild at 10.0.0.1:8443: connection refused (is sigild running there?)' });
+  assert.deepEqual(errorJson(new Error('unknown algorithm dsa'), undefined, true), { code: 'INVALID_ARGUMENT', message: 'unknown algorithm dsa' });
+  assert.deepEqual(errorJson(new Error('plain')), { code: 'UNKNOWN', message: 'plain' });
 });

@@ -186,8 +186,8 @@ describe('revocations and the identity ca crl', { skip: skip ?? false }, () => {
     assert.equal(rev.refuseEnrollment(ek2, '000b' + 'ab'.repeat(32)), null);
     await rev.revokeBuilder(ek2.toUpperCase(), 'cessationOfOperation', 'CN=test-admin');
     assert.ok(rev.isBuilderRevoked(ek2));
-    assert.equal(rev.refuseEnrollment(ek2, '000b' + 'ff'.repeat(32)), 'builder tpm revoked');
-    assert.equal(rev.refuseBuilder({ serial: 'ff', ekHash: ek2, akName: 'x' }), 'builder tpm revoked');
+    assert.deepEqual(rev.refuseEnrollment(ek2, '000b' + 'ff'.repeat(32)), { reason: 'BUILDER_REVOKED', message: 'builder tpm revoked' });
+    assert.deepEqual(rev.refuseBuilder({ serial: 'ff', ekHash: ek2, akName: 'x' }), { reason: 'BUILDER_REVOKED', message: 'builder tpm revoked' });
     const ek3 = '33'.repeat(32);
     const ak = '000b' + '44'.repeat(32);
     await rev.revokeBuilder(ek3, '', 'CN=test-admin', ak);

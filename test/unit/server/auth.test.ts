@@ -22,8 +22,8 @@ function peer(der: Buffer): PeerCertificate {
 }
 
 const call = (cert?: PeerCertificate, authorizationError?: string) => ({ getAuthContext: () => ({ sslPeerCertificate: cert, authorizationError }) });
-const unauthenticated = (fn: () => unknown, re: RegExp): void =>
-  assert.throws(fn, (e: unknown) => isSigilError(e, 'UNAUTHENTICATED') && re.test((e as Error).message));
+const unauthenticated = (fn: () => unknown, re: RegExp, reason = 'UNAUTHENTICATED'): void =>
+  assert.throws(fn, (e: unknown) => isSigilError(e, 'UNAUTHENTICATED') && re.test(e.message) && e.reason === reason);
 
 const ekHash = 'ab'.repeat(32);
 const SAN = `spiffe://sigil.test/builder/tpm/${ekHash}`;
@@ -85,10 +85,10 @@ test('a certificate from another ca with the same issuer name, san and extension
 test('a missing, refused or outlived certificate is UNAUTHENTICATED with the reason', () => {
   const later = new Authenticator(roles, { identityCa: real.caCertificateDer(), clock: { now: () => new Date(Date.now() + 2 * 3_600_000) } });
   unauthenticated(() => later.principal(call()), /client certificate issued by the operator ca or the identity ca is required/);
-  unauthenticated(() => later.principal(call(undefined, 'CERT_HAS_EXPIRED')), /^client certificate expired$/);
+  unauthenticated(() => later.principal(call(undefined, 'CERT_HAS_EXPIRED')), /^client certificate expired$/, 'CERTIFICATE_EXPIRED');
   unauthenticated(() => later.principal(call(undefined, 'CERT_NOT_YET_VALID')), /^client certificate not yet valid$/);
   unauthenticated(() => later.principal(call(undefined, 'CERT_SIGNATURE_FAILURE')), /^client certificate not trusted \(cert_signature_failure\)$/);
-  unauthenticated(() => later.principal(call(peer(builder))), /^client certificate expired$/);
+  unauthenticated(() => later.principal(call(peer(builder))), /^client certificate expired$/, 'CERTIFICATE_EXPIRED');
   const now = new Authenticator(roles, { identityCa: real.caCertificateDer() });
   assert.ok(now.principal(call(peer(builder))).roles.has('builder'), 'valid under the wall clock');
 });
@@ -100,7 +100,7 @@ test('a revoked builder is refused on every call after the revocation, although 
     identityCa: real.caCertificateDer(),
     revoked: (p) => {
       seen.push(p.serial);
-      return revoked.has(p.serial) ? 'builder identity revoked' : null;
+      return revoked.has(p.serial) ? { reason: 'IDENTITY_REVOKED', message: 'builder identity revoked' } : null;
     },
   });
   const c = call(peer(builder));
@@ -108,8 +108,8 @@ test('a revoked builder is refused on every call after the revocation, although 
   const serial = new X509Certificate(builder).serialNumber.toLowerCase().replace(/^0+/, '');
   assert.deepEqual(seen, [serial], 'the check gets the canonical serial');
   revoked.add(serial);
-  unauthenticated(() => auth.principal(c), /^builder identity revoked$/);
-  unauthenticated(() => auth.require(c, ['builder']), /^builder identity revoked$/);
+  unauthenticated(() => auth.principal(c), /^builder identity revoked$/, 'IDENTITY_REVOKED');
+  unauthenticated(() => auth.require(c, ['builder']), /^builder identity revoked$/, 'IDENTITY_REVOKED');
   // Operator certificates are not builders: the check is not asked about them.
   auth.principal(call(peer(impostor)));
   assert.equal(seen.length, 3);

@@ -10,6 +10,7 @@ import { createDevCa, issueLeaf, type PemPair } from '../../../src/dev/pki.ts';
 import { GrpcH2Server } from '../../../src/server/h2/server.ts';
 import type { StreamCall, UnaryCall, AuthContext } from '../../../src/server/h2/call.ts';
 import { encodeFrame, FrameDecoder, percentEncode, parseTimeout } from '../../../src/server/h2/frames.ts';
+import { decodeStatusDetails } from '../../../src/status-details.ts';
 
 const raw = (b: Buffer): Buffer => b;
 const method = (name: string, requestStream: boolean, responseStream: boolean, requestDeserialize: (b: Buffer) => unknown = raw) => ({
@@ -68,6 +69,7 @@ function testService() {
       let hold = false;
       call.on('data', (m: Buffer) => {
         if (m.toString() === 'error') call.emit('error', { code: Status.ABORTED, details: 'asked to fail' });
+        else if (m.toString() === 'reasoned') call.emit('error', { code: Status.FAILED_PRECONDITION, details: 'with a reason: é', errorInfo: { reason: 'KEY_VERSION_DISABLED', domain: 'sigil.v1', metadata: { key_version: 'k@1' } } });
         else call.write(m);
         if (m.toString() === 'hold') hold = true;
       });
@@ -266,6 +268,42 @@ describe('the node:http2 gRPC server', () => {
     assert.equal(res.trailers['grpc-status'], String(Status.ABORTED));
     assert.equal(res.grpcMessage, 'asked to fail');
     st.close();
+  });
+
+  test('every error status carries grpc-status-details-bin: the same code and message, and an ErrorInfo', async () => {
+    const details = (h: IncomingHttpHeaders) => {
+      const v = h['grpc-status-details-bin'];
+      assert.equal(typeof v, 'string', 'the trailer is there');
+      assert.doesNotMatch(String(v), /=$/, 'binary header values go unpadded');
+      return decodeStatusDetails(Buffer.from(String(v), 'base64'));
+    };
+    // Trailers-Only: the transport's own error, with the status code's name as reason.
+    const nope = session.request(grpcHeaders('/test.T/Nope'));
+    const r1 = reply(nope);
+    nope.end(encodeFrame(Buffer.from('x')));
+    const unknown = await r1;
+    assert.deepEqual(details(unknown.headers), { code: Status.UNIMPLEMENTED, message: unknown.grpcMessage, info: { reason: 'UNIMPLEMENTED', domain: 'sigil.v1', metadata: {} } });
+    // Trailers after a message, the handler's ErrorInfo; percent-encoding applies to grpc-message only.
+    const st = session.request(grpcHeaders('/test.T/Bidi'));
+    const r2 = reply(st);
+    st.write(encodeFrame(Buffer.from('ok')));
+    st.write(encodeFrame(Buffer.from('reasoned')));
+    const res = await r2;
+    assert.deepEqual(res.messages.map(String), ['ok']);
+    assert.equal(res.trailers['grpc-message'], 'with a reason: %C3%A9');
+    assert.deepEqual(details(res.trailers), { code: Status.FAILED_PRECONDITION, message: 'with a reason: é', info: { reason: 'KEY_VERSION_DISABLED', domain: 'sigil.v1', metadata: { key_version: 'k@1' } } });
+    st.close();
+    // A unary error without an ErrorInfo, as Trailers-Only; an OK status carries none.
+    const fail = session.request(grpcHeaders('/test.T/Fail'));
+    const r3 = reply(fail);
+    fail.end(encodeFrame(Buffer.from('no such thing')));
+    assert.equal(details((await r3).headers)?.info.reason, 'FAILED_PRECONDITION');
+    const echo = session.request(grpcHeaders('/test.T/Echo'));
+    const r4 = reply(echo);
+    echo.end(encodeFrame(Buffer.from('fine')));
+    const ok = await r4;
+    assert.equal(ok.grpcStatus, Status.OK);
+    assert.equal(ok.trailers['grpc-status-details-bin'], undefined);
   });
 
   test('the auth context holds the certificate only when it is trusted, one object per connection', async () => {
