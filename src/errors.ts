@@ -5,6 +5,8 @@ export type ErrorCode =
   | 'KEY_EXISTS'
   | 'UNSUPPORTED_ALGORITHM'
   | 'MESSAGE_TOO_LARGE'
+  /** A bounded table is full (pending attestation challenges): the same request may succeed later. */
+  | 'LIMIT_REACHED'
   | 'UNAUTHENTICATED'
   | 'PERMISSION_DENIED'
   | 'FAILED_PRECONDITION'

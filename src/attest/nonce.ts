@@ -47,7 +47,7 @@ export class NonceStore<T> {
     const now = this.#clock.now().getTime();
     this.sweep(now);
     if (this.#pending.size >= this.#max) {
-      throw new SigilError('FAILED_PRECONDITION', `too many pending attestation challenges (limit ${this.#max}); try again later`);
+      throw new SigilError('LIMIT_REACHED', `too many pending attestation challenges (limit ${this.#max}); try again later`);
     }
     const nonce = randomBytes(NONCE_BYTES);
     this.#pending.set(nonce.toString('hex'), { entry, expiresAt: now + this.#ttlMs });

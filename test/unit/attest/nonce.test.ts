@@ -41,7 +41,7 @@ test('the store is bounded and sweeps expired entries', () => {
   s.issue(1);
   s.issue(2);
   s.issue(3);
-  assert.throws(() => s.issue(4), (err: unknown) => isSigilError(err, 'FAILED_PRECONDITION') && /too many pending/.test(err.message));
+  assert.throws(() => s.issue(4), (err: unknown) => isSigilError(err, 'LIMIT_REACHED') && /too many pending/.test(err.message));
   assert.equal(s.size, 3);
   clock.advance(1000);
   const n = s.issue(5);

@@ -44,6 +44,8 @@ test('enrollment: BUILDER_REVOKED stops for good whatever the message says; othe
   assert.equal(enrollmentOutcome(answer(D, 'tpm clock went backwards (...)', 'TPM_CLOCK_WENT_BACKWARDS')), 'refused');
   assert.equal(enrollmentOutcome(answer(Status.FAILED_PRECONDITION, 'nonce expired', 'FAILED_PRECONDITION')), 'refused');
   assert.equal(enrollmentOutcome(answer(Status.UNAVAILABLE, 'no connection established')), 'retry');
+  // sigild's table of pending challenges is full: a busy service, not a refusal; retried within the minute.
+  assert.equal(enrollmentOutcome(answer(Status.RESOURCE_EXHAUSTED, 'too many pending attestation challenges (limit 4096); try again later', 'LIMIT_REACHED')), 'retry');
   // Older sigild: the message.
   assert.equal(enrollmentOutcome(answer(D, 'builder tpm revoked')), 'stop');
   assert.equal(enrollmentOutcome(answer(D, 'this tpm may not enroll any more')), 'refused');
