@@ -2,7 +2,8 @@ import { Command, Option } from 'commander';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { Agent, defaultSocketPath, describe, type AgentEvent } from './agent/agent.ts';
-import { HASH_OF, hashFile } from './files.ts';
+import { HASH_OF, hashFile, readBounded } from './files.ts';
+import { checkPayloadType, DSSE_DEFAULT_PAYLOAD_TYPE, envelopeJson, MAX_PAYLOAD_BYTES, pae, paeSignInput } from './dsse.ts';
 import { parseDuration } from '../config/duration.ts';
 
 class UsageError extends Error {}
@@ -104,18 +105,44 @@ export async function main(argv: string[]): Promise<void> {
 
   program
     .command('sign')
-    .description('sign a file with the running agent\'s identity (hashed here while streaming from disk; Ed25519 sends it whole)')
+    .description('sign a file with the running agent\'s identity (hashed here while streaming from disk; Ed25519 sends it whole); with --dsse, wrap it in a signed dsse envelope (in-toto, SLSA provenance)')
     .requiredOption('--key <key>', 'name or name@N')
-    .requiredOption('--file <path>', 'file to sign')
-    .requiredOption('--out <path>', 'where to write the signature (DER for ECDSA, raw for RSA and Ed25519)')
+    .requiredOption('--file <path>', 'file to sign (with --dsse: the payload, e.g. an in-toto statement)')
+    .requiredOption('--out <path>', 'where to write the signature (DER for ECDSA, raw for RSA and Ed25519), or with --dsse the envelope (json)')
+    .option('--dsse', `write a dsse envelope: sign the PAE of the payload (at most ${MAX_PAYLOAD_BYTES / 1048576} MiB), keyid = the key version that signed (name@N)`)
+    .option('--payload-type <type>', `with --dsse: the payloadType (default ${DSSE_DEFAULT_PAYLOAD_TYPE})`)
     .option('--no-progress', 'no progress bar')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
     .addOption(socketOption())
-    .action(async (o: { key: string; file: string; out: string; progress: boolean; output: string; socket: string }) => {
+    .action(async (o: { key: string; file: string; out: string; progress: boolean; output: string; socket: string; dsse?: boolean; payloadType?: string }) => {
+      if (o.payloadType !== undefined && !o.dsse) throw new UsageError('--payload-type goes with --dsse');
+      let payloadType = DSSE_DEFAULT_PAYLOAD_TYPE;
+      let payload: Buffer | null = null;
+      if (o.dsse) {
+        try {
+          payloadType = checkPayloadType(o.payloadType ?? DSSE_DEFAULT_PAYLOAD_TYPE);
+          payload = readBounded(o.file, MAX_PAYLOAD_BYTES, 'the payload');
+        } catch (err) {
+          if ((err as { code?: unknown }).code === 'INVALID_ARGUMENT' || (err as { code?: unknown }).code === 'MESSAGE_TOO_LARGE') throw new UsageError((err as Error).message);
+          throw err;
+        }
+      }
       const size = statSync(o.file).size;
       const pk = await callAgent(o.socket, 'POST', '/v1/public-key', { key: o.key });
       const hash = HASH_OF[pk.algorithm as number];
       if (hash === undefined) throw new Error(`sigild reported an unknown algorithm ${String(pk.algorithm)}`);
+      if (payload !== null) {
+        const input = paeSignInput(hash, pae(payloadType, payload));
+        const body = input.digest ? { key: pk.keyVersion, digest: input.digest.toString('base64') } : { key: pk.keyVersion, message: input.message!.toString('base64') };
+        const r = await callAgent(o.socket, 'POST', '/v1/sign', body);
+        writeFileSync(o.out, envelopeJson({ payloadType, payload, signatures: [{ keyid: String(r.keyVersion), sig: Buffer.from(r.signature as string, 'base64') }] }));
+        process.stdout.write(
+          o.output === 'json'
+            ? `${JSON.stringify({ keyVersion: r.keyVersion, file: o.file, bytes: payload.length, payloadType, envelope: o.out }, null, 2)}\n`
+            : `signed ${o.file} (${payload.length} bytes, ${payloadType}) with ${String(r.keyVersion)}; dsse envelope written to ${o.out}\n`,
+        );
+        return;
+      }
       const show = o.progress && process.stderr.isTTY === true && size > 0;
       const body = hash
         ? { key: pk.keyVersion, digest: (await hashFile(o.file, hash, show)).toString('base64') }

@@ -4,13 +4,15 @@ import { createHash, createPrivateKey, randomBytes, X509Certificate, type KeyObj
 import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
 import { describeError, errorJson, fileErrorWords } from './errors.ts';
-import { HASH_OF, hashFile } from './files.ts';
+import { HASH_OF, hashFile, readBounded } from './files.ts';
 import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
 import { registerRevocationCommands } from './commands/revocation.ts';
 import { registerAuditCommands } from './commands/audit.ts';
 import { keyJson, keyText, registerKeysCommands } from './commands/keys.ts';
 import { registerApprovalsCommands } from './commands/approvals.ts';
 import { registerEnrollmentCommands } from './commands/enrollments.ts';
+import { registerVerifyCommand } from './commands/verify.ts';
+import { checkPayloadType, DSSE_DEFAULT_PAYLOAD_TYPE, envelopeJson, MAX_PAYLOAD_BYTES, pae, paeSignInput } from './dsse.ts';
 
 interface Globals {
   addr?: string;
@@ -114,19 +116,42 @@ export async function main(argv: string[]): Promise<void> {
 
   program
     .command('sign')
-    .description('sign a file: ECDSA and RSA hash it here while streaming it from disk; Ed25519 sends it whole')
+    .description('sign a file: ECDSA and RSA hash it here while streaming it from disk; Ed25519 sends it whole. With --dsse, wrap it in a signed dsse envelope (in-toto, SLSA provenance)')
     .requiredOption('--key <key>', 'name or name@N')
-    .requiredOption('--file <path>', 'file to sign')
-    .requiredOption('--out <path>', 'where to write the signature (DER for ECDSA, raw for RSA and Ed25519)')
+    .requiredOption('--file <path>', 'file to sign (with --dsse: the payload, e.g. an in-toto statement)')
+    .requiredOption('--out <path>', 'where to write the signature (DER for ECDSA, raw for RSA and Ed25519), or with --dsse the envelope (json)')
+    .option('--dsse', `write a dsse envelope: sign the PAE of the payload (at most ${MAX_PAYLOAD_BYTES / 1048576} MiB), keyid = the key version that signed (name@N)`)
+    .option('--payload-type <type>', `with --dsse: the payloadType (default ${DSSE_DEFAULT_PAYLOAD_TYPE})`)
     .option('--no-progress', 'no progress bar')
-    .action(async (o: { key: string; file: string; out: string; progress: boolean }) => {
+    .action(async (o: { key: string; file: string; out: string; progress: boolean; dsse?: boolean; payloadType?: string }) => {
+      if (o.payloadType !== undefined && !o.dsse) throw new UsageError('--payload-type goes with --dsse');
       const st = statSync(o.file);
       if (st.isDirectory()) throw new UsageError(`--file ${o.file} is a directory: sign one file at a time`);
+      let payloadType = DSSE_DEFAULT_PAYLOAD_TYPE;
+      let payload: Buffer | null = null;
+      if (o.dsse) {
+        try {
+          payloadType = checkPayloadType(o.payloadType ?? DSSE_DEFAULT_PAYLOAD_TYPE);
+          payload = readBounded(o.file, MAX_PAYLOAD_BYTES, 'the payload');
+        } catch (err) {
+          if ((err as { code?: unknown }).code === 'INVALID_ARGUMENT' || (err as { code?: unknown }).code === 'MESSAGE_TOO_LARGE') throw new UsageError((err as Error).message);
+          throw err;
+        }
+      }
       const c = open();
       const size = st.size;
       // Pin the version first so the digest is made for the algorithm of the version that signs.
       const pk = await rpc.getPublicKey(c, { key: o.key });
       const hash = HASH_OF[pk.algorithm];
+      if (payload !== null) {
+        const res = await rpc.sign(c, { key: pk.keyVersion, ...paeSignInput(hash ?? null, pae(payloadType, payload)) });
+        writeFileSync(o.out, envelopeJson({ payloadType, payload, signatures: [{ keyid: res.keyVersion, sig: res.signature }] }));
+        out(
+          { keyVersion: res.keyVersion, algorithm: algName(res.algorithm), file: o.file, bytes: payload.length, payloadType, envelope: o.out },
+          `signed ${o.file} (${payload.length} bytes, ${payloadType}) with ${res.keyVersion} (${algName(res.algorithm)}); dsse envelope written to ${o.out}`,
+        );
+        return;
+      }
       const show = o.progress && process.stderr.isTTY === true && size > 0;
       const req = hash
         ? { key: pk.keyVersion, digest: await hashFile(o.file, hash, show), message: undefined }
@@ -159,12 +184,13 @@ export async function main(argv: string[]): Promise<void> {
       );
     });
 
-  const cli: CliContext = { open, out };
+  const cli: CliContext = { open, out, json: () => format === 'json', addr: () => g().addr || undefined };
   registerRevocationCommands(program, cli);
   registerAuditCommands(program, cli);
   registerKeysCommands(program, cli);
   registerApprovalsCommands(program, cli);
   registerEnrollmentCommands(program, cli);
+  registerVerifyCommand(program, cli);
 
   const leaves = (c: Command): Command[] => (c.commands.length ? c.commands.flatMap(leaves) : [c]);
   for (const leaf of leaves(program)) {

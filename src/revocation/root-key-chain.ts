@@ -43,6 +43,18 @@ export interface CompromisedRootVersion {
   spki: Buffer;
 }
 
+/**
+ * The chain of root keys as served: the transition statements a verifier can trust (those signed by a
+ * version not disabled as compromised, or later), and the versions disabled as compromised.
+ */
+export interface RootKeyChain {
+  /** The root key's name. */
+  key: string;
+  /** Statements by version; those introducing a version at or before `compromised`'s newest + 1 are left out. */
+  transitions: SignedTransition[];
+  compromised: CompromisedRootVersion[];
+}
+
 const MAX_STATEMENT_BYTES = 4096;
 const MAX_VERSION = 1_000_000_000;
 const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
@@ -264,4 +276,80 @@ function versionOf(ref: string, key: string): number | null {
   if (!ref.startsWith(`${key}@`)) return null;
   const n = ref.slice(key.length + 1);
   return /^[1-9][0-9]{0,9}$/.test(n) ? Number(n) : null;
+}
+
+/** The largest chain file `parseRootKeyChain` reads (a statement is at most 4 KiB; thousands of rotations fit). */
+const MAX_CHAIN_BYTES = 16 * 1024 * 1024;
+
+/**
+ * The chain as `/trusted-root-keys.json` serves it and `sigilctl trusted-root get --chain` writes it:
+ * `{key, transitions: [{version, statement, previousSignature, signature}], compromised: [{version, publicKey}]}`,
+ * bytes as base64, two-space indented with a final newline.
+ */
+export function serializeRootKeyChain(c: RootKeyChain): Buffer {
+  const doc = {
+    key: c.key,
+    transitions: c.transitions.map((t) => ({
+      version: t.version,
+      statement: t.statement.toString('base64'),
+      previousSignature: t.previousSignature.toString('base64'),
+      signature: t.signature.toString('base64'),
+    })),
+    compromised: c.compromised.map((v) => ({ version: v.version, publicKey: v.spki.toString('base64') })),
+  };
+  return Buffer.from(`${JSON.stringify(doc, null, 2)}\n`);
+}
+
+/**
+ * Parses a chain file (the form `serializeRootKeyChain` writes) into what `verifyRootChain` takes; checks only
+ * its shape (INVALID_ARGUMENT naming the field): the statements and signatures are judged by `verifyRootChain`.
+ */
+export function parseRootKeyChain(bytes: Uint8Array): RootKeyChain {
+  const bad = (why: string): never => {
+    throw new SigilError('INVALID_ARGUMENT', `root key chain: ${why}`);
+  };
+  if (bytes.length > MAX_CHAIN_BYTES) bad(`larger than ${MAX_CHAIN_BYTES / 1048576} MiB`);
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch {
+    return bad('not json');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return bad('not a json object');
+  const o = v as Record<string, unknown>;
+  if (typeof o.key !== 'string' || o.key.length === 0) bad('key must be a key name');
+  if (!Array.isArray(o.transitions)) bad('transitions must be an array');
+  if (!Array.isArray(o.compromised)) bad('compromised must be an array');
+  const version = (x: unknown, what: string): number => (typeof x === 'number' && Number.isSafeInteger(x) && x >= 1 && x <= MAX_VERSION ? x : bad(`${what} must be a version number`));
+  const bytesOf = (x: unknown, what: string): Buffer => (typeof x === 'string' && BASE64.test(x) ? Buffer.from(x, 'base64') : bad(`${what} must be base64`));
+  const object = (x: unknown, what: string): Record<string, unknown> => (typeof x === 'object' && x !== null && !Array.isArray(x) ? (x as Record<string, unknown>) : bad(`${what} is not a json object`));
+  return {
+    key: o.key as string,
+    transitions: (o.transitions as unknown[]).map((x, i) => {
+      const t = object(x, `transition ${i + 1}`);
+      return {
+        version: version(t.version, `transition ${i + 1}: version`),
+        statement: bytesOf(t.statement, `transition ${i + 1}: statement`),
+        previousSignature: bytesOf(t.previousSignature, `transition ${i + 1}: previousSignature`),
+        signature: bytesOf(t.signature, `transition ${i + 1}: signature`),
+      };
+    }),
+    compromised: (o.compromised as unknown[]).map((x, i) => {
+      const c = object(x, `compromised ${i + 1}`);
+      return { version: version(c.version, `compromised ${i + 1}: version`), spki: bytesOf(c.publicKey, `compromised ${i + 1}: publicKey`) };
+    }),
+  };
+}
+
+/**
+ * The version that signs the trusted root, as far as the chain tells (for a document read from a file, whose
+ * signer no server named): the newest version a statement introduces, else the version after the newest
+ * compromised one, else 1. It only names the key in messages: `verifyRootChain` still checks the signature
+ * under the key the chain reaches from the pin.
+ */
+export function chainHeadVersion(c: RootKeyChain): number {
+  const introduced = c.transitions.map((t) => t.version);
+  if (introduced.length) return Math.max(...introduced);
+  const compromised = c.compromised.map((x) => x.version);
+  return compromised.length ? Math.max(...compromised) + 1 : 1;
 }

@@ -6,7 +6,7 @@ import { auditKeyVersions } from '../audit/audit-key.ts';
 import type { Clock } from '../clock.ts';
 import type { Store } from '../store/store.ts';
 import { keyVersionRef } from '../keys/names.ts';
-import { TRUST_ROOT_KEY, transitionStatement, type CompromisedRootVersion, type SignedTransition } from './root-key-chain.ts';
+import { serializeRootKeyChain, TRUST_ROOT_KEY, transitionStatement, type RootKeyChain } from './root-key-chain.ts';
 import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, sigstoreTrustedRoot, type IdentityCaGeneration, type TrustedRootDocument } from './trusted-root.ts';
 
 /** The trusted root as served: the exact JSON bytes, a detached signature over them and the root public key. */
@@ -20,18 +20,6 @@ export interface SignedTrustedRoot {
   keyVersion: string;
   /** The same document without sigil's key versions (Sigstore's schema only), signed by the same version. */
   sigstore: { json: Buffer; signature: Buffer };
-}
-
-/**
- * The chain of root keys as served: the transition statements a verifier can trust (those signed by a
- * version not disabled as compromised, or later), and the versions disabled as compromised.
- */
-export interface RootKeyChain {
-  /** The root key's name. */
-  key: string;
-  /** Statements by version; those introducing a version at or before `compromised`'s newest + 1 are left out. */
-  transitions: SignedTransition[];
-  compromised: CompromisedRootVersion[];
 }
 
 /** What the publisher needs. */
@@ -149,23 +137,7 @@ export class TrustedRootPublisher {
 
   /** The chain as JSON for `/trusted-root-keys.json` (bytes as base64). */
   chainJson(): Buffer {
-    const c = this.chain();
-    return Buffer.from(
-      `${JSON.stringify(
-        {
-          key: c.key,
-          transitions: c.transitions.map((t) => ({
-            version: t.version,
-            statement: t.statement.toString('base64'),
-            previousSignature: t.previousSignature.toString('base64'),
-            signature: t.signature.toString('base64'),
-          })),
-          compromised: c.compromised.map((v) => ({ version: v.version, publicKey: v.spki.toString('base64') })),
-        },
-        null,
-        2,
-      )}\n`,
-    );
+    return serializeRootKeyChain(this.chain());
   }
 
   /** Makes the missing statement of every version >= 2 that holds a key, one pass at a time; returns the versions it made. */

@@ -35,4 +35,8 @@ export interface CliContext {
   open(): Clients;
   /** Writes `json` with `--output json`, `text` otherwise. */
   out(json: unknown, text: string): void;
+  /** True with `--output json`. */
+  json(): boolean;
+  /** The sigild address given (--addr, SIGIL_ADDR), if any; `open` requires one. */
+  addr(): string | undefined;
 }

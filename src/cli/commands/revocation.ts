@@ -1,11 +1,12 @@
-import { createPublicKey, verify } from 'node:crypto';
+import { createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { rpc } from '../client.ts';
 import type { RevokedBuilder, RevokedIdentity } from '../../gen/sigil/v1/revocation.ts';
 import { UsageError, type CliContext } from './context.ts';
 import { describeError } from '../errors.ts';
-import { p256, spkiOf, TRUST_ROOT_KEY, verifyRootChain, type RootChainResult } from '../../revocation/root-key-chain.ts';
+import { p256, serializeRootKeyChain, spkiOf, TRUST_ROOT_KEY, verifyRootChain, type RootKeyChain } from '../../revocation/root-key-chain.ts';
+import type { GetTrustedRootResponse } from '../../gen/sigil/v1/revocation.ts';
 
 const REASON_HELP = 'unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn';
 
@@ -80,10 +81,11 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
     .option('--out <file>', 'write the json to a file instead of stdout')
     .option('--sig <file>', 'write the detached signature (der) to a file')
     .option('--pub <file>', "write the root key's public key (pem) to a file")
+    .option('--chain <file>', 'write the chain of root keys (json, as /trusted-root-keys.json serves it), for `sigilctl verify --root-chain` offline')
     .option('--sigstore-out <file>', "write the document with Sigstore's fields only (no sigil key versions), for strict parsers such as sigstore-go")
     .option('--sigstore-sig <file>', 'write the detached signature (der) of the --sigstore-out document to a file')
     .option('--root-key <file>', 'the root public key you pinned (pem): follow the chain of root keys from it to the current one and verify the document; nothing is written unless all of it verifies')
-    .action(async (o: { out?: string; sig?: string; pub?: string; rootKey?: string; sigstoreOut?: string; sigstoreSig?: string }) => {
+    .action(async (o: { out?: string; sig?: string; pub?: string; chain?: string; rootKey?: string; sigstoreOut?: string; sigstoreSig?: string }) => {
       const pinned = o.rootKey === undefined ? null : pinnedRootKey(o.rootKey);
       const r = await rpc.getTrustedRoot(cli.open(), {});
       const wantsSigstore = o.sigstoreOut !== undefined || o.sigstoreSig !== undefined;
@@ -93,28 +95,21 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
       if (pinned === null) {
         process.stderr.write('sigilctl: no root key pinned (--root-key): the trusted root was fetched but not verified\n');
       } else {
-        let v: RootChainResult;
+        let v: VerifiedRoot;
         try {
-          v = verifyRootChain({
-            key: TRUST_ROOT_KEY,
-            pinned,
-            transitions: r.rootKeyTransitions.map((t) => ({ version: t.version, statement: Buffer.from(t.statement), previousSignature: Buffer.from(t.previousSignature), signature: Buffer.from(t.signature) })),
-            compromised: r.compromisedRootKeys.map((c) => ({ version: c.version, spki: Buffer.from(c.publicKey) })),
-            document: { json: Buffer.from(r.json), signature: Buffer.from(r.signature), keyVersion: r.keyVersion },
-          });
+          v = verifyTrustedRoot({ json: Buffer.from(r.json), signature: Buffer.from(r.signature), keyVersion: r.keyVersion, chain: chainOf(r) }, pinned, o.rootKey!);
         } catch (err) {
-          throw new Error(`the trusted root does not verify from the pinned key ${o.rootKey}: ${err instanceof Error ? err.message : String(err)}; nothing was written`);
+          throw new Error(`${err instanceof Error ? err.message : String(err)}; nothing was written`);
         }
-        followed = `${TRUST_ROOT_KEY}@${v.followed[0]}${v.followed.slice(1).map((n) => ` -> @${n}`).join('')}`;
-        // The verified key, not the one the server named.
-        const current = createPublicKey({ key: v.currentSpki, format: 'der', type: 'spki' });
-        if (wantsSigstore && !verify('sha256', r.sigstoreJson, { key: current, dsaEncoding: 'der' }, r.sigstoreSignature)) {
+        followed = v.followed;
+        if (wantsSigstore && !verify('sha256', r.sigstoreJson, { key: v.currentKey, dsaEncoding: 'der' }, r.sigstoreSignature)) {
           throw new Error(`the sigstore form of the trusted root does not verify from the pinned key ${o.rootKey}; nothing was written`);
         }
-        publicKeyPem = current.export({ format: 'pem', type: 'spki' }).toString();
+        publicKeyPem = v.currentKey.export({ format: 'pem', type: 'spki' }).toString();
         process.stderr.write(`followed ${followed}\n`);
       }
       if (o.sig) writeFileSync(o.sig, r.signature);
+      if (o.chain) writeFileSync(o.chain, serializeRootKeyChain(chainOf(r)));
       if (o.pub) writeFileSync(o.pub, publicKeyPem);
       if (o.sigstoreOut) writeFileSync(o.sigstoreOut, r.sigstoreJson);
       if (o.sigstoreSig) writeFileSync(o.sigstoreSig, r.sigstoreSignature);
@@ -136,8 +131,49 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
     });
 }
 
+/** A trusted-root document to verify: its bytes, its signature, the version said to sign it and the chain of root keys. */
+export interface RootToVerify {
+  json: Buffer;
+  signature: Buffer;
+  /** `sigil/trust-root@N` as the daemon named it (or, for a document from a file, as the chain tells: `chainHeadVersion`). */
+  keyVersion: string;
+  chain: RootKeyChain;
+}
+
+/** A trusted root that verified: what was followed (`sigil/trust-root@1 -> @2`) and the key that signed it. */
+export interface VerifiedRoot {
+  followed: string;
+  /** The version the chain reached, `sigil/trust-root@N`. */
+  keyVersion: string;
+  currentKey: KeyObject;
+}
+
+/**
+ * Verifies a trusted root from a pinned key (`verifyRootChain`: the chain link by link, then the document);
+ * the one check behind `trusted-root get --root-key` and `verify`. Throws an Error that names the pinned file and what failed.
+ */
+export function verifyTrustedRoot(r: RootToVerify, pinned: Buffer, pinnedFile: string): VerifiedRoot {
+  try {
+    const v = verifyRootChain({ key: r.chain.key, pinned, transitions: r.chain.transitions, compromised: r.chain.compromised, document: { json: r.json, signature: r.signature, keyVersion: r.keyVersion } });
+    const followed = `${r.chain.key}@${v.followed[0]}${v.followed.slice(1).map((n) => ` -> @${n}`).join('')}`;
+    // The verified key, not the one the server named.
+    return { followed, keyVersion: `${r.chain.key}@${v.followed.at(-1)}`, currentKey: createPublicKey({ key: v.currentSpki, format: 'der', type: 'spki' }) };
+  } catch (err) {
+    throw new Error(`the trusted root does not verify from the pinned key ${pinnedFile}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/** The chain of root keys a GetTrustedRoot response carries. */
+export function chainOf(r: GetTrustedRootResponse): RootKeyChain {
+  return {
+    key: TRUST_ROOT_KEY,
+    transitions: r.rootKeyTransitions.map((t) => ({ version: t.version, statement: Buffer.from(t.statement), previousSignature: Buffer.from(t.previousSignature), signature: Buffer.from(t.signature) })),
+    compromised: r.compromisedRootKeys.map((c) => ({ version: c.version, spki: Buffer.from(c.publicKey) })),
+  };
+}
+
 /** The pinned root key (DER SPKI) from a PEM file, or a usage error naming the file. */
-function pinnedRootKey(file: string): Buffer {
+export function pinnedRootKey(file: string): Buffer {
   let data: Buffer;
   try {
     data = readFileSync(file);

@@ -8,6 +8,9 @@ import fc from 'fast-check';
 import { isSigilError } from '../../../src/errors.ts';
 import {
   canonicalTransition,
+  chainHeadVersion,
+  parseRootKeyChain,
+  serializeRootKeyChain,
   parseTransition,
   transitionStatement,
   verifyRootChain,
@@ -189,5 +192,35 @@ test('verifyRootChain on arbitrary transitions fails cleanly and never reaches a
       }
     }),
     { numRuns: 300 },
+  );
+});
+
+test('a chain file round-trips, verifies offline as served, and names the version the chain ends at', () => {
+  const chain = { key: KEY, transitions: [link(2), link(3), link(4)], compromised: [] };
+  const back = parseRootKeyChain(serializeRootKeyChain(chain));
+  assert.deepEqual(back, chain);
+  assert.equal(chainHeadVersion(back), 4);
+  assert.deepEqual(verifyRootChain(input({ transitions: back.transitions, document: input().document })).followed, [1, 2, 3, 4]);
+  // After a compromise of v2 cut the chain, the head is the version after it; with nothing at all, 1.
+  assert.equal(chainHeadVersion({ key: KEY, transitions: [], compromised: [{ version: 2, spki: keys[1]!.spki }] }), 3);
+  assert.equal(chainHeadVersion({ key: KEY, transitions: [], compromised: [] }), 1);
+});
+
+test('parseRootKeyChain refuses a malformed file with the field at fault, and only with INVALID_ARGUMENT', () => {
+  const refused = (text: string, re: RegExp): void => {
+    assert.throws(() => parseRootKeyChain(Buffer.from(text)), (e: unknown) => isSigilError(e, 'INVALID_ARGUMENT') && re.test((e as Error).message));
+  };
+  refused('nope', /root key chain: not json/);
+  refused('{"key":"k","transitions":{},"compromised":[]}', /transitions must be an array/);
+  refused('{"key":"k","transitions":[{"version":2,"statement":"!","previousSignature":"","signature":""}],"compromised":[]}', /transition 1: statement must be base64/);
+  refused('{"key":"k","transitions":[],"compromised":[{"version":0,"publicKey":"AA=="}]}', /compromised 1: version must be a version number/);
+  fc.assert(
+    fc.property(fc.jsonValue(), (v) => {
+      try {
+        parseRootKeyChain(Buffer.from(JSON.stringify(v) ?? 'null'));
+      } catch (e) {
+        assert.ok(isSigilError(e, 'INVALID_ARGUMENT'), String(e));
+      }
+    }),
   );
 });

@@ -1,0 +1,200 @@
+import { writeFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { rpc } from '../client.ts';
+import { parseKeyRef } from '../../keys/names.ts';
+import { chainHeadVersion, parseRootKeyChain, TRUST_ROOT_KEY, type RootKeyChain } from '../../revocation/root-key-chain.ts';
+import type { Algorithm as AlgorithmName } from '../../signers/signer.ts';
+import { MAX_ENVELOPE_BYTES, pae, parseEnvelope, type DsseEnvelope, type DsseSignature } from '../dsse.ts';
+import { readBounded } from '../files.ts';
+import { checkValidity, findKeyVersion, verifyFile, verifyMessage, VerifyFailure, type RootKeyVersion } from '../verify.ts';
+import { algName, parseAlg, UsageError, type CliContext } from './context.ts';
+import { chainOf, pinnedRootKey, verifyTrustedRoot, type RootToVerify, type VerifiedRoot } from './revocation.ts';
+
+interface VerifyOptions {
+  file?: string;
+  signature?: string;
+  dsse?: string;
+  key?: string;
+  alg?: string;
+  payloadType?: string;
+  payloadOut?: string;
+  rootKey: string;
+  trustedRoot?: string;
+  rootSig?: string;
+  rootChain?: string;
+  at?: string;
+  progress: boolean;
+}
+
+const NO_CHAIN: RootKeyChain = { key: TRUST_ROOT_KEY, transitions: [], compromised: [] };
+
+/** A file the command line names, read whole up to `max` bytes, or a usage error that names the option. */
+function readOption(path: string, option: string, max: number): Buffer {
+  try {
+    return readBounded(path, max, option);
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (code === 'MESSAGE_TOO_LARGE') throw new UsageError((err as Error).message);
+    throw err;
+  }
+}
+
+/** The trusted root, verified from the pinned key: from the files given, or fetched from sigild (`--addr`). */
+async function verifiedRoot(o: VerifyOptions, cli: CliContext): Promise<{ signedBy: string | null; followed: string | null; json: Buffer; source: 'file' | 'daemon' }> {
+  const pinned = pinnedRootKey(o.rootKey);
+  let r: RootToVerify;
+  let source: 'file' | 'daemon';
+  if (o.trustedRoot !== undefined) {
+    if (o.rootSig === undefined) throw new UsageError('--trusted-root needs --root-sig, its detached signature (as `trusted-root get --sig` writes it): an unverified trusted root is never used');
+    let chain = NO_CHAIN;
+    if (o.rootChain !== undefined) {
+      const bytes = readOption(o.rootChain, '--root-chain', 16 * 1024 * 1024);
+      try {
+        chain = parseRootKeyChain(bytes);
+      } catch (err) {
+        throw new VerifyFailure('root', `--root-chain ${o.rootChain}: ${(err as Error).message}`);
+      }
+    }
+    r = {
+      json: readOption(o.trustedRoot, '--trusted-root', MAX_ENVELOPE_BYTES),
+      signature: readOption(o.rootSig, '--root-sig', 64 * 1024),
+      keyVersion: `${chain.key}@${chainHeadVersion(chain)}`,
+      chain,
+    };
+    source = 'file';
+  } else {
+    if (o.rootSig !== undefined || o.rootChain !== undefined) throw new UsageError('--root-sig and --root-chain go with --trusted-root');
+    if (cli.addr() === undefined) throw new UsageError('give the trusted root with --trusted-root and --root-sig (offline), or --addr (SIGIL_ADDR) to fetch it from sigild');
+    const res = await rpc.getTrustedRoot(cli.open(), {});
+    r = { json: Buffer.from(res.json), signature: Buffer.from(res.signature), keyVersion: res.keyVersion, chain: chainOf(res) };
+    source = 'daemon';
+  }
+  const noChain = source === 'file' && o.rootChain === undefined;
+  let root: VerifiedRoot;
+  try {
+    root = verifyTrustedRoot(r, pinned, o.rootKey);
+  } catch (err) {
+    let msg = (err as Error).message;
+    // Without a chain the only key is the pinned one; its version is not known, so do not name one.
+    if (noChain) msg = `${msg.replace(`${TRUST_ROOT_KEY}@1, the key the chain reaches from the pinned one`, 'the pinned key')} (if the root key was rotated since you pinned it, give the chain of root keys with --root-chain, as \`trusted-root get --chain\` writes it)`;
+    throw new VerifyFailure('root', msg);
+  }
+  return { signedBy: noChain ? null : root.keyVersion, followed: noChain ? null : root.followed, json: r.json, source };
+}
+
+/** A `name@N` key reference, or null for anything else (a bare name, garbage). */
+function versionRef(ref: string): string | null {
+  try {
+    const k = parseKeyRef(ref);
+    return k.version === null ? null : `${k.name}@${k.version}`;
+  } catch {
+    return null;
+  }
+}
+
+/** The envelope's signature to check: the one by `--key`, or its only one. */
+function pickSignature(env: DsseEnvelope, key: string | undefined): { sig: DsseSignature; ref: string } {
+  const ids = env.signatures.map((s) => s.keyid || '(no keyid)').join(', ');
+  if (key !== undefined) {
+    const s = env.signatures.find((x) => x.keyid === key);
+    if (!s) throw new VerifyFailure('key-version', `wrong key version: the envelope has no signature by ${key} (it has ${ids})`);
+    return { sig: s, ref: key };
+  }
+  if (env.signatures.length > 1) throw new UsageError(`the envelope has ${env.signatures.length} signatures (${ids}): pick one with --key name@N`);
+  const s = env.signatures[0]!;
+  const ref = versionRef(s.keyid);
+  if (ref === null) throw new VerifyFailure('envelope', `the envelope's signature names no key version (keyid ${JSON.stringify(s.keyid)}, not name@N): give --key name@N`);
+  return { sig: s, ref };
+}
+
+/** `sigilctl verify`: checks a raw signature or a DSSE envelope against the signed trusted root, offline or fetching the root from sigild. */
+export function registerVerifyCommand(program: Command, cli: CliContext): void {
+  program
+    .command('verify')
+    .description(
+      'verify a file\'s signature (--file, --signature, --key name@N) or a dsse envelope (--dsse) against the trusted root, ' +
+        'itself verified from your pinned root key exactly as `trusted-root get --root-key` does. Offline with --trusted-root and ' +
+        '--root-sig (and --root-chain after root key rotations); with --addr the root is fetched from sigild. Checks: the root, ' +
+        'that the key version is listed with its algorithm, that it is valid (without --at: not disabled as compromised and not ' +
+        'destroyed; with --at: its window holds that time), and the signature. Exit 0 only when everything verifies',
+    )
+    .option('--file <path>', 'the signed file (hashed while streaming from disk; Ed25519 reads it whole)')
+    .option('--signature <path>', 'its signature as `sigilctl sign` wrote it (DER for ECDSA, raw for RSA and Ed25519)')
+    .option('--key <key>', 'the key version that signed, name@N (required with --file: a raw signature names no version; with --dsse, picks the signature by keyid)')
+    .option('--dsse <envelope>', `a dsse envelope (json, at most ${MAX_ENVELOPE_BYTES / 1048576} MiB) instead of --file and --signature: its keyid names the key version`)
+    .option('--payload-type <type>', 'with --dsse: require this payloadType')
+    .option('--payload-out <file>', 'with --dsse: write the payload here once everything verified')
+    .option('--alg <algorithm>', 'require this algorithm of the key version')
+    .requiredOption('--root-key <file>', 'the root public key you pinned (pem)')
+    .option('--trusted-root <file>', 'the trusted-root json (`trusted-root get --out`); needs --root-sig')
+    .option('--root-sig <file>', 'its detached signature (`trusted-root get --sig`)')
+    .option('--root-chain <file>', 'the chain of root keys (`trusted-root get --chain`, or /trusted-root-keys.json), when the root key was rotated since you pinned it')
+    .option('--at <time>', 'the signing time you vouch for (ISO 8601): the key version must have been valid then (a destroyed or later compromised version passes for a time before its window closed)')
+    .option('--no-progress', 'no progress bar')
+    .action(async (o: VerifyOptions) => {
+      const dsse = o.dsse !== undefined;
+      if (dsse && (o.file !== undefined || o.signature !== undefined)) throw new UsageError('--dsse takes the place of --file and --signature');
+      if (!dsse && (o.file === undefined || o.signature === undefined)) throw new UsageError('give --file and --signature (a raw signature), or --dsse (an envelope)');
+      if (!dsse && (o.payloadType !== undefined || o.payloadOut !== undefined)) throw new UsageError('--payload-type and --payload-out go with --dsse');
+      if (!dsse && o.key === undefined) throw new UsageError('--key name@N is required: a raw signature carries no key version');
+      if (o.key !== undefined && versionRef(o.key) === null) throw new UsageError(`--key takes a key version, name@N (got ${JSON.stringify(o.key)}): signatures are per version`);
+      const expected = o.alg === undefined ? null : (algName(parseAlg(o.alg)) as AlgorithmName);
+      let at: Date | null = null;
+      if (o.at !== undefined) {
+        at = new Date(o.at);
+        if (!/^\d{4}-\d{2}-\d{2}T/.test(o.at) || Number.isNaN(at.getTime())) throw new UsageError('--at takes an ISO 8601 time, e.g. 2026-03-01T12:00:00Z');
+      }
+      // Inputs first, so that a usage mistake is not reported as a failed check.
+      const envelopeBytes = dsse ? readOption(o.dsse!, '--dsse', MAX_ENVELOPE_BYTES) : null;
+      const signature = dsse ? null : readOption(o.signature!, '--signature', 64 * 1024);
+
+      try {
+        let env: DsseEnvelope | null = null;
+        if (envelopeBytes !== null) {
+          try {
+            env = parseEnvelope(envelopeBytes);
+          } catch (err) {
+            throw new VerifyFailure('envelope', `${o.dsse}: ${(err as Error).message}`);
+          }
+        }
+        const picked = env ? pickSignature(env, o.key) : null;
+        const ref = picked ? picked.ref : versionRef(o.key!)!;
+        const root = await verifiedRoot(o, cli);
+        const v: RootKeyVersion = findKeyVersion(root.json, ref, expected);
+        checkValidity(v, at);
+        let subject: Record<string, unknown>;
+        let text: string;
+        if (env && picked) {
+          verifyMessage(v, pae(env.payloadType, env.payload), picked.sig.sig, `the envelope ${o.dsse}`);
+          if (o.payloadType !== undefined && env.payloadType !== o.payloadType) {
+            throw new VerifyFailure('payload-type', `wrong payload type: the envelope's payloadType is ${JSON.stringify(env.payloadType)}, not ${JSON.stringify(o.payloadType)} (--payload-type)`);
+          }
+          if (o.payloadOut !== undefined) writeFileSync(o.payloadOut, env.payload);
+          subject = { envelope: o.dsse, payloadType: env.payloadType, payloadBytes: env.payload.length, payloadOut: o.payloadOut ?? null };
+          text = `verified the dsse envelope ${o.dsse} (${env.payloadType}, ${env.payload.length} bytes of payload${o.payloadOut ? `, written to ${o.payloadOut}` : ''})`;
+        } else {
+          const show = o.progress && process.stderr.isTTY === true;
+          const r = await verifyFile(v, o.file!, signature!, show);
+          subject = { file: o.file, bytes: r.bytes, digest: { [r.digest.algorithm]: r.digest.hex }, signature: o.signature };
+          text = `verified ${o.file} (${r.bytes} bytes)`;
+        }
+        if (at !== null && v.revoked) process.stderr.write(`sigilctl: warning: ${v.hint} was disabled as compromised at ${v.end?.toISOString()}: this passed only because you vouch that it was signed at ${at.toISOString()}\n`);
+        cli.out(
+          {
+            verified: true,
+            ...subject,
+            keyVersion: v.hint,
+            algorithm: v.algorithm,
+            validity: { checkedAt: at?.toISOString() ?? null, start: v.start.toISOString(), end: v.end?.toISOString() ?? null, revoked: v.revoked },
+            trustedRoot: { source: root.source, signedBy: root.signedBy, followed: root.followed },
+          },
+          `${text}: signed by ${v.hint} (${v.algorithm}), valid ${at ? `at ${at.toISOString()}` : 'now'}; trusted root ${root.followed === null ? 'signed by the pinned key' : `signed by ${root.signedBy}, followed ${root.followed} from the pinned key`}`,
+        );
+      } catch (err) {
+        if (!(err instanceof VerifyFailure && cli.json())) throw err;
+        // The failed check is the command's json result (exit 1), in place of the generic `{ "error": ... }`.
+        cli.out({ verified: false, check: err.check, error: err.message }, err.message);
+        process.exitCode = 1;
+      }
+    });
+}
