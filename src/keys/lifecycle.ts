@@ -254,6 +254,10 @@ export class KeyLifecycle {
         if (opts.compromised) {
           const since = opts.since ?? now;
           if (since.getTime() > now.getTime()) throw new SigilError('INVALID_ARGUMENT', 'compromise time is in the future');
+          // The trusted root closes the version's window at this time: before its start, the window would be inverted.
+          if (since.getTime() < v.createdAt.getTime()) {
+            throw new SigilError('INVALID_ARGUMENT', `compromise time ${since.toISOString()} is before ${ref} was made (${v.createdAt.toISOString()}): give a time at or after it (its creation time covers its whole life)`);
+          }
           if (v.revokedAt) throw new SigilError('FAILED_PRECONDITION', `key ${ref} is already disabled as compromised since ${v.revokedAt.toISOString()}`);
           const to: KeyVersionState = v.state === 'DESTROY_SCHEDULED' ? 'DESTROY_SCHEDULED' : 'DISABLED';
           updated = this.#store.updateVersion(name, version, ['ENABLED', 'DISABLED', 'DESTROY_SCHEDULED'], { state: to, disabledAt: v.disabledAt ?? now, revokedAt: since });

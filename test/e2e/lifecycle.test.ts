@@ -101,7 +101,15 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     await rpc.enableKeyVersion(a, { key: 'rel/app@1' });
     assert.equal((await rpc.sign(s, { key: 'rel/app@1', digest, message: undefined })).keyVersion, 'rel/app@1');
 
-    const since = new Date(clock.t - HOUR).toISOString();
+    // A compromise time before the version was made would close its trusted-root window before it opens: refused,
+    // and nothing changes.
+    const made = (await json<{ versions: Array<{ version: number; createTime: string }> }>(['key', 'show', 'rel/app'])).versions.find((v) => v.version === 1)!.createTime;
+    const early = await ctl(['key', 'disable', 'rel/app@1', '--compromised', '--since', new Date(Date.parse(made) - 1000).toISOString()]);
+    assert.equal(early.code, 1);
+    assert.match(early.stderr, /INVALID_ARGUMENT: compromise time .* is before rel\/app@1 was made/);
+    assert.equal((await rpc.sign(s, { key: 'rel/app@1', digest, message: undefined })).keyVersion, 'rel/app@1');
+
+    const since = new Date(Date.parse(made)).toISOString(); // its whole life
     const dis = await json<{ versions: Array<{ state: string; revokeTime: string }> }>(['key', 'disable', 'rel/app@1', '--compromised', '--since', since]);
     assert.equal(dis.versions[0]!.state, 'DISABLED');
     assert.equal(dis.versions[0]!.revokeTime, since);

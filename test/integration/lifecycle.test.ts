@@ -194,6 +194,11 @@ describe('key lifecycle on SoftHSM', { skip: skip ?? false }, () => {
   });
 
   it('a version disabled as compromised never signs or enables again; a compromised primary stops the bare name until a rotation', async () => {
+    // Before the version was made: its trust window would close before it opens.
+    const made = keys.getKey('rel/app').versions[0]!.createdAt;
+    await assert.rejects(life.disable(alice, 'rel/app@1', { compromised: true, since: new Date(made.getTime() - 1) }), code('INVALID_ARGUMENT', /before rel\/app@1 was made/));
+    assert.equal(keys.getKey('rel/app').versions[0]!.revokedAt, null, 'nothing changed');
+    clock.advance(2 * HOUR);
     const since = new Date(clock.t - HOUR);
     await life.disable(alice, 'rel/app@1', { compromised: true, since });
     const v1 = keys.getKey('rel/app').versions[0]!;
