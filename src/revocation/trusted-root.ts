@@ -115,7 +115,7 @@ export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
         publicKey: {
           rawBytes: v.spki.toString('base64'),
           keyDetails: keyDetails(a.algorithm, v.spki),
-          validFor: { start: rfc3339(v.createdAt), ...(v.supersededAt ? { end: rfc3339(v.supersededAt) } : {}) },
+          validFor: timeRange(v.createdAt, v.supersededAt),
         },
         // RFC 6962, 3.2: the log id is the SHA-256 of the log's DER public key.
         logId: { keyId: createHash('sha256').update(v.spki).digest('base64') },
@@ -133,7 +133,7 @@ export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
       uri: '',
       certChain: { certificates: [{ rawBytes: g.der.toString('base64') }] },
       // The current CA has no end (sigstore_trustroot.proto: current instances leave it unset).
-      validFor: { start: rfc3339(new Date(x.validFrom)), ...(g.end ? { end: rfc3339(g.end) } : {}) },
+      validFor: timeRange(new Date(x.validFrom), g.end),
     });
   }
   const versions = input.keyVersions
@@ -148,7 +148,7 @@ export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
       version: v.version,
       algorithm: v.algorithm,
       revoked: v.revokedAt !== null,
-      publicKey: { rawBytes: v.spki.toString('base64'), keyDetails: keyDetails(v.algorithm, v.spki), validFor: { start: rfc3339(v.createdAt), ...(end ? { end: rfc3339(end) } : {}) } },
+      publicKey: { rawBytes: v.spki.toString('base64'), keyDetails: keyDetails(v.algorithm, v.spki), validFor: timeRange(v.createdAt, end) },
     });
   }
   return doc;
@@ -215,4 +215,13 @@ export function keyDetails(algorithm: Algorithm, spki: Buffer): string {
 
 function rfc3339(d: Date): string {
   return d.toISOString().replace(/\.000Z$/, 'Z');
+}
+
+/**
+ * A validity window; an end before the start (a compromise time recorded before the version was made, which
+ * the lifecycle now refuses, or a CA whose certificate starts after its key's compromise) closes at the start.
+ */
+function timeRange(start: Date, end: Date | null | undefined): TimeRangeJson {
+  if (!end) return { start: rfc3339(start) };
+  return { start: rfc3339(start), end: rfc3339(end.getTime() < start.getTime() ? start : end) };
 }

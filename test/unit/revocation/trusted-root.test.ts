@@ -212,11 +212,13 @@ test('trusted root: one certificate authority per identity ca generation, in ord
   };
   const v1 = await der('sigil identity CA');
   const v2 = await der('sigil identity CA 2');
-  const doc = buildTrustedRoot({ identityCa: [{ der: v1, end: t('2026-05-01T01:00:00.250Z') }, { der: v2, end: null }], auditLog: null, keyVersions: [] });
+  // The certificates start now: v1's window ends a day later (with its milliseconds).
+  const end = new Date(Math.floor(Date.now() / 1000) * 1000 + 86_400_000 + 250);
+  const doc = buildTrustedRoot({ identityCa: [{ der: v1, end }, { der: v2, end: null }], auditLog: null, keyVersions: [] });
   assert.deepEqual(
     doc.certificateAuthorities.map((a) => [a.subject.commonName, a.certChain.certificates[0]!.rawBytes, a.validFor.end]),
     [
-      ['sigil identity CA', v1.toString('base64'), '2026-05-01T01:00:00.250Z'],
+      ['sigil identity CA', v1.toString('base64'), end.toISOString()],
       ['sigil identity CA 2', v2.toString('base64'), undefined],
     ],
   );
@@ -224,4 +226,14 @@ test('trusted root: one certificate authority per identity ca generation, in ord
   // A lone certificate is one open generation, as before.
   const lone = buildTrustedRoot({ identityCa: v1, auditLog: null, keyVersions: [] }).certificateAuthorities;
   assert.deepEqual(lone.map((a) => [a.certChain.certificates[0]!.rawBytes, a.validFor.start, a.validFor.end]), [[v1.toString('base64'), doc.certificateAuthorities[0]!.validFor.start, undefined]]);
+});
+
+test('a window never ends before it starts: a compromise time recorded before the version was made closes it at its start', () => {
+  const doc = buildTrustedRoot({
+    identityCa: null,
+    auditLog: null,
+    keyVersions: [v({ keyName: 'old/k', createdAt: t('2026-03-01T00:00:00Z'), revokedAt: t('2026-02-01T00:00:00Z') })],
+  });
+  assert.deepEqual(doc.sigilKeyVersions[0]!.publicKey.validFor, { start: '2026-03-01T00:00:00Z', end: '2026-03-01T00:00:00Z' });
+  assert.equal(doc.sigilKeyVersions[0]!.revoked, true);
 });
