@@ -79,7 +79,12 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   const production = cfg.mode === 'production';
   const store = new SqliteStore(cfg.store.sqlite.path);
   const metrics = new Metrics();
-  const backends = new BackendRegistry(cfg.backends, { log, production, onBreaker: (backend, state) => metrics.breakerState(backend, state) });
+  const backends = new BackendRegistry(cfg.backends, {
+    log,
+    production,
+    onBreaker: (backend, state) => metrics.breakerState(backend, state),
+    onSignatureMismatch: (backend) => metrics.signatureMismatches.inc({ backend }),
+  });
   const clock = opts.clock ?? systemClock;
   const keys = new KeyService({
     store,

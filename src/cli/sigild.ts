@@ -8,6 +8,7 @@ import { launchSwtpm } from '../dev/swtpm.ts';
 import { SigilError } from '../errors.ts';
 import { backupDaemonState } from '../store/backup.ts';
 import { archiveAuditLog } from '../store/audit-archive.ts';
+import { rekeyTpmKeys } from './tpm-rekey.ts';
 import { systemClock } from '../clock.ts';
 import { createLogger } from '../log.ts';
 import { userInfo } from 'node:os';
@@ -41,7 +42,7 @@ function osUser(): string {
   }
 }
 
-/** The `sigild` command line: serve, dev, backup, audit archive, config validate. */
+/** The `sigild` command line: serve, dev, backup, audit archive, tpm rekey, config validate. */
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('sigild')
     .description('sigil signing daemon: one gRPC signer API over PKCS#11 HSMs, TPM 2.0 and cloud KMS (AWS, GCP)')
@@ -157,6 +158,32 @@ export async function main(argv: string[]): Promise<void> {
           ...r.segments.map((s) => `  ${s.file}  entries ${s.start} to ${s.end - 1}  checkpoint ${s.checkpoint}  ${s.bytes} bytes  sha256 ${s.sha256}`),
           `the log holds ${r.size} entries; entries below ${r.archivedEnd} are archived (keep the segments: docs/operations.md)`,
           ...(r.vacuumed !== null ? [`audit file vacuumed: ${r.vacuumed} bytes`] : []),
+          '',
+        ].join('\n'),
+      );
+    });
+
+  program
+    .command('tpm')
+    .description('tpm backend maintenance')
+    .command('rekey')
+    .description('give the tpm keys sigil made before it set an authValue (empty one) a fresh random authValue, with sigild stopped; see docs/operations.md')
+    .requiredOption('-c, --config <file>', 'the config file the daemon runs with')
+    .option('--backend <name>', 'only this tpm backend (default: every tpm backend in the config)')
+    .option('--dry-run', 'list the keys that would get an authValue, change nothing')
+    .action(async (o: { config: string; backend?: string; dryRun?: boolean }) => {
+      const cfg = loadConfig(o.config);
+      const done = await rekeyTpmKeys(cfg, {
+        backend: o.backend,
+        dryRun: o.dryRun === true,
+        who: `local:${osUser()}`,
+        clock: systemClock,
+        log: createLogger({ level: cfg.log.level === 'info' ? 'warn' : cfg.log.level }),
+      });
+      process.stdout.write(
+        [
+          ...done.map((k) => `${k.result === 'changed' ? 'new authValue' : 'would get a new authValue'}: ${k.backend} ${k.uri} (${k.label}${k.keyVersion !== null ? `, ${k.keyVersion}` : ''})`),
+          done.length === 0 ? 'every tpm key sigil made has an authValue: nothing to do' : o.dryRun === true ? `${done.length} key(s) would change; run again without --dry-run` : `${done.length} key(s) changed; the empty authValue no longer signs with them`,
           '',
         ].join('\n'),
       );

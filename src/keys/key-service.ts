@@ -202,7 +202,8 @@ export class KeyService {
     const { key, version } = this.#lookup(ref);
     checkSignable(key, version, !ref.includes('@'));
     const backend = await this.#backends.get(key.backend);
-    const signer = await backend.signer(version.uri, key.algorithm);
+    // The recorded public key goes along: a backend that checks its signatures checks them against it.
+    const signer = await backend.signer(version.uri, key.algorithm, { spki: version.spki });
     return {
       keyVersion: keyVersionRef(key.name, version.version),
       algorithm: key.algorithm,

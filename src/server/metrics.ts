@@ -36,6 +36,12 @@ export class Metrics {
     labelNames: ['reason'],
     registers: [this.registry],
   });
+  readonly signatureMismatches = new Counter({
+    name: 'sigil_backend_signature_mismatches_total',
+    help: "Signatures a backend returned that did not verify under the key version's recorded public key, refused before they left it (tpm, awskms, gcpkms), by backend",
+    labelNames: ['backend'],
+    registers: [this.registry],
+  });
   readonly enrollments = new Counter({
     name: 'sigil_enrollments_total',
     help: 'Enrollments and renewals, by kind (enroll, renew), policy and outcome (issued, or the refusal reason)',

@@ -26,13 +26,21 @@ export class BackendRegistry {
   readonly #log: Logger;
   readonly #production: boolean;
   readonly #onBreaker: ((backend: string, state: BreakerState) => void) | undefined;
+  readonly #onSignatureMismatch: ((backend: string) => void) | undefined;
 
-  /** `onBreaker` hears each backend's breaker state: `closed` when the backend opens, then every change. */
-  constructor(configs: Record<string, BackendConfigInput>, opts: { log: Logger; production: boolean; onBreaker?: (backend: string, state: BreakerState) => void }) {
+  /**
+   * `onBreaker` hears each backend's breaker state: `closed` when the backend opens, then every change;
+   * `onSignatureMismatch` each signature a backend refused because it did not verify under the recorded key.
+   */
+  constructor(
+    configs: Record<string, BackendConfigInput>,
+    opts: { log: Logger; production: boolean; onBreaker?: (backend: string, state: BreakerState) => void; onSignatureMismatch?: (backend: string) => void },
+  ) {
     this.#configs = new Map(Object.entries(configs));
     this.#log = opts.log;
     this.#production = opts.production;
     this.#onBreaker = opts.onBreaker;
+    this.#onSignatureMismatch = opts.onSignatureMismatch;
   }
 
   /** The configured backend names. */
@@ -62,7 +70,8 @@ export class BackendRegistry {
     const mod = (await MODULES[config.type]()) as BackendModule<BackendConfig>;
     const log = this.#log.child({ module: 'backend', backend: name });
     const { resilience, ...own } = config;
-    const backend = await mod.open(own as BackendConfig, { name, log, production: this.#production });
+    const mismatch = this.#onSignatureMismatch;
+    const backend = await mod.open(own as BackendConfig, { name, log, production: this.#production, onSignatureMismatch: mismatch && (() => mismatch(name)) });
     log.info({ kind: backend.kind }, 'backend opened');
     const onBreaker = this.#onBreaker;
     onBreaker?.(name, 'closed');

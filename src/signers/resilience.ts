@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { isSigilError, SigilError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { Algorithm, Backend, BackendKey, KeyCreator, KeyDestroyer, KeyEnabler, KeySigner, KeySpec } from './signer.ts';
+import type { Algorithm, Backend, BackendKey, KeyCreator, KeyDestroyer, KeyEnabler, KeySigner, KeySpec, RecordedKey } from './signer.ts';
 import { withDeadline } from '../deadline.ts';
 
 /**
@@ -178,7 +178,7 @@ export function resilient(inner: Backend, settings: Resilience, o: { name: strin
     kind: inner.kind,
     algorithms: inner.algorithms,
     getKey: (uri: string): Promise<BackendKey> => call('getKey', () => inner.getKey(uri), true),
-    signer: async (uri: string, algorithm: Algorithm): Promise<KeySigner> => wrapSigner(await call('signer', () => inner.signer(uri, algorithm), true)),
+    signer: async (uri: string, algorithm: Algorithm, recorded?: RecordedKey): Promise<KeySigner> => wrapSigner(await call('signer', () => inner.signer(uri, algorithm, recorded), true)),
     close: () => inner.close(),
   };
   const i = inner as Backend & Partial<KeyCreator & KeyDestroyer & KeyEnabler>;

@@ -75,10 +75,20 @@ export interface Backend {
   readonly algorithms: readonly Algorithm[];
   /** Looks a key up by URI and returns its canonical URI, public key and key type. KEY_NOT_FOUND if absent. */
   getKey(uri: string): Promise<BackendKey>;
-  /** Returns a signer for the key at `uri` used with `algorithm`; it may cache handles. */
-  signer(uri: string, algorithm: Algorithm): Promise<KeySigner>;
+  /**
+   * Returns a signer for the key at `uri` used with `algorithm`; it may cache handles. `recorded` is what the
+   * key version recorded when it was created or imported: a backend that checks its signatures (tpm, awskms,
+   * gcpkms) checks them against that public key, else against the one it reads from the key itself.
+   */
+  signer(uri: string, algorithm: Algorithm, recorded?: RecordedKey): Promise<KeySigner>;
   /** Releases sessions and connections. */
   close(): Promise<void>;
+}
+
+/** What sigil recorded for a key version when it was created or imported. */
+export interface RecordedKey {
+  /** DER SubjectPublicKeyInfo, as served by GetPublicKey. */
+  spki: Buffer;
 }
 
 /** A backend that can generate keys (non-extractable where the backend can enforce it). */
@@ -128,6 +138,8 @@ export interface BackendContext {
   log: Logger;
   /** True in production mode: a backend that is for tests and dev only must refuse to open. */
   production: boolean;
+  /** Called for each signature the backend refused because it did not verify under the key's recorded public key. */
+  onSignatureMismatch?: (() => void) | undefined;
 }
 
 /** The shape of a backend module loaded by `registry.ts`: `open` validates nothing itself, the config schema did. */

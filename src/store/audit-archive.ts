@@ -75,22 +75,40 @@ export async function archiveAuditLog(cfg: Config, o: ArchiveOptions): Promise<A
   if (!Number.isSafeInteger(align) || align < 1 || (align & (align - 1)) !== 0 || align > 2 ** 30) throw new SigilError('INVALID_ARGUMENT', '--align must be a power of two up to 2^30');
   if (!Number.isSafeInteger(segmentMax) || segmentMax < align || segmentMax % align !== 0) throw new SigilError('INVALID_ARGUMENT', `--segment-max must be a positive multiple of --align (${align})`);
   if (o.before !== undefined && (!Number.isSafeInteger(o.before) || o.before < 0)) throw new SigilError('INVALID_ARGUMENT', '--before must be a non-negative integer');
+  const result = await withStoppedDaemon(cfg, { ...o, doing: 'archiving' }, ({ log, verifyKeys }) => archivePrefix(log, o, align, segmentMax, verifyKeys));
+  if (o.vacuum && result.segments.length > 0) result.vacuumed = vacuum(auditPathOf(cfg));
+  return result;
+}
+
+/** What an offline command holds while sigild is stopped: the store's one connection (exclusive) and the audit log. */
+export interface StoppedDaemon {
+  /** The store, opened exclusively (a second connection would be refused): read it on this one. */
+  store: DatabaseSync;
+  log: AuditLog;
+  /** Every audit key version's public key, to verify checkpoints and segments. */
+  verifyKeys: VerifyKey[];
+}
+
+/**
+ * Runs `fn` for a command that must run with the daemon configured by `cfg` stopped (`sigild audit archive`,
+ * `sigild tpm rekey`): refuses while anything holds the store or the audit file, holds the store exclusively
+ * meanwhile (so the daemon cannot start), and opens the audit log with its start-up check so the command's
+ * acts are audited like the daemon's. `doing` names the command in the refusal.
+ */
+export async function withStoppedDaemon<T>(cfg: Config, o: { clock: Clock; log: Logger; doing: string }, fn: (d: StoppedDaemon) => Promise<T>): Promise<T> {
   const auditPath = auditPathOf(cfg);
   if (!existsSync(auditPath)) throw new SigilError('FAILED_PRECONDITION', `the audit log ${auditPath} does not exist: is this the config the daemon runs with?`);
   if (!existsSync(cfg.store.sqlite.path)) throw new SigilError('FAILED_PRECONDITION', `the store ${cfg.store.sqlite.path} does not exist: is this the config the daemon runs with?`);
-  const store = lockExclusive(cfg.store.sqlite.path, 'store');
+  const store = lockExclusive(cfg.store.sqlite.path, 'store', o.doing);
   try {
-    lockExclusive(auditPath, 'audit log').close();
+    lockExclusive(auditPath, 'audit log', o.doing).close();
     const { key, verifyKeys } = storedAuditKey(store, cfg.audit.key);
     const log = AuditLog.open({ path: auditPath, origin: auditOriginOf(cfg), key, clock: o.clock, log: o.log, fullCheckAtStartMax: cfg.audit.fullCheckAtStartMax });
-    let result: ArchiveResult;
     try {
-      result = await archivePrefix(log, o, align, segmentMax, verifyKeys);
+      return await fn({ store, log, verifyKeys });
     } finally {
       await log.close();
     }
-    if (o.vacuum && result.segments.length > 0) result.vacuumed = vacuum(auditPath);
-    return result;
   } finally {
     store.close();
   }
@@ -136,7 +154,7 @@ export function segmentFileName(start: number, end: number): string {
  * Opens `path` with SQLite's exclusive locking mode and takes the write lock: refused when any other
  * connection (the daemon) has the file open; once taken, nobody else can open it until this one closes.
  */
-function lockExclusive(path: string, what: string): DatabaseSync {
+function lockExclusive(path: string, what: string, doing: string): DatabaseSync {
   const db = new DatabaseSync(path);
   try {
     db.exec('PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;');
@@ -144,7 +162,7 @@ function lockExclusive(path: string, what: string): DatabaseSync {
   } catch (err) {
     db.close();
     if (/locked|busy/i.test(String((err as { message?: unknown }).message))) {
-      throw new SigilError('FAILED_PRECONDITION', `the ${what} ${path} is in use: stop sigild before archiving (docs/operations.md)`, { cause: err });
+      throw new SigilError('FAILED_PRECONDITION', `the ${what} ${path} is in use: stop sigild before ${doing} (docs/operations.md)`, { cause: err });
     }
     throw new SigilError('BACKEND_ERROR', `cannot open the ${what} ${path}`, { cause: err });
   }
@@ -167,7 +185,7 @@ function storedAuditKey(store: DatabaseSync, name: string): { key: AuditKey; ver
       if (!v) throw new SigilError('KEY_NOT_FOUND', `no audit key version ${keyVersion}`);
       return { keyVersion: v.keyVersion, spki: v.spki };
     },
-    sign: () => Promise.reject(new SigilError('FAILED_PRECONDITION', 'the archive command signs no checkpoint: the daemon does')),
+    sign: () => Promise.reject(new SigilError('FAILED_PRECONDITION', 'a command run with the daemon stopped signs no checkpoint: the daemon does')),
     versions: () => versions,
   };
   return { key, verifyKeys: versions.map((v) => ({ spki: v.spki, label: v.keyVersion })) };

@@ -694,6 +694,28 @@ export class Tpm {
     return sig;
   }
 
+  /**
+   * TPM2_ObjectChangeAuth (Part 3, 19.2): a new private area for the object at `objectHandle` (loaded or
+   * persistent) with `newAuth` as its authValue, wrapped by its parent `parent`. The object itself keeps its
+   * old authValue; only the returned TPM2B_PRIVATE, loaded under the parent, has the new one. Authorized with
+   * the object's current authValue (ADMIN role; adminWithPolicy clear) through `auth.session`, with the
+   * object's name `auth.objectName` and the parent's `auth.parentName` in cpHash; a session started with
+   * AES-128-CFB encrypts `newAuth` on the wire.
+   */
+  async objectChangeAuth(objectHandle: number, parent: number, newAuth: Buffer, auth: { session: HmacSession; authValue: Buffer; objectName: Buffer; parentName: Buffer }): Promise<Buffer> {
+    const { r } = await this.#run(
+      TPM_CC.ObjectChangeAuth,
+      [objectHandle, parent],
+      [{ session: auth.session, authValue: auth.authValue, decrypt: auth.session.aesCfb === true }],
+      new Writer().sized(newAuth).finish(),
+      0,
+      [auth.objectName, auth.parentName],
+    );
+    const priv = r.sized();
+    r.end();
+    return priv;
+  }
+
   /** TPM2_EvictControl by the owner: persists a transient object at `persistent`, or evicts a persistent one. */
   async evictControl(objectHandle: number, persistent: number): Promise<void> {
     const { r } = await this.#run(TPM_CC.EvictControl, [TPM_RH.OWNER, objectHandle], [passwordAuth()], new Writer().u32(persistent).finish());

@@ -198,4 +198,55 @@ describe('cloud KMS and TPM keys behind sigild', { skip: skip ?? false }, () => 
       assert.ok(await verifies(s.keyVersion, msg, s.signature));
     }
   });
+
+  // Last: it restarts the daemon (new port), which the clients above do not follow.
+  test("a signature that does not verify under the key version's recorded public key never leaves sigild: INTERNAL, audited, counted", async () => {
+    const mismatches = async (b: string): Promise<number> => Number((await metricsText()).match(new RegExp(`sigil_backend_signature_mismatches_total\\{backend="${b}"\\} (\\d+)`))?.[1] ?? 0);
+    const digest = createHash('sha256').update('checked').digest();
+    // AWS: the service answers for be/aws@2 with be/aws@1's key (a key id that reaches another key).
+    aws.signWithKeyOf(new URLSearchParams((await versionUri('be/aws', 1)).slice('awskms:'.length).replaceAll(';', '&')).get('key-id')!);
+    try {
+      await rejects(rpc.sign(signer, { key: 'be/aws@2', digest, message: undefined }), status.INTERNAL, /./);
+    } finally {
+      aws.signWithKeyOf(null);
+    }
+    assert.equal(await mismatches('aws'), 1);
+    assert.ok((await rpc.sign(signer, { key: 'be/aws@2', digest, message: undefined })).signature.length > 0);
+
+    // TPM: the store's record of be/tpm@2 says it is be/tpm@1's public key; the TPM signs with the key at
+    // @2's handle, so its signature does not verify under what the version recorded.
+    const db = join(d.dir, 'sigil.db');
+    const uri2 = await versionUri('be/tpm', 2);
+    const { DatabaseSync } = await import('node:sqlite');
+    const spkiOf = (version: number): Uint8Array => {
+      const conn = new DatabaseSync(db);
+      try {
+        return (conn.prepare("SELECT spki FROM key_versions WHERE name = 'be/tpm' AND version = ?").get(version) as { spki: Uint8Array }).spki;
+      } finally {
+        conn.close();
+      }
+    };
+    const recordFor2 = async (spki: Uint8Array): Promise<void> => {
+      await d.stopDaemon();
+      const conn = new DatabaseSync(db);
+      try {
+        conn.prepare("UPDATE key_versions SET spki = ? WHERE name = 'be/tpm' AND version = 2").run(spki);
+      } finally {
+        conn.close();
+      }
+      await d.restart();
+    };
+    const own = spkiOf(2);
+    const before = d.auditEntries().length;
+    await recordFor2(spkiOf(1));
+    await rejects(rpc.sign(d.client('signer'), { key: 'be/tpm@2', digest, message: undefined }), status.INTERNAL, /./);
+    assert.equal(await mismatches('tpm'), 1);
+    const refused = d.auditEntries().slice(before).filter((e) => e.act === 'sign' && e.key === 'be/tpm@2');
+    assert.deepEqual(refused.map((e) => [e.result, e.reason]), [['failed', 'BACKEND_ERROR']]);
+    assert.ok(d.logs().some((l) => l.msg === 'signature from the backend does not verify under the recorded public key; refused' && l.uri === uri2));
+    await recordFor2(own);
+    const ok = await rpc.sign(d.client('signer'), { key: 'be/tpm@2', digest, message: undefined });
+    const pk = await rpc.getPublicKey(d.client('signer'), { key: 'be/tpm@2' });
+    assert.ok(verifyWithNode(pk.algorithm, pk.spkiDer, Buffer.from('checked'), ok.signature));
+  });
 });

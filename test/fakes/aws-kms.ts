@@ -95,6 +95,11 @@ export interface AwsKmsFake {
    * list call may return fewer items than Limit while `Truncated` is true; this exercises a client's paging.
    */
   setMaxPageSize(n: number | null): void;
+  /**
+   * While set, every Sign answers for the key asked for (its ARN in KeyId) with a signature by the key
+   * `ref` names, as a service whose key id reaches another key would; null answers honestly again.
+   */
+  signWithKeyOf(ref: string | null): void;
   /** The key a reference (id, ARN, alias name or alias ARN) names, or undefined. */
   resolve(ref: string): FakeKey | undefined;
   /** Stops listening and drops every open connection. */
@@ -164,6 +169,7 @@ export async function startAwsKmsFake(opts: AwsKmsFakeOptions): Promise<AwsKmsFa
   const aliases = new Map<string, FakeAlias>();
   const requests: FakeRequest[] = [];
   const faults = new Map<string, { name: string; times: number }>();
+  let signWith: string | null = null;
   let latencyMs = 0;
   let maxPageSize: number | null = null;
   let server: Server | null = null;
@@ -307,7 +313,7 @@ export async function startAwsKmsFake(opts: AwsKmsFakeOptions): Promise<AwsKmsFa
       } else {
         digest = createHash(hash).update(message).digest();
       }
-      const sig = signDigest(k, alg, hash, digest);
+      const sig = signDigest(signWith === null ? k : (resolve(signWith) ?? k), alg, hash, digest);
       k.signatures++;
       return { KeyId: k.arn, Signature: sig.toString('base64'), SigningAlgorithm: alg };
     },
@@ -479,6 +485,9 @@ export async function startAwsKmsFake(opts: AwsKmsFakeOptions): Promise<AwsKmsFa
     },
     setMaxPageSize(n) {
       maxPageSize = n;
+    },
+    signWithKeyOf(ref) {
+      signWith = ref;
     },
     resolve: (ref) => resolve(ref),
     stop,

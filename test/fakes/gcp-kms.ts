@@ -60,6 +60,11 @@ export interface GcpKmsFaults {
   dropDigestVerification: boolean;
   /** Name another version in the AsymmetricSign response. */
   wrongResponseName: boolean;
+  /**
+   * Sign with the key of this version (full resource name) whatever version is asked for, answering under the
+   * asked one's name with good checksums, as a service that reached another key would; null signs honestly.
+   */
+  signWithVersion: string | null;
   /** How long a new version stays PENDING_GENERATION. */
   pendingGenerationMs: number;
   /** Fail the next `times` calls of `method` (or of every method when null) with gRPC `code`. */
@@ -132,7 +137,7 @@ export async function startGcpKmsFake(opts: { port?: number } = {}): Promise<Gcp
     keyRings: new Map(),
     cryptoKeys: new Map(),
     versions: new Map(),
-    faults: { corruptSignatureCrc: false, dropDigestVerification: false, wrongResponseName: false, pendingGenerationMs: 30, fail: null },
+    faults: { corruptSignatureCrc: false, dropDigestVerification: false, wrongResponseName: false, signWithVersion: null, pendingGenerationMs: 30, fail: null },
     calls: new Map(),
   };
   const handlers = makeHandlers(state);
@@ -371,7 +376,7 @@ function makeHandlers(state: GcpKmsFakeState): Record<string, Handler> {
         verifiedDigest = checkCrc(given, r.digestCrc32c, 'digest');
         digest = given;
       }
-      const signature = signDigest(v.privateKey, alg, digest);
+      const signature = signDigest(state.faults.signWithVersion === null ? v.privateKey : (state.versions.get(state.faults.signWithVersion)?.privateKey ?? v.privateKey), alg, digest);
       const crc = crc32c(signature);
       return {
         signature,

@@ -7,6 +7,9 @@ import type { ChildProcess } from 'node:child_process';
 import { launchSwtpm, prepareSwtpmState, type SwtpmState } from '../../src/dev/swtpm.ts';
 import { isSigilError } from '../../src/errors.ts';
 import { KeyTable } from '../../src/signers/tpm/key-table.ts';
+import { signingKeyTemplate } from '../../src/signers/tpm/templates.ts';
+import { TPM_RH } from '../../src/tpm/constants.ts';
+import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 import { Tpm } from '../../src/tpm/tpm.ts';
 import { readEk } from '../../src/tpm/attestation-client.ts';
 import { spkiOf } from '../../src/tpm/structures.ts';
@@ -142,4 +145,29 @@ export async function tpmKeyAuth(stateDir: string, handle: string): Promise<stri
   const auth = (await KeyTable.open(stateDir)).byHandle(Number.parseInt(handle, 16))?.auth;
   if (auth === undefined) throw new Error(`the tpm key table in ${stateDir} has no authValue for ${handle}`);
   return auth;
+}
+
+/**
+ * Makes a P-256 key on `sw` the way sigil's TPM backend did before it set an authValue: TPM2_Create under
+ * the standard SRK with an empty userAuth, persisted at `handle`, and an entry without `auth` in the key
+ * table in `stateDir` (no backend may have that directory or the TPM open meanwhile).
+ */
+export async function makeEmptyAuthKey(sw: Swtpm, stateDir: string, label: string, handle: number): Promise<void> {
+  const name = await withTpmClient(sw, async (tpm) => {
+    const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
+    try {
+      const made = await tpm.create(srk.handle, templateBytes(signingKeyTemplate('EC_P256')!));
+      const loaded = await tpm.load(srk.handle, made.private, made.public);
+      try {
+        await tpm.evictControl(loaded.handle, handle);
+      } finally {
+        await tpm.flushContext(loaded.handle);
+      }
+      return loaded.name;
+    } finally {
+      await tpm.flushContext(srk.handle);
+    }
+  });
+  const table = await KeyTable.open(stateDir);
+  await table.put({ label, handle, name: name.toString('hex'), algorithm: 'ECDSA_P256_SHA256', createdAt: new Date().toISOString() });
 }

@@ -334,4 +334,36 @@ describe('awskms backend against the loopback fake', () => {
       assert.match(stdout, /Verified OK/, alg);
     }
   });
+
+  it("15. a signature by another key (a key id that reached another key) is refused, logged and counted; the recorded key wins over the key's own", async () => {
+    for (const alg of ['ECDSA_P256_SHA256', 'RSA_PSS_SHA256'] as const) {
+      const k = await backend.createKey({ label: `mismatch-${alg.toLowerCase().replace(/_/g, '-')}-${randomUUID().slice(0, 6)}`, algorithm: alg });
+      const other = await backend.createKey({ label: `mismatch-other-${randomUUID().slice(0, 6)}`, algorithm: alg });
+      let counted = 0;
+      const errors: string[] = [];
+      const log = silentLogger();
+      log.error = ((_o: unknown, m: string) => void errors.push(m)) as typeof log.error;
+      const b = await open(config, { ...ctx, log, onSignatureMismatch: () => counted++ });
+      try {
+        const d = digest(Buffer.from('mismatch'));
+        const signer = await b.signer(k.uri, alg, { spki: k.spki });
+        fake.signWithKeyOf(parseAwsKmsUri(other.uri).keyId);
+        const before = signCount();
+        try {
+          await assertCode(signer.sign(d), 'BACKEND_ERROR', /does not verify under the key version's recorded public key; refused/);
+        } finally {
+          fake.signWithKeyOf(null);
+        }
+        assert.equal(signCount(), before + 1, 'one Sign reached the service and was not retried');
+        assert.equal(counted, 1);
+        assert.deepEqual(errors, ['signature from the backend does not verify under the recorded public key; refused']);
+        assert.ok((await signer.sign(d)).length > 0, 'an honest answer passes');
+        // The key version's recorded public key is what counts, not the one the service reports for the key now.
+        await assertCode((await b.signer(k.uri, alg, { spki: other.spki })).sign(d), 'BACKEND_ERROR', /recorded public key/);
+        assert.equal(counted, 2);
+      } finally {
+        await b.close();
+      }
+    }
+  });
 });

@@ -256,4 +256,36 @@ describe('gcpkms backend against the fake Cloud KMS', () => {
     const msg = Buffer.from('signed by version 1 after 70 rotations');
     assert.ok(verifies('ECDSA_P256_SHA256', made[0]!, msg, await (await backend.signer(made[0]!.uri, 'ECDSA_P256_SHA256')).sign(digestFor('ECDSA_P256_SHA256', msg))));
   });
+
+  it("10. a signature by another version's key is refused, logged and counted; the recorded key wins over the version's own", async () => {
+    for (const alg of ['ECDSA_P256_SHA256', 'RSA_PKCS1_SHA256'] as const) {
+      const k = await backend.createKey({ label: `sigil-mismatch-${alg === 'ECDSA_P256_SHA256' ? 'ec' : 'rsa'}-v1`, algorithm: alg });
+      const other = await backend.createKey({ label: `sigil-mismatch-${alg === 'ECDSA_P256_SHA256' ? 'ec' : 'rsa'}-v2`, algorithm: alg });
+      let counted = 0;
+      const errors: string[] = [];
+      const log = silentLogger();
+      log.error = ((_o: unknown, m: string) => void errors.push(m)) as typeof log.error;
+      const b = await open(
+        { type: 'gcpkms', project: 'sigil-test', location: 'global', keyRing: 'integration', apiEndpoint: '127.0.0.1', port: fake.port, insecure: true, protectionLevel: 'SOFTWARE', timeoutMs: TIMEOUT_MS },
+        { name: 'gcp', log, production: false, onSignatureMismatch: () => counted++ },
+      );
+      try {
+        const d = digestFor(alg, Buffer.from('mismatch'));
+        const signer = await b.signer(k.uri, alg, { spki: k.spki });
+        fake.state.faults.signWithVersion = other.uri.slice('gcpkms:'.length);
+        try {
+          await rejectsWith(signer.sign(d), 'BACKEND_ERROR', /^gcp kms signature with gcpkms:.* does not verify under the key version's recorded public key; refused$/);
+        } finally {
+          fake.state.faults.signWithVersion = null;
+        }
+        assert.equal(counted, 1);
+        assert.deepEqual(errors, ['signature from the backend does not verify under the recorded public key; refused']);
+        assert.ok(verifies(alg, k, Buffer.from('mismatch'), await signer.sign(d)), 'an honest answer passes');
+        await rejectsWith((await b.signer(k.uri, alg, { spki: other.spki })).sign(d), 'BACKEND_ERROR', /recorded public key/);
+        assert.equal(counted, 2);
+      } finally {
+        await b.close();
+      }
+    }
+  });
 });

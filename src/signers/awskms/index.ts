@@ -32,7 +32,9 @@ import {
   type KeySigner,
   type KeySpec,
   type KeyType,
+  type RecordedKey,
 } from '../signer.ts';
+import { checkedSigner } from '../signature-check.ts';
 import { createKmsClient, readCredentialsFile } from './client.ts';
 import type { AwsKmsConfig } from './config.ts';
 import { awsErrorName, mapAwsError } from './errors.ts';
@@ -94,7 +96,7 @@ interface AwsKey {
 export async function open(config: AwsKmsConfig, ctx: BackendContext): Promise<AwsKmsBackend> {
   const credentials = config.credentialsFile !== undefined ? await readCredentialsFile(config.credentialsFile, ctx.log) : null;
   const client = createKmsClient(config, credentials, ctx.log);
-  return new AwsKmsBackend(config, client, ctx.log);
+  return new AwsKmsBackend(config, client, ctx.log, ctx.onSignatureMismatch);
 }
 
 /** The AWS KMS backend: signs digests with KMS keys, creates, finds, disables and destroys them. */
@@ -112,12 +114,14 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
   readonly #tags = new Map<string, Exclude<SigilTags, 'unreadable'>>();
   /** Orphan searches under way, by alias: a retry joins the search in flight instead of starting another. */
   readonly #searches = new Map<string, Promise<string | null>>();
+  readonly #onSignatureMismatch: (() => void) | undefined;
 
   /** Use `open`; the constructor takes a client already configured. */
-  constructor(config: AwsKmsConfig, client: KMSClient, log: Logger) {
+  constructor(config: AwsKmsConfig, client: KMSClient, log: Logger, onSignatureMismatch?: () => void) {
     this.#config = config;
     this.#client = client;
     this.#log = log;
+    this.#onSignatureMismatch = onSignatureMismatch;
   }
 
   async getKey(uri: string): Promise<BackendKey> {
@@ -125,7 +129,7 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
     return { uri: k.uri, spki: k.spki, keyType: k.keyType };
   }
 
-  async signer(uri: string, algorithm: Algorithm): Promise<KeySigner> {
+  async signer(uri: string, algorithm: Algorithm, recorded?: RecordedKey): Promise<KeySigner> {
     const ref = this.#ref(uri);
     const signing = SIGNING[algorithm as Exclude<Algorithm, 'ED25519'>];
     if (signing === undefined) throw new SigilError('UNSUPPORTED_ALGORITHM', `the awskms backend does not sign ${String(algorithm)}`);
@@ -136,7 +140,10 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
       throw new SigilError('UNSUPPORTED_ALGORITHM', `key ${k.uri} does not offer ${signing.awsAlg}`);
     }
     const what = `aws kms sign with ${k.arn}`;
-    return {
+    // KMS signs by key id: a signature that does not verify under the key version's recorded public key (a key
+    // id that reaches another key, a service fault) never leaves the backend. Without a recorded one, the public
+    // key GetPublicKey gave for this ARN serves.
+    const signer: KeySigner = {
       algorithm,
       sign: async (input: Buffer): Promise<Buffer> => {
         if (input.length !== info.digestLength) {
@@ -153,6 +160,7 @@ export class AwsKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
         return Buffer.from(sig.buffer, sig.byteOffset, sig.byteLength);
       },
     };
+    return checkedSigner(signer, recorded?.spki ?? k.spki, { uri: k.uri, kind: 'aws kms', log: this.#log, onMismatch: this.#onSignatureMismatch });
   }
 
   async createKey(spec: KeySpec): Promise<BackendKey> {

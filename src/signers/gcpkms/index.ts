@@ -17,7 +17,9 @@ import {
   type KeySigner,
   type KeySpec,
   type KeyType,
+  type RecordedKey,
 } from '../signer.ts';
+import { checkedSigner } from '../signature-check.ts';
 import type { GcpKmsConfig } from './config.ts';
 import { crc32c } from './crc32c.ts';
 import {
@@ -95,7 +97,7 @@ export async function open(config: GcpKmsConfig, ctx: BackendContext): Promise<G
     'grpc.initial_reconnect_backoff_ms': 100,
     'grpc.max_reconnect_backoff_ms': 1000,
   });
-  return new GcpKmsBackend(client, config, ctx.log);
+  return new GcpKmsBackend(client, config, ctx.log, ctx.onSignatureMismatch);
 }
 
 /**
@@ -110,12 +112,14 @@ export class GcpKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
   readonly #log: Logger;
   readonly #keys = new Map<string, VersionKey>();
   readonly #locks = new KeyedSerial();
+  readonly #onSignatureMismatch: (() => void) | undefined;
   #closed = false;
 
-  constructor(client: KeyManagementServiceClient, config: GcpKmsConfig, log: Logger) {
+  constructor(client: KeyManagementServiceClient, config: GcpKmsConfig, log: Logger, onSignatureMismatch?: () => void) {
     this.#client = client;
     this.#config = config;
     this.#log = log;
+    this.#onSignatureMismatch = onSignatureMismatch;
   }
 
   async getKey(uri: string): Promise<BackendKey> {
@@ -123,14 +127,17 @@ export class GcpKmsBackend implements Backend, KeyCreator, KeyDestroyer, KeyEnab
     return { uri: formatGcpKeyUri(k.name), spki: k.spki, keyType: k.keyType };
   }
 
-  async signer(uri: string, algorithm: Algorithm): Promise<KeySigner> {
+  async signer(uri: string, algorithm: Algorithm, recorded?: RecordedKey): Promise<KeySigner> {
     if (ALGORITHM_INFO[algorithm] === undefined) throw new SigilError('UNSUPPORTED_ALGORITHM', `unknown algorithm ${JSON.stringify(String(algorithm))}`);
     if (!(algorithm in GCP_ALGORITHM)) throw new SigilError('UNSUPPORTED_ALGORITHM', `gcpkms does not offer ${algorithm}`);
     const k = await this.#versionKey(uri);
     if (k.algorithm !== algorithm) {
       throw new SigilError('INVALID_ARGUMENT', `key ${formatGcpKeyUri(k.name)} is a ${GCP_ALGORITHM[k.algorithm]} key and cannot sign ${algorithm}`);
     }
-    return { algorithm, sign: (input) => this.#sign(k, input) };
+    // A signature that does not verify under the version's recorded public key (the service answering for
+    // another key, a fault) never leaves the backend. Without a recorded one, GetPublicKey's for this version serves.
+    const signer: KeySigner = { algorithm, sign: (input) => this.#sign(k, input) };
+    return checkedSigner(signer, recorded?.spki ?? k.spki, { uri: formatGcpKeyUri(k.name), kind: 'gcp kms', log: this.#log, onMismatch: this.#onSignatureMismatch });
   }
 
   async close(): Promise<void> {

@@ -21,7 +21,9 @@ import {
   type KeySigner,
   type KeySpec,
   type KeyType,
+  type RecordedKey,
 } from '../signer.ts';
+import { checkedSigner } from '../signature-check.ts';
 import { flushesTransients, type TpmConfig } from './config.ts';
 import { isHandleMissing, tpmFailure } from './errors.ts';
 import { isAuthRefused, isSessionGone, SessionPool } from './session-pool.ts';
@@ -68,13 +70,36 @@ const PERSISTENT_WARN_AT = 2;
 /** Bytes of the random authValue of a key sigil creates: the size of its nameAlg's digest (SHA-256), the most a TPM takes. */
 const AUTH_BYTES = 32;
 
+/** A key sigil made in the TPM that still has the empty authValue (made before sigil set one). */
+export interface EmptyAuthKey {
+  label: string;
+  uri: string;
+  algorithm: Algorithm;
+  createdAt: string;
+}
+
+/** The steps of an authValue change, in order; `setAuthValue`'s test hook hears each after it is done. */
+export type RekeyStep = 'changed' | 'prepared' | 'evicted' | 'recorded' | 'persisted' | 'done';
+
+/** The TPM backend's maintenance of keys sigil made before it gave them an authValue (`sigild tpm rekey`). */
+export interface TpmKeyMaintenance {
+  /** Keys in the key table still at their handle with the empty authValue. */
+  emptyAuthKeys(): Promise<EmptyAuthKey[]>;
+  /**
+   * Gives the key `label` a fresh random 32-byte authValue, crash-safely (see docs/backends.md). Only keys in the
+   * key table (made by sigil); imported keys are never changed. `afterStep` is a test hook: a throw there
+   * stands for a crash at that point (nothing is rolled back in this process).
+   */
+  setAuthValue(label: string, afterStep?: (step: RekeyStep) => void | Promise<void>): Promise<void>;
+}
+
 /**
  * Opens a TPM backend: keys persisted in the TPM's owner hierarchy, created under a storage primary
  * key (the standard ECC P-256 SRK template, made on demand and flushed after use), so the private keys
  * never leave the TPM. The SRK is pinned in the state directory at the first open and held to after;
  * every session is salted with it. The TPM must answer at open: the algorithms depend on its curves.
  */
-export async function open(config: TpmConfig, ctx: BackendContext): Promise<Backend & KeyCreator & KeyDestroyer> {
+export async function open(config: TpmConfig, ctx: BackendContext): Promise<Backend & KeyCreator & KeyDestroyer & TpmKeyMaintenance> {
   // The lock comes first: a second sigild on the same directory is refused before it reads the table
   // or takes the TPM's one connection.
   const lock = await lockStateDir(config.stateDir, ctx.log);
@@ -103,7 +128,9 @@ export async function open(config: TpmConfig, ctx: BackendContext): Promise<Back
       if (e.code !== 'BACKEND_UNAVAILABLE') throw e;
       ctx.log.warn({ err: e }, 'tpm storage key not checked at open: it is checked before the first session or key creation');
     });
-    return new TpmBackend(config, ctx.log, tpm, table, algorithms, lock, flush, srk);
+    const backend = new TpmBackend(config, ctx, tpm, table, algorithms, lock, flush, srk);
+    await backend.settleAtOpen();
+    return backend;
   } catch (err) {
     await tpm?.close().catch(() => undefined);
     await lock.release();
@@ -214,7 +241,23 @@ function leftPad(b: Buffer, size: number, what: string): Buffer {
   return b.length === size ? b : Buffer.concat([Buffer.alloc(size - b.length), b]);
 }
 
-class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
+/** A fresh authValue: no trailing zero byte, since the TPM drops those (Part 1, 19.6.4.3) and the table must hold exactly what the TPM does. */
+function newAuthValue(): Buffer {
+  let a = randomBytes(AUTH_BYTES);
+  while (a[AUTH_BYTES - 1] === 0) a = randomBytes(AUTH_BYTES);
+  return a;
+}
+
+/** An entry without its pending change. */
+function settled(e: KeyEntry, auth?: string): KeyEntry {
+  const { rekey: _, ...rest } = e;
+  return auth === undefined ? rest : { ...rest, auth };
+}
+
+/** Thrown through by `setAuthValue` when its test hook threw: a simulated crash, after which nothing is tidied up. */
+class HookAbort extends Error {}
+
+class TpmBackend implements Backend, KeyCreator, KeyDestroyer, TpmKeyMaintenance {
   readonly kind = 'tpm';
   readonly algorithms: readonly Algorithm[];
   readonly #tpm: Tpm;
@@ -231,12 +274,15 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
   readonly #flushTransients: boolean;
   readonly #sessions: SessionPool;
   readonly #srk: SrkLease;
+  readonly #onSignatureMismatch: (() => void) | undefined;
   // The transport's connection count when transients were last flushed; a new connection means
   // whatever used the TPM in between may have left objects.
   #flushedAt: number | undefined;
   #closed = false;
 
-  constructor(config: TpmConfig, log: Logger, tpm: Tpm, table: KeyTable, algorithms: Algorithm[], lock: StateLock, flush: boolean, srk: SrkLease) {
+  constructor(config: TpmConfig, ctx: BackendContext, tpm: Tpm, table: KeyTable, algorithms: Algorithm[], lock: StateLock, flush: boolean, srk: SrkLease) {
+    const log = ctx.log;
+    this.#onSignatureMismatch = ctx.onSignatureMismatch;
     this.algorithms = algorithms;
     this.#lock = lock;
     this.#flushTransients = flush;
@@ -302,8 +348,7 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
           // Only whoever holds the key table (sigild's state directory, mode 0700) can sign with the key; with
           // an empty authValue any process that may open the TPM could. No trailing zero byte: the TPM drops
           // those (Part 1, 19.6.4.3), so what the table records is exactly what the TPM holds.
-          let authValue = randomBytes(AUTH_BYTES);
-          while (authValue[AUTH_BYTES - 1] === 0) authValue = randomBytes(AUTH_BYTES);
+          const authValue = newAuthValue();
           const made = await this.#createUnder(srk, templateBytes(template), authValue);
           const name = objectName(made.public);
           const key = describeKey(handle, made.public, name, formatTpmUri(handle), authValue);
@@ -375,7 +420,7 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     return { uri: k.uri, spki: k.spki, keyType: k.keyType };
   }
 
-  async signer(uri: string, algorithm: Algorithm): Promise<KeySigner> {
+  async signer(uri: string, algorithm: Algorithm, version?: RecordedKey): Promise<KeySigner> {
     const alg = this.#checkAlgorithm(algorithm);
     const { handle, name } = parseTpmKeyUri(uri);
     const recorded = name ?? this.#recordedName(handle);
@@ -387,7 +432,11 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     const info = ALGORITHM_INFO[alg];
     if (k.keyType !== info.keyType) throw new SigilError('INVALID_ARGUMENT', `key ${k.uri} is a ${k.keyType} key and cannot sign ${alg}`);
     if (!schemeAllows(k.public, alg)) throw new SigilError('INVALID_ARGUMENT', `key ${k.uri} has a fixed signing scheme other than ${alg}`);
-    return { algorithm: alg, dropsAbandoned: true, sign: (input, signal) => this.#sign(k, alg, input, signal) };
+    // Second line behind the session HMAC (which proves the answer came from the TPM holding the SRK): a
+    // signature that does not verify under the recorded public key (a TPM fault, the wrong object) stays here.
+    // Without a recorded one, the public area read at the handle, whose name is the recorded one, serves.
+    const signer: KeySigner = { algorithm: alg, dropsAbandoned: true, sign: (input, signal) => this.#sign(k, alg, input, signal) };
+    return checkedSigner(signer, version?.spki ?? k.spki, { uri: k.uri, kind: 'tpm', log: this.#log, onMismatch: this.#onSignatureMismatch });
   }
 
   async #sign(k: TpmKey, alg: Exclude<Algorithm, 'ED25519'>, input: Buffer, outer?: AbortSignal): Promise<Buffer> {
@@ -450,6 +499,173 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
     // session key (the salt was encrypted to the pinned SRK, and this TPM does not hold its private key).
     this.#log.error({ uri: k.uri }, 'tpm refused the session hmac on the recorded key; signature refused');
     return srkRefused(`tpm signature with ${k.uri}`, err, true);
+  }
+
+  /**
+   * At open: settles every authValue change a crash cut (best effort: a key whose change cannot be settled
+   * now is settled before its next signature), and names the keys still without an authValue.
+   */
+  async settleAtOpen(): Promise<void> {
+    for (const e of this.#table.entries()) {
+      if (e.rekey === undefined) continue;
+      try {
+        await this.#call(`tpm authValue change of ${e.label}`, this.#createTimeoutMs, () => this.#admin.run(() => this.#settleRekey(e)));
+      } catch (err) {
+        this.#log.error({ err, label: e.label, handle: hex8(e.handle) }, 'tpm key authValue change left unsettled at open: it is settled before the key next signs');
+      }
+    }
+    const empty = this.#table.entries().filter((e) => e.auth === undefined && e.rekey === undefined);
+    if (empty.length > 0) {
+      this.#log.warn(
+        { labels: empty.map((e) => e.label) },
+        'tpm keys sigil made before it set an authValue have an empty one: any process that may open the tpm can sign with them; give them one with sigild tpm rekey (daemon stopped, docs/operations.md)',
+      );
+    }
+  }
+
+  async emptyAuthKeys(): Promise<EmptyAuthKey[]> {
+    return this.#call('tpm key listing', this.#timeoutMs, () =>
+      this.#admin.run(async () => {
+        const out: EmptyAuthKey[] = [];
+        for (const e of this.#table.entries()) {
+          if (e.auth !== undefined || e.rekey !== undefined || !(await this.#holds(e))) continue;
+          out.push({ label: e.label, uri: formatTpmUri(e.handle), algorithm: e.algorithm, createdAt: e.createdAt });
+        }
+        return out;
+      }),
+    );
+  }
+
+  async setAuthValue(label: string, afterStep: (step: RekeyStep) => void | Promise<void> = () => undefined): Promise<void> {
+    if (typeof label !== 'string' || !LABEL.test(label)) throw new SigilError('INVALID_ARGUMENT', 'tpm key label must be 1 to 128 characters without control characters');
+    const step = async (s: RekeyStep): Promise<void> => {
+      try {
+        await afterStep(s);
+      } catch (err) {
+        throw new HookAbort(`stopped after ${s}`, { cause: err });
+      }
+    };
+    // A change is up to three table writes and six TPM commands (two of them NV writes).
+    await this.#call(`tpm authValue change of ${label}`, this.#createTimeoutMs * 2, () =>
+      this.#admin.run(async () => {
+        let entry = this.#table.get(label);
+        if (entry === undefined) throw new SigilError('KEY_NOT_FOUND', `no tpm key labelled ${JSON.stringify(label)} in the key table: only keys sigil made get a new authValue`);
+        if (entry.rekey !== undefined) {
+          await this.#settleRekey(entry);
+          entry = this.#table.get(label)!;
+        }
+        if (entry.auth !== undefined) throw new SigilError('FAILED_PRECONDITION', `tpm key ${label} has an authValue already`);
+        const name = Buffer.from(entry.name, 'hex');
+        let pub: TpmPublic;
+        try {
+          const read = await this.#tpm.readPublic(entry.handle);
+          if (!read.name.equals(name)) throw notRecorded(entry.handle);
+          pub = read.public;
+        } catch (err) {
+          if (isHandleMissing(err)) throw new SigilError('KEY_NOT_FOUND', `no tpm key at ${hex8(entry.handle)} for ${label}`, { cause: err });
+          throw err;
+        }
+        describeKey(entry.handle, pub, name, formatTpmUri(entry.handle));
+        await this.#flushLeftovers();
+        this.#keys.delete(entry.handle);
+        const begun = entry;
+        await this.#srk.with(async (srk) => {
+          const auth = newAuthValue();
+          const priv = await this.#changeAuth(begun.handle, name, srk, auth);
+          await step('changed');
+          // Order (crash-safe): the new private area is durable before the old object goes, and the eviction is
+          // recorded before the new object takes the handle, so the table always tells which object is there.
+          const rekey = { auth: auth.toString('hex'), private: priv.toString('hex'), public: pub.raw.toString('hex'), step: 'prepared' as const, startedAt: new Date().toISOString() };
+          await this.#table.put({ ...begun, rekey });
+          await step('prepared');
+          try {
+            // A persistent objectHandle with persistentHandle equal to it evicts (Part 3, 28.5).
+            await this.#tpm.evictControl(begun.handle, begun.handle);
+            await step('evicted');
+            await this.#table.put({ ...begun, rekey: { ...rekey, step: 'evicted' } });
+            await step('recorded');
+            await this.#persistPrivate(srk, begun.handle, name, priv, pub.raw);
+            await step('persisted');
+            await this.#table.put(settled(begun, rekey.auth));
+          } catch (err) {
+            if (err instanceof HookAbort) throw err;
+            // Whatever state the TPM was left in, the table names it: settle now, else at the next use or open.
+            await this.#settleRekey(this.#table.get(label)!).catch((e: unknown) => this.#log.error({ err: e, label }, 'tpm key authValue change not settled; it is settled before the key next signs'));
+            throw err;
+          }
+        });
+        this.#log.info({ label, uri: formatTpmUri(begun.handle) }, 'tpm key given a new authValue; the empty one no longer signs');
+        await step('done');
+      }),
+    );
+  }
+
+  /**
+   * Finishes or rolls back the recorded authValue change of `e` (inside the admin mutex): with the handle
+   * empty, the old object is gone, and the new private area is loaded and persisted there; with the recorded
+   * name there after the eviction was recorded, that is the new object; before, the old one (rolled back).
+   */
+  async #settleRekey(e: KeyEntry): Promise<void> {
+    const r = e.rekey;
+    if (r === undefined) return;
+    const name = Buffer.from(e.name, 'hex');
+    let at: Buffer | null;
+    try {
+      at = (await this.#tpm.readPublic(e.handle)).name;
+    } catch (err) {
+      if (!isHandleMissing(err)) throw err;
+      at = null;
+    }
+    this.#keys.delete(e.handle);
+    if (at === null) {
+      await this.#srk.with((srk) => this.#persistPrivate(srk, e.handle, name, Buffer.from(r.private, 'hex'), Buffer.from(r.public, 'hex')));
+      await this.#table.put(settled(e, r.auth));
+      this.#log.warn({ label: e.label, handle: hex8(e.handle) }, 'interrupted tpm key authValue change completed: the new object persisted');
+      return;
+    }
+    if (!at.equals(name)) {
+      throw new SigilError('FAILED_PRECONDITION', `tpm key authValue change of ${e.label} cannot complete: ${hex8(e.handle)} holds another object than the recorded key`);
+    }
+    if (r.step === 'evicted') {
+      await this.#table.put(settled(e, r.auth));
+      this.#log.warn({ label: e.label, handle: hex8(e.handle) }, 'interrupted tpm key authValue change completed: the new object was persistent already');
+      return;
+    }
+    await this.#table.put(settled(e));
+    this.#log.warn({ label: e.label, handle: hex8(e.handle) }, 'interrupted tpm key authValue change rolled back (the old object was still persistent): the key keeps its empty authValue; run sigild tpm rekey again');
+  }
+
+  /** Loads a private area of the key `name` under the SRK and persists it at `handle`, flushing the transient copy. */
+  async #persistPrivate(srk: LeasedSrk, handle: number, name: Buffer, priv: Buffer, pub: Buffer): Promise<void> {
+    const loaded = await this.#tpm.load(srk.handle, priv, pub);
+    try {
+      if (!loaded.name.equals(name)) throw new SigilError('BACKEND_ERROR', 'tpm loaded a key whose name differs from the recorded one');
+      await this.#tpm.evictControl(loaded.handle, handle);
+    } finally {
+      await this.#flush(loaded.handle);
+    }
+  }
+
+  /**
+   * TPM2_ObjectChangeAuth of the key at `handle` (its empty authValue) under the leased SRK, through a
+   * pooled session salted with the pinned SRK: the new authValue crosses the wire encrypted and the
+   * response HMAC proves the new private area came from the TPM holding the SRK.
+   */
+  async #changeAuth(handle: number, name: Buffer, srk: LeasedSrk, newAuth: Buffer): Promise<Buffer> {
+    const session = await this.#sessions.acquire();
+    let keep = false;
+    try {
+      const priv = await this.#tpm.objectChangeAuth(handle, srk.handle, newAuth, { session, authValue: EMPTY_AUTH, objectName: name, parentName: srk.pinned.name });
+      keep = true;
+      return priv;
+    } catch (err) {
+      keep = err instanceof TpmError && !isAuthRefused(err) && !isSessionGone(err);
+      if (isSessionGone(err)) throw new SigilError('BACKEND_UNAVAILABLE', 'tpm authValue change: the tpm no longer holds the authorization session (restarted or flushed)', { cause: err });
+      if (isAuthRefused(err)) throw srkRefused('tpm authValue change', err, true);
+      throw err;
+    } finally {
+      this.#sessions.release(session, keep);
+    }
   }
 
   /**
@@ -597,6 +813,13 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer {
    * the TPM reports now pinned in the table: held to from this first use on, and logged once.
    */
   async #load(uri: string, handle: number, uriName: Buffer | null): Promise<TpmKey> {
+    // An authValue change a failure cut (the open's attempt too): finish or roll it back before signing.
+    if (this.#table.byHandle(handle)?.rekey !== undefined) {
+      await this.#admin.run(async () => {
+        const e = this.#table.byHandle(handle);
+        if (e?.rekey !== undefined) await this.#settleRekey(e);
+      });
+    }
     const { public: pub, name: actual } = await this.#readPublic(handle);
     let recorded = uriName ?? this.#recordedName(handle);
     if (recorded === null) {

@@ -15,6 +15,24 @@ export interface KeyEntry {
   createdAt: string;
   /** Hex of the key's authValue (32 random bytes); absent for keys made before sigil set one (empty authValue). */
   auth?: string;
+  /** A change of an empty authValue under way (`sigild tpm rekey`); settled at the next open if a crash cut it. */
+  rekey?: PendingRekey;
+}
+
+/**
+ * An authValue change of a key sigil made, recorded before the TPM is touched. `prepared`: the new private
+ * area is here and the old object may still be persistent at the handle; `evicted`: the old object is
+ * gone for sure, so an object of the recorded name at the handle is the new one.
+ */
+export interface PendingRekey {
+  /** Hex of the new authValue. */
+  auth: string;
+  /** Hex of the TPM2B_PRIVATE contents TPM2_ObjectChangeAuth returned (wrapped by the SRK; loadable only in this TPM). */
+  private: string;
+  /** Hex of the key's TPMT_PUBLIC: once the old object is evicted, the TPM no longer holds it. */
+  public: string;
+  step: 'prepared' | 'evicted';
+  startedAt: string;
 }
 
 /**
@@ -41,6 +59,16 @@ const fileSchema = z.strictObject({
       createdAt: z.string(),
       // Added after version 1 shipped; absent for keys made with an empty authValue.
       auth: z.string().regex(/^[0-9a-f]{2,64}$/).optional(),
+      // Added after version 1 shipped; present only while an authValue change is under way.
+      rekey: z
+        .strictObject({
+          auth: z.string().regex(/^[0-9a-f]{2,64}$/),
+          private: z.string().regex(/^([0-9a-f]{2}){1,2048}$/),
+          public: z.string().regex(/^([0-9a-f]{2}){1,2048}$/),
+          step: z.enum(['prepared', 'evicted']),
+          startedAt: z.string(),
+        })
+        .optional(),
     }),
   ),
   // Added after version 1 shipped; absent in older tables.
@@ -100,6 +128,11 @@ export class KeyTable {
   byHandle(handle: number): KeyEntry | undefined {
     for (const e of this.#byLabel.values()) if (e.handle === handle) return e;
     return undefined;
+  }
+
+  /** Every entry, in the order they were recorded. */
+  entries(): KeyEntry[] {
+    return [...this.#byLabel.values()];
   }
 
   /** Every handle the table reserves, live or not. */
