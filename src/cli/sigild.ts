@@ -8,7 +8,7 @@ import { launchSwtpm } from '../dev/swtpm.ts';
 import { SigilError } from '../errors.ts';
 import { backupDaemonState } from '../store/backup.ts';
 import { archiveAuditLog } from '../store/audit-archive.ts';
-import { rekeyTpmKeys } from './tpm-rekey.ts';
+import { rekeyTpmKeys, type RekeyedKey } from './tpm-rekey.ts';
 import { systemClock } from '../clock.ts';
 import { createLogger } from '../log.ts';
 import { userInfo } from 'node:os';
@@ -173,19 +173,24 @@ export async function main(argv: string[]): Promise<void> {
     .option('--dry-run', 'list the keys that would get an authValue, change nothing')
     .action(async (o: { config: string; backend?: string; dryRun?: boolean }) => {
       const cfg = loadConfig(o.config);
+      // Each key is printed as it is done: a failure on a later one still tells what already changed.
+      const line = (k: RekeyedKey): void => void process.stdout.write(`${k.result === 'changed' ? 'new authValue' : 'would get a new authValue'}: ${k.backend} ${k.uri} (${k.label}${k.keyVersion !== null ? `, ${k.keyVersion}` : ''})\n`);
       const done = await rekeyTpmKeys(cfg, {
         backend: o.backend,
         dryRun: o.dryRun === true,
         who: `local:${osUser()}`,
         clock: systemClock,
         log: createLogger({ level: cfg.log.level === 'info' ? 'warn' : cfg.log.level }),
+        onKey: line,
       });
       process.stdout.write(
-        [
-          ...done.map((k) => `${k.result === 'changed' ? 'new authValue' : 'would get a new authValue'}: ${k.backend} ${k.uri} (${k.label}${k.keyVersion !== null ? `, ${k.keyVersion}` : ''})`),
-          done.length === 0 ? 'every tpm key sigil made has an authValue: nothing to do' : o.dryRun === true ? `${done.length} key(s) would change; run again without --dry-run` : `${done.length} key(s) changed; the empty authValue no longer signs with them`,
-          '',
-        ].join('\n'),
+        `${
+          done.length === 0
+            ? 'every tpm key sigil made has an authValue: nothing to do'
+            : o.dryRun === true
+              ? `${done.length} key(s) would change; run again without --dry-run`
+              : `${done.length} key(s) changed; the empty authValue no longer signs with them (what another process did with them before is not undone: see docs/operations.md)`
+        }\n`,
       );
     });
 

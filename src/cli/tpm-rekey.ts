@@ -19,6 +19,8 @@ export interface RekeyOptions {
   who: string;
   clock: Clock;
   log: Logger;
+  /** Told of each key as soon as it is done (or found, with `dryRun`). */
+  onKey?: (k: RekeyedKey) => void;
 }
 
 /** One key the command dealt with. */
@@ -52,10 +54,12 @@ export async function rekeyTpmKeys(cfg: Config, o: RekeyOptions): Promise<Rekeye
           const keyVersion = keyVersionOf(store, name, k.uri);
           if (o.dryRun) {
             out.push({ backend: name, label: k.label, uri: k.uri, keyVersion, result: 'would change' });
+            o.onKey?.(out.at(-1)!);
             continue;
           }
           await audited(audit, { who: o.who, act: 'tpm.rekey', key: keyVersion ?? undefined, detail: { backend: name, label: k.label, uri: k.uri } }, () => backend.setAuthValue(k.label));
           out.push({ backend: name, label: k.label, uri: k.uri, keyVersion, result: 'changed' });
+          o.onKey?.(out.at(-1)!);
         }
       } finally {
         await backend.close();

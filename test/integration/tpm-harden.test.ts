@@ -15,6 +15,8 @@ import { KeyTable } from '../../src/signers/tpm/key-table.ts';
 import { assertCode } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { makeEmptyAuthKey, startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
+import { TPM_RH } from '../../src/tpm/constants.ts';
+import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 
 // Two lines of defence for TPM keys, against swtpm with tpm2-tools as the independent TPM client:
 // every signature checked against the recorded public key, and a new authValue (TPM2_ObjectChangeAuth,
@@ -66,6 +68,9 @@ async function toolSign(handle: number, auth: string | null): Promise<void> {
   await writeFile(msg, 'signed by tpm2-tools');
   await run('tpm2_sign', ['-c', hexHandle(handle), ...(auth === null ? [] : ['-p', `hex:${auth}`]), '-g', 'sha256', '-o', `${msg}.sig`, msg], { env: { ...process.env, TPM2TOOLS_TCTI: sw.tcti } });
 }
+
+/** tpm2_sign refused for its authorization (TPM_RC_BAD_AUTH, session 1), not for anything else. */
+const refusedAuth = (err: unknown): boolean => /0x9a2|authorization failure/i.test(String((err as { stderr?: unknown }).stderr ?? err));
 
 /** Signs through a freshly opened backend and checks the signature with node:crypto; returns the table entry's state. */
 async function signsThroughSigil(stateDir: string, handle: number): Promise<{ auth: string | undefined; rekey: boolean }> {
@@ -145,7 +150,7 @@ test('a key sigil made with an empty authValue gets a new one: it signs through 
   } finally {
     await b.close();
   }
-  await assert.rejects(toolSign(handle, null), 'the empty authValue no longer signs');
+  await assert.rejects(toolSign(handle, null), refusedAuth, 'the empty authValue no longer signs');
   await toolSign(handle, auth);
   assert.deepEqual(await persistentHandles(), handlesBefore, 'the key stays at its handle and no persistent handle is left over');
   await withTpmClient(sw, (tpm) => tpm.evictControl(handle, handle));
@@ -181,7 +186,7 @@ for (const [step, outcome] of STEPS) {
       await toolSign(handle, null);
     } else {
       assert.match(state.auth ?? '', /^[0-9a-f]{64}$/);
-      await assert.rejects(toolSign(handle, null), 'the empty authValue no longer signs');
+      await assert.rejects(toolSign(handle, null), refusedAuth, 'the empty authValue no longer signs');
       await toolSign(handle, state.auth!);
     }
     assert.deepEqual(await persistentHandles(), handlesBefore, 'the key is at its handle and nothing else persisted');
@@ -198,6 +203,32 @@ for (const [step, outcome] of STEPS) {
     }
   });
 }
+
+test('a crash while settling a change (the new object persisted, the table still at prepared) keeps the new authValue', { skip: skip ?? false }, async (t) => {
+  const stateDir = join(dir, `state-${n++}`);
+  const handle = 0x81000041;
+  await makeOldKey(stateDir, 'twice', handle);
+  const child = spawn(process.execPath, [CHILD, JSON.stringify({ type: 'tpm', transport: sw.tcti, stateDir, timeoutMs: 2000, createTimeoutMs: 4000 }), 'twice', 'evicted'], { stdio: 'ignore' });
+  assert.equal((await new Promise<[number | null, NodeJS.Signals | null]>((res) => child.once('exit', (c, sig) => res([c, sig]))))[1], 'SIGKILL');
+  const e = (await KeyTable.open(stateDir)).get('twice')!;
+  assert.equal(e.rekey?.step, 'prepared', 'killed after the eviction, before it was recorded');
+  // A settle that persisted the new private area and died before its table write (or whose write failed): the
+  // handle holds the new object, with the same name as the old one, and the table still says prepared.
+  await withTpmClient(sw, async (tpm) => {
+    const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
+    try {
+      const loaded = await tpm.load(srk.handle, Buffer.from(e.rekey!.private, 'hex'), Buffer.from(e.rekey!.public, 'hex'));
+      await tpm.evictControl(loaded.handle, handle);
+      await tpm.flushContext(loaded.handle);
+    } finally {
+      await tpm.flushContext(srk.handle);
+    }
+  });
+  t.after(() => withTpmClient(sw, (tpm) => tpm.evictControl(handle, handle)));
+  const state = await signsThroughSigil(stateDir, handle);
+  assert.deepEqual(state, { auth: e.rekey!.auth, rekey: false }, 'the object takes the new authValue: kept, not rolled back');
+  await assert.rejects(toolSign(handle, null), refusedAuth);
+});
 
 test('a change cut by a failure in this process (a test hook throwing) is settled before the key next signs, without a restart', { skip: skip ?? false }, async () => {
   const stateDir = join(dir, `state-${n++}`);

@@ -618,6 +618,9 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer, TpmKeyMaintenance
     }
     this.#keys.delete(e.handle);
     if (at === null) {
+      // Recorded before the new object takes the handle (the same order as setAuthValue): a crash or a failed
+      // write after the persist must never leave `prepared` beside the new object, which would roll back.
+      if (r.step !== 'evicted') await this.#table.put({ ...e, rekey: { ...r, step: 'evicted' } });
       await this.#srk.with((srk) => this.#persistPrivate(srk, e.handle, name, Buffer.from(r.private, 'hex'), Buffer.from(r.public, 'hex')));
       await this.#table.put(settled(e, r.auth));
       this.#log.warn({ label: e.label, handle: hex8(e.handle) }, 'interrupted tpm key authValue change completed: the new object persisted');
@@ -631,8 +634,40 @@ class TpmBackend implements Backend, KeyCreator, KeyDestroyer, TpmKeyMaintenance
       this.#log.warn({ label: e.label, handle: hex8(e.handle) }, 'interrupted tpm key authValue change completed: the new object was persistent already');
       return;
     }
+    // `prepared`: the old object should still be there. The new one has the same name, so ask the TPM which
+    // authValue the object takes before the new one (in this record only) is dropped.
+    if (await this.#takesAuth(e, name, Buffer.from(r.auth, 'hex'))) {
+      await this.#table.put(settled(e, r.auth));
+      this.#log.warn({ label: e.label, handle: hex8(e.handle) }, 'interrupted tpm key authValue change completed: the object at the handle takes the new authValue');
+      return;
+    }
+    if (!(await this.#takesAuth(e, name, EMPTY_AUTH))) {
+      throw new SigilError('FAILED_PRECONDITION', `tpm key authValue change of ${e.label} cannot be settled: the object at ${hex8(e.handle)} takes neither the new nor the empty authValue`);
+    }
     await this.#table.put(settled(e));
     this.#log.warn({ label: e.label, handle: hex8(e.handle) }, 'interrupted tpm key authValue change rolled back (the old object was still persistent): the key keeps its empty authValue; run sigild tpm rekey again');
+  }
+
+  /**
+   * Whether the key at `e.handle` takes `auth`: TPM2_ObjectChangeAuth to the same value, whose new private area
+   * is dropped (the object itself never changes, Part 3, 19.2). sigil's keys are noDA, so a refusal costs no
+   * lockout. Other TPM failures are thrown.
+   */
+  async #takesAuth(e: KeyEntry, name: Buffer, auth: Buffer): Promise<boolean> {
+    return this.#srk.with(async (srk) => {
+      const session = await this.#sessions.acquire();
+      let keep = false;
+      try {
+        await this.#tpm.objectChangeAuth(e.handle, srk.handle, auth, { session, authValue: auth, objectName: name, parentName: srk.pinned.name });
+        keep = true;
+        return true;
+      } catch (err) {
+        if (err instanceof TpmError && isAuthRefused(err)) return false;
+        throw err;
+      } finally {
+        this.#sessions.release(session, keep);
+      }
+    });
   }
 
   /** Loads a private area of the key `name` under the SRK and persists it at `handle`, flushing the transient copy. */
