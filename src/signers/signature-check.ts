@@ -21,8 +21,9 @@ const DIGEST_INFO: Readonly<Record<'sha256' | 'sha384', Buffer>> = {
  * algorithm.
  */
 export function verifierFor(spki: Buffer, algorithm: Algorithm): SignatureVerifier {
-  // Backends make a signer per request; an ECDSA verifier's table costs ~20 ms and ~0.5 MB, so the last few
-  // keys' verifiers are kept (least recently used dropped first).
+  // Backends make a signer per request; an ECDSA verifier's table costs ~20 ms and ~0.5 MB once made, so the
+  // verifiers of the keys last used are kept (least recently used dropped first). A key dropped and used again
+  // starts without a table: ~1-2 ms a check until its table is made again, never the table's cost every time.
   const id = `${algorithm} ${spki.toString('base64')}`;
   const hit = VERIFIERS.get(id);
   if (hit !== undefined) {
@@ -36,7 +37,9 @@ export function verifierFor(spki: Buffer, algorithm: Algorithm): SignatureVerifi
   return made;
 }
 
-const MAX_VERIFIERS = 16;
+const MAX_VERIFIERS = 64;
+// Checks of a key before its table of multiples is made.
+const TABLE_AFTER = 8;
 const VERIFIERS = new Map<string, SignatureVerifier>();
 
 function buildVerifier(spki: Buffer, algorithm: Algorithm): SignatureVerifier {
@@ -98,12 +101,16 @@ function rs(curve: Curve, signature: Buffer): { r: bigint; s: bigint } | null {
   }
 }
 
-/** ECDSA on noble points, Q's windowed multiples computed once (~30 ms) so each check costs about half of noble's verify. */
+/**
+ * ECDSA on noble points. After a key's first few checks, Q's windowed multiples are computed once (~20-30 ms, a
+ * few hundred KB) so each later check costs about half of noble's verify; a key used rarely never pays for them.
+ */
 function tableVerifier(curve: Curve, point: Buffer): SignatureVerifier {
   const Fn = curve.Point.Fn;
   const q = curve.Point.fromBytes(point);
-  q.precompute(6, false);
+  let uses = 0;
   return (input, signature) => {
+    if (++uses === TABLE_AFTER) q.precompute(6, false);
     const sig = rs(curve, signature);
     if (sig === null) return false;
     const w = Fn.inv(sig.s);
