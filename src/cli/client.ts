@@ -82,9 +82,16 @@ export interface ConnectOptions {
   cert?: string | Buffer | undefined;
   /** Client private key: a PEM file path, or the PEM itself. */
   key?: string | Buffer | undefined;
-  /** Largest message this client may send, for Ed25519 messages. */
+  /** Largest message this client may send (default SEND_LIMIT_BYTES). */
   maxSendBytes?: number;
 }
+
+/**
+ * The client's own cap on what it sends: the most any sigild takes (the largest `limits.maxMessageBytes` its
+ * config accepts, 1 GiB) plus room for the rest of the request, so the daemon's limit is the one that counts;
+ * commands check an Ed25519 file against the daemon's limit (GetPublicKey's max_message_bytes) before reading it.
+ */
+export const SEND_LIMIT_BYTES = 1024 * 1024 * 1024 + 1024 * 1024;
 
 /** The sigil clients over one TLS channel configuration. */
 export interface Clients {
@@ -122,7 +129,7 @@ export function connect(o: ConnectOptions): Clients {
     pem(o.cert),
   );
   const options: ChannelOptions = {
-    'grpc.max_send_message_length': o.maxSendBytes ?? 80 * 1024 * 1024,
+    'grpc.max_send_message_length': o.maxSendBytes ?? SEND_LIMIT_BYTES,
     'grpc.max_receive_message_length': 16 * 1024 * 1024,
   };
   const signer = new SignerClient(o.addr, creds, options);

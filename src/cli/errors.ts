@@ -30,9 +30,12 @@ function connectionFailure(details: string): string | null {
   }
   if (/does not match certificate's altnames|Hostname\/IP/i.test(why)) return 'its certificate does not name this host: use an address its certificate names';
   if (/certificate has expired/i.test(why)) return 'its certificate has expired';
+  // OpenSSL read a first record that is no TLS (e.g. plain HTTP from the metrics port).
+  if (/wrong version number|packet length too long|http request/i.test(why)) return "it does not answer with TLS there: give sigild's gRPC address (listen), not its metrics port";
   if (/ENOTFOUND|EAI_AGAIN/.test(why)) return 'unknown host';
   if (/ETIMEDOUT|ECONNRESET|EHOSTUNREACH|ENETUNREACH/.test(why)) return `the network did not get through (${/E[A-Z]+/.exec(why)![0]})`;
-  return why;
+  // One line: OpenSSL's error strings may carry line breaks and blank lines.
+  return why.replace(/\s*\n\s*/g, ' ').trim();
 }
 
 /**

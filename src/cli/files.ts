@@ -1,8 +1,11 @@
-import { closeSync, createReadStream, fstatSync, openSync, readSync, statSync } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { closeSync, createReadStream, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync, writeSync, type Stats } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { basename, dirname, join } from 'node:path';
 import { SingleBar, Presets } from 'cli-progress';
 import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { SigilError } from '../errors.ts';
+import { fileErrorWords } from './errors.ts';
+import { UsageError } from './commands/context.ts';
 
 /** The hash each algorithm's digests are made with; null for Ed25519, which signs whole messages. */
 export const HASH_OF: Readonly<Record<number, 'sha256' | 'sha384' | null>> = {
@@ -35,11 +38,35 @@ export async function streamFile(path: string, showProgress: boolean, sink: (chu
   return done;
 }
 
-/** Hashes a file while streaming it from disk, with a progress bar on stderr when `showProgress`. */
-export async function hashFile(path: string, hash: 'sha256' | 'sha384', showProgress: boolean): Promise<Buffer> {
+/**
+ * Hashes a file while streaming it from disk, with a progress bar on stderr when `showProgress`; returns the
+ * digest and the bytes read (a pipe such as /dev/stdin has no size until it is read).
+ */
+export async function hashFile(path: string, hash: 'sha256' | 'sha384', showProgress: boolean): Promise<{ digest: Buffer; bytes: number }> {
   const h = createHash(hash);
-  await streamFile(path, showProgress, (c) => h.update(c));
-  return h.digest();
+  const bytes = await streamFile(path, showProgress, (c) => h.update(c));
+  return { digest: h.digest(), bytes };
+}
+
+/** The `limits.maxMessageBytes` of a sigild that does not state it (its default). */
+export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Reads a file an Ed25519 key signs whole (`option` names it), refusing one over `max` bytes before reading it,
+ * with a usage error that says the limit (`limit`, e.g. "sigild takes at most N bytes (limits.maxMessageBytes)").
+ */
+export function readWholeMessage(path: string, option: string, max: number, limit: string): Buffer {
+  const refuse = (size: string): never => {
+    throw new UsageError(`${option} ${path} is ${size}: an Ed25519 key signs the whole file and ${limit}; use an ECDSA or RSA key for large images`);
+  };
+  try {
+    const st = statSync(path);
+    if (st.isFile() && st.size > max) refuse(`${st.size} bytes`);
+    return readBounded(path, max, option);
+  } catch (err) {
+    if ((err as { code?: unknown }).code === 'MESSAGE_TOO_LARGE') return refuse(`larger than ${max} bytes`);
+    throw err;
+  }
 }
 
 /**
@@ -55,6 +82,7 @@ export function readBounded(path: string, max: number, what: string): Buffer {
       throw new SigilError('MESSAGE_TOO_LARGE', `${what} ${path} is larger than ${max / 1048576} MiB`);
     };
     if (st.size > max) tooLarge();
+    if (!st.isFile()) return readStream(fd, max, tooLarge);
     const buf = Buffer.alloc(Math.min(st.size, max) + 1);
     let n = 0;
     for (;;) {
@@ -69,5 +97,93 @@ export function readBounded(path: string, max: number, what: string): Buffer {
     return buf.subarray(0, n);
   } finally {
     closeSync(fd);
+  }
+}
+
+/** A pipe or device (no size to go by, e.g. /dev/stdin) read to its end, up to `max` bytes. */
+function readStream(fd: number, max: number, tooLarge: () => never): Buffer {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for (;;) {
+    const chunk = Buffer.alloc(1 << 20);
+    const r = readSync(fd, chunk, 0, chunk.length, null);
+    if (r === 0) return Buffer.concat(chunks, n);
+    n += r;
+    if (n > max) tooLarge();
+    chunks.push(chunk.subarray(0, r));
+  }
+}
+
+/**
+ * An output file made ready before the work that fills it (so a bad path fails before anything is signed),
+ * written whole at `commit`: into a temporary file beside it, then renamed over it, so a failure never leaves
+ * half a file. `discard` removes the temporary file (call it when the work fails).
+ */
+export interface OutFile {
+  commit(data: Buffer | string): void;
+  discard(): void;
+}
+
+/**
+ * Opens a temporary file in the directory of `path` (the option that named it, e.g. `--out`, in every error):
+ * a missing directory, a path that is a directory, or one that cannot be written is a usage error now.
+ */
+export function openOut(path: string, option: string): OutFile {
+  const fail = (why: string): never => {
+    throw new UsageError(`cannot write ${path} (${option}): ${why}`);
+  };
+  try {
+    if (statSync(path).isDirectory()) fail('it is a directory');
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') fail(fileErrorWords(err));
+  }
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
+  let fd: number | null;
+  try {
+    fd = openSync(tmp, 'wx', 0o644);
+  } catch (err) {
+    return fail(fileErrorWords(err));
+  }
+  const discard = (): void => {
+    if (fd === null) return;
+    closeSync(fd);
+    fd = null;
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // Already gone: nothing to clean.
+    }
+  };
+  return {
+    commit(data) {
+      if (fd === null) throw new Error(`${option} ${path} was already written`);
+      try {
+        const buf = typeof data === 'string' ? Buffer.from(data) : data;
+        for (let n = 0; n < buf.length; ) n += writeSync(fd, buf, n, buf.length - n);
+        fsyncSync(fd);
+        closeSync(fd);
+        fd = null;
+        renameSync(tmp, path);
+      } catch (err) {
+        discard();
+        try {
+          unlinkSync(tmp);
+        } catch {
+          // Never made or already gone.
+        }
+        throw new Error(`cannot write ${path} (${option}): ${fileErrorWords(err)}`);
+      }
+    },
+    discard,
+  };
+}
+
+/** The status of a file an option names, or a usage error that names the option. */
+export function statNamed(path: string, option: string): Stats {
+  try {
+    return statSync(path);
+  } catch (err) {
+    throw new UsageError(`cannot read ${path} (${option}): ${fileErrorWords(err)}`);
   }
 }

@@ -1,12 +1,12 @@
 import { Command, Option } from 'commander';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { Agent, defaultSocketPath, describe, type AgentEvent } from './agent/agent.ts';
-import { HASH_OF, hashFile, readBounded } from './files.ts';
+import { Agent, AGENT_MAX_MESSAGE_BYTES, defaultSocketPath, type AgentEvent } from './agent/agent.ts';
+import { DEFAULT_MAX_MESSAGE_BYTES, HASH_OF, hashFile, openOut, readBounded, readWholeMessage, statNamed } from './files.ts';
 import { checkPayloadType, DSSE_DEFAULT_PAYLOAD_TYPE, envelopeJson, MAX_PAYLOAD_BYTES, pae, paeSignInput } from './dsse.ts';
+import { describeError } from './errors.ts';
+import { commanderExitCode, commanderOutput, UsageError } from './commands/context.ts';
 import { parseDuration } from '../config/duration.ts';
-
-class UsageError extends Error {}
 
 interface AgentReply {
   code?: string;
@@ -52,8 +52,10 @@ function parseClaims(values: string[]): Record<string, string> {
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('sigil-agent')
     .description('proves this runner\'s TPM to sigild, holds the builder identity in memory and signs with it')
-    .showHelpAfterError()
+    .configureOutput(commanderOutput('sigil-agent', []))
     .exitOverride();
+  // sigild's address once `enroll` has it, for an error that could not reach it.
+  let addr: string | undefined;
   const socketOption = (): Option => new Option('--socket <path>', 'the agent\'s unix socket').env('SIGIL_AGENT_SOCKET').default(defaultSocketPath());
 
   program
@@ -72,6 +74,7 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(socketOption())
     .option('--once', 'enroll, print the identity and exit (the private key is discarded)')
     .action(async (o: { addr: string; ca: string; tpm: string; policy: string; ek: 'rsa' | 'ecc'; ak: 'ecc' | 'rsa'; claim: string[]; lifetime?: string; eventLog?: string; joinTokenFile?: string; socket: string; once?: boolean }) => {
+      addr = o.addr;
       const report = (e: AgentEvent): void => void process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`);
       const agent = new Agent(
         {
@@ -116,6 +119,8 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(socketOption())
     .action(async (o: { key: string; file: string; out: string; progress: boolean; output: string; socket: string; dsse?: boolean; payloadType?: string }) => {
       if (o.payloadType !== undefined && !o.dsse) throw new UsageError('--payload-type goes with --dsse');
+      const st = statNamed(o.file, '--file');
+      if (st.isDirectory()) throw new UsageError(`--file ${o.file} is a directory: sign one file at a time`);
       let payloadType = DSSE_DEFAULT_PAYLOAD_TYPE;
       let payload: Buffer | null = null;
       if (o.dsse) {
@@ -127,53 +132,93 @@ export async function main(argv: string[]): Promise<void> {
           throw err;
         }
       }
-      const size = statSync(o.file).size;
-      const pk = await callAgent(o.socket, 'POST', '/v1/public-key', { key: o.key });
-      const hash = HASH_OF[pk.algorithm as number];
-      if (hash === undefined) throw new Error(`sigild reported an unknown algorithm ${String(pk.algorithm)}`);
-      if (payload !== null) {
-        const input = paeSignInput(hash, pae(payloadType, payload));
-        const body = input.digest ? { key: pk.keyVersion, digest: input.digest.toString('base64') } : { key: pk.keyVersion, message: input.message!.toString('base64') };
+      // Before anything is hashed or signed: a signature sigild issued and this command could not keep is lost.
+      const outFile = openOut(o.out, '--out');
+      try {
+        const pk = await callAgent(o.socket, 'POST', '/v1/public-key', { key: o.key });
+        const hash = HASH_OF[pk.algorithm as number];
+        if (hash === undefined) throw new Error(`sigild reported an unknown algorithm ${String(pk.algorithm)}`);
+        if (payload !== null) {
+          const input = paeSignInput(hash, pae(payloadType, payload));
+          const body = input.digest ? { key: pk.keyVersion, digest: input.digest.toString('base64') } : { key: pk.keyVersion, message: input.message!.toString('base64') };
+          const r = await callAgent(o.socket, 'POST', '/v1/sign', body);
+          outFile.commit(envelopeJson({ payloadType, payload, signatures: [{ keyid: String(r.keyVersion), sig: Buffer.from(r.signature as string, 'base64') }] }));
+          process.stdout.write(
+            o.output === 'json'
+              ? `${JSON.stringify({ keyVersion: r.keyVersion, file: o.file, bytes: payload.length, payloadType, envelope: o.out }, null, 2)}\n`
+              : `signed ${o.file} (${payload.length} bytes, ${payloadType}) with ${String(r.keyVersion)}; dsse envelope written to ${o.out}\n`,
+          );
+          return;
+        }
+        const show = o.progress && process.stderr.isTTY === true && st.size > 0;
+        let body: { key: unknown; digest?: string; message?: string };
+        let size: number;
+        if (hash) {
+          const h = await hashFile(o.file, hash, show);
+          body = { key: pk.keyVersion, digest: h.digest.toString('base64') };
+          size = h.bytes;
+        } else {
+          // An agent older than these fields carried at most what this one does, for a sigild at its default.
+          const daemonMax = typeof pk.maxMessageBytes === 'number' && pk.maxMessageBytes > 0 ? pk.maxMessageBytes : DEFAULT_MAX_MESSAGE_BYTES;
+          const agentMax = typeof pk.agentMaxMessageBytes === 'number' && pk.agentMaxMessageBytes > 0 ? pk.agentMaxMessageBytes : AGENT_MAX_MESSAGE_BYTES;
+          const limit = daemonMax <= agentMax ? `sigild takes at most ${daemonMax} bytes (limits.maxMessageBytes)` : `sigil-agent takes at most ${agentMax} bytes (sigild ${daemonMax})`;
+          const message = readWholeMessage(o.file, '--file', Math.min(daemonMax, agentMax), limit);
+          body = { key: pk.keyVersion, message: message.toString('base64') };
+          size = message.length;
+        }
         const r = await callAgent(o.socket, 'POST', '/v1/sign', body);
-        writeFileSync(o.out, envelopeJson({ payloadType, payload, signatures: [{ keyid: String(r.keyVersion), sig: Buffer.from(r.signature as string, 'base64') }] }));
+        outFile.commit(Buffer.from(r.signature as string, 'base64'));
         process.stdout.write(
           o.output === 'json'
-            ? `${JSON.stringify({ keyVersion: r.keyVersion, file: o.file, bytes: payload.length, payloadType, envelope: o.out }, null, 2)}\n`
-            : `signed ${o.file} (${payload.length} bytes, ${payloadType}) with ${String(r.keyVersion)}; dsse envelope written to ${o.out}\n`,
+            ? `${JSON.stringify({ keyVersion: r.keyVersion, file: o.file, bytes: size, signature: o.out, signatureBase64: r.signature }, null, 2)}\n`
+            : `signed ${o.file} (${size} bytes) with ${String(r.keyVersion)}; signature written to ${o.out}\n`,
         );
-        return;
+      } finally {
+        outFile.discard();
       }
-      const show = o.progress && process.stderr.isTTY === true && size > 0;
-      const body = hash
-        ? { key: pk.keyVersion, digest: (await hashFile(o.file, hash, show)).toString('base64') }
-        : { key: pk.keyVersion, message: readFileSync(o.file).toString('base64') };
-      const r = await callAgent(o.socket, 'POST', '/v1/sign', body);
-      const sig = Buffer.from(r.signature as string, 'base64');
-      writeFileSync(o.out, sig);
-      process.stdout.write(
-        o.output === 'json'
-          ? `${JSON.stringify({ keyVersion: r.keyVersion, file: o.file, bytes: size, signature: o.out, signatureBase64: r.signature }, null, 2)}\n`
-          : `signed ${o.file} (${size} bytes) with ${String(r.keyVersion)}; signature written to ${o.out}\n`,
-      );
     });
 
   program
     .command('status')
-    .description('show the running agent\'s identity')
+    .description('show the running agent\'s identity: spiffe id and validity; --cert-out writes its certificate (pem), -o json prints it too')
+    .option('--cert-out <file>', 'write the builder certificate (pem) to this file, e.g. builder.pem for openssl')
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
     .addOption(socketOption())
-    .action(async (o: { socket: string }) => {
-      const r = await callAgent(o.socket, 'GET', '/v1/identity');
-      process.stdout.write(`${JSON.stringify({ spiffeId: r.spiffeId, notBefore: r.notBefore, notAfter: r.notAfter }, null, 2)}\n`);
+    .action(async (o: { socket: string; certOut?: string; output: 'text' | 'json' }) => {
+      const outFile = o.certOut === undefined ? null : openOut(o.certOut, '--cert-out');
+      try {
+        const r = await callAgent(o.socket, 'GET', '/v1/identity');
+        const pem = typeof r.certificatePem === 'string' ? r.certificatePem : '';
+        if (outFile !== null) {
+          if (pem === '') throw new Error('the agent sent no certificate');
+          outFile.commit(pem);
+        }
+        const id = { spiffeId: r.spiffeId, notBefore: r.notBefore, notAfter: r.notAfter };
+        process.stdout.write(
+          o.output === 'json'
+            ? `${JSON.stringify({ ...id, certificatePem: pem, caCertificatePem: r.caCertificatePem, certificateFile: o.certOut ?? null }, null, 2)}\n`
+            : [
+                `spiffe id:   ${String(r.spiffeId)}`,
+                `not before:  ${String(r.notBefore)}`,
+                `not after:   ${String(r.notAfter)}`,
+                ...(o.certOut !== undefined ? [`certificate written to ${o.certOut}`] : []),
+              ].join('\n') + '\n',
+        );
+      } finally {
+        outFile?.discard();
+      }
     });
 
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {
-    if (err && typeof err === 'object' && 'exitCode' in err && typeof (err as { exitCode: unknown }).exitCode === 'number' && !('details' in err)) {
-      process.exitCode = (err as { exitCode: number }).exitCode;
+    // commander printed its own message (commanderOutput).
+    const parsed = commanderExitCode(err);
+    if (parsed !== null) {
+      process.exitCode = parsed;
       return;
     }
-    process.stderr.write(`sigil-agent: ${describe(err)}\n`);
+    process.stderr.write(`sigil-agent: ${describeError(err, addr)}\n`);
     process.exitCode = err instanceof UsageError ? 2 : 1;
   }
 }

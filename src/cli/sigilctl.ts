@@ -1,11 +1,11 @@
 import { Command, Option } from 'commander';
-import { statSync, writeFileSync, readFileSync } from 'node:fs';
+import { writeFileSync, readFileSync } from 'node:fs';
 import { createHash, createPrivateKey, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
 import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
 import { describeError, errorJson, fileErrorWords } from './errors.ts';
-import { HASH_OF, hashFile, readBounded } from './files.ts';
-import { ALG_NAMES, UsageError, algName, parseAlg, type CliContext } from './commands/context.ts';
+import { DEFAULT_MAX_MESSAGE_BYTES, HASH_OF, hashFile, openOut, readBounded, readWholeMessage, statNamed } from './files.ts';
+import { ALG_NAMES, UsageError, algName, commanderExitCode, commanderOutput, parseAlg, type CliContext } from './commands/context.ts';
 import { registerRevocationCommands } from './commands/revocation.ts';
 import { registerAuditCommands } from './commands/audit.ts';
 import { keyJson, keyText, registerKeysCommands } from './commands/keys.ts';
@@ -31,7 +31,7 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(new Option('--cert <file>', 'client certificate').env('SIGIL_CLIENT_CERT'))
     .addOption(new Option('--key <file>', 'client private key').env('SIGIL_CLIENT_KEY'))
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
-    .showHelpAfterError()
+    .configureOutput(commanderOutput('sigilctl', ['--addr', '--ca', '--cert', '--key']))
     // Global options go before the command: `sign --key` names a signing key, `--key` before it the client key file.
     .enablePositionalOptions()
     .exitOverride();
@@ -39,6 +39,12 @@ export async function main(argv: string[]): Promise<void> {
   let format: 'text' | 'json' = 'text';
   program.hook('preAction', (_root, action) => {
     format = (action.opts() as { output?: 'text' | 'json' }).output ?? g().output;
+    // Commands that take a key `<name>` act on the key as a whole: name@N is a mistake to say so, not a bad name.
+    const i = action.registeredArguments.findIndex((a) => a.name() === 'name');
+    const v = i < 0 ? undefined : (action.processedArgs[i] as unknown);
+    if (typeof v === 'string' && v.includes('@')) {
+      throw new UsageError(`${commandPath(action)} takes a key name without @N (got ${v}): e.g. ${commandPath(action)} ${v.slice(0, v.indexOf('@'))}`);
+    }
   });
   let clients: Clients | null = null;
   const g = (): Globals => program.opts<Globals>();
@@ -53,6 +59,12 @@ export async function main(argv: string[]): Promise<void> {
     if (!o.ca) throw new UsageError('--ca (or SIGIL_CACERT) is required');
     if ((cert === undefined) !== (key === undefined)) throw new UsageError('--cert (SIGIL_CLIENT_CERT) and --key (SIGIL_CLIENT_KEY) go together');
     const ca = readNamed(o.ca, 'the CA bundle', '--ca, SIGIL_CACERT');
+    // Else TLS fails later as if the daemon's certificate were signed by another CA.
+    try {
+      new X509Certificate(ca);
+    } catch {
+      throw new UsageError(`the CA bundle ${o.ca} (--ca, SIGIL_CACERT) holds no PEM certificate`);
+    }
     const pair = cert !== undefined && key !== undefined ? clientPair(cert, key) : {};
     return (clients = connect({ addr: o.addr, ca, ...pair }));
   };
@@ -125,7 +137,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--no-progress', 'no progress bar')
     .action(async (o: { key: string; file: string; out: string; progress: boolean; dsse?: boolean; payloadType?: string }) => {
       if (o.payloadType !== undefined && !o.dsse) throw new UsageError('--payload-type goes with --dsse');
-      const st = statSync(o.file);
+      const st = statNamed(o.file, '--file');
       if (st.isDirectory()) throw new UsageError(`--file ${o.file} is a directory: sign one file at a time`);
       let payloadType = DSSE_DEFAULT_PAYLOAD_TYPE;
       let payload: Buffer | null = null;
@@ -139,29 +151,43 @@ export async function main(argv: string[]): Promise<void> {
         }
       }
       const c = open();
-      const size = st.size;
-      // Pin the version first so the digest is made for the algorithm of the version that signs.
-      const pk = await rpc.getPublicKey(c, { key: o.key });
-      const hash = HASH_OF[pk.algorithm];
-      if (payload !== null) {
-        const res = await rpc.sign(c, { key: pk.keyVersion, ...paeSignInput(hash ?? null, pae(payloadType, payload)) });
-        writeFileSync(o.out, envelopeJson({ payloadType, payload, signatures: [{ keyid: res.keyVersion, sig: res.signature }] }));
+      // Before anything is hashed or signed: a signature sigild issued and this command could not keep is lost.
+      const outFile = openOut(o.out, '--out');
+      try {
+        // Pin the version first so the digest is made for the algorithm of the version that signs.
+        const pk = await rpc.getPublicKey(c, { key: o.key });
+        const hash = HASH_OF[pk.algorithm];
+        if (payload !== null) {
+          const res = await rpc.sign(c, { key: pk.keyVersion, ...paeSignInput(hash ?? null, pae(payloadType, payload)) });
+          outFile.commit(envelopeJson({ payloadType, payload, signatures: [{ keyid: res.keyVersion, sig: res.signature }] }));
+          out(
+            { keyVersion: res.keyVersion, algorithm: algName(res.algorithm), file: o.file, bytes: payload.length, payloadType, envelope: o.out },
+            `signed ${o.file} (${payload.length} bytes, ${payloadType}) with ${res.keyVersion} (${algName(res.algorithm)}); dsse envelope written to ${o.out}`,
+          );
+          return;
+        }
+        const show = o.progress && process.stderr.isTTY === true && st.size > 0;
+        let req: { key: string; digest: Buffer | undefined; message: Buffer | undefined };
+        let size: number;
+        if (hash) {
+          const h = await hashFile(o.file, hash, show);
+          req = { key: pk.keyVersion, digest: h.digest, message: undefined };
+          size = h.bytes;
+        } else {
+          const max = pk.maxMessageBytes || DEFAULT_MAX_MESSAGE_BYTES;
+          const message = readWholeMessage(o.file, '--file', max, `sigild takes at most ${max} bytes (limits.maxMessageBytes)`);
+          req = { key: pk.keyVersion, digest: undefined, message };
+          size = message.length;
+        }
+        const res = await rpc.sign(c, req);
+        outFile.commit(res.signature);
         out(
-          { keyVersion: res.keyVersion, algorithm: algName(res.algorithm), file: o.file, bytes: payload.length, payloadType, envelope: o.out },
-          `signed ${o.file} (${payload.length} bytes, ${payloadType}) with ${res.keyVersion} (${algName(res.algorithm)}); dsse envelope written to ${o.out}`,
+          { keyVersion: res.keyVersion, algorithm: algName(res.algorithm), file: o.file, bytes: size, signature: o.out, signatureBase64: res.signature.toString('base64') },
+          `signed ${o.file} (${size} bytes) with ${res.keyVersion} (${algName(res.algorithm)}); signature written to ${o.out}`,
         );
-        return;
+      } finally {
+        outFile.discard();
       }
-      const show = o.progress && process.stderr.isTTY === true && size > 0;
-      const req = hash
-        ? { key: pk.keyVersion, digest: await hashFile(o.file, hash, show), message: undefined }
-        : { key: pk.keyVersion, digest: undefined, message: readFileSync(o.file) };
-      const res = await rpc.sign(c, req);
-      writeFileSync(o.out, res.signature);
-      out(
-        { keyVersion: res.keyVersion, algorithm: algName(res.algorithm), file: o.file, bytes: size, signature: o.out, signatureBase64: res.signature.toString('base64') },
-        `signed ${o.file} (${size} bytes) with ${res.keyVersion} (${algName(res.algorithm)}); signature written to ${o.out}`,
-      );
     });
 
   program
@@ -209,13 +235,20 @@ export async function main(argv: string[]): Promise<void> {
 
 /** Reports a failed command: a line on stderr, or with `--output json` `{ "error": {code, reason, message} }` on stdout. */
 function report(err: unknown, addr: string | undefined, format: 'text' | 'json'): number {
-  if (err && typeof err === 'object' && 'exitCode' in err && typeof (err as { exitCode: unknown }).exitCode === 'number' && !('details' in err)) {
-    return (err as { exitCode: number }).exitCode;
-  }
+  // commander printed its own message (commanderOutput).
+  const parsed = commanderExitCode(err);
+  if (parsed !== null) return parsed;
   const usage = err instanceof UsageError;
   if (format === 'json') process.stdout.write(`${JSON.stringify({ error: errorJson(err, addr, usage) }, null, 2)}\n`);
   else process.stderr.write(`sigilctl: ${describeError(err, addr)}\n`);
   return usage ? 2 : 1;
+}
+
+/** `sigilctl key show`: the words that run a command. */
+function commandPath(c: Command): string {
+  const names: string[] = [];
+  for (let x: Command | null = c; x !== null; x = x.parent) names.unshift(x.name());
+  return names.join(' ');
 }
 
 /** host:port with a port grpc-js can dial (it would otherwise fail later with a RangeError in its details). */

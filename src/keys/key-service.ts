@@ -107,7 +107,11 @@ export class KeyService {
         throw new SigilError('INVALID_ARGUMENT', `the key at that uri is ${found.keyType}, which cannot sign ${alg}`);
       }
       if (!backend.algorithms.includes(alg)) throw new SigilError('UNSUPPORTED_ALGORITHM', `backend ${bname} does not support ${alg}`);
-      if (this.#store.uriInUse(bname, found.uri)) throw new SigilError('KEY_EXISTS', `the key at ${found.uri} is already registered`);
+      if (this.#store.uriInUse(bname, found.uri)) {
+        // A rare refusal: the whole list is read only to name the key that has it.
+        const owner = this.#store.listKeys('').flatMap((k) => k.versions).find((v) => v.uri === found.uri && this.#store.getKey(v.name)?.backend === bname);
+        throw new SigilError('KEY_EXISTS', `the key at ${found.uri} is already registered${owner ? ` as ${keyVersionRef(owner.name, owner.version)}` : ''}`);
+      }
       // Prove the key can sign with that algorithm before recording it.
       await backend.signer(found.uri, alg);
       const now = this.#clock.now();

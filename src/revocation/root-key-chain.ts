@@ -55,6 +55,9 @@ export interface RootKeyChain {
   compromised: CompromisedRootVersion[];
 }
 
+/** How a chain failure names the version a pinned key is taken as when no chain of root keys is given (`taken as name@N`). */
+export const NO_CHAIN_TAKEN_AS = 'no chain of root keys given, so taken as the signer ';
+
 const MAX_STATEMENT_BYTES = 4096;
 const MAX_VERSION = 1_000_000_000;
 const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
@@ -212,6 +215,7 @@ export function verifyRootChain(input: RootChainInput): RootChainResult {
   let start: number;
   let version: number;
   let current: Buffer;
+  let noChain = false;
   if (at >= 0) {
     start = at;
     version = parsed[at]!.s.previousVersion;
@@ -226,14 +230,21 @@ export function verifyRootChain(input: RootChainInput): RootChainResult {
     } else if (!last && signerVersion !== null && (compromised.length === 0 || verifies(p256(pinned, 'the pinned root key'), input.document.json, input.document.signature))) {
       // No transitions served: the pinned key can only be the one that signs the document (after a
       // compromise cut the chain, a pinned key that does not sign it is an older one that must re-pin).
+      noChain = true;
       start = 0;
       version = signerVersion;
       current = pinned;
     } else {
+      // The pinned key is none of the versions served (every statement's keys, the signer with no statements,
+      // the compromised ones): no chain is followed. After a compromise cut the chain, the versions before it are
+      // not served, so an older pinned version cannot be told from an unrelated key.
       const c = compromised.at(-1);
+      const served = parsed.length ? `${ref(parsed[0]!.s.previousVersion)} to ${ref(parsed.at(-1)!.s.version)}` : signerVersion !== null ? ref(signerVersion) : 'none';
       return fail(
-        `the pinned key is not in the chain of root keys the daemon serves${parsed.length ? ` (${ref(parsed[0]!.s.previousVersion)} to ${ref(parsed.at(-1)!.s.version)})` : ''}` +
-          (c ? `: ${ref(c.version)} was disabled as compromised, so a verifier pinned at or before it must re-pin the current root key out of band (docs/operations.md, the trusted-root key is compromised)` : ''),
+        `the pinned key is not any ${input.key} version the daemon serves (${served})` +
+          (c
+            ? `: if it is a version from before ${ref(c.version)} was disabled as compromised, re-pin the current root key out of band (docs/operations.md, the trusted-root key is compromised)`
+            : ': check the key given (--root-key)'),
       );
     }
   }
@@ -255,7 +266,14 @@ export function verifyRootChain(input: RootChainInput): RootChainResult {
     fail(`the trusted root is signed by ${input.document.keyVersion}, but the chain from the pinned key ends at ${ref(version)}: no statement introduces ${ref(version + 1)} (a gap in the chain)`);
   }
   if (input.document.keyVersion !== ref(version)) fail(`the trusted root is signed by ${input.document.keyVersion || 'an unnamed key'}, not by ${ref(version)}, the key the chain reaches from the pinned one`);
-  if (!verifies(p256(current, ref(version)), input.document.json, input.document.signature)) fail(`the trusted root's signature does not verify under ${ref(version)}, the key the chain reaches from the pinned one`);
+  if (!verifies(p256(current, ref(version)), input.document.json, input.document.signature)) {
+    // With no chain, nothing says the pinned key is any version: it is only taken as the signer's.
+    fail(
+      noChain
+        ? `the trusted root's signature does not verify under the pinned key (${NO_CHAIN_TAKEN_AS}${ref(version)}): either it is no ${input.key} version, or the trusted root or its signature was altered`
+        : `the trusted root's signature does not verify under ${ref(version)}, the key the chain reaches from the pinned one`,
+    );
+  }
   // The root key signs the sigstore form too (no key versions): handed over as the full document it would verify,
   // and hide every key version's window and revocation. The full document always carries the list, maybe empty.
   if (!hasKeyVersions(input.document.json)) fail('the trusted root verifies but has no sigilKeyVersions: it is the sigstore form, not the full document (the two were swapped on the way)');

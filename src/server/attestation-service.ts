@@ -65,7 +65,7 @@ export function attestationService(ctx: RpcContext, d: AttestationDeps): Attesta
       throw new SigilError('INVALID_ARGUMENT', `name an attestation policy: this daemon has ${d.policies.size === 0 ? 'none' : [...d.policies.keys()].join(', ')}`);
     }
     const p = d.policies.get(name);
-    if (!p) throw new SigilError('INVALID_ARGUMENT', `no attestation policy ${name}`);
+    if (!p) throw new SigilError('INVALID_ARGUMENT', `no attestation policy ${name}: this daemon has ${d.policies.size === 0 ? 'none' : [...d.policies.keys()].join(', ')}`);
     return p;
   };
 

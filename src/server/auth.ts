@@ -154,11 +154,14 @@ export class Authenticator {
     return cert ? subjectText(cert) : null;
   }
 
-  /** The principal if it holds one of `roles`; PERMISSION_DENIED otherwise. */
-  require(call: AuthCall, roles: readonly Role[]): Principal {
+  /**
+   * The principal if it holds one of `roles`; PERMISSION_DENIED otherwise, naming `rolesText` when given (what
+   * each role may do there) instead of the bare list.
+   */
+  require(call: AuthCall, roles: readonly Role[], rolesText?: string): Principal {
     const p = this.principal(call);
     for (const r of roles) if (p.roles.has(r)) return p;
-    throw new SigilError('PERMISSION_DENIED', `${p.subject} lacks the role ${roles.join(' or ')}`);
+    throw new SigilError('PERMISSION_DENIED', `${p.subject} lacks the role ${rolesText ?? roles.join(' or ')}`);
   }
 
   #evaluate(cert: PeerCertificate): Principal {

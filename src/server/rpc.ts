@@ -36,13 +36,15 @@ const OK = 0 as Status;
 
 /**
  * Wraps a unary handler: checks the caller's role, runs `fn`, maps errors through the status table and
- * records metrics. Handlers only throw SigilErrors and return plain values.
+ * records metrics. Handlers only throw SigilErrors and return plain values. `rolesText` says in a refusal
+ * which roles may do what there (default: the roles joined with "or").
  */
 export function unary<Req, Res>(
   ctx: RpcContext,
   rpc: string,
   roles: readonly Role[],
   fn: (req: Req, who: Principal) => Res | Promise<Res>,
+  rolesText?: string,
 ): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void;
 /** With `roles` null the call needs no client certificate (enrollment): `fn` gets the call instead. */
 export function unary<Req, Res>(
@@ -56,6 +58,7 @@ export function unary<Req, Res>(
   rpc: string,
   roles: readonly Role[] | null,
   fn: ((req: Req, who: Principal) => Res | Promise<Res>) | ((req: Req, call: ServerUnaryCall<Req, Res>) => Res | Promise<Res>),
+  rolesText?: string,
 ): (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void {
   const latency = ctx.metrics.latency.labels(rpc);
   const inFlight = ctx.metrics.inFlight.labels(rpc);
@@ -73,7 +76,7 @@ export function unary<Req, Res>(
     try {
       result = roles === null
         ? (fn as (req: Req, call: ServerUnaryCall<Req, Res>) => Res | Promise<Res>)(call.request, call)
-        : (fn as (req: Req, who: Principal) => Res | Promise<Res>)(call.request, ctx.auth.require(call, roles));
+        : (fn as (req: Req, who: Principal) => Res | Promise<Res>)(call.request, ctx.auth.require(call, roles, rolesText));
     } catch (err) {
       // Thrown before the handler ran: the role check (or a synchronous refusal), recorded here.
       void recordRefusal(ctx, call, rpc, err).then((e) => {

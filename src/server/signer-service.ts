@@ -35,7 +35,7 @@ export interface KeyAccess {
 }
 
 /** The `sigil.v1.Signer` service: proto <-> domain conversion around the key service's hot path. */
-export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBatch: number }, access: KeyAccess): SignerServer {
+export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBatch: number; maxMessageBytes: number }, access: KeyAccess): SignerServer {
   const reserved = access.reservedKeys;
   /** Throws unless `who` may sign with `ref`: signers with any key but the reserved ones, builders with the keys granted them. */
   const mayUse = (who: Principal, ref: string, signing: boolean): void => {
@@ -172,12 +172,13 @@ export function signerService(ctx: RpcContext, keys: KeyService, limits: { maxBa
       });
     },
 
+    // Clients read the public key before they sign: a refusal names the roles that sign, not only those that read.
     getPublicKey: unary(ctx, 'GetPublicKey', KEY_READERS, (req, who) => {
       mayUse(who, req.key, false);
       const pk = keys.publicKey(req.key);
       const pem = createPublicKey({ key: pk.spki, format: 'der', type: 'spki' }).export({ format: 'pem', type: 'spki' }).toString();
-      return { keyVersion: pk.keyVersion, algorithm: algorithmToPb(pk.algorithm), spkiDer: pk.spki, pem };
-    }),
+      return { keyVersion: pk.keyVersion, algorithm: algorithmToPb(pk.algorithm), spkiDer: pk.spki, pem, maxMessageBytes: limits.maxMessageBytes };
+    }, 'signer or builder (to sign) or admin (to read public keys)'),
 
     listKeys: unary(ctx, 'ListKeys', LIST_READERS, (req) => ({ keys: keys.listKeys(req.prefix).map(keyToPb) })),
   };

@@ -116,6 +116,9 @@ describe('forgetting the enrollment of a runner whose tpm was cleared', { skip: 
       { ekHash, akName: before.akName, policy: 'ci', resetCount: before.resetCount, restartCount: before.restartCount, clock: Number(before.clock), updateTime: undefined, ekCertificateKept: true, ekPublicKept: true, revoked: false },
     );
     assert.equal(rows[0]!.updateTime, before.updatedAt.toISOString());
+    const text = await ctl(['enrollment', 'list'], 'auditor');
+    assert.equal(text.code, 0, text.stderr);
+    assert.equal(text.stdout, `${ekHash}  ak ${before.akName}  ci  reset ${before.resetCount} restart ${before.restartCount} clock ${before.clock}  ${before.updatedAt.toISOString()}\n`);
     const shown = await ctl(['enrollment', 'show', ekHash.slice(0, 12)], 'admin');
     assert.equal(shown.code, 0, shown.stderr);
     assert.match(shown.stdout, new RegExp(`^ek hash: +${ekHash}$`, 'm'));

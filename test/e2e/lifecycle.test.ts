@@ -156,7 +156,8 @@ describe('key lifecycle through sigild and sigilctl', { skip: skip ?? false }, (
     assert.deepEqual(listed.map((a) => a.id), [id]);
     assert.match(listed[0]!.requestedBy, /test-admin/);
     clock.t += HOUR;
-    assert.match(await ok(['approvals', 'approve', id], 'approver'), /approved .* APPROVED/);
+    // Text names what the request would do in words (window=3h), not as raw json.
+    assert.match(await ok(['approvals', 'approve', id], 'approver'), new RegExp(`^approved ${id} {2}APPROVED {2}destroy fw/ota@1 {2}window=3h {2}requested by`));
     const v1 = (await rpc.listKeyVersions(d.client('auditor'), { name: 'fw/ota' })).versions[0]!;
     assert.equal(v1.state, KeyVersionState.DESTROY_SCHEDULED);
     assert.equal(v1.destroyTime!.getTime(), clock.t + 3 * HOUR, 'the window starts at approval');

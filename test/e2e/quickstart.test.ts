@@ -20,7 +20,7 @@ test("the README's first command runs the demo: sign README.md as an operator an
     assert.match(r.stdout, /signed README\.md \(\d+ bytes\) with demo\/readme@1 \(ECDSA_P256_SHA256\)/);
     assert.equal(r.stdout.match(/^Verified OK$/gm)?.length, 2, r.stdout);
     // The demo builder enrolled with its swtpm and signed through sigil-agent.
-    assert.match(r.stdout, /"spiffeId": "spiffe:\/\/sigil\.dev\/builder\/tpm\/[0-9a-f]{64}"/);
+    assert.match(r.stdout, /^spiffe id: +spiffe:\/\/sigil\.dev\/builder\/tpm\/[0-9a-f]{64}$/m);
     assert.match(r.stdout, /signed README\.md \(\d+ bytes\) with dev\/provenance@1; signature written to/);
     assert.ok(!existsSync(join(dir, 'sigild.addr')), 'the daemon stopped and removed its address file');
     assert.ok(!existsSync(join(dir, 'agent.sock')), 'the agent stopped and removed its socket');

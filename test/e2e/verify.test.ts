@@ -278,7 +278,7 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
     const r = await verify([...art, ...root]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /trusted root signed by sigil\/trust-root@2, followed sigil\/trust-root@1 -> @2 from the pinned key/);
-    await fails([...art, ...root.slice(0, 6)], /the trusted root's signature does not verify under the pinned key \(if the root key was rotated since you pinned it, give the chain of root keys with --root-chain/);
+    await fails([...art, ...root.slice(0, 6)], /the trusted root's signature does not verify under the pinned key: either it is no sigil\/trust-root version, or the trusted root or its signature was altered \(if the root key was rotated since you pinned it, give the chain of root keys with --root-chain/);
     writeFileSync(file('chain.bad.json'), '{"key":"sigil/trust-root","transitions":[{"version":"2"}],"compromised":[]}');
     await fails([...art, ...root.slice(0, 6), '--root-chain', file('chain.bad.json')], /root key chain: transition 1: version must be a version number/);
   });

@@ -4,7 +4,8 @@ import { dirname } from 'node:path';
 import { tmpdir } from 'node:os';
 import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { rpc, type Clients } from '../client.ts';
-import { describeError } from '../errors.ts';
+import { describeError, errorJson } from '../errors.ts';
+import { DEFAULT_MAX_MESSAGE_BYTES } from '../files.ts';
 import { reasonOf } from '../error-reason.ts';
 import { AkUnavailableError, Attestor, builderClients, type AttestorOptions, type Identity } from './attestor.ts';
 
@@ -19,6 +20,8 @@ export function defaultSocketPath(): string {
 
 // Largest request the local socket accepts: an Ed25519 message up to sigild's default cap, base64.
 const MAX_BODY = 96 * 1024 * 1024;
+/** The largest Ed25519 message the agent's socket carries (base64 in a JSON body of at most 96 MiB). */
+export const AGENT_MAX_MESSAGE_BYTES = Math.floor((MAX_BODY - 64 * 1024) / 4) * 3;
 
 // Enrollment retries after the identity expired: 1 s, doubling, at most a minute apart while sigild cannot be
 // reached or fails, at most an hour apart while it refuses (each refusal is an audit entry on sigild's side).
@@ -97,7 +100,7 @@ export class Agent {
       const se = err as Partial<ServiceError>;
       const lost = err instanceof AkUnavailableError;
       if (renewalOutcome(err) === 'enroll') {
-        this.#report(lost ? { event: 'renewal impossible, enrolling again', error: describe(err) } : { event: 'renewal refused, enrolling again', error: se.details, ...reasonField(err) });
+        this.#report(lost ? { event: 'renewal impossible, enrolling again', error: this.#describe(err) } : { event: 'renewal refused, enrolling again', error: se.details, ...reasonField(err) });
         try {
           await this.enroll();
           return;
@@ -107,7 +110,7 @@ export class Agent {
       }
       const id = this.#identity!;
       const left = id.notAfter.getTime() - Date.now();
-      this.#report({ event: 'renewal failed', error: describe(err), ...reasonField(err), expiresInSeconds: Math.max(0, Math.round(left / 1000)) });
+      this.#report({ event: 'renewal failed', error: this.#describe(err), ...reasonField(err), expiresInSeconds: Math.max(0, Math.round(left / 1000)) });
       // Retry at a tenth of what is left (between 1 s and 30 s) until the identity has expired.
       if (left > 0) {
         this.#schedule(Math.min(30_000, Math.max(1000, left / 10)));
@@ -130,11 +133,11 @@ export class Agent {
         const outcome = enrollmentOutcome(err);
         if (outcome === 'stop') {
           // No retry can succeed: only an admin can act, and the agent must be restarted after that.
-          this.#report({ event: 'enrollment refused for good, the agent stops enrolling', error: describe(err), ...reasonField(err) });
+          this.#report({ event: 'enrollment refused for good, the agent stops enrolling', error: this.#describe(err), ...reasonField(err) });
           return;
         }
         const next = Math.min(outcome === 'refused' ? REENROLL_REFUSED_MAX_MS : REENROLL_MAX_MS, delayMs * 2);
-        this.#report({ event: 'enrollment failed', error: describe(err), ...reasonField(err), retryInSeconds: Math.round(next / 1000) });
+        this.#report({ event: 'enrollment failed', error: this.#describe(err), ...reasonField(err), retryInSeconds: Math.round(next / 1000) });
         this.#reenroll(next);
       });
     }, delayMs);
@@ -180,7 +183,7 @@ export class Agent {
       if (typeof body.key !== 'string') return reply(400, { code: 'INVALID_ARGUMENT', message: 'key is required' });
       if (req.url === '/v1/public-key') {
         const pk = await rpc.getPublicKey(c, { key: body.key });
-        return reply(200, { keyVersion: pk.keyVersion, algorithm: pk.algorithm, pem: pk.pem });
+        return reply(200, { keyVersion: pk.keyVersion, algorithm: pk.algorithm, pem: pk.pem, maxMessageBytes: pk.maxMessageBytes || DEFAULT_MAX_MESSAGE_BYTES, agentMaxMessageBytes: AGENT_MAX_MESSAGE_BYTES });
       }
       if (req.url === '/v1/sign') {
         const digest = typeof body.digest === 'string' ? Buffer.from(body.digest, 'base64') : undefined;
@@ -191,9 +194,14 @@ export class Agent {
       return reply(404, { code: 'NOT_FOUND', message: `no such call ${req.url}` });
     } catch (err) {
       const se = err as Partial<ServiceError>;
-      if (typeof se.code === 'number') return reply(se.code === Status.PERMISSION_DENIED ? 403 : 400, { code: Status[se.code], ...reasonField(err), message: se.details });
-      return reply(400, { code: 'INVALID_ARGUMENT', message: describe(err) });
+      if (typeof se.code === 'number') return reply(se.code === Status.PERMISSION_DENIED ? 403 : 400, { code: Status[se.code], ...reasonField(err), message: errorJson(err, this.#o.addr).message });
+      return reply(400, { code: 'INVALID_ARGUMENT', message: this.#describe(err) });
     }
+  }
+
+  /** A one-line description of an error, naming sigild's address when it could not be reached. */
+  #describe(err: unknown): string {
+    return describeError(err, this.#o.addr);
   }
 
   /** Stops renewing, closes the socket (removing it) and the channel. */
@@ -251,13 +259,8 @@ async function readBody(req: IncomingMessage): Promise<Buffer> {
   let n = 0;
   for await (const chunk of req) {
     n += (chunk as Buffer).length;
-    if (n > MAX_BODY) throw new Error('request too large');
+    if (n > MAX_BODY) throw new Error(`the request is larger than the agent takes (${MAX_BODY} bytes)`);
     chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks);
-}
-
-/** A one-line description of an error from sigild, the TPM or the system. */
-export function describe(err: unknown): string {
-  return describeError(err);
 }

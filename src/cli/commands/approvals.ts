@@ -1,9 +1,12 @@
 import { Option, type Command } from 'commander';
 import { ApprovalState, type Approval } from '../../gen/sigil/v1/admin.ts';
 import { rpc } from '../client.ts';
-import type { CliContext } from './context.ts';
+import { UsageError, type CliContext } from './context.ts';
+import { formatDuration } from '../../config/duration.ts';
+import { existsSync } from 'node:fs';
 
-const STATES = (Object.keys(ApprovalState) as Array<keyof typeof ApprovalState>).filter((s) => s !== 'UNSPECIFIED');
+// UNRECOGNIZED is ts-proto's sentinel for values it does not know, not a state one may ask for.
+const STATES = (Object.keys(ApprovalState) as Array<keyof typeof ApprovalState>).filter((s) => s !== 'UNSPECIFIED' && s !== 'UNRECOGNIZED');
 
 function stateName(s: number): string {
   return STATES.find((k) => ApprovalState[k] === s) ?? `UNKNOWN(${s})`;
@@ -31,7 +34,22 @@ export function approvalJson(a: Approval): object {
 export function approvalText(a: Approval): string {
   const decided = a.decidedBy ? `  by ${a.decidedBy}` : '';
   const reason = a.reason ? `  (${a.reason})` : '';
-  return `${a.id}  ${stateName(a.state)}  ${a.kind} ${a.key}  ${a.payloadJson}  requested by ${a.requestedBy} at ${a.requestTime?.toISOString() ?? ''}, expires ${a.expireTime?.toISOString() ?? ''}${decided}${reason}`;
+  return `${a.id}  ${stateName(a.state)}  ${a.kind} ${a.key}  ${payloadText(a.payloadJson)}  requested by ${a.requestedBy} at ${a.requestTime?.toISOString() ?? ''}, expires ${a.expireTime?.toISOString() ?? ''}${decided}${reason}`;
+}
+
+/** What an approval would do, as `key=value` words (`window=7d`, `destroyNeedsApproval=false`) rather than json. */
+function payloadText(json: string): string {
+  let p: unknown;
+  try {
+    p = JSON.parse(json || '{}');
+  } catch {
+    return json;
+  }
+  if (p === null || typeof p !== 'object' || Array.isArray(p)) return json;
+  const words = Object.entries(p as Record<string, unknown>).map(([k, v]) =>
+    k.endsWith('Ms') && typeof v === 'number' ? `${k.slice(0, -2)}=${formatDuration(v)}` : `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`,
+  );
+  return words.length ? words.join(' ') : '-';
 }
 
 /** `sigilctl approvals list|approve|reject`: the second person's side of destructive acts. */
@@ -43,6 +61,10 @@ export function registerApprovalsCommands(program: Command, cli: CliContext): vo
     .addOption(new Option('--state <state>', 'only this state').choices(STATES.map((s) => s.toLowerCase())))
     .option('--key <name>', 'only requests for this key name')
     .action(async (o: { state?: string; key?: string }) => {
+      // `--key` here filters by key name; a pem file named after the command was meant as the client key.
+      if (o.key !== undefined && /\.(?:pem|crt|key)$/i.test(o.key) && existsSync(o.key)) {
+        throw new UsageError(`--key ${o.key} after the command filters by key name; the client key goes before the command: sigilctl --cert FILE --key ${o.key} approvals list`);
+      }
       const state = o.state ? ApprovalState[o.state.toUpperCase() as keyof typeof ApprovalState] : ApprovalState.UNSPECIFIED;
       const res = await rpc.listApprovals(cli.open(), { state, key: o.key ?? '' });
       cli.out(res.approvals.map(approvalJson), res.approvals.length ? res.approvals.map(approvalText).join('\n') : '(no approvals)');

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { createHash, createPublicKey } from 'node:crypto';
+import { createHash, createPublicKey, type KeyObject } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promised, rpc, type Clients } from '../client.ts';
@@ -15,6 +15,7 @@ import { leafHash, verifyInclusion } from '../../audit/merkle.ts';
 import { parseSegment, verifySegment } from '../../audit/segment.ts';
 import { noteVerifier, parseCheckpoint, parseNote } from '../../audit/note.ts';
 import { UsageError, type CliContext } from './context.ts';
+import { fileErrorWords } from '../errors.ts';
 
 const PAGE = 1000;
 
@@ -41,14 +42,31 @@ function count(s: string, what: string): number {
   return Number(s);
 }
 
-/** A pinned audit public key (DER SPKI) read from a PEM file. */
+/**
+ * A pinned audit public key (DER SPKI) read from a PEM file: a public key of a type checkpoints are signed
+ * with (Ed25519, or ECDSA P-256 on a backend without Ed25519); a private key or another type is refused.
+ */
 function pinnedSpki(file: string): Buffer {
+  let pem: string;
   try {
-    return createPublicKey(readFileSync(file)).export({ format: 'der', type: 'spki' });
+    pem = readFileSync(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw err;
-    throw new UsageError(`${file} is not a public key (pem)`);
+    throw new UsageError(`cannot read ${file} (--key): ${fileErrorWords(err)}`);
   }
+  const what = `--key ${file}`;
+  if (/-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----/.test(pem)) throw new UsageError(`${what} is a private key: pin an audit public key (sigilctl audit keys prints them); a client key goes before the command (sigilctl --key FILE audit ...)`);
+  let key: KeyObject;
+  try {
+    key = createPublicKey(pem);
+  } catch {
+    throw new UsageError(`${what} is not a pem public key: pin an audit public key (sigilctl audit keys prints them)`);
+  }
+  const type = key.asymmetricKeyType;
+  const curve = key.asymmetricKeyDetails?.namedCurve;
+  if (type !== 'ed25519' && !(type === 'ec' && curve === 'prime256v1')) {
+    throw new UsageError(`${what} is ${type === 'ec' ? `an ec ${curve ?? ''} key` : `an ${type ?? 'unknown'} key`}, not an audit public key (Ed25519, or ECDSA P-256): sigilctl audit keys prints them`);
+  }
+  return key.export({ format: 'der', type: 'spki' });
 }
 
 /**
@@ -88,7 +106,7 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
 
   audit
     .command('tail')
-    .description('print the last entries of the audit log')
+    .description('print the last entries of the audit log: a line each (index, tab, entry); with -o json one compact json object per line (json lines): {"index":N,"entry":{...}}')
     .option('-n, --lines <n>', 'how many entries', '20')
     .option('--follow', 'keep printing new entries as they come (every second)')
     .action(async (o: { lines: string; follow?: boolean }) => {
@@ -101,7 +119,9 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
         const page = await call.entries(c, next, PAGE);
         for (const e of page.entries) {
           const text = e.data.toString('utf8');
-          cli.out({ index: e.index, entry: JSON.parse(text) as unknown }, `${e.index}\t${text}`);
+          // JSON lines, so `--follow` output can be read a line at a time.
+          if (cli.json()) process.stdout.write(`${JSON.stringify({ index: e.index, entry: JSON.parse(text) as unknown })}\n`);
+          else cli.out(null, `${e.index}\t${text}`);
           next = e.index + 1;
         }
         if (page.entries.length === PAGE) continue;
@@ -161,7 +181,7 @@ export function registerAuditCommands(program: Command, cli: CliContext): void {
         keys = o.key.map((file) => {
           const spki = pinnedSpki(file);
           const known = server.find((s) => spki.equals(s.spki));
-          return { spki, label: known ? `${known.label} (pinned from ${file})` : `the key pinned from ${file}` };
+          return { spki, label: known ? `${known.label} (pinned from ${file})` : `the key pinned from ${file}, none of the audit key versions sigild names` };
         });
         const ids = new Set(keys.map((x) => noteVerifier(k.noteKeyName, x.spki).keyId.toString('hex')));
         untrusted = new Map(server.map((s) => [noteVerifier(k.noteKeyName, s.spki).keyId.toString('hex'), s.label] as const).filter(([id]) => !ids.has(id)));

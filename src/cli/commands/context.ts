@@ -40,3 +40,34 @@ export interface CliContext {
   /** The sigild address given (--addr, SIGIL_ADDR), if any; `open` requires one. */
   addr(): string | undefined;
 }
+
+/**
+ * The exit code of an error commander threw (with exitOverride): help and version as commander says (0), a
+ * mistake in the command line (unknown or missing option, bad choice, missing argument, no command) 2; null for
+ * any other error.
+ */
+export function commanderExitCode(err: unknown): number | null {
+  const e = err as { code?: unknown; exitCode?: unknown };
+  if (typeof e.code !== 'string' || !e.code.startsWith('commander.') || typeof e.exitCode !== 'number') return null;
+  // `commander.help` with a non-zero code is the usage printed because no command was given: a usage error too.
+  return e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.exitCode === 0 ? e.exitCode : 2;
+}
+
+/**
+ * commander's output settings for `prog`: a parse error as one line (`prog: unknown option ...`), pointing at
+ * --help instead of printing the whole usage; an unknown option that is one of the program's `globals` (given
+ * after the command) says they go before it.
+ */
+export function commanderOutput(prog: string, globals: readonly string[]): { outputError(str: string, write: (s: string) => void): void } {
+  return {
+    outputError(str, write) {
+      const msg = str.trim().replace(/^error: /, '').replace(/\.$/, '');
+      const flag = /^unknown option '([^'=]+)/.exec(msg)?.[1];
+      if (flag !== undefined && globals.includes(flag)) {
+        write(`${prog}: ${msg}: ${globals.join(', ')} are global options and go before the command, e.g. ${prog} ${flag} ... COMMAND\n`);
+        return;
+      }
+      write(`${prog}: ${msg} (see --help)\n`);
+    },
+  };
+}

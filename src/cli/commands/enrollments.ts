@@ -8,7 +8,7 @@ export function registerEnrollmentCommands(program: Command, cli: CliContext): v
   const enrollment = program.command('enrollment').description('builder tpm enrollments: list, show (admin, auditor), forget (admin)');
   enrollment
     .command('list')
-    .description('list enrolled builder tpms, sorted by ek hash')
+    .description('list enrolled builder tpms, sorted by ek hash: ek hash, ak name, policy, counters, last update, REVOKED')
     .option('--prefix <hex>', 'only ek hashes starting with this', '')
     .action(async (o: { prefix: string }) => {
       const r = await rpc.listEnrollments(cli.open(), { ekHashPrefix: o.prefix });
@@ -60,7 +60,7 @@ function enrollmentJson(e: Enrollment): Record<string, unknown> {
 }
 
 function enrollmentLine(e: Enrollment): string {
-  return `${e.ekHash}  ${e.policy}  reset ${e.resetCount} restart ${e.restartCount} clock ${e.clock}  ${e.updateTime?.toISOString() ?? '-'}${e.revoked ? '  REVOKED' : ''}`;
+  return `${e.ekHash}  ak ${e.akName}  ${e.policy}  reset ${e.resetCount} restart ${e.restartCount} clock ${e.clock}  ${e.updateTime?.toISOString() ?? '-'}${e.revoked ? '  REVOKED' : ''}`;
 }
 
 function enrollmentText(e: Enrollment): string {

@@ -19,7 +19,8 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
     .argument('<serial>', 'certificate serial in hex (as `openssl x509 -serial` prints it)')
     .option('--reason <reason>', REASON_HELP, 'unspecified')
     .action(async (serial: string, o: { reason: string }) => {
-      const r = (await rpc.revokeIdentity(cli.open(), { serial, reason: o.reason })).revoked!;
+      // As `openssl x509 -noout -serial` prints it: serial=1E40...
+      const r = (await rpc.revokeIdentity(cli.open(), { serial: serial.replace(/^serial=/i, ''), reason: o.reason })).revoked!;
       cli.out(identityJson(r), `revoked certificate ${r.serial} (${r.reason}) of builder ${r.ekHash || '?'}`);
     });
   revoke
@@ -118,6 +119,8 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
         const files = [
           o.out && `to ${o.out}`,
           o.sig && `signature to ${o.sig}`,
+          o.chain && `chain of root keys to ${o.chain}`,
+          o.pub && `its public key to ${o.pub}`,
           o.sigstoreOut && `sigstore form to ${o.sigstoreOut}`,
           o.sigstoreSig && `its signature to ${o.sigstoreSig}`,
         ].filter(Boolean);

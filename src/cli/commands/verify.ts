@@ -2,7 +2,7 @@ import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { rpc } from '../client.ts';
 import { parseKeyRef } from '../../keys/names.ts';
-import { chainHeadVersion, parseRootKeyChain, TRUST_ROOT_KEY, type RootKeyChain } from '../../revocation/root-key-chain.ts';
+import { chainHeadVersion, NO_CHAIN_TAKEN_AS, parseRootKeyChain, TRUST_ROOT_KEY, type RootKeyChain } from '../../revocation/root-key-chain.ts';
 import type { Algorithm as AlgorithmName } from '../../signers/signer.ts';
 import { MAX_ENVELOPE_BYTES, pae, parseEnvelope, type DsseEnvelope, type DsseSignature } from '../dsse.ts';
 import { readBounded } from '../files.ts';
@@ -76,7 +76,7 @@ async function verifiedRoot(o: VerifyOptions, cli: CliContext): Promise<{ signed
   } catch (err) {
     let msg = (err as Error).message;
     // Without a chain the only key is the pinned one; its version is not known, so do not name one.
-    if (noChain) msg = `${msg.replace(`${TRUST_ROOT_KEY}@1, the key the chain reaches from the pinned one`, 'the pinned key')} (if the root key was rotated since you pinned it, give the chain of root keys with --root-chain, as \`trusted-root get --chain\` writes it)`;
+    if (noChain) msg = `${msg.replace(` (${NO_CHAIN_TAKEN_AS}${TRUST_ROOT_KEY}@1)`, '')} (if the root key was rotated since you pinned it, give the chain of root keys with --root-chain, as \`trusted-root get --chain\` writes it)`;
     throw new VerifyFailure('root', msg);
   }
   return { signedBy: noChain ? null : root.keyVersion, followed: noChain ? null : root.followed, json: r.json, source };

@@ -92,7 +92,7 @@ test('a gap in the chain fails', () => {
   // The newest link missing: the chain ends before the key that signs.
   fails(input({ transitions: [link(2), link(3)] }), /chain from the pinned key ends at sigil\/trust-root@3: no statement introduces sigil\/trust-root@4 \(a gap in the chain\)/);
   // Pinned to v1 with the first link missing: v1 is not in the chain at all.
-  fails(input({ transitions: [link(3), link(4)] }), /pinned key is not in the chain/);
+  fails(input({ transitions: [link(3), link(4)] }), /pinned key is not any sigil\/trust-root version the daemon serves \(sigil\/trust-root@2 to sigil\/trust-root@4\): check the key given/);
 });
 
 test('a document signed by a key the chain does not reach fails', () => {
@@ -102,16 +102,21 @@ test('a document signed by a key the chain does not reach fails', () => {
   fails(input({ document: { json: doc, signature: sig(other, doc), keyVersion: `${KEY}@4` } }), /signature does not verify under sigil\/trust-root@4/);
   fails(input({ document: { json: Buffer.concat([doc, Buffer.from(' ')]), signature: sig(keys[3]!, doc), keyVersion: `${KEY}@4` } }), /does not verify/);
   // An unrelated pinned key with no chain served cannot vouch for the signer.
-  fails(input({ pinned: other.spki, transitions: [] }), /signature does not verify under sigil\/trust-root@4/);
+  fails(
+    input({ pinned: other.spki, transitions: [] }),
+    /signature does not verify under the pinned key \(no chain of root keys given, so taken as the signer sigil\/trust-root@4\): either it is no sigil\/trust-root version, or the trusted root or its signature was altered$/,
+  );
+  // With a chain served, an unrelated key is none of its versions, and the message says exactly that.
+  fails(input({ pinned: other.spki }), /^the pinned key is not any sigil\/trust-root version the daemon serves \(sigil\/trust-root@1 to sigil\/trust-root@4\): check the key given \(--root-key\)$/);
 });
 
 test('a pinned key that is compromised, or at or before a compromised version, fails and says to re-pin', () => {
   const compromised = [{ version: 2, spki: keys[1]!.spki }];
   // The daemon serves the chain from v3 on (the statement introducing v3 was signed by the compromised v2).
   fails(input({ pinned: keys[1]!.spki, transitions: [link(4)], compromised }), /pinned key is sigil\/trust-root@2, which was disabled as compromised: re-pin/);
-  fails(input({ pinned: keys[0]!.spki, transitions: [link(4)], compromised }), /sigil\/trust-root@2 was disabled as compromised, so a verifier pinned at or before it must re-pin/);
+  fails(input({ pinned: keys[0]!.spki, transitions: [link(4)], compromised }), /not any sigil\/trust-root version the daemon serves \(sigil\/trust-root@3 to sigil\/trust-root@4\): if it is a version from before sigil\/trust-root@2 was disabled as compromised, re-pin/);
   // Cut with nothing after it: only the current key verifies; an older pin is told to re-pin.
-  fails(input({ pinned: keys[0]!.spki, transitions: [], compromised: [{ version: 3, spki: keys[2]!.spki }] }), /@3 was disabled as compromised, so a verifier pinned at or before it must re-pin/);
+  fails(input({ pinned: keys[0]!.spki, transitions: [], compromised: [{ version: 3, spki: keys[2]!.spki }] }), /not any sigil\/trust-root version the daemon serves \(sigil\/trust-root@4\): if it is a version from before sigil\/trust-root@3 was disabled as compromised, re-pin/);
   assert.deepEqual(verifyRootChain(input({ pinned: keys[3]!.spki, transitions: [], compromised: [{ version: 3, spki: keys[2]!.spki }] })).followed, [4]);
   // A chain that still carries a link to a compromised version is refused even when it verifies.
   fails(input({ compromised: [{ version: 3, spki: keys[2]!.spki }] }), /reaches sigil\/trust-root@3, which was disabled as compromised/);
