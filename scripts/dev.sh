@@ -7,18 +7,21 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 DIR="${SIGIL_DEV_DIR:-$SIGIL_ROOT/.sigil-dev}"
-mkdir -p "$DIR"
-rm -f "$DIR/sigild.addr"
-node bin/sigild.js dev --data-dir "$DIR" --listen "${SIGIL_LISTEN:-127.0.0.1:0}" 2>>"$DIR/sigild.log" &
+# sigild dev refuses a directory another daemon serves before it touches anything there (address file, config,
+# log: it opens its log file only then), so nothing here removes or writes a file in "$DIR" before it has started;
+# only an address file newer than this start counts.
+stamp="$(mktemp)"
+node bin/sigild.js dev --data-dir "$DIR" --listen "${SIGIL_LISTEN:-127.0.0.1:0}" --log-file "$DIR/sigild.log" &
 pid=$!
 agent=""
-trap '[ -n "$agent" ] && kill $agent 2>/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+trap '[ -n "$agent" ] && kill $agent 2>/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -f "$stamp"' EXIT
+started() { [ -s "$DIR/sigild.addr" ] && [ "$DIR/sigild.addr" -nt "$stamp" ]; }
 for _ in $(seq 1 300); do
-  [ -s "$DIR/sigild.addr" ] && break
-  kill -0 $pid 2>/dev/null || { echo "sigild failed to start; its log:" >&2; tail -n 20 "$DIR/sigild.log" >&2; exit 1; }
+  started && break
+  kill -0 $pid 2>/dev/null || { echo "sigild dev did not start: see its message above (and $DIR/sigild.log if it got that far)" >&2; exit 1; }
   sleep 0.1
 done
-[ -s "$DIR/sigild.addr" ] || { echo "sigild did not start within 30 s; see $DIR/sigild.log" >&2; exit 1; }
+started || { echo "sigild did not start within 30 s; see $DIR/sigild.log" >&2; exit 1; }
 
 export SIGIL_ADDR="$(cat "$DIR/sigild.addr")" SIGIL_CACERT="$DIR/client/ca.pem" \
   SIGIL_CLIENT_CERT="$DIR/client/admin.pem" SIGIL_CLIENT_KEY="$DIR/client/admin-key.pem"

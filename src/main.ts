@@ -30,6 +30,7 @@ import { auditKeyOf } from './audit/audit-key.ts';
 import { isSigilError, SigilError } from './errors.ts';
 import { auditOriginOf, auditPathOf } from './store/backup.ts';
 import { OnlineArchiver } from './store/audit-archive.ts';
+import { lockStore, type StoreLock } from './store/store-lock.ts';
 import { dirname, join } from 'node:path';
 
 /** A running sigild: its address, and how to stop it. */
@@ -72,8 +73,23 @@ export interface ReloadOutcome {
   problems: string[];
 }
 
-/** Composition root: config -> store -> backends -> key service -> servers. */
-export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clock; configFile?: string } = {}): Promise<Daemon> {
+/**
+ * Composition root: store lock -> store -> backends -> key service -> servers. `storeLock`: the store's
+ * lock when the caller took it already (`sigild dev`, before preparing its directory); the daemon owns it from here
+ * and gives it up when it stops or fails to start.
+ */
+export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clock; configFile?: string; storeLock?: StoreLock } = {}): Promise<Daemon> {
+  // First: a second daemon on a store that is served must stop before it writes anything.
+  const lock = opts.storeLock ?? lockStore(cfg.store.sqlite.path);
+  try {
+    return await startLocked(cfg, opts, lock);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(cfg: Config, opts: { log?: Logger; clock?: Clock; configFile?: string }, lock: StoreLock): Promise<Daemon> {
   const log = opts.log ?? createLogger({ level: cfg.log.level });
   const audit = auditChannel(log);
   const production = cfg.mode === 'production';
@@ -104,7 +120,9 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
   let stopArchiving: (() => void) | null = null;
   try {
     // Open the default backend now: a wrong PIN or missing token should stop the start, not the first request.
-    await backends.get(cfg.defaultBackend);
+    await backends.get(cfg.defaultBackend).catch((err: unknown) => {
+      throw backendOpenFailure(cfg, cfg.defaultBackend, err);
+    });
     const opened = (auditLog = await openAuditLog(cfg, keys, backends, clock, log));
     lifecycle = new KeyLifecycle({
       store,
@@ -171,7 +189,7 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     await auditLog?.close();
     await backends.closeAll();
     store.close();
-    throw err;
+    throw keyExistsHint(cfg, err);
   }
   const audited = auditLog;
   const rootPublisher = trustedRoot;
@@ -361,24 +379,55 @@ export async function startDaemon(cfg: Config, opts: { log?: Logger; clock?: Clo
     },
     stop: () =>
       (stopping ??= (async () => {
-        await scheduler.stop();
-        revocations.stop();
-        identity?.close();
-        await grpc.stop();
-        if (checkpointTimer) clearInterval(checkpointTimer);
-        stopArchiving?.();
-        // A segment half-way is finished (or fails) before the log closes under it.
-        await archiver.stop();
-        // A checkpoint over everything written: the next start verifies up to here without reading it all.
-        if (audited.healthy) await audited.latestCheckpoint().catch((err: unknown) => log.warn({ err }, 'audit checkpoint at stop failed'));
-        await audited.close();
-        metricsServer?.server.close();
-        await backends.closeAll();
-        store.close();
-        log.info('sigild stopped');
-        log.flush();
+        try {
+          await scheduler.stop();
+          revocations.stop();
+          identity?.close();
+          await grpc.stop();
+          if (checkpointTimer) clearInterval(checkpointTimer);
+          stopArchiving?.();
+          // A segment half-way is finished (or fails) before the log closes under it.
+          await archiver.stop();
+          // A checkpoint over everything written: the next start verifies up to here without reading it all.
+          if (audited.healthy) await audited.latestCheckpoint().catch((err: unknown) => log.warn({ err }, 'audit checkpoint at stop failed'));
+          await audited.close();
+          metricsServer?.server.close();
+          await backends.closeAll();
+          store.close();
+          log.info('sigild stopped');
+          log.flush();
+        } finally {
+          // Last, once the store and the log are closed; also when a step above failed.
+          lock.release();
+        }
       })()),
   };
+}
+
+/**
+ * A backend that would not open at start, named with its type and, for PKCS#11, its token and PIN file (never
+ * the PIN): the backend's own message does not say which of several it is, nor where its PIN comes from.
+ */
+function backendOpenFailure(cfg: Config, name: string, err: unknown): unknown {
+  if (!isSigilError(err)) return err;
+  const b = cfg.backends[name];
+  if (!b) return err;
+  const where = b.type === 'pkcs11' ? `, token ${JSON.stringify(b.token)}, pin file ${b.pinFile}` : '';
+  const pinHint = b.type === 'pkcs11' && /PIN_INCORRECT|PIN_INVALID|PIN_LEN_RANGE|PIN_EXPIRED|PIN_LOCKED/.test(err.message) ? ` (the PIN is the whole of ${b.pinFile} less one trailing newline)` : '';
+  return new SigilError(err.code, `backend ${name} (${b.type}${where}): ${err.message}${pinHint}`, { cause: err });
+}
+
+/**
+ * A key sigil means to create at start (audit, identity CA, trusted root) already in the backend: the store in use
+ * does not know the backend's objects, most often because it is not the store that made them.
+ */
+function keyExistsHint(cfg: Config, err: unknown): unknown {
+  if (!isSigilError(err) || err.code !== 'KEY_EXISTS') return err;
+  return new SigilError(
+    err.code,
+    `${err.message}, but the store ${cfg.store.sqlite.path} does not record it: point store.sqlite.path at the store that made the backend's keys, or give a new store a new token (docs/operations.md, "One daemon per store")`,
+    { cause: err },
+  );
 }
 
 /** The verifier's view of the store's enrollment table. */

@@ -4,13 +4,13 @@ import { loadConfig } from '../config/load.ts';
 import { readServerTls } from '../config/tls-files.ts';
 import { startDaemon, type Daemon } from '../main.ts';
 import { prepareDevDir, writeAddrFile } from '../dev/dev.ts';
-import { launchSwtpm } from '../dev/swtpm.ts';
+import { launchSwtpm, stopLeftoverSwtpm } from '../dev/swtpm.ts';
 import { SigilError } from '../errors.ts';
 import { backupDaemonState } from '../store/backup.ts';
 import { archiveAuditLog } from '../store/audit-archive.ts';
 import { rekeyTpmKeys, type RekeyedKey } from './tpm-rekey.ts';
 import { systemClock } from '../clock.ts';
-import { createLogger } from '../log.ts';
+import { createLogger, type Logger } from '../log.ts';
 import { userInfo } from 'node:os';
 import { resolve as resolvePath } from 'node:path';
 
@@ -33,6 +33,12 @@ async function serveUntilSignal(daemon: Daemon, onStop?: () => void): Promise<vo
   });
 }
 
+/** An error's message on one line (a tool's output quoted in it can span many). */
+function oneLine(err: unknown): string {
+  const text = err instanceof Error ? err.message : String(err);
+  return text.split('\n').map((l) => l.trim()).filter(Boolean).join(' ').slice(0, 500) || 'failed';
+}
+
 /** The name of the operating-system user running the command (its uid where the system has no name for it). */
 function osUser(): string {
   try {
@@ -44,6 +50,8 @@ function osUser(): string {
 
 /** The `sigild` command line: serve, dev, backup, audit archive, tpm rekey, config validate. */
 export async function main(argv: string[]): Promise<void> {
+  // The daemon's log once `serve` or `dev` made it: where an unexpected failure's detail goes.
+  let daemonLog: Logger | null = null;
   const program = new Command('sigild')
     .description('sigil signing daemon: one gRPC signer API over PKCS#11 HSMs, TPM 2.0 and cloud KMS (AWS, GCP)')
     .showHelpAfterError()
@@ -61,7 +69,8 @@ export async function main(argv: string[]): Promise<void> {
       process.on('SIGHUP', remember);
       let daemon: Daemon;
       try {
-        daemon = await startDaemon(loadConfig(o.config), { configFile: resolvePath(o.config) });
+        const cfg = loadConfig(o.config);
+        daemon = await startDaemon(cfg, { configFile: resolvePath(o.config), log: (daemonLog = createLogger({ level: cfg.log.level })) });
       } finally {
         process.off('SIGHUP', remember);
       }
@@ -75,14 +84,26 @@ export async function main(argv: string[]): Promise<void> {
     .description('serve the embedded default: a SoftHSM2 token, a SQLite store, a development operator CA and a swtpm as the demo builder\'s TPM, under one data directory')
     .option('-d, --data-dir <dir>', 'data directory (created when missing)', '.sigil-dev')
     .option('-l, --listen <host:port>', 'where to listen; port 0 picks a free port, written to DIR/sigild.addr', '127.0.0.1:0')
-    .action(async (o: { dataDir: string; listen: string }) => {
+    .option('--log-file <file>', 'append the daemon\'s log to this file (opened once no other daemon serves DIR) instead of standard error')
+    .action(async (o: { dataDir: string; listen: string; logFile?: string }) => {
+      // Takes the store's lock before anything in the directory is touched (a second dev is refused there).
       const dev = await prepareDevDir(o.dataDir, o.listen);
-      const daemon = await startDaemon(loadConfig(dev.config), { configFile: resolvePath(dev.config) });
-      // The demo builder's TPM; sigild itself never talks to it (it verifies attestation in software).
-      const tpm = await launchSwtpm(dev.swtpmState).catch(async (err: unknown) => {
-        await daemon.stop();
+      let daemon: Daemon;
+      try {
+        const cfg = loadConfig(dev.config);
+        daemonLog = createLogger({ level: cfg.log.level, ...(o.logFile !== undefined ? { destination: resolvePath(o.logFile) } : {}) });
+        daemon = await startDaemon(cfg, { configFile: resolvePath(dev.config), storeLock: dev.lock, log: daemonLog });
+      } catch (err) {
+        dev.lock.release();
         throw err;
-      });
+      }
+      // The demo builder's TPM; sigild itself never talks to it (it verifies attestation in software).
+      const tpm = await stopLeftoverSwtpm(dev.swtpmPidFile, dev.swtpmState)
+        .then(() => launchSwtpm(dev.swtpmState, ['--pid', `file=${dev.swtpmPidFile}`]))
+        .catch(async (err: unknown) => {
+          await daemon.stop();
+          throw err;
+        });
       writeAddrFile(dev.tpmFile, tpm.tcti);
       writeAddrFile(dev.addrFile, daemon.address);
       process.stderr.write(
@@ -98,7 +119,7 @@ export async function main(argv: string[]): Promise<void> {
       await serveUntilSignal(daemon, () => {
         rmSync(dev.addrFile, { force: true });
         rmSync(dev.tpmFile, { force: true });
-        void tpm.stop();
+        void tpm.stop().then(() => rmSync(dev.swtpmPidFile, { force: true }));
       });
     });
 
@@ -219,6 +240,24 @@ export async function main(argv: string[]): Promise<void> {
       process.exitCode = err.code === 'CONFIG_INVALID' || err.code === 'INVALID_ARGUMENT' ? 2 : 1;
       return;
     }
-    throw err;
+    // Not one of sigil's errors (a tool that would not start, a bug): its detail (stack, cause) goes to the log,
+    // and one line to the operator.
+    const log = daemonLog ?? createLogger({ level: 'error' });
+    log.error({ err }, 'sigild failed');
+    // Written before the line below; a log that cannot flush (a file gone) does not hold it back for long.
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, 1000);
+      try {
+        log.flush(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      } catch {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    process.stderr.write(`sigild: ${oneLine(err)}\n`);
+    process.exitCode = 1;
   }
 }

@@ -50,13 +50,17 @@ export function parseConfig(text: string, file: string, opts: { checkFiles?: boo
   return result.data;
 }
 
+// Why a config file could not be read, in words, for the one line sigild prints.
+const READ_ERRORS: Readonly<Record<string, string>> = { ENOENT: 'no such file', EACCES: 'permission denied', EISDIR: 'it is a directory', ENOTDIR: 'a part of the path is not a directory' };
+
 /** Reads and validates a config file. */
 export function loadConfig(file: string, opts: { checkFiles?: boolean } = {}): Config {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new SigilError('CONFIG_INVALID', `cannot read config ${file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`, { cause: err });
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new SigilError('CONFIG_INVALID', `cannot read the config file ${file}: ${READ_ERRORS[code] ?? code}`, { cause: err });
   }
   return parseConfig(text, file, opts);
 }
@@ -83,6 +87,10 @@ function resolvePaths(node: Record<string, unknown>, path: string[], base: strin
       if (check && MUST_EXIST.has(k)) {
         try {
           accessSync(abs, constants.R_OK);
+          if (k === 'pinFile') {
+            const bad = pinFileProblem(abs);
+            if (bad) problems.push(`${[...path, k].join('.')}: ${bad}`);
+          }
         } catch {
           problems.push(`${[...path, k].join('.')}: cannot read ${abs}`);
         }
@@ -103,4 +111,15 @@ function resolvePaths(node: Record<string, unknown>, path: string[], base: strin
       resolvePaths(v as Record<string, unknown>, [...path, k], base, check, problems);
     }
   }
+}
+
+/**
+ * What is wrong with a PIN file's content, as the PKCS#11 backend reads it (the whole file less one trailing
+ * newline), without saying anything of the PIN: empty, or more than one line (an extra newline at the end).
+ */
+function pinFileProblem(file: string): string | null {
+  const pin = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  if (pin.length === 0) return `${file} is empty: put the token's user PIN in it`;
+  if (/[\r\n]/.test(pin)) return `${file} holds more than one line: the PIN is the whole file less one trailing newline`;
+  return null;
 }

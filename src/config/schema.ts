@@ -97,7 +97,8 @@ const builderRuleSchema = z.strictObject({
 
 const hostPort = z
   .string()
-  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:8443 (port 0 picks a free one)');
+  .regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:8443 (port 0 picks a free one)')
+  .refine((s) => Number(/:(\d{1,5})$/.exec(s)?.[1] ?? 0) <= 65535, 'the port must be 0 to 65535 (0 picks a free one)');
 
 /**
  * A role-mapping pattern matched against the client certificate: `cn:NAME`, `subject:RFC4514-DN`,

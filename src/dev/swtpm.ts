@@ -1,5 +1,5 @@
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer, connect } from 'node:net';
 import { join } from 'node:path';
@@ -95,6 +95,42 @@ export async function launchSwtpm(stateDir: string, extraArgs: string[] = []): P
   throw new Error(`could not start swtpm: ${String(lastErr)}`);
 }
 
+/**
+ * Stops the swtpm a killed `sigild dev` left running on `stateDir` (it holds the state's lock, so a new one could
+ * not start), found by the pid file it was started with (`--pid file=`): only a process that still is that swtpm
+ * (its command line names the state directory) gets SIGTERM, then SIGKILL after 3 s. The caller holds the data
+ * directory's lock, so no live `sigild dev` owns that swtpm. Where there is no /proc, nothing is stopped.
+ */
+export async function stopLeftoverSwtpm(pidFile: string, stateDir: string): Promise<void> {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(pidFile, 'utf8').trim());
+  } catch {
+    return;
+  }
+  // A zombie or a gone process has no command line; a reused pid has another one.
+  const isIt = (): boolean => {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      return /(^|\/)swtpm$/.test(cmd[0] ?? '') && cmd.includes(`dir=${stateDir}`);
+    } catch {
+      return false;
+    }
+  };
+  if (Number.isSafeInteger(pid) && pid > 1 && isIt()) {
+    for (const [signal, ms] of [['SIGTERM', 3000], ['SIGKILL', 2000]] as const) {
+      try {
+        process.kill(pid, signal);
+      } catch {
+        break;
+      }
+      const end = Date.now() + ms;
+      while (isIt() && Date.now() < end) await sleep(20);
+      if (!isIt()) break;
+    }
+  }
+  rmSync(pidFile, { force: true });
+}
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -13,6 +13,7 @@ import { auditKeyVersions } from '../audit/audit-key.ts';
 import type { Logger } from '../log.ts';
 import { auditOriginOf, auditPathOf } from './backup.ts';
 import type { KeyVersionState } from './store.ts';
+import { lockExclusive, lockStore } from './store-lock.ts';
 
 /** What `sigild audit archive` is asked for. */
 export interface ArchiveOptions {
@@ -64,8 +65,8 @@ export const SEGMENT_MAX = 262144;
 /**
  * Moves the oldest entries of the audit log of the daemon configured by `cfg` into segment files in
  * `o.outDir`, with the daemon stopped: refuses while anything holds the store or the audit file (and
- * holds the store exclusively meanwhile, so the daemon cannot start). Opens the log with its start-up
- * check (and waits for the full check), then per segment: writes it to a temp file, fsyncs, renames,
+ * holds the store's lock and the store exclusively meanwhile, so the daemon cannot start). Opens the log
+ * with its start-up check (and waits for the full check), then per segment: writes it to a temp file, fsyncs, renames,
  * fsyncs the directory, reads it back and verifies it with the audit key versions the store holds, and
  * only then removes the entries' data in one transaction, written ahead in the log as `audit.archive`.
  */
@@ -99,9 +100,18 @@ export async function withStoppedDaemon<T>(cfg: Config, o: { clock: Clock; log: 
   const auditPath = auditPathOf(cfg);
   if (!existsSync(auditPath)) throw new SigilError('FAILED_PRECONDITION', `the audit log ${auditPath} does not exist: is this the config the daemon runs with?`);
   if (!existsSync(cfg.store.sqlite.path)) throw new SigilError('FAILED_PRECONDITION', `the store ${cfg.store.sqlite.path} does not exist: is this the config the daemon runs with?`);
-  const store = lockExclusive(cfg.store.sqlite.path, 'store', o.doing);
+  // The store's lock first (a running sigild is refused by name and pid); the files themselves too, in case
+  // anything else has them open.
+  const held = lockStore(cfg.store.sqlite.path);
+  let store: DatabaseSync;
   try {
-    lockExclusive(auditPath, 'audit log', o.doing).close();
+    store = exclusive(cfg.store.sqlite.path, 'store', o.doing);
+  } catch (err) {
+    held.release();
+    throw err;
+  }
+  try {
+    exclusive(auditPath, 'audit log', o.doing).close();
     const { key, verifyKeys } = storedAuditKey(store, cfg.audit.key);
     const log = AuditLog.open({ path: auditPath, origin: auditOriginOf(cfg), key, clock: o.clock, log: o.log, fullCheckAtStartMax: cfg.audit.fullCheckAtStartMax });
     try {
@@ -111,6 +121,7 @@ export async function withStoppedDaemon<T>(cfg: Config, o: { clock: Clock; log: 
     }
   } finally {
     store.close();
+    held.release();
   }
 }
 
@@ -150,22 +161,11 @@ export function segmentFileName(start: number, end: number): string {
   return `audit-${String(start).padStart(15, '0')}-${String(end).padStart(15, '0')}.segment`;
 }
 
-/**
- * Opens `path` with SQLite's exclusive locking mode and takes the write lock: refused when any other
- * connection (the daemon) has the file open; once taken, nobody else can open it until this one closes.
- */
-function lockExclusive(path: string, what: string, doing: string): DatabaseSync {
-  const db = new DatabaseSync(path);
-  try {
-    db.exec('PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;');
-    return db;
-  } catch (err) {
-    db.close();
-    if (/locked|busy/i.test(String((err as { message?: unknown }).message))) {
-      throw new SigilError('FAILED_PRECONDITION', `the ${what} ${path} is in use: stop sigild before ${doing} (docs/operations.md)`, { cause: err });
-    }
-    throw new SigilError('BACKEND_ERROR', `cannot open the ${what} ${path}`, { cause: err });
-  }
+/** `lockExclusive` of one of the daemon's files, refused with a message when anything (the daemon) has it open. */
+function exclusive(path: string, what: string, doing: string): DatabaseSync {
+  const db = lockExclusive(path);
+  if (db === null) throw new SigilError('FAILED_PRECONDITION', `the ${what} ${path} is in use: stop sigild before ${doing} (docs/operations.md)`);
+  return db;
 }
 
 /**

@@ -125,7 +125,7 @@ async function prepareOut(outDir: string): Promise<void> {
   await chmod(outDir, 0o700);
 }
 
-/** SQLite's online backup of `from` into `to`, then an integrity check of the copy. */
+/** SQLite's online backup of `from` into `to` as a single file (no -wal or -shm), then an integrity check of the copy. */
 async function snapshot(from: string, to: string, what: string): Promise<void> {
   if (!existsSync(from)) throw new SigilError('FAILED_PRECONDITION', `the ${what} ${from} does not exist: is this the config the daemon runs with?`);
   const src = new DatabaseSync(from, { readOnly: true });
@@ -135,6 +135,15 @@ async function snapshot(from: string, to: string, what: string): Promise<void> {
     throw new SigilError('BACKEND_ERROR', `could not copy the ${what} ${from}`, { cause: err });
   } finally {
     src.close();
+  }
+  // The copy carries the source's WAL mode, in which every later open (the checks below, a restore's first
+  // look) leaves -wal and -shm files beside it: a rollback journal makes it one self-contained file. The
+  // daemon puts a restored file back in WAL mode when it opens it.
+  const rw = new DatabaseSync(to);
+  try {
+    rw.exec('PRAGMA journal_mode = DELETE');
+  } finally {
+    rw.close();
   }
   const copy = new DatabaseSync(to, { readOnly: true });
   try {

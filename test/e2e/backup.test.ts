@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pino } from 'pino';
@@ -63,6 +63,10 @@ describe('sigild backup, and a daemon restored from it', { skip: skip ?? false }
     assert.equal((await stat(out())).mode & 0o777, 0o700);
     const m = JSON.parse(await readFile(join(out(), 'manifest.json'), 'utf8')) as BackupManifest;
     assert.deepEqual(m.files.map((f) => f.path).sort(), ['audit.db', 'sigil.db']);
+    // Only what the manifest lists (no -wal or -shm beside the copies), every file 0600.
+    const listed = (await readdir(out())).sort();
+    assert.deepEqual(listed, ['audit.db', 'manifest.json', 'sigil.db']);
+    for (const f of listed) assert.equal((await stat(join(out(), f))).mode & 0o777, 0o600, f);
     for (const f of m.files) {
       const data = await readFile(join(out(), f.path));
       assert.equal(createHash('sha256').update(data).digest('hex'), f.sha256, f.path);

@@ -70,7 +70,7 @@ describe('sigild tpm rekey', { skip: skip ?? false }, () => {
   test('refused while the daemon runs, changing nothing', async () => {
     const r = await sigild(['tpm', 'rekey', '--config', td.configFile]);
     assert.equal(r.code, 1, r.stdout);
-    assert.match(r.stderr, /^sigild: the store .*sigil\.db is in use: stop sigild before changing tpm authValues \(docs\/operations\.md\)\n$/);
+    assert.match(r.stderr, /^sigild: the store .*sigil\.db is in use by another sigild \(pid \d+\): stop it first\n$/);
     assert.equal((await KeyTable.open(stateDir)).get('legacy-board-v1')!.auth, undefined);
   });
 

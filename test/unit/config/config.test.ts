@@ -135,3 +135,19 @@ test('audit.archiveDir must be an absolute path, archiveAlign a power of two, ar
   const every = parseConfig(withAudit('{ archiveDir: /a, archiveEvery: 30d, archiveKeep: 1000 }'), '/srv/sigil/config.yaml');
   assert.deepEqual([every.audit.archiveEvery, every.audit.archiveKeep], [30 * 86_400_000, 1000]);
 });
+
+test('listen ports: 0 to 65535; above is one problem naming the range, a malformed address only the host:port one', () => {
+  assert.equal(parseConfig(base.replace('listen: 127.0.0.1:0', 'listen: 127.0.0.1:65535'), '/c.yaml').listen, '127.0.0.1:65535');
+  const problems = (listen: string): string[] => {
+    try {
+      parseConfig(base.replace('listen: 127.0.0.1:0', `listen: "${listen}"`), '/c.yaml');
+    } catch (err) {
+      if (err instanceof ConfigProblems) return err.problems;
+      throw err;
+    }
+    return [];
+  };
+  assert.deepEqual(problems('127.0.0.1:65536'), ['listen: the port must be 0 to 65535 (0 picks a free one)']);
+  assert.deepEqual(problems('[::1]:99999'), ['listen: the port must be 0 to 65535 (0 picks a free one)']);
+  assert.deepEqual(problems('nowhere'), ['listen: must be host:port, e.g. 127.0.0.1:8443 (port 0 picks a free one)']);
+});
