@@ -31,7 +31,7 @@ import { isSigilError, SigilError } from './errors.ts';
 import { auditOriginOf, auditPathOf } from './store/backup.ts';
 import { OnlineArchiver } from './store/audit-archive.ts';
 import { lockStore, type StoreLock } from './store/store-lock.ts';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 
 /** A running sigild: its address, and how to stop it. */
 export interface Daemon {
@@ -183,6 +183,7 @@ async function startLocked(cfg: Config, opts: { log?: Logger; clock?: Clock; con
       // The log is read over the daemon's own gRPC address, known once it listens.
       auditLog: { key: cfg.audit.key, baseUrl: () => `https://${grpcAddress}` },
       reservedKeys: [...(identity ? [identity.keyName] : []), cfg.audit.key],
+      validityMs: cfg.trustedRoot.validity,
     });
   } catch (err) {
     identity?.close();
@@ -268,6 +269,7 @@ async function startLocked(cfg: Config, opts: { log?: Logger; clock?: Clock; con
   const address = `${host}:${grpc.port}`;
   grpcAddress = address;
   revocations.start();
+  rootPublisher.start();
   log.info({ address, metrics: metricsAddress, mode: cfg.mode, backends: backends.names() }, 'sigild serving');
   let stopping: Promise<void> | null = null;
   let running = cfg;
@@ -382,6 +384,7 @@ async function startLocked(cfg: Config, opts: { log?: Logger; clock?: Clock; con
         try {
           await scheduler.stop();
           revocations.stop();
+          rootPublisher.stop();
           identity?.close();
           await grpc.stop();
           if (checkpointTimer) clearInterval(checkpointTimer);

@@ -71,7 +71,8 @@ export function readWholeMessage(path: string, option: string, max: number, limi
 
 /**
  * Reads a file of at most `max` bytes, refusing a larger one before reading it (MESSAGE_TOO_LARGE naming
- * `what`); reads through one descriptor, so a file that grows meanwhile is still cut off at `max + 1`.
+ * `what`); reads through one descriptor, so a file that grows meanwhile is still cut off at `max + 1`. A pipe,
+ * FIFO or character device (no size to go by) is read in chunks until its end, refused once it passes `max`.
  */
 export function readBounded(path: string, max: number, what: string): Buffer {
   const fd = openSync(path, 'r');
@@ -81,8 +82,8 @@ export function readBounded(path: string, max: number, what: string): Buffer {
     const tooLarge = (): never => {
       throw new SigilError('MESSAGE_TOO_LARGE', `${what} ${path} is larger than ${max / 1048576} MiB`);
     };
-    if (st.size > max) tooLarge();
     if (!st.isFile()) return readStream(fd, max, tooLarge);
+    if (st.size > max) tooLarge();
     const buf = Buffer.alloc(Math.min(st.size, max) + 1);
     let n = 0;
     for (;;) {
@@ -100,18 +101,20 @@ export function readBounded(path: string, max: number, what: string): Buffer {
   }
 }
 
-/** A pipe or device (no size to go by, e.g. /dev/stdin) read to its end, up to `max` bytes. */
+/** Reads a descriptor without a size (a pipe, a FIFO) to its end in chunks, at most `max + 1` bytes in memory. */
 function readStream(fd: number, max: number, tooLarge: () => never): Buffer {
   const chunks: Buffer[] = [];
+  // One scratch buffer, copied out by what each read gave (a pipe gives 64 KiB at a time, often less).
+  const scratch = Buffer.allocUnsafe(1 << 20);
   let n = 0;
   for (;;) {
-    const chunk = Buffer.alloc(1 << 20);
-    const r = readSync(fd, chunk, 0, chunk.length, null);
-    if (r === 0) return Buffer.concat(chunks, n);
+    const r = readSync(fd, scratch, 0, Math.min(scratch.length, max + 1 - n), null);
+    if (r === 0) break;
+    chunks.push(Buffer.from(scratch.subarray(0, r)));
     n += r;
     if (n > max) tooLarge();
-    chunks.push(chunk.subarray(0, r));
   }
+  return Buffer.concat(chunks, n);
 }
 
 /**

@@ -5,7 +5,7 @@ import type { Algorithm as AlgorithmName } from '../signers/signer.ts';
 import { HASH_OF, readBounded, streamFile } from './files.ts';
 
 /** Which check of `sigilctl verify` failed; `--output json` reports it as `check`. */
-export type VerifyCheck = 'root' | 'key-version' | 'algorithm' | 'revoked' | 'validity' | 'signature' | 'payload-type' | 'envelope';
+export type VerifyCheck = 'root' | 'root-expired' | 'key-version' | 'algorithm' | 'revoked' | 'validity' | 'signature' | 'payload-type' | 'envelope';
 
 /** A check that did not pass: exit code 1 and a one-line message that says which. */
 export class VerifyFailure extends Error {
@@ -63,11 +63,8 @@ function keyFits(alg: AlgorithmName, key: KeyObject): boolean {
   }
 }
 
-/**
- * Finds key version `ref` (`name@N`) in a verified trusted root's `sigilKeyVersions` and checks its algorithm:
- * one sigil offers, the one `expected` names when given, fitting its public key and the `keyDetails` listed.
- */
-export function findKeyVersion(rootJson: Buffer, ref: string, expected: AlgorithmName | null): RootKeyVersion {
+/** The `sigilKeyVersions` entries of a verified trusted root. */
+function listedVersions(rootJson: Buffer): Array<Record<string, unknown>> {
   let doc: unknown;
   try {
     doc = JSON.parse(rootJson.toString('utf8'));
@@ -76,15 +73,19 @@ export function findKeyVersion(rootJson: Buffer, ref: string, expected: Algorith
   }
   const list = (doc as { sigilKeyVersions?: unknown } | null)?.sigilKeyVersions;
   if (!Array.isArray(list)) return malformed('no sigilKeyVersions');
-  const e = list.find((x) => typeof x === 'object' && x !== null && (x as { hint?: unknown }).hint === ref) as Record<string, unknown> | undefined;
-  if (!e) {
-    const name = ref.slice(0, ref.lastIndexOf('@'));
-    const others = list.map((x) => (x as { hint?: unknown }).hint).filter((h): h is string => typeof h === 'string' && h.startsWith(`${name}@`));
-    throw new VerifyFailure(
-      'key-version',
-      `unknown key version: ${ref} is not in the trusted root (${others.length ? `it lists ${others.join(', ')}` : `it lists no version of ${name}`}; versions below the key's minimum verify version are left out)`,
-    );
-  }
+  return list.filter((x): x is Record<string, unknown> => typeof x === 'object' && x !== null);
+}
+
+/** The failure for a key version (`ref`), or any version of a key (`ref` null), that the trusted root does not list. */
+function unknownVersion(list: ReadonlyArray<Record<string, unknown>>, name: string, ref: string | null): VerifyFailure {
+  const others = list.map((x) => x.hint).filter((h): h is string => typeof h === 'string' && h.startsWith(`${name}@`));
+  const why = "versions below the key's minimum verify version are left out";
+  if (ref === null) return new VerifyFailure('key-version', `unknown key: the trusted root lists no version of ${name} (${why})`);
+  return new VerifyFailure('key-version', `unknown key version: ${ref} is not in the trusted root (${others.length ? `it lists ${others.join(', ')}` : `it lists no version of ${name}`}; ${why})`);
+}
+
+/** Decodes one listed key version `ref` and checks its algorithm (see findKeyVersion). */
+function decodeVersion(e: Record<string, unknown>, ref: string, expected: AlgorithmName | null): RootKeyVersion {
   const alg = e.algorithm as AlgorithmName;
   if (!ALGORITHMS.includes(alg)) throw new VerifyFailure('algorithm', `wrong algorithm: ${ref} is listed with algorithm ${JSON.stringify(e.algorithm)}, which sigilctl does not know`);
   if (expected !== null && alg !== expected) throw new VerifyFailure('algorithm', `wrong algorithm: ${ref} is ${alg}, not ${expected} (--alg)`);
@@ -109,6 +110,30 @@ export function findKeyVersion(rootJson: Buffer, ref: string, expected: Algorith
     start: time(pk.validFor?.start, `${ref}'s validFor.start`),
     end: pk.validFor?.end === undefined ? null : time(pk.validFor.end, `${ref}'s validFor.end`),
   };
+}
+
+/**
+ * Finds key version `ref` (`name@N`) in a verified trusted root's `sigilKeyVersions` and checks its algorithm:
+ * one sigil offers, the one `expected` names when given, fitting its public key and the `keyDetails` listed.
+ */
+export function findKeyVersion(rootJson: Buffer, ref: string, expected: AlgorithmName | null): RootKeyVersion {
+  const list = listedVersions(rootJson);
+  const e = list.find((x) => x.hint === ref);
+  if (!e) throw unknownVersion(list, ref.slice(0, ref.lastIndexOf('@')), ref);
+  return decodeVersion(e, ref, expected);
+}
+
+/**
+ * Every version of key `name` a verified trusted root lists, oldest first, each decoded and checked as
+ * findKeyVersion does; a VerifyFailure (`key-version`) when it lists none.
+ */
+export function findKeyVersions(rootJson: Buffer, name: string, expected: AlgorithmName | null): RootKeyVersion[] {
+  const list = listedVersions(rootJson);
+  const mine = list
+    .filter((x) => x.keyName === name && typeof x.version === 'number' && x.hint === `${name}@${x.version}`)
+    .sort((a, b) => (a.version as number) - (b.version as number));
+  if (mine.length === 0) throw unknownVersion(list, name, null);
+  return mine.map((e) => decodeVersion(e, e.hint as string, expected));
 }
 
 /**
@@ -145,49 +170,64 @@ function verifyKey(v: RootKeyVersion): VerifyKeyObjectInput {
   }
 }
 
-function badSignature(v: RootKeyVersion, what: string, sig: Buffer): VerifyFailure {
+function badSignature(versions: readonly RootKeyVersion[], what: string, sig: Buffer): VerifyFailure {
+  const v = versions[0]!;
   // A P1363 (r||s) ECDSA signature from another tool is a common mix-up: say so rather than only "bad".
   const size = v.algorithm === 'ECDSA_P256_SHA256' ? 64 : v.algorithm === 'ECDSA_P384_SHA384' ? 96 : 0;
   const hint = size !== 0 && sig.length === size && sig[0] !== 0x30 ? ' (it looks like a raw r||s signature: sigil writes ECDSA signatures DER-encoded)' : '';
-  return new VerifyFailure('signature', `bad signature: ${what} does not verify under ${v.hint} (${v.algorithm})${hint}`);
+  const under = versions.length === 1 ? v.hint : `any of ${versions.map((x) => x.hint).join(', ')}`;
+  return new VerifyFailure('signature', `bad signature: ${what} does not verify under ${under} (${v.algorithm})${hint}`);
+}
+
+function verifies(v: RootKeyVersion, message: Buffer, sig: Buffer): boolean {
+  const hash = HASH_OF[v.algorithmId] ?? null;
+  try {
+    return cryptoVerify(hash, message, hash === null ? v.key : verifyKey(v), sig);
+  } catch {
+    return false;
+  }
 }
 
 /** Verifies a signature over a message held in memory (a DSSE PAE): the algorithm's hash, or Ed25519 over the whole message. */
 export function verifyMessage(v: RootKeyVersion, message: Buffer, sig: Buffer, what: string): void {
-  const hash = HASH_OF[v.algorithmId] ?? null;
-  let ok: boolean;
-  try {
-    ok = cryptoVerify(hash, message, hash === null ? v.key : verifyKey(v), sig);
-  } catch {
-    ok = false;
-  }
-  if (!ok) throw badSignature(v, what, sig);
+  if (!verifies(v, message, sig)) throw badSignature([v], what, sig);
 }
 
 /**
- * Verifies a raw signature over a file: ECDSA and RSA hash it while streaming it from disk (the loop `sign`
- * hashes with, progress bar included); Ed25519 reads it whole. Returns its size and digest (the algorithm's
- * hash; SHA-256 for Ed25519).
+ * Verifies a raw signature over a file under each of `versions` (one key's versions, so one algorithm), reading
+ * the file once: ECDSA and RSA hash it while streaming it from disk (the loop `sign` hashes with, progress bar
+ * included); Ed25519 reads it whole. Returns the first version it verifies under, the file's size and digest
+ * (the algorithm's hash; SHA-256 for Ed25519); a `signature` VerifyFailure naming every version tried when none.
  */
-export async function verifyFile(v: RootKeyVersion, path: string, sig: Buffer, showProgress: boolean): Promise<{ bytes: number; digest: { algorithm: string; hex: string } }> {
-  const hash = HASH_OF[v.algorithmId] ?? null;
+export async function verifyFile(
+  versions: readonly RootKeyVersion[],
+  path: string,
+  sig: Buffer,
+  showProgress: boolean,
+): Promise<{ keyVersion: RootKeyVersion; bytes: number; digest: { algorithm: string; hex: string } }> {
+  const first = versions[0];
+  if (first === undefined) throw new Error('verifyFile needs a key version');
+  const hash = HASH_OF[first.algorithmId] ?? null;
+  if (versions.some((v) => (HASH_OF[v.algorithmId] ?? null) !== hash)) throw new Error('verifyFile takes versions of one algorithm');
   if (hash === null) {
     const message = readBounded(path, MAX_WHOLE_MESSAGE, 'the file');
-    verifyMessage(v, message, sig, path);
-    return { bytes: message.length, digest: { algorithm: 'sha256', hex: createHash('sha256').update(message).digest('hex') } };
+    const by = versions.find((v) => verifies(v, message, sig));
+    if (by === undefined) throw badSignature(versions, path, sig);
+    return { keyVersion: by, bytes: message.length, digest: { algorithm: 'sha256', hex: createHash('sha256').update(message).digest('hex') } };
   }
-  const verifier = createVerify(hash);
+  const verifiers = versions.map(() => createVerify(hash));
   const h = createHash(hash);
   const bytes = await streamFile(path, showProgress, (c) => {
-    verifier.update(c);
+    for (const v of verifiers) v.update(c);
     h.update(c);
   });
-  let ok: boolean;
-  try {
-    ok = verifier.verify(verifyKey(v), sig);
-  } catch {
-    ok = false;
-  }
-  if (!ok) throw badSignature(v, path, sig);
-  return { bytes, digest: { algorithm: hash, hex: h.digest('hex') } };
+  const by = versions.find((v, i) => {
+    try {
+      return verifiers[i]!.verify(verifyKey(v), sig);
+    } catch {
+      return false;
+    }
+  });
+  if (by === undefined) throw badSignature(versions, path, sig);
+  return { keyVersion: by, bytes, digest: { algorithm: hash, hex: h.digest('hex') } };
 }

@@ -167,6 +167,13 @@ export const configSchema = z.strictObject({
       schedulerInterval: duration.default(30_000),
     })
     .prefault({}),
+  /** The signed trusted root verifiers consume. */
+  trustedRoot: z
+    .strictObject({
+      /** From a document's issue time to its expiry (`sigilExpiresAt`); a fresh one is signed when half of it is gone and at every change. */
+      validity: duration.default(7 * 24 * HOUR),
+    })
+    .prefault({}),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
 }).superRefine((cfg, ctx) => {
   if (!(cfg.defaultBackend in cfg.backends)) {
@@ -209,6 +216,12 @@ export const configSchema = z.strictObject({
   }
   if (!cfg.identity && cfg.authorization.builders.length > 0) {
     ctx.addIssue({ code: 'custom', path: ['authorization', 'builders'], message: 'builder rules need the identity section (identity.trustDomain)' });
+  }
+  if (cfg.trustedRoot.validity < 60_000 || cfg.trustedRoot.validity > 90 * 24 * HOUR) {
+    ctx.addIssue({ code: 'custom', path: ['trustedRoot', 'validity'], message: 'must be between 1m and 90d' });
+  }
+  if (cfg.mode === 'production' && cfg.trustedRoot.validity < HOUR) {
+    ctx.addIssue({ code: 'custom', path: ['trustedRoot', 'validity'], message: 'must be at least 1h in production mode' });
   }
   const k = cfg.keys;
   if (cfg.mode === 'production' && k.minDestroyWindow < 24 * HOUR) {

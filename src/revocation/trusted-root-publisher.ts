@@ -7,7 +7,7 @@ import type { Clock } from '../clock.ts';
 import type { Store } from '../store/store.ts';
 import { keyVersionRef } from '../keys/names.ts';
 import { serializeRootKeyChain, TRUST_ROOT_KEY, transitionStatement, type RootKeyChain } from './root-key-chain.ts';
-import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, sigstoreTrustedRoot, type IdentityCaGeneration, type TrustedRootDocument } from './trusted-root.ts';
+import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, sigstoreTrustedRoot, type IdentityCaGeneration, type TrustedRootInput } from './trusted-root.ts';
 
 /** The trusted root as served: the exact JSON bytes, a detached signature over them and the root public key. */
 export interface SignedTrustedRoot {
@@ -39,29 +39,38 @@ export interface TrustedRootPublisherOptions {
   rootKey?: string;
   /** The backend of a newly created root key; the key service's default when absent. */
   backend?: string;
+  /** From a document's issue time to its expiry; default 7 days. A fresh document is signed when half of it is gone. */
+  validityMs?: number;
 }
+
+/** How long a signed trusted root stays valid unless configured (`trustedRoot.validity`). */
+export const DEFAULT_TRUSTED_ROOT_VALIDITY_MS = 7 * 24 * 3_600_000;
 
 export { TRUST_ROOT_KEY };
 
 /**
  * Publishes the signed trusted root, in two forms: with sigil's key versions and Sigstore's schema only.
  * The root key (ECDSA P-256, created on first start) signs each distinct document once with its primary
- * version: the document is rebuilt from the key registry on every
- * read and signed again only when its bytes or the primary version changed, so an open endpoint cannot make
- * the backend sign at will. It also keeps the chain of root keys: one transition statement per version >= 2,
+ * version: the document is rebuilt from the key registry on every read and signed again only when its
+ * content or the primary version changed, or half of its validity (`sigilIssuedAt` to `sigilExpiresAt`) is
+ * gone, so an open endpoint cannot make the backend sign at will; a timer (`start`) keeps it fresh without
+ * reads. It also keeps the chain of root keys: one transition statement per version >= 2,
  * made when the key is rotated (or at the next start, if a crash came between).
  */
 export class TrustedRootPublisher {
   readonly #o: TrustedRootPublisherOptions;
   readonly #rootKey: string;
-  #last: Promise<SignedTrustedRoot> | null = null;
-  #lastJson: Buffer | null = null;
-  #lastVersion = 0;
+  readonly #validity: number;
+  /** The document signed last (or being signed): its bytes, times, root key version and signature. */
+  #last: { json: Buffer; issuedAt: Date; expiresAt: Date; version: number; p: Promise<SignedTrustedRoot> } | null = null;
   #making: Promise<unknown> = Promise.resolve();
+  #timer: NodeJS.Timeout | null = null;
 
   private constructor(o: TrustedRootPublisherOptions) {
     this.#o = o;
     this.#rootKey = o.rootKey ?? TRUST_ROOT_KEY;
+    this.#validity = o.validityMs ?? DEFAULT_TRUSTED_ROOT_VALIDITY_MS;
+    if (!(this.#validity >= 60_000)) throw new SigilError('CONFIG_INVALID', 'the trusted root validity must be at least a minute');
   }
 
   /** Opens the publisher, creating the root key on the first start. */
@@ -91,21 +100,51 @@ export class TrustedRootPublisher {
     return { keyVersion: r.keyVersion, statements };
   }
 
-  /** The current document and its signature, always by the root key's primary version. */
+  /**
+   * The current document and its signature, always by the root key's primary version. The last one signed is
+   * served while its content and signer are unchanged and less than half of its validity is gone; otherwise a
+   * new one is issued now. Building the document and recording it as the last one is one synchronous step, so
+   * a refresh and a read after a change cannot leave an older document in place of a newer one.
+   */
   async current(): Promise<SignedTrustedRoot> {
-    const doc = this.#document();
-    const json = serializeTrustedRoot(doc);
+    const input = this.#input();
+    const now = this.#o.clock.now();
     const primary = this.#o.keys.getKey(this.#rootKey).primaryVersion;
-    if (this.#last !== null && this.#lastJson !== null && this.#lastJson.equals(json) && this.#lastVersion === primary) {
-      const last = this.#last;
-      const r = await last.catch(() => null);
-      if (r !== null) return r;
+    const last = this.#last;
+    // A clock stepped back behind the last issue time also gets a new document (its issue time would be in the future).
+    if (last !== null && last.version === primary && now.getTime() >= last.issuedAt.getTime() && now.getTime() < last.issuedAt.getTime() + this.#validity / 2) {
+      if (serializeTrustedRoot(buildTrustedRoot({ ...input, issuedAt: last.issuedAt, expiresAt: last.expiresAt })).equals(last.json)) {
+        const r = await last.p.catch(() => null);
+        if (r !== null) return r;
+        // Failed: sign again, unless another call already did meanwhile.
+        if (this.#last !== last) return this.current();
+      }
     }
+    // Whole seconds: the times read as proto JSON Timestamps do.
+    const issuedAt = new Date(Math.floor(now.getTime() / 1000) * 1000);
+    const expiresAt = new Date(issuedAt.getTime() + this.#validity);
+    const doc = buildTrustedRoot({ ...input, issuedAt, expiresAt });
+    const json = serializeTrustedRoot(doc);
     const p = this.#sign(json, serializeTrustedRoot(sigstoreTrustedRoot(doc)), primary);
-    this.#last = p;
-    this.#lastJson = json;
-    this.#lastVersion = primary;
+    this.#last = { json, issuedAt, expiresAt, version: primary, p };
     return p;
+  }
+
+  /** Keeps the document fresh without reads: checks every quarter of its validity (at most hourly) and signs anew when `current` would. */
+  start(): void {
+    if (this.#timer !== null) return;
+    const tick = (): void => {
+      this.current().catch((err: unknown) => this.#o.log.error({ err }, 'trusted root refresh failed'));
+      this.#timer = setTimeout(tick, Math.min(this.#validity / 4, 3_600_000));
+      this.#timer.unref();
+    };
+    tick();
+  }
+
+  /** Stops the refresh timer. */
+  stop(): void {
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
   }
 
   /**
@@ -182,7 +221,7 @@ export class TrustedRootPublisher {
     return out;
   }
 
-  #document(): TrustedRootDocument {
+  #input(): Omit<TrustedRootInput, 'issuedAt' | 'expiresAt'> {
     const o = this.#o;
     let auditLog = null;
     if (o.auditLog) {
@@ -196,7 +235,7 @@ export class TrustedRootPublisher {
       }
     }
     const keys = o.keys.listKeys('');
-    return buildTrustedRoot({ identityCa: o.identityCa ? o.identityCa() : null, auditLog, keyVersions: keyVersionsOf(keys, [...o.reservedKeys, this.#rootKey]) });
+    return { identityCa: o.identityCa ? o.identityCa() : null, auditLog, keyVersions: keyVersionsOf(keys, [...o.reservedKeys, this.#rootKey]) };
   }
 
   async #sign(json: Buffer, sigstoreJson: Buffer, version: number): Promise<SignedTrustedRoot> {

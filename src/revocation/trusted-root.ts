@@ -1,4 +1,5 @@
 import { createHash, createPublicKey, X509Certificate } from 'node:crypto';
+import { SigilError } from '../errors.ts';
 import type { Algorithm } from '../signers/signer.ts';
 import type { KeyRecord } from '../store/store.ts';
 
@@ -48,6 +49,10 @@ export interface TrustedRootInput {
   /** The audit log and every version of its checkpoint key, when the daemon has one. */
   auditLog: { baseUrl: string; algorithm: Algorithm; versions: readonly AuditLogKeyVersion[] } | null;
   keyVersions: readonly TrustedKeyVersion[];
+  /** When the document is signed: it becomes `sigilIssuedAt`. */
+  issuedAt: Date;
+  /** When verifiers stop trusting it (`sigilExpiresAt`): the daemon signs a fresh one long before. */
+  expiresAt: Date;
 }
 
 /** sigstore_common.proto TimeRange in proto JSON: RFC 3339 strings. */
@@ -89,8 +94,15 @@ export interface SigstoreTrustedRoot {
   timestampAuthorities: never[];
 }
 
-/** The trusted-root document: Sigstore's TrustedRoot in proto JSON, plus sigil's key versions. */
+/** The trusted-root document: Sigstore's TrustedRoot in proto JSON, plus sigil's issue and expiry times and key versions. */
 export interface TrustedRootDocument extends SigstoreTrustedRoot {
+  /** When the daemon signed this document (RFC 3339); a sigil extension like `sigilKeyVersions`. */
+  sigilIssuedAt: string;
+  /**
+   * After this time (RFC 3339) verifiers refuse the document, TUF style: an older genuine root, from before a
+   * key version was disabled as compromised, cannot be replayed for longer than its validity.
+   */
+  sigilExpiresAt: string;
   /**
    * Artifact-signing key versions. Not a TrustedRoot field: sigstore verifiers that ignore unknown fields
    * skip it, and no signing key ever appears under tlogs, ctlogs or an authority.
@@ -99,12 +111,21 @@ export interface TrustedRootDocument extends SigstoreTrustedRoot {
 }
 
 /**
- * Builds the trusted-root document (a pure function of its input): each identity CA generation under
+ * Builds the trusted-root document (a pure function of its input): its issue and expiry times, each identity CA generation under
  * certificateAuthorities with its window, the audit log under tlogs (one per audit key version, each with its window), every verifiable key version with its validity
  * window under `sigilKeyVersions`, all sorted so the same input gives the same bytes.
  */
 export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
-  const doc: TrustedRootDocument = { mediaType: TRUSTED_ROOT_MEDIA_TYPE, tlogs: [], certificateAuthorities: [], ctlogs: [], timestampAuthorities: [], sigilKeyVersions: [] };
+  const doc: TrustedRootDocument = {
+    mediaType: TRUSTED_ROOT_MEDIA_TYPE,
+    sigilIssuedAt: rfc3339(input.issuedAt),
+    sigilExpiresAt: rfc3339(input.expiresAt),
+    tlogs: [],
+    certificateAuthorities: [],
+    ctlogs: [],
+    timestampAuthorities: [],
+    sigilKeyVersions: [],
+  };
   if (input.auditLog) {
     const a = input.auditLog;
     // One tlog per key version (as a log that rotated its key appears in Sigstore's own trusted root), in version order.
@@ -157,6 +178,45 @@ export function buildTrustedRoot(input: TrustedRootInput): TrustedRootDocument {
 /** The exact bytes that are signed and served: two-space indented JSON with a final newline. */
 export function serializeTrustedRoot(doc: SigstoreTrustedRoot): Buffer {
   return Buffer.from(`${JSON.stringify(doc, null, 2)}\n`);
+}
+
+/** The issue and expiry times of a verified trusted-root document. */
+export interface TrustedRootFreshness {
+  issuedAt: Date;
+  expiresAt: Date;
+}
+
+/**
+ * Checks that a verified trusted-root document is fresh at `now`: it carries `sigilIssuedAt` and
+ * `sigilExpiresAt` and has not expired. FAILED_PRECONDITION with the expiry when it has (or when it carries
+ * no expiry: a document that never expires could be replayed forever); returns both times.
+ */
+export function checkTrustedRootFresh(json: Buffer, now: Date): TrustedRootFreshness {
+  let doc: { sigilIssuedAt?: unknown; sigilExpiresAt?: unknown } | null;
+  try {
+    doc = JSON.parse(json.toString('utf8')) as typeof doc;
+  } catch {
+    doc = null;
+  }
+  const time = (v: unknown): Date | null => {
+    const d = typeof v === 'string' && /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/.test(v) ? new Date(v) : null;
+    return d === null || Number.isNaN(d.getTime()) ? null : d;
+  };
+  const issuedAt = time(doc?.sigilIssuedAt);
+  const expiresAt = time(doc?.sigilExpiresAt);
+  if (issuedAt === null || expiresAt === null || expiresAt.getTime() <= issuedAt.getTime()) {
+    throw new SigilError(
+      'FAILED_PRECONDITION',
+      'the trusted root carries no valid issue and expiry time (sigilIssuedAt, sigilExpiresAt): a sigild from before trusted roots expired made it, and a root that never expires could be an old one replayed; fetch a fresh one',
+    );
+  }
+  if (now.getTime() >= expiresAt.getTime()) {
+    throw new SigilError(
+      'FAILED_PRECONDITION',
+      `the trusted root expired at ${rfc3339(expiresAt)} (issued ${rfc3339(issuedAt)}): an old root may still list a key version that was disabled as compromised since; fetch a fresh one (sigilctl trusted-root get --root-key)`,
+    );
+  }
+  return { issuedAt, expiresAt };
 }
 
 /**
@@ -213,7 +273,8 @@ export function keyDetails(algorithm: Algorithm, spki: Buffer): string {
   }
 }
 
-function rfc3339(d: Date): string {
+/** RFC 3339 in UTC, without fractional seconds when they are zero (as proto JSON writes a Timestamp). */
+export function rfc3339(d: Date): string {
   return d.toISOString().replace(/\.000Z$/, 'Z');
 }
 

@@ -150,9 +150,9 @@ test('the trusted root over gRPC without a client certificate and over HTTP; its
   // The sigstore form: the same document with Sigstore's fields only, signed by the same key version, read by
   // a strict proto JSON parser (which refuses the full document for its sigilKeyVersions).
   const parse = strictTrustedRootParser();
-  assert.throws(() => parse(r.json), /sigilKeyVersions/);
+  assert.throws(() => parse(r.json), /sigil(IssuedAt|KeyVersions)/);
   parse(r.sigstoreJson);
-  const { sigilKeyVersions: _, ...sigstoreFields } = doc;
+  const { sigilKeyVersions: _, sigilIssuedAt: _i, sigilExpiresAt: _e, ...sigstoreFields } = doc as typeof doc & { sigilIssuedAt: string; sigilExpiresAt: string };
   assert.deepEqual(JSON.parse(r.sigstoreJson.toString()), sigstoreFields);
   await writeFile(join(dir, 'trusted_root.sigstore.json'), r.sigstoreJson);
   await writeFile(join(dir, 'trusted_root.sigstore.json.sig'), r.sigstoreSignature);

@@ -58,7 +58,7 @@ test('sigil-agent sign --dsse through an attested builder writes an envelope sig
     // The consumer: the trusted root fetched once (trust on first use here), then verified offline.
     const ctlEnv = { ...process.env, SIGIL_ADDR: td.address, SIGIL_CACERT: td.ca };
     await run(process.execPath, [join(root, 'bin/sigilctl.js'), 'trusted-root', 'get', '--pub', file('pin.pem'), '--out', file('root.json'), '--sig', file('root.sig')], { env: ctlEnv });
-    const v = await run(process.execPath, [join(root, 'bin/sigilctl.js'), 'verify', '--dsse', file('prov.dsse.json'), '--payload-type', 'application/vnd.in-toto+json', '--payload-out', file('verified.json'), '--trusted-root', file('root.json'), '--root-sig', file('root.sig'), '--root-key', file('pin.pem')], { env: { PATH: process.env.PATH } });
+    const v = await run(process.execPath, [join(root, 'bin/sigilctl.js'), 'verify', '--dsse', file('prov.dsse.json'), '--key', 'ci/provenance', '--payload-type', 'application/vnd.in-toto+json', '--payload-out', file('verified.json'), '--trusted-root', file('root.json'), '--root-sig', file('root.sig'), '--root-key', file('pin.pem')], { env: { PATH: process.env.PATH } });
     assert.match(v.stdout, /verified the dsse envelope .*: signed by ci\/provenance@1 \(ECDSA_P256_SHA256\), valid now/);
     assert.deepEqual(readFileSync(file('verified.json')), statement);
   } finally {

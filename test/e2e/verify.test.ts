@@ -5,7 +5,7 @@ import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { missingTools } from '../helpers/hw.ts';
@@ -16,6 +16,7 @@ const run = promisify(execFile);
 const skip = missingTools('softhsm', 'softhsm2-util', 'openssl');
 const SIGILCTL = new URL('../../bin/sigilctl.js', import.meta.url).pathname;
 const HOUR = 3_600_000;
+const ISSUED = '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\dZ';
 
 class FakeClock implements Clock {
   t = Date.now();
@@ -105,7 +106,7 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
       await ok(['sign', '--key', `v/${name}`, '--file', file('artifact.bin'), '--out', sig], 'signer');
       const out = (await offline(['--file', file('artifact.bin'), '--signature', sig, '--key', `v/${name}@1`, ...root]));
       assert.equal(out.code, 0, out.stderr);
-      assert.match(out.stdout, new RegExp(`^verified .*artifact\\.bin \\(3145745 bytes\\): signed by v/${name}@1 \\(${alg}\\), valid now; trusted root signed by sigil/trust-root@1, followed sigil/trust-root@1 from the pinned key\\n$`));
+      assert.match(out.stdout, new RegExp(`^verified .*artifact\\.bin \\(3145745 bytes\\): signed by v/${name}@1 \\(${alg}\\), valid now; trusted root signed by sigil/trust-root@1, followed sigil/trust-root@1 from the pinned key, issued ${ISSUED}, expires ${ISSUED}\\n$`));
       // The same signature, independently: openssl with the public key sigilctl prints.
       await ok(['key', 'pubkey', `v/${name}@1`, '--out', file(`${name}.pem`)]);
       const args = dgst.length ? [...dgst, '-verify', file(`${name}.pem`), '-signature', sig, file('artifact.bin')] : ['pkeyutl', '-verify', '-pubin', '-inkey', file(`${name}.pem`), '-rawin', '-in', file('artifact.bin'), '-sigfile', sig];
@@ -114,7 +115,7 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
     // Without a chain file the pinned key must be the one that signs: no version can be named.
     const noChain = await offline(['--file', file('artifact.bin'), '--signature', file('p256.sig'), '--key', 'v/p256@1', ...root.slice(0, 6)]);
     assert.equal(noChain.code, 0, noChain.stderr);
-    assert.match(noChain.stdout, /valid now; trusted root signed by the pinned key\n$/);
+    assert.match(noChain.stdout, /valid now; trusted root signed by the pinned key, issued \S+Z, expires \S+Z\n$/);
     // --output json gives a structured result; --alg checks the algorithm.
     const j = JSON.parse(await ok(['verify', '-o', 'json', '--file', file('artifact.bin'), '--signature', file('p256.sig'), '--key', 'v/p256@1', '--alg', 'p256', ...root], 'none')) as Record<string, unknown>;
     assert.equal(j.verified, true);
@@ -122,7 +123,11 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
     assert.equal(j.algorithm, 'ECDSA_P256_SHA256');
     assert.equal(j.bytes, 3 * 1024 * 1024 + 17);
     assert.deepEqual(Object.keys(j.digest as object), ['sha256']);
-    assert.deepEqual(j.trustedRoot, { source: 'file', signedBy: 'sigil/trust-root@1', followed: 'sigil/trust-root@1' });
+    const tr = j.trustedRoot as { issuedAt: string; expiresAt: string };
+    assert.deepEqual(j.trustedRoot, { source: 'file', signedBy: 'sigil/trust-root@1', followed: 'sigil/trust-root@1', issuedAt: tr.issuedAt, expiresAt: tr.expiresAt });
+    // Signed on the daemon's clock, valid for the default 7 days.
+    assert.equal(Date.parse(tr.expiresAt) - Date.parse(tr.issuedAt), 7 * 24 * HOUR);
+    assert.deepEqual([j.key, j.versionsTried], ['v/p256@1', ['v/p256@1']]);
     assert.equal((j.validity as { checkedAt: unknown }).checkedAt, null);
     // With --addr (SIGIL_ADDR) and no --trusted-root, the root is fetched and verified the same way.
     const fetched = JSON.parse(await ok(['verify', '-o', 'json', '--file', file('artifact.bin'), '--signature', file('rsa.sig'), '--key', 'v/rsa@1', '--root-key', file('pin.pem')], 'none')) as { trustedRoot: { source: string } };
@@ -149,7 +154,17 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
     // Another version of the same key: listed, but it did not make this signature.
     await fails([...base.slice(0, 4), '--key', 'v/bad@2', ...root], /bad signature: .* does not verify under v\/bad@2/);
     await fails([...base.slice(0, 4), '--key', 'v/bad@9', ...root], /unknown key version: v\/bad@9 is not in the trusted root \(it lists v\/bad@1, v\/bad@2;/);
-    await fails([...base.slice(0, 4), '--key', 'v/bad', ...root], /--key takes a key version, name@N \(got "v\/bad"\): signatures are per version/, 2);
+    // A bare name: any version of that key the root lists and finds valid; the one that verifies is reported.
+    const bare = await verify(['-o', 'json', ...base.slice(0, 4), '--key', 'v/bad', ...root]);
+    assert.equal(bare.code, 0, bare.stderr);
+    const bj = JSON.parse(bare.stdout) as { key: string; keyVersion: string; versionsTried: string[] };
+    assert.deepEqual([bj.key, bj.keyVersion, bj.versionsTried], ['v/bad', 'v/bad@1', ['v/bad@1', 'v/bad@2']]);
+    assert.match((await verify([...base.slice(0, 4), '--key', 'v/bad', ...root])).stdout, /: signed by v\/bad@1 \(ECDSA_P256_SHA256; --key v\/bad, tried v\/bad@1, v\/bad@2\), valid now;/);
+    await fails(['--file', file('art.flipped'), ...base.slice(2, 4), '--key', 'v/bad', ...root], /bad signature: .*art\.flipped does not verify under any of v\/bad@1, v\/bad@2 \(ECDSA_P256_SHA256\)$/m);
+    await fails([...base.slice(0, 4), '--key', 'v/nope', ...root], /unknown key: the trusted root lists no version of v\/nope/);
+    // --key is required: nothing but the verifier names the key it trusts.
+    await fails(base.slice(0, 4).concat(root), /--key is required: the key you trust for this artifact/, 2);
+    await fails([...base.slice(0, 4), '--key', 'V/Bad@x', ...root], /--key takes a key name or name@N: /, 2);
     await fails([...base, '--alg', 'ed25519'], /wrong algorithm: v\/bad@1 is ECDSA_P256_SHA256, not ED25519 \(--alg\)/);
 
     // The root document or its signature changed by one byte: nothing in it is trusted.
@@ -212,6 +227,23 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
     await fails([...args('gone'), ...root, '--at', destroyedAt], /not valid at .*: v\/gone@1's window closed at .* \(destroyed\)/);
     await fails([...args('gone'), ...root, '--at', '2000-01-01T00:00:00Z'], /not valid at 2000-01-01T00:00:00\.000Z: v\/gone@1 was made at /);
     await fails([...args('gone'), ...root, '--at', 'yesterday'], /--at takes an ISO 8601 time/, 2);
+    // A time without a UTC offset would be read in local time: refused; the same instant with an offset passes.
+    await fails([...args('gone'), ...root, '--at', inside.replace(/\.\d+Z$/, '')], /--at takes an ISO 8601 time with a UTC offset, e\.g\. .*local time\)$/m, 2);
+    const plusOne = new Date(Date.parse(inside) + HOUR).toISOString().replace('Z', '+01:00');
+    assert.match((await verify([...args('gone'), ...root, '--at', plusOne])).stdout, new RegExp(`valid at ${inside}`));
+    const since = await ctl(['key', 'disable', 'v/off@1', '--compromised', '--since', '2026-03-01T12:00:00']);
+    assert.equal(since.code, 2, since.stderr);
+    assert.match(since.stderr, /--since takes an ISO 8601 time with a UTC offset/);
+    const off = JSON.parse(await ok(['-o', 'json', 'key', 'show', 'v/off'])) as { versions: Array<{ state: string; revokeTime?: string | null }> };
+    assert.equal(off.versions[0]!.state, 'DISABLED');
+    assert.ok(!off.versions[0]!.revokeTime, 'the refused disable changed nothing');
+
+    // A bare --key name: versions that are not valid are not tried, and the failure says which and why.
+    await fails([...args('rev').slice(0, 4), '--key', 'v/rev', ...root], /bad signature: .* does not verify under v\/rev@2 \(ECDSA_P256_SHA256\); not tried: revoked: v\/rev@1 was disabled as compromised/);
+    await fails([...args('gone').slice(0, 4), '--key', 'v/gone', ...root], /does not verify under v\/gone@2 .*; not tried: not valid now: v\/gone@1's window closed at .* \(destroyed\)/);
+    const atInside = JSON.parse((await verify(['-o', 'json', ...args('rev').slice(0, 4), '--key', 'v/rev', ...root, '--at', inside])).stdout) as { keyVersion: string; versionsTried: string[] };
+    assert.deepEqual([atInside.keyVersion, atInside.versionsTried], ['v/rev@1', ['v/rev@1', 'v/rev@2']]);
+    await fails([...args('rev').slice(0, 4), '--key', 'v/rev', ...root, '--at', '2000-01-01T00:00:00Z'], /^sigilctl: no version of v\/rev is valid at 2000-01-01T00:00:00\.000Z: not valid at .*: v\/rev@1 was made at .*; not valid at .*: v\/rev@2 was made at /m);
   });
 
   test('sign --dsse writes an envelope that verify --dsse accepts and openssl verifies over the PAE; a changed envelope fails', async () => {
@@ -233,7 +265,7 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
 
       // verify --dsse: the keyid picks the version; the payload is written out once everything verified.
       const out = file(`${key.slice(2)}.payload`);
-      const v = await verify(['--dsse', envFile, '--payload-type', 'application/vnd.in-toto+json', '--payload-out', out, ...root]);
+      const v = await verify(['--dsse', envFile, '--key', key, '--payload-type', 'application/vnd.in-toto+json', '--payload-out', out, ...root]);
       assert.equal(v.code, 0, v.stderr);
       assert.match(v.stdout, new RegExp(`verified the dsse envelope .* \\(application/vnd\\.in-toto\\+json, ${statement.length} bytes of payload, written to .*\\): signed by ${key}@1`));
       assert.deepEqual(readFileSync(out), statement);
@@ -253,19 +285,45 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
       return file(name);
     };
     const out = file('never.payload');
-    await fails(['--dsse', variant('type.json', { ...env, payloadType: 'application/json' }), '--payload-out', out, ...root], /bad signature: the envelope .*type\.json does not verify under v\/prov@1/);
+    await fails(['--dsse', variant('type.json', { ...env, payloadType: 'application/json' }), '--key', 'v/prov', '--payload-out', out, ...root], /bad signature: the envelope .*type\.json does not verify under v\/prov@1/);
     const other = Buffer.from(statement.toString().replace('ab', 'cd'));
-    await fails(['--dsse', variant('payload.json', { ...env, payload: other.toString('base64') }), '--payload-out', out, ...root], /bad signature: the envelope .*payload\.json does not verify/);
+    await fails(['--dsse', variant('payload.json', { ...env, payload: other.toString('base64') }), '--key', 'v/prov@1', '--payload-out', out, ...root], /bad signature: the envelope .*payload\.json does not verify/);
     assert.equal(existsSync(out), false, 'no payload is written from an envelope that failed');
-    await fails(['--dsse', envFile, '--payload-type', 'text/plain', '--payload-out', out, ...root], /wrong payload type: the envelope's payloadType is "application\/vnd\.in-toto\+json", not "text\/plain" \(--payload-type\)/);
+    await fails(['--dsse', envFile, '--key', 'v/prov', '--payload-type', 'text/plain', '--payload-out', out, ...root], /wrong payload type: the envelope's payloadType is "application\/vnd\.in-toto\+json", not "text\/plain" \(--payload-type\)/);
     assert.equal(existsSync(out), false);
-    await fails(['--dsse', envFile, '--key', 'v/prov-ed@1', ...root], /wrong key version: the envelope has no signature by v\/prov-ed@1 \(it has v\/prov@1\)/);
-    await fails(['--dsse', variant('keyid.json', { ...env, signatures: [{ keyid: 'v/prov', sig: env.signatures[0]!.sig }] }), ...root], /names no key version \(keyid "v\/prov", not name@N\): give --key name@N/);
-    await fails(['--dsse', variant('garbage.json', { payload: 5 }), ...root], /dsse envelope: payload must be a base64 string/);
+    // The key is the verifier's choice, never the envelope's: signed by another key, it fails whatever its keyid says.
+    await fails(['--dsse', envFile, '--key', 'v/prov-ed@1', ...root], /wrong key version: the envelope has no signature by v\/prov-ed@1 \(it has "v\/prov@1"\)/);
+    await fails(['--dsse', envFile, '--key', 'v/prov-ed', ...root], /wrong key version: the envelope has no signature by a version of v\/prov-ed \(keyid v\/prov-ed@N\) \(it has "v\/prov@1"\)/);
+    const edEnv = JSON.parse(readFileSync(file('prov-ed.dsse.json'), 'utf8')) as typeof env;
+    const forged = variant('forged.json', { ...edEnv, signatures: [{ keyid: 'v/prov@1', sig: edEnv.signatures[0]!.sig }] });
+    await fails(['--dsse', forged, '--key', 'v/prov', ...root], /bad signature: the envelope .*forged\.json does not verify under v\/prov@1/);
+    assert.equal((await verify(['--dsse', forged, '--key', 'v/prov-ed', ...root])).code, 1, 'a keyid of another key is no signature by this one');
+    // The old form without --key: a usage error, before anything is read or trusted.
+    await fails(['--dsse', envFile, ...root], /--key is required: the key you trust for this artifact, a name \(any of its versions\) or name@N; an envelope's keyid is chosen by the signer/, 2);
+    // Two signatures (two keys): --key picks the one by its key, whichever order they come in.
+    const both = variant('both.json', { ...env, signatures: [edEnv.signatures[0], env.signatures[0]] });
+    for (const [k, by] of [['v/prov', 'v/prov@1'], ['v/prov-ed', 'v/prov-ed@1']]) {
+      const r = JSON.parse((await verify(['-o', 'json', '--dsse', both, '--key', k!, ...root])).stdout) as { verified: boolean; keyVersion: string };
+      assert.deepEqual([r.verified, r.keyVersion], [true, by]);
+    }
+    await fails(['--dsse', variant('keyid.json', { ...env, signatures: [{ keyid: 'v/prov', sig: env.signatures[0]!.sig }] }), '--key', 'v/prov', ...root], /no signature by a version of v\/prov \(keyid v\/prov@N\) \(it has "v\/prov"\)/);
+    await fails(['--dsse', variant('garbage.json', { payload: 5 }), '--key', 'v/prov', ...root], /dsse envelope: payload must be a base64 string/);
     // A huge envelope is refused before it is read (a sparse file: no disk is used).
     writeFileSync(file('huge.json'), '');
     truncateSync(file('huge.json'), 64 * 1024 * 1024 + 1);
-    await fails(['--dsse', file('huge.json'), ...root], /--dsse .*huge\.json is larger than 64 MiB/, 2);
+    await fails(['--dsse', file('huge.json'), '--key', 'v/prov', ...root], /--dsse .*huge\.json is larger than 64 MiB/, 2);
+    // A pipe or FIFO has no size to go by: read up to the limit (the envelope through a FIFO a child process writes).
+    await run('mkfifo', [file('env.fifo')]);
+    const writer = run('sh', ['-c', 'cat "$1" > "$2"', 'sh', envFile, file('env.fifo')], { timeout: 30_000 });
+    const viaFifo = await verify(['--dsse', file('env.fifo'), '--key', 'v/prov', ...root]);
+    await writer;
+    assert.equal(viaFifo.code, 0, viaFifo.stderr);
+    assert.match(viaFifo.stdout, /verified the dsse envelope .*env\.fifo .*: signed by v\/prov@1/);
+    // More than the limit through a FIFO is refused as too large (a signature is at most 64 KiB).
+    await run('mkfifo', [file('sig.fifo')]);
+    const big = run('sh', ['-c', 'head -c 70000 /dev/zero > "$1" || true', 'sh', file('sig.fifo')], { timeout: 30_000 });
+    await fails(['--file', file('statement.json'), '--signature', file('sig.fifo'), '--key', 'v/prov', ...root], /--signature .*sig\.fifo is larger than/, 2);
+    await big;
     await fails(['--dsse', envFile, '--file', file('artifact.bin'), ...root], /--dsse takes the place of --file and --signature/, 2);
   });
 
@@ -281,5 +339,44 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
     await fails([...art, ...root.slice(0, 6)], /the trusted root's signature does not verify under the pinned key: either it is no sigil\/trust-root version, or the trusted root or its signature was altered \(if the root key was rotated since you pinned it, give the chain of root keys with --root-chain/);
     writeFileSync(file('chain.bad.json'), '{"key":"sigil/trust-root","transitions":[{"version":"2"}],"compromised":[]}');
     await fails([...art, ...root.slice(0, 6), '--root-chain', file('chain.bad.json')], /root key chain: transition 1: version must be a version number/);
+  });
+  test('an expired trusted root (a genuine one, replayed after its expiry) is refused by verify, even with --at, and by trusted-root get --root-key', async () => {
+    await ok(['key', 'create', 'v/old', '--alg', 'p256']);
+    await ok(['sign', '--key', 'v/old', '--file', file('artifact.bin'), '--out', file('old.sig')], 'signer');
+    const saved = clock.t;
+    // The daemon signs on its clock: 8 days ago, a root valid for the default 7 days expired a day ago.
+    clock.t = Date.now() - 8 * 24 * HOUR;
+    try {
+      await ok(['trusted-root', 'get', '--out', file('stale.json'), '--sig', file('stale.sig'), '--chain', file('stale.chain.json')], 'none');
+      const stale = JSON.parse(readFileSync(file('stale.json'), 'utf8')) as { sigilIssuedAt: string; sigilExpiresAt: string };
+      const expires = new Date(clock.t + 7 * 24 * HOUR).toISOString().replace(/\.\d+Z$/, '');
+      assert.ok(stale.sigilExpiresAt.startsWith(expires), `${stale.sigilExpiresAt} vs ${expires}`);
+      const got = await ctl(['trusted-root', 'get', '--root-key', file('pin.pem'), '--out', file('never.json')], 'none');
+      assert.equal(got.code, 1, got.stderr);
+      assert.match(got.stderr, new RegExp(`the trusted root expired at ${stale.sigilExpiresAt} \\(issued ${stale.sigilIssuedAt}\\): .*; nothing was written`));
+      assert.equal(existsSync(file('never.json')), false);
+    } finally {
+      clock.t = saved;
+    }
+    const staleRoot = ['--trusted-root', file('stale.json'), '--root-sig', file('stale.sig'), '--root-key', file('pin.pem'), '--root-chain', file('stale.chain.json')];
+    const art = ['--file', file('artifact.bin'), '--signature', file('old.sig'), '--key', 'v/old@1'];
+    await fails([...art, ...staleRoot], /^sigilctl: the trusted root expired at \S+ \(issued \S+\): an old root may still list a key version that was disabled as compromised since; fetch a fresh one/m);
+    await fails([...art, ...staleRoot, '--at', new Date(Date.now() - 8 * 24 * HOUR).toISOString()], /the trusted root expired at .*\(--at does not change this: it vouches for the signing time, not for the root\)$/m);
+    const j = await verify(['-o', 'json', ...art, ...staleRoot]);
+    assert.equal(j.code, 1);
+    assert.deepEqual((({ verified, check }) => [verified, check])(JSON.parse(j.stdout) as { verified: boolean; check: string }), [false, 'root-expired']);
+    // The daemon's clock back at now: the next read signs a fresh root, which verifies.
+    const fresh = await fetchRoot('fresh');
+    const r = await verify([...art, ...fresh]);
+    assert.equal(r.code, 0, r.stderr);
+    // A root without the times (as a sigild before them made it), signed by a key the test pins itself: refused.
+    const own = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    writeFileSync(file('own.pem'), own.publicKey.export({ format: 'pem', type: 'spki' }));
+    const doc = JSON.parse(readFileSync(file('fresh.json'), 'utf8')) as Record<string, unknown>;
+    delete doc.sigilIssuedAt;
+    delete doc.sigilExpiresAt;
+    writeFileSync(file('timeless.json'), `${JSON.stringify(doc, null, 2)}\n`);
+    writeFileSync(file('timeless.sig'), sign('sha256', readFileSync(file('timeless.json')), own.privateKey));
+    await fails([...art, '--trusted-root', file('timeless.json'), '--root-sig', file('timeless.sig'), '--root-key', file('own.pem')], /the trusted root carries no valid issue and expiry time \(sigilIssuedAt, sigilExpiresAt\)/);
   });
 });

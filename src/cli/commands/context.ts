@@ -24,6 +24,18 @@ export function parseAlg(s: string): Algorithm {
   return Algorithm[name];
 }
 
+// RFC 3339 (ISO 8601 extended) with a mandatory offset: without one, Date reads the time in local time.
+const UTC_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/i;
+
+/** A time given on the command line: ISO 8601 with `Z` or a `±hh:mm` offset, or a usage error naming `option`. */
+export function parseUtcTime(text: string, option: string): Date {
+  const d = new Date(text);
+  if (!UTC_TIME.test(text) || Number.isNaN(d.getTime())) {
+    throw new UsageError(`${option} takes an ISO 8601 time with a UTC offset, e.g. 2026-03-01T12:00:00Z or 2026-03-01T13:00:00+01:00 (got ${JSON.stringify(text.slice(0, 64))}; a time without an offset would be read in this machine's local time)`);
+  }
+  return d;
+}
+
 /** The contract name of an algorithm enum value. */
 export function algName(a: number): string {
   return ALG_NAMES.find((k) => Algorithm[k] === a) ?? `UNKNOWN(${a})`;

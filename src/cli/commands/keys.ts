@@ -3,7 +3,7 @@ import { KeyVersionState, type Key, type KeyPolicy, type KeyVersion } from '../.
 import type { Approval } from '../../gen/sigil/v1/admin.ts';
 import { rpc } from '../client.ts';
 import { parseDuration, formatDuration } from '../../config/duration.ts';
-import { UsageError, algName, type CliContext } from './context.ts';
+import { UsageError, algName, parseUtcTime, type CliContext } from './context.ts';
 import { approvalJson, approvalText } from './approvals.ts';
 
 /** The contract name of a key version state. */
@@ -122,11 +122,10 @@ export function registerKeysCommands(program: Command, cli: CliContext): void {
     .description('stop a version signing at once (the primary only with --compromised)')
     .argument('<key>', 'name@N')
     .option('--compromised', 'disable as compromised: it can never be enabled again')
-    .option('--since <time>', 'when the compromise began (ISO 8601); default now; needs --compromised')
+    .option('--since <time>', 'when the compromise began (ISO 8601 with Z or a ±hh:mm offset); default now; needs --compromised')
     .action(async (ref: string, o: { compromised?: boolean; since?: string }) => {
       if (o.since && !o.compromised) throw new UsageError('--since needs --compromised');
-      const since = o.since ? new Date(o.since) : undefined;
-      if (since && Number.isNaN(since.getTime())) throw new UsageError('--since takes an ISO 8601 time, e.g. 2026-03-01T12:00:00Z');
+      const since = o.since ? parseUtcTime(o.since, '--since') : undefined;
       const res = await rpc.disableKeyVersion(cli.open(), { key: ref, compromised: o.compromised === true, compromiseTime: since });
       cli.out(keyJson(res.key!), `disabled ${ref}${o.compromised ? ' as compromised' : ''}\n${keyText(res.key!)}`);
     });

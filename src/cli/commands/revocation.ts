@@ -5,7 +5,8 @@ import { rpc } from '../client.ts';
 import type { RevokedBuilder, RevokedIdentity } from '../../gen/sigil/v1/revocation.ts';
 import { UsageError, type CliContext } from './context.ts';
 import { describeError } from '../errors.ts';
-import { p256, serializeRootKeyChain, spkiOf, TRUST_ROOT_KEY, verifyRootChain, type RootKeyChain } from '../../revocation/root-key-chain.ts';
+import { p256, serializeRootKeyChain, spkiOf, TRUST_ROOT_KEY, verifyRootChain, type RootChainResult, type RootKeyChain } from '../../revocation/root-key-chain.ts';
+import { checkTrustedRootFresh, rfc3339 } from '../../revocation/trusted-root.ts';
 import type { GetTrustedRootResponse } from '../../gen/sigil/v1/revocation.ts';
 
 const REASON_HELP = 'unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation or privilegeWithdrawn';
@@ -92,6 +93,7 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
       const wantsSigstore = o.sigstoreOut !== undefined || o.sigstoreSig !== undefined;
       if (wantsSigstore && r.sigstoreJson.length === 0) throw new Error("this daemon serves no trusted root with Sigstore's fields only (it predates it); nothing was written");
       let followed: string | null = null;
+      let fresh: { issuedAt: string; expiresAt: string } | null = null;
       let publicKeyPem = r.publicKeyPem;
       if (pinned === null) {
         process.stderr.write('sigilctl: no root key pinned (--root-key): the trusted root was fetched but not verified\n');
@@ -103,11 +105,12 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
           throw new Error(`${err instanceof Error ? err.message : String(err)}; nothing was written`);
         }
         followed = v.followed;
+        fresh = { issuedAt: rfc3339(v.issuedAt), expiresAt: rfc3339(v.expiresAt) };
         if (wantsSigstore && !verify('sha256', r.sigstoreJson, { key: v.currentKey, dsaEncoding: 'der' }, r.sigstoreSignature)) {
           throw new Error(`the sigstore form of the trusted root does not verify from the pinned key ${o.rootKey}; nothing was written`);
         }
         publicKeyPem = v.currentKey.export({ format: 'pem', type: 'spki' }).toString();
-        process.stderr.write(`followed ${followed}\n`);
+        process.stderr.write(`followed ${followed}; issued ${fresh.issuedAt}, expires ${fresh.expiresAt}\n`);
       }
       if (o.sig) writeFileSync(o.sig, r.signature);
       if (o.chain) writeFileSync(o.chain, serializeRootKeyChain(chainOf(r)));
@@ -125,8 +128,8 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
           o.sigstoreSig && `its signature to ${o.sigstoreSig}`,
         ].filter(Boolean);
         cli.out(
-          { file: o.out ?? null, signature: o.sig ?? null, sigstoreFile: o.sigstoreOut ?? null, sigstoreSignature: o.sigstoreSig ?? null, keyVersion: r.keyVersion, verified: pinned !== null, followed },
-          `trusted root written ${files.join(', ')} (signed by ${r.keyVersion}${pinned !== null ? ', verified from the pinned key' : ''})`,
+          { file: o.out ?? null, signature: o.sig ?? null, sigstoreFile: o.sigstoreOut ?? null, sigstoreSignature: o.sigstoreSig ?? null, keyVersion: r.keyVersion, verified: pinned !== null, followed, ...(fresh ?? {}) },
+          `trusted root written ${files.join(', ')} (signed by ${r.keyVersion}${fresh !== null ? `, verified from the pinned key, issued ${fresh.issuedAt}, expires ${fresh.expiresAt}` : ''})`,
         );
       } else {
         process.stdout.write(r.json);
@@ -149,21 +152,28 @@ export interface VerifiedRoot {
   /** The version the chain reached, `sigil/trust-root@N`. */
   keyVersion: string;
   currentKey: KeyObject;
+  /** The document's `sigilIssuedAt` and `sigilExpiresAt` (not expired when it was verified). */
+  issuedAt: Date;
+  expiresAt: Date;
 }
 
 /**
- * Verifies a trusted root from a pinned key (`verifyRootChain`: the chain link by link, then the document);
- * the one check behind `trusted-root get --root-key` and `verify`. Throws an Error that names the pinned file and what failed.
+ * Verifies a trusted root from a pinned key (`verifyRootChain`: the chain link by link, then the document),
+ * then that it has not expired at `now` (`checkTrustedRootFresh`); the one check behind `trusted-root get
+ * --root-key` and `verify`. Throws an Error that names the pinned file and what failed, or for a verified but
+ * expired (or never expiring) document the SigilError FAILED_PRECONDITION that says so.
  */
-export function verifyTrustedRoot(r: RootToVerify, pinned: Buffer, pinnedFile: string): VerifiedRoot {
+export function verifyTrustedRoot(r: RootToVerify, pinned: Buffer, pinnedFile: string, now: Date = new Date()): VerifiedRoot {
+  let v: RootChainResult;
   try {
-    const v = verifyRootChain({ key: r.chain.key, pinned, transitions: r.chain.transitions, compromised: r.chain.compromised, document: { json: r.json, signature: r.signature, keyVersion: r.keyVersion } });
-    const followed = `${r.chain.key}@${v.followed[0]}${v.followed.slice(1).map((n) => ` -> @${n}`).join('')}`;
-    // The verified key, not the one the server named.
-    return { followed, keyVersion: `${r.chain.key}@${v.followed.at(-1)}`, currentKey: createPublicKey({ key: v.currentSpki, format: 'der', type: 'spki' }) };
+    v = verifyRootChain({ key: r.chain.key, pinned, transitions: r.chain.transitions, compromised: r.chain.compromised, document: { json: r.json, signature: r.signature, keyVersion: r.keyVersion } });
   } catch (err) {
     throw new Error(`the trusted root does not verify from the pinned key ${pinnedFile}: ${err instanceof Error ? err.message : String(err)}`);
   }
+  const { issuedAt, expiresAt } = checkTrustedRootFresh(r.json, now);
+  const followed = `${r.chain.key}@${v.followed[0]}${v.followed.slice(1).map((n) => ` -> @${n}`).join('')}`;
+  // The verified key, not the one the server named.
+  return { followed, keyVersion: `${r.chain.key}@${v.followed.at(-1)}`, currentKey: createPublicKey({ key: v.currentSpki, format: 'der', type: 'spki' }), issuedAt, expiresAt };
 }
 
 /** The chain of root keys a GetTrustedRoot response carries. */

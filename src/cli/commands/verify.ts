@@ -1,13 +1,15 @@
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { rpc } from '../client.ts';
-import { parseKeyRef } from '../../keys/names.ts';
+import { isSigilError } from '../../errors.ts';
+import { parseKeyRef, type KeyRef } from '../../keys/names.ts';
+import { rfc3339 } from '../../revocation/trusted-root.ts';
 import { chainHeadVersion, NO_CHAIN_TAKEN_AS, parseRootKeyChain, TRUST_ROOT_KEY, type RootKeyChain } from '../../revocation/root-key-chain.ts';
 import type { Algorithm as AlgorithmName } from '../../signers/signer.ts';
 import { MAX_ENVELOPE_BYTES, pae, parseEnvelope, type DsseEnvelope, type DsseSignature } from '../dsse.ts';
 import { readBounded } from '../files.ts';
-import { checkValidity, findKeyVersion, verifyFile, verifyMessage, VerifyFailure, type RootKeyVersion } from '../verify.ts';
-import { algName, parseAlg, UsageError, type CliContext } from './context.ts';
+import { checkValidity, findKeyVersion, findKeyVersions, verifyFile, verifyMessage, VerifyFailure, type RootKeyVersion } from '../verify.ts';
+import { algName, parseAlg, parseUtcTime, UsageError, type CliContext } from './context.ts';
 import { chainOf, pinnedRootKey, verifyTrustedRoot, type RootToVerify, type VerifiedRoot } from './revocation.ts';
 
 interface VerifyOptions {
@@ -40,7 +42,10 @@ function readOption(path: string, option: string, max: number): Buffer {
 }
 
 /** The trusted root, verified from the pinned key: from the files given, or fetched from sigild (`--addr`). */
-async function verifiedRoot(o: VerifyOptions, cli: CliContext): Promise<{ signedBy: string | null; followed: string | null; json: Buffer; source: 'file' | 'daemon' }> {
+async function verifiedRoot(
+  o: VerifyOptions,
+  cli: CliContext,
+): Promise<{ signedBy: string | null; followed: string | null; json: Buffer; source: 'file' | 'daemon'; issuedAt: Date; expiresAt: Date }> {
   const pinned = pinnedRootKey(o.rootKey);
   let r: RootToVerify;
   let source: 'file' | 'daemon';
@@ -74,12 +79,14 @@ async function verifiedRoot(o: VerifyOptions, cli: CliContext): Promise<{ signed
   try {
     root = verifyTrustedRoot(r, pinned, o.rootKey);
   } catch (err) {
+    // Verified, but expired (or never expiring): --at vouches for a signing time, never for an old root.
+    if (isSigilError(err, 'FAILED_PRECONDITION')) throw new VerifyFailure('root-expired', `${err.message}${o.at !== undefined ? ' (--at does not change this: it vouches for the signing time, not for the root)' : ''}`);
     let msg = (err as Error).message;
     // Without a chain the only key is the pinned one; its version is not known, so do not name one.
     if (noChain) msg = `${msg.replace(` (${NO_CHAIN_TAKEN_AS}${TRUST_ROOT_KEY}@1)`, '')} (if the root key was rotated since you pinned it, give the chain of root keys with --root-chain, as \`trusted-root get --chain\` writes it)`;
     throw new VerifyFailure('root', msg);
   }
-  return { signedBy: noChain ? null : root.keyVersion, followed: noChain ? null : root.followed, json: r.json, source };
+  return { signedBy: noChain ? null : root.keyVersion, followed: noChain ? null : root.followed, json: r.json, source, issuedAt: root.issuedAt, expiresAt: root.expiresAt };
 }
 
 /** A `name@N` key reference, or null for anything else (a bare name, garbage). */
@@ -92,19 +99,58 @@ function versionRef(ref: string): string | null {
   }
 }
 
-/** The envelope's signature to check: the one by `--key`, or its only one. */
-function pickSignature(env: DsseEnvelope, key: string | undefined): { sig: DsseSignature; ref: string } {
-  const ids = env.signatures.map((s) => s.keyid || '(no keyid)').join(', ');
-  if (key !== undefined) {
-    const s = env.signatures.find((x) => x.keyid === key);
-    if (!s) throw new VerifyFailure('key-version', `wrong key version: the envelope has no signature by ${key} (it has ${ids})`);
-    return { sig: s, ref: key };
+/** `--key`: a bare name (any version of that key) or `name@N` (exactly that version); a usage error otherwise. */
+function keyOption(key: string | undefined): KeyRef {
+  if (key === undefined) {
+    throw new UsageError('--key is required: the key you trust for this artifact, a name (any of its versions) or name@N; an envelope\'s keyid is chosen by the signer and picks nothing on its own');
   }
-  if (env.signatures.length > 1) throw new UsageError(`the envelope has ${env.signatures.length} signatures (${ids}): pick one with --key name@N`);
-  const s = env.signatures[0]!;
-  const ref = versionRef(s.keyid);
-  if (ref === null) throw new VerifyFailure('envelope', `the envelope's signature names no key version (keyid ${JSON.stringify(s.keyid)}, not name@N): give --key name@N`);
-  return { sig: s, ref };
+  try {
+    return parseKeyRef(key);
+  } catch (err) {
+    throw new UsageError(`--key takes a key name or name@N: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * The envelope's signatures by `--key`: whose keyid is exactly `name@N` when a version was given, else any
+ * `name@N` of that name. The keyid only names the version to check; the key itself is the verifier's choice.
+ */
+function pickSignatures(env: DsseEnvelope, key: KeyRef): Array<{ sig: DsseSignature; ref: string }> {
+  const picked = env.signatures.flatMap((sig) => {
+    const ref = versionRef(sig.keyid);
+    if (ref === null) return [];
+    const k = parseKeyRef(ref);
+    return k.name === key.name && (key.version === null || k.version === key.version) ? [{ sig, ref }] : [];
+  });
+  if (picked.length === 0) {
+    const ids = env.signatures.map((s) => (s.keyid ? JSON.stringify(s.keyid) : '(no keyid)')).join(', ');
+    const want = key.version === null ? `a version of ${key.name} (keyid ${key.name}@N)` : `${key.name}@${key.version}`;
+    throw new VerifyFailure('key-version', `wrong key version: the envelope has no signature by ${want} (it has ${ids})`);
+  }
+  return picked;
+}
+
+/**
+ * The versions of a bare `--key` name that pass the validity checks (`checkValidity` at `at`), and why the
+ * others were left out; a VerifyFailure when none passes (one version: its own failure).
+ */
+function validVersions(all: readonly RootKeyVersion[], at: Date | null, name: string): { valid: RootKeyVersion[]; skipped: string[] } {
+  const valid: RootKeyVersion[] = [];
+  const failures: VerifyFailure[] = [];
+  for (const v of all) {
+    try {
+      checkValidity(v, at);
+      valid.push(v);
+    } catch (err) {
+      if (!(err instanceof VerifyFailure)) throw err;
+      failures.push(err);
+    }
+  }
+  if (valid.length === 0) {
+    if (failures.length === 1) throw failures[0]!;
+    throw new VerifyFailure(failures[0]!.check, `no version of ${name} is valid ${at ? `at ${at.toISOString()}` : 'now'}: ${failures.map((f) => f.message).join('; ')}`);
+  }
+  return { valid, skipped: failures.map((f) => f.message) };
 }
 
 /** `sigilctl verify`: checks a raw signature or a DSSE envelope against the signed trusted root, offline or fetching the root from sigild. */
@@ -112,16 +158,16 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
   program
     .command('verify')
     .description(
-      'verify a file\'s signature (--file, --signature, --key name@N) or a dsse envelope (--dsse) against the trusted root, ' +
+      'verify a file\'s signature (--file, --signature, --key) or a dsse envelope (--dsse, --key) against the trusted root, ' +
         'itself verified from your pinned root key exactly as `trusted-root get --root-key` does. Offline with --trusted-root and ' +
-        '--root-sig (and --root-chain after root key rotations); with --addr the root is fetched from sigild. Checks: the root, ' +
+        '--root-sig (and --root-chain after root key rotations); with --addr the root is fetched from sigild. Checks: the root and that it has not expired, ' +
         'that the key version is listed with its algorithm, that it is valid (without --at: not disabled as compromised and not ' +
         'destroyed; with --at: its window holds that time), and the signature. Exit 0 only when everything verifies',
     )
     .option('--file <path>', 'the signed file (hashed while streaming from disk; Ed25519 reads it whole)')
     .option('--signature <path>', 'its signature as `sigilctl sign` wrote it (DER for ECDSA, raw for RSA and Ed25519)')
-    .option('--key <key>', 'the key version that signed, name@N (required with --file: a raw signature names no version; with --dsse, picks the signature by keyid)')
-    .option('--dsse <envelope>', `a dsse envelope (json, at most ${MAX_ENVELOPE_BYTES / 1048576} MiB) instead of --file and --signature: its keyid names the key version`)
+    .option('--key <key>', 'required: the key you trust for this artifact, a name (any version of it the trusted root lists and finds valid) or name@N (only that version); with --dsse, only signatures whose keyid is a version of it count')
+    .option('--dsse <envelope>', `a dsse envelope (json, at most ${MAX_ENVELOPE_BYTES / 1048576} MiB) instead of --file and --signature: its keyid names the version of --key`)
     .option('--payload-type <type>', 'with --dsse: require this payloadType')
     .option('--payload-out <file>', 'with --dsse: write the payload here once everything verified')
     .option('--alg <algorithm>', 'require this algorithm of the key version')
@@ -129,21 +175,16 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
     .option('--trusted-root <file>', 'the trusted-root json (`trusted-root get --out`); needs --root-sig')
     .option('--root-sig <file>', 'its detached signature (`trusted-root get --sig`)')
     .option('--root-chain <file>', 'the chain of root keys (`trusted-root get --chain`, or /trusted-root-keys.json), when the root key was rotated since you pinned it')
-    .option('--at <time>', 'the signing time you vouch for (ISO 8601): the key version must have been valid then (a destroyed or later compromised version passes for a time before its window closed)')
+    .option('--at <time>', 'the signing time you vouch for (ISO 8601 with Z or a ±hh:mm offset): the key version must have been valid then (a destroyed or later compromised version passes for a time before its window closed); an expired trusted root stays refused')
     .option('--no-progress', 'no progress bar')
     .action(async (o: VerifyOptions) => {
       const dsse = o.dsse !== undefined;
       if (dsse && (o.file !== undefined || o.signature !== undefined)) throw new UsageError('--dsse takes the place of --file and --signature');
       if (!dsse && (o.file === undefined || o.signature === undefined)) throw new UsageError('give --file and --signature (a raw signature), or --dsse (an envelope)');
       if (!dsse && (o.payloadType !== undefined || o.payloadOut !== undefined)) throw new UsageError('--payload-type and --payload-out go with --dsse');
-      if (!dsse && o.key === undefined) throw new UsageError('--key name@N is required: a raw signature carries no key version');
-      if (o.key !== undefined && versionRef(o.key) === null) throw new UsageError(`--key takes a key version, name@N (got ${JSON.stringify(o.key)}): signatures are per version`);
+      const key = keyOption(o.key);
       const expected = o.alg === undefined ? null : (algName(parseAlg(o.alg)) as AlgorithmName);
-      let at: Date | null = null;
-      if (o.at !== undefined) {
-        at = new Date(o.at);
-        if (!/^\d{4}-\d{2}-\d{2}T/.test(o.at) || Number.isNaN(at.getTime())) throw new UsageError('--at takes an ISO 8601 time, e.g. 2026-03-01T12:00:00Z');
-      }
+      const at = o.at === undefined ? null : parseUtcTime(o.at, '--at');
       // Inputs first, so that a usage mistake is not reported as a failed check.
       const envelopeBytes = dsse ? readOption(o.dsse!, '--dsse', MAX_ENVELOPE_BYTES) : null;
       const signature = dsse ? null : readOption(o.signature!, '--signature', 64 * 1024);
@@ -157,15 +198,34 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
             throw new VerifyFailure('envelope', `${o.dsse}: ${(err as Error).message}`);
           }
         }
-        const picked = env ? pickSignature(env, o.key) : null;
-        const ref = picked ? picked.ref : versionRef(o.key!)!;
+        const picked = env ? pickSignatures(env, key) : null;
         const root = await verifiedRoot(o, cli);
-        const v: RootKeyVersion = findKeyVersion(root.json, ref, expected);
-        checkValidity(v, at);
+        let v: RootKeyVersion;
+        let tried: string[];
         let subject: Record<string, unknown>;
         let text: string;
         if (env && picked) {
-          verifyMessage(v, pae(env.payloadType, env.payload), picked.sig.sig, `the envelope ${o.dsse}`);
+          // Each signature by the key, until one passes every check (one signature: its failure as it is).
+          const failures: VerifyFailure[] = [];
+          let found: RootKeyVersion | null = null;
+          for (const p of picked) {
+            try {
+              const c = findKeyVersion(root.json, p.ref, expected);
+              checkValidity(c, at);
+              verifyMessage(c, pae(env.payloadType, env.payload), p.sig.sig, `the envelope ${o.dsse}`);
+              found = c;
+              break;
+            } catch (err) {
+              if (!(err instanceof VerifyFailure)) throw err;
+              failures.push(err);
+            }
+          }
+          if (found === null) {
+            if (failures.length === 1) throw failures[0]!;
+            throw new VerifyFailure(failures[0]!.check, `none of the envelope's ${failures.length} signatures by ${o.key} passes: ${failures.map((f) => f.message).join('; ')}`);
+          }
+          v = found;
+          tried = picked.slice(0, failures.length + 1).map((p) => p.ref);
           if (o.payloadType !== undefined && env.payloadType !== o.payloadType) {
             throw new VerifyFailure('payload-type', `wrong payload type: the envelope's payloadType is ${JSON.stringify(env.payloadType)}, not ${JSON.stringify(o.payloadType)} (--payload-type)`);
           }
@@ -173,8 +233,25 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
           subject = { envelope: o.dsse, payloadType: env.payloadType, payloadBytes: env.payload.length, payloadOut: o.payloadOut ?? null };
           text = `verified the dsse envelope ${o.dsse} (${env.payloadType}, ${env.payload.length} bytes of payload${o.payloadOut ? `, written to ${o.payloadOut}` : ''})`;
         } else {
+          let candidates: RootKeyVersion[];
+          let skipped: string[] = [];
+          if (key.version !== null) {
+            candidates = [findKeyVersion(root.json, `${key.name}@${key.version}`, expected)];
+            checkValidity(candidates[0]!, at);
+          } else {
+            ({ valid: candidates, skipped } = validVersions(findKeyVersions(root.json, key.name, expected), at, key.name));
+          }
+          tried = candidates.map((c) => c.hint);
           const show = o.progress && process.stderr.isTTY === true;
-          const r = await verifyFile(v, o.file!, signature!, show);
+          let r: Awaited<ReturnType<typeof verifyFile>>;
+          try {
+            r = await verifyFile(candidates, o.file!, signature!, show);
+          } catch (err) {
+            // Say which versions of a bare name were left out, and why: the signature may be by one of them.
+            if (err instanceof VerifyFailure && skipped.length) throw new VerifyFailure(err.check, `${err.message}; not tried: ${skipped.join('; ')}`);
+            throw err;
+          }
+          v = r.keyVersion;
           subject = { file: o.file, bytes: r.bytes, digest: { [r.digest.algorithm]: r.digest.hex }, signature: o.signature };
           text = `verified ${o.file} (${r.bytes} bytes)`;
         }
@@ -183,12 +260,15 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
           {
             verified: true,
             ...subject,
+            key: o.key,
             keyVersion: v.hint,
+            versionsTried: tried,
             algorithm: v.algorithm,
             validity: { checkedAt: at?.toISOString() ?? null, start: v.start.toISOString(), end: v.end?.toISOString() ?? null, revoked: v.revoked },
-            trustedRoot: { source: root.source, signedBy: root.signedBy, followed: root.followed },
+            trustedRoot: { source: root.source, signedBy: root.signedBy, followed: root.followed, issuedAt: rfc3339(root.issuedAt), expiresAt: rfc3339(root.expiresAt) },
           },
-          `${text}: signed by ${v.hint} (${v.algorithm}), valid ${at ? `at ${at.toISOString()}` : 'now'}; trusted root ${root.followed === null ? 'signed by the pinned key' : `signed by ${root.signedBy}, followed ${root.followed} from the pinned key`}`,
+          `${text}: signed by ${v.hint} (${v.algorithm}${key.version === null && tried.length > 1 ? `; --key ${key.name}, tried ${tried.join(', ')}` : ''}), valid ${at ? `at ${at.toISOString()}` : 'now'}; ` +
+            `trusted root ${root.followed === null ? 'signed by the pinned key' : `signed by ${root.signedBy}, followed ${root.followed} from the pinned key`}, issued ${rfc3339(root.issuedAt)}, expires ${rfc3339(root.expiresAt)}`,
         );
       } catch (err) {
         if (!(err instanceof VerifyFailure && cli.json())) throw err;

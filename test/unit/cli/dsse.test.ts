@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,6 +8,7 @@ import fc from 'fast-check';
 import { envelopeJson, MAX_ENVELOPE_BYTES, pae, parseEnvelope } from '../../../src/cli/dsse.ts';
 import { readBounded } from '../../../src/cli/files.ts';
 import { SigilError } from '../../../src/errors.ts';
+import { missingTools } from '../../helpers/hw.ts';
 
 const bad = (bytes: string | Buffer, re: RegExp): void => {
   assert.throws(() => parseEnvelope(Buffer.from(bytes)), (e: unknown) => e instanceof SigilError && e.code === 'INVALID_ARGUMENT' && re.test(e.message));
@@ -89,6 +91,37 @@ test('readBounded refuses a file above the limit before reading it, and reads on
     assert.throws(() => readBounded(f, 1024, 'the payload'), (e: unknown) => e instanceof SigilError && e.code === 'MESSAGE_TOO_LARGE' && /the payload .* is larger than/.test(e.message));
     assert.equal(readBounded(f, 1025, 'the payload').length, 1025);
     assert.throws(() => readBounded(dir, 1024, 'the payload'), /is a directory/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('readBounded reads a FIFO (no size to go by) up to the limit, and refuses one that passes it', { skip: missingTools('mkfifo') ?? false }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'sigil-fifo-'));
+  try {
+    // A child process writes; readBounded blocks this thread in open and read until it has written and closed.
+    const through = async (bytes: number, max: number): Promise<Buffer | Error> => {
+      const f = join(dir, `fifo-${bytes}-${max}`);
+      execFileSync('mkfifo', [f]);
+      const child = spawn('sh', ['-c', `head -c ${bytes} /dev/urandom > "$1" || true`, 'sh', f], { stdio: 'ignore' });
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      let r: Buffer | Error;
+      try {
+        r = readBounded(f, max, 'the envelope');
+      } catch (err) {
+        r = err as Error;
+      }
+      await exited;
+      return r;
+    };
+    // Several pipe buffers' worth (64 KiB each on Linux), exactly at the limit.
+    const atLimit = await through(300_000, 300_000);
+    assert.ok(Buffer.isBuffer(atLimit), String(atLimit));
+    assert.equal(atLimit.length, 300_000);
+    const small = await through(10, 1024);
+    assert.ok(Buffer.isBuffer(small) && small.length === 10);
+    const over = await through(300_001, 300_000);
+    assert.ok(over instanceof SigilError && over.code === 'MESSAGE_TOO_LARGE' && /the envelope .*fifo-300001-300000 is larger than/.test(over.message), String(over));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

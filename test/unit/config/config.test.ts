@@ -151,3 +151,15 @@ test('listen ports: 0 to 65535; above is one problem naming the range, a malform
   assert.deepEqual(problems('[::1]:99999'), ['listen: the port must be 0 to 65535 (0 picks a free one)']);
   assert.deepEqual(problems('nowhere'), ['listen: must be host:port, e.g. 127.0.0.1:8443 (port 0 picks a free one)']);
 });
+
+test('trustedRoot.validity: 7d by default, between 1m and 90d, at least 1h in production', () => {
+  const HOUR = 3_600_000;
+  assert.equal(parseConfig(base, '/srv/sigil/config.yaml').trustedRoot.validity, 7 * 24 * HOUR);
+  assert.equal(parseConfig(`${base}trustedRoot: { validity: 30m }\n`, '/srv/sigil/config.yaml').trustedRoot.validity, 30 * 60_000);
+  const refused = (text: string, pattern: RegExp) =>
+    assert.throws(() => parseConfig(text, '/srv/sigil/config.yaml'), (err: unknown) => err instanceof ConfigProblems && pattern.test(err.message), text);
+  refused(`${base}trustedRoot: { validity: 30s }\n`, /trustedRoot\.validity.*must be between 1m and 90d/);
+  refused(`${base}trustedRoot: { validity: 91d }\n`, /trustedRoot\.validity.*must be between 1m and 90d/);
+  refused(`${base}trustedRoot: { validity: 7d, other: 1 }\n`, /trustedRoot/);
+  refused(`${base.replace('mode: development', 'mode: production')}trustedRoot: { validity: 30m }\n`, /trustedRoot\.validity.*must be at least 1h in production mode/);
+});

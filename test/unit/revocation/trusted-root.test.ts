@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import fc from 'fast-check';
 import { createDevCa } from '../../../src/dev/pki.ts';
-import { buildTrustedRoot, keyVersionsOf, serializeTrustedRoot, sigstoreTrustedRoot, TRUSTED_ROOT_MEDIA_TYPE, type TrustedKeyVersion } from '../../../src/revocation/trusted-root.ts';
+import { buildTrustedRoot, checkTrustedRootFresh, keyVersionsOf, serializeTrustedRoot, sigstoreTrustedRoot, TRUSTED_ROOT_MEDIA_TYPE, type TrustedKeyVersion } from '../../../src/revocation/trusted-root.ts';
 import { strictTrustedRootParser } from '../../helpers/sigstore-schema.ts';
 import { parseAkName, parseEkHash, parseReason, parseSerial } from '../../../src/revocation/inputs.ts';
 import { isSigilError } from '../../../src/errors.ts';
@@ -17,6 +17,7 @@ const p256 = spki('ec', { namedCurve: 'P-256' });
 const ed = spki('ed25519');
 const rsa3072 = spki('rsa', { modulusLength: 3072 });
 const t = (s: string) => new Date(s);
+const TIMES = { issuedAt: t('2026-11-25T12:00:00Z'), expiresAt: t('2026-12-02T12:00:00Z') };
 
 const v = (over: Partial<TrustedKeyVersion>): TrustedKeyVersion => ({
   keyName: 'release/fw',
@@ -35,6 +36,7 @@ test('trusted root: the CA, the audit log and each key version window, in proto 
   const ca = await createDevCa('sigil identity CA');
   const caDer = Buffer.from(ca.cert.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
   const doc = buildTrustedRoot({
+    ...TIMES,
     identityCa: caDer,
     auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', versions: [{ version: 1, spki: ed, createdAt: t('2026-01-01T00:00:00Z'), supersededAt: null }] },
     keyVersions: [
@@ -47,6 +49,7 @@ test('trusted root: the CA, the audit log and each key version window, in proto 
     ],
   });
   assert.equal(doc.mediaType, TRUSTED_ROOT_MEDIA_TYPE);
+  assert.deepEqual([doc.sigilIssuedAt, doc.sigilExpiresAt], ['2026-11-25T12:00:00Z', '2026-12-02T12:00:00Z']);
   assert.deepEqual(doc.tlogs, [
     {
       baseUrl: 'https://sigil.example:8443',
@@ -78,7 +81,7 @@ test('trusted root: the CA, the audit log and each key version window, in proto 
   // The same input gives the same bytes (what is signed), and they parse back to the document.
   const bytes = serializeTrustedRoot(doc);
   assert.deepEqual(JSON.parse(bytes.toString()), doc);
-  assert.ok(bytes.equals(serializeTrustedRoot(buildTrustedRoot({ identityCa: caDer, auditLog: null, keyVersions: [] }))) === false);
+  assert.ok(bytes.equals(serializeTrustedRoot(buildTrustedRoot({ ...TIMES, identityCa: caDer, auditLog: null, keyVersions: [] }))) === false);
 });
 
 test("the sigstore form: a strict proto JSON parser of Sigstore's TrustedRoot reads it, and refuses the full document", async () => {
@@ -87,6 +90,7 @@ test("the sigstore form: a strict proto JSON parser of Sigstore's TrustedRoot re
   const current = await createDevCa('sigil identity CA 2');
   const der = (pem: string) => Buffer.from(pem.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
   const doc = buildTrustedRoot({
+    ...TIMES,
     identityCa: [
       { der: der(older.cert), end: t('2026-02-01T00:00:00Z') },
       { der: der(current.cert), end: null },
@@ -103,13 +107,16 @@ test("the sigstore form: a strict proto JSON parser of Sigstore's TrustedRoot re
   });
   const sigstore = sigstoreTrustedRoot(doc);
   assert.deepEqual(Object.keys(sigstore), ['mediaType', 'tlogs', 'certificateAuthorities', 'ctlogs', 'timestampAuthorities']);
-  const { sigilKeyVersions, ...rest } = doc;
+  const { sigilKeyVersions, sigilIssuedAt, sigilExpiresAt, ...rest } = doc;
   assert.equal(sigilKeyVersions.length, 3);
+  assert.deepEqual([sigilIssuedAt, sigilExpiresAt], ['2026-11-25T12:00:00Z', '2026-12-02T12:00:00Z'], 'the times are sigil fields, left out of the sigstore form');
   assert.deepEqual(sigstore, rest);
   assert.equal(sigstore.tlogs.length, 2);
   assert.equal(sigstore.certificateAuthorities.length, 2);
   parse(serializeTrustedRoot(sigstore));
-  assert.throws(() => parse(serializeTrustedRoot(doc)), /key "sigilKeyVersions" is unknown/);
+  assert.throws(() => parse(serializeTrustedRoot(doc)), /key "sigil(IssuedAt|KeyVersions)" is unknown/);
+  const { sigilIssuedAt: _i, sigilExpiresAt: _e, ...withoutTimes } = doc;
+  assert.throws(() => parse(serializeTrustedRoot(withoutTimes)), /key "sigilKeyVersions" is unknown/);
 });
 
 test('a rotated audit key: one tlog per version in version order, each closed when the next took over, the current one open', () => {
@@ -120,7 +127,7 @@ test('a rotated audit key: one tlog per version in version order, each closed wh
     { version: 1, spki: ed, createdAt: t('2026-01-01T00:00:00Z'), supersededAt: t('2026-02-01T10:00:00.250Z') },
     { version: 2, spki: ed2, createdAt: t('2026-02-01T10:00:00.250Z'), supersededAt: t('2026-03-01T00:00:00Z') },
   ];
-  const doc = buildTrustedRoot({ identityCa: null, auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', versions }, keyVersions: [] });
+  const doc = buildTrustedRoot({ ...TIMES, identityCa: null, auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', versions }, keyVersions: [] });
   assert.deepEqual(
     doc.tlogs.map((l) => [l.baseUrl, l.publicKey.rawBytes, l.publicKey.validFor, l.logId.keyId]),
     [
@@ -130,7 +137,7 @@ test('a rotated audit key: one tlog per version in version order, each closed wh
     ],
   );
   // Any input order gives the same bytes.
-  const again = buildTrustedRoot({ identityCa: null, auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', versions: [...versions].reverse() }, keyVersions: [] });
+  const again = buildTrustedRoot({ ...TIMES, identityCa: null, auditLog: { baseUrl: 'https://sigil.example:8443', algorithm: 'ED25519', versions: [...versions].reverse() }, keyVersions: [] });
   assert.ok(serializeTrustedRoot(doc).equals(serializeTrustedRoot(again)));
 });
 
@@ -214,7 +221,7 @@ test('trusted root: one certificate authority per identity ca generation, in ord
   const v2 = await der('sigil identity CA 2');
   // The certificates start now: v1's window ends a day later (with its milliseconds).
   const end = new Date(Math.floor(Date.now() / 1000) * 1000 + 86_400_000 + 250);
-  const doc = buildTrustedRoot({ identityCa: [{ der: v1, end }, { der: v2, end: null }], auditLog: null, keyVersions: [] });
+  const doc = buildTrustedRoot({ ...TIMES, identityCa: [{ der: v1, end }, { der: v2, end: null }], auditLog: null, keyVersions: [] });
   assert.deepEqual(
     doc.certificateAuthorities.map((a) => [a.subject.commonName, a.certChain.certificates[0]!.rawBytes, a.validFor.end]),
     [
@@ -224,16 +231,42 @@ test('trusted root: one certificate authority per identity ca generation, in ord
   );
   assert.ok(doc.certificateAuthorities.every((a) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/.test(a.validFor.start)));
   // A lone certificate is one open generation, as before.
-  const lone = buildTrustedRoot({ identityCa: v1, auditLog: null, keyVersions: [] }).certificateAuthorities;
+  const lone = buildTrustedRoot({ ...TIMES, identityCa: v1, auditLog: null, keyVersions: [] }).certificateAuthorities;
   assert.deepEqual(lone.map((a) => [a.certChain.certificates[0]!.rawBytes, a.validFor.start, a.validFor.end]), [[v1.toString('base64'), doc.certificateAuthorities[0]!.validFor.start, undefined]]);
 });
 
 test('a window never ends before it starts: a compromise time recorded before the version was made closes it at its start', () => {
   const doc = buildTrustedRoot({
+    ...TIMES,
     identityCa: null,
     auditLog: null,
     keyVersions: [v({ keyName: 'old/k', createdAt: t('2026-03-01T00:00:00Z'), revokedAt: t('2026-02-01T00:00:00Z') })],
   });
   assert.deepEqual(doc.sigilKeyVersions[0]!.publicKey.validFor, { start: '2026-03-01T00:00:00Z', end: '2026-03-01T00:00:00Z' });
   assert.equal(doc.sigilKeyVersions[0]!.revoked, true);
+});
+
+test('freshness: a verifier takes a document until its sigilExpiresAt, then refuses it with the expiry; a document without the times is refused', () => {
+  const json = serializeTrustedRoot(buildTrustedRoot({ ...TIMES, identityCa: null, auditLog: null, keyVersions: [] }));
+  assert.deepEqual(checkTrustedRootFresh(json, t('2026-11-25T12:00:00Z')), TIMES);
+  assert.deepEqual(checkTrustedRootFresh(json, t('2026-12-02T11:59:59.999Z')), TIMES);
+  for (const now of ['2026-12-02T12:00:00Z', '2027-01-01T00:00:00Z']) {
+    assert.throws(
+      () => checkTrustedRootFresh(json, t(now)),
+      (e: unknown) => isSigilError(e, 'FAILED_PRECONDITION') && /^the trusted root expired at 2026-12-02T12:00:00Z \(issued 2026-11-25T12:00:00Z\): /.test((e as Error).message),
+    );
+  }
+  const doc = JSON.parse(json.toString()) as Record<string, unknown>;
+  const variants: Array<Record<string, unknown>> = [
+    { ...doc, sigilExpiresAt: undefined },
+    { ...doc, sigilIssuedAt: undefined },
+    { ...doc, sigilExpiresAt: 'next week' },
+    { ...doc, sigilExpiresAt: '2026-12-02T12:00:00' },
+    { ...doc, sigilExpiresAt: 1796212800 },
+    { ...doc, sigilExpiresAt: doc.sigilIssuedAt },
+  ];
+  for (const d of variants) {
+    assert.throws(() => checkTrustedRootFresh(Buffer.from(JSON.stringify(d)), t('2026-11-26T00:00:00Z')), /carries no valid issue and expiry time/);
+  }
+  assert.throws(() => checkTrustedRootFresh(Buffer.from('not json'), t('2026-11-26T00:00:00Z')), /carries no valid issue and expiry time/);
 });
