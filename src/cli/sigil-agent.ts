@@ -2,8 +2,9 @@ import { Command, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { Agent, AGENT_MAX_MESSAGE_BYTES, defaultSocketPath, type AgentEvent } from './agent/agent.ts';
-import { DEFAULT_MAX_MESSAGE_BYTES, HASH_OF, hashFile, openOut, readBounded, readWholeMessage, statNamed } from './files.ts';
-import { checkPayloadType, DSSE_DEFAULT_PAYLOAD_TYPE, envelopeJson, MAX_PAYLOAD_BYTES, pae, paeSignInput } from './dsse.ts';
+import { DEFAULT_MAX_MESSAGE_BYTES, HASH_OF, hashFile, openOut, readWholeMessage } from './files.ts';
+import { envelopeJson, pae, paeSignInput } from './dsse.ts';
+import { addSignOptions, readSignInput, type SignOptions } from './sign-input.ts';
 import { describeError } from './errors.ts';
 import { commanderExitCode, commanderOutput, UsageError } from './commands/context.ts';
 import { parseDuration } from '../config/duration.ts';
@@ -106,32 +107,12 @@ export async function main(argv: string[]): Promise<void> {
       report({ event: 'stopped' });
     });
 
-  program
-    .command('sign')
+  addSignOptions(program.command('sign'))
     .description('sign a file with the running agent\'s identity (hashed here while streaming from disk; Ed25519 sends it whole); with --dsse, wrap it in a signed dsse envelope (in-toto, SLSA provenance)')
-    .requiredOption('--key <key>', 'name or name@N')
-    .requiredOption('--file <path>', 'file to sign (with --dsse: the payload, e.g. an in-toto statement)')
-    .requiredOption('--out <path>', 'where to write the signature (DER for ECDSA, raw for RSA and Ed25519), or with --dsse the envelope (json)')
-    .option('--dsse', `write a dsse envelope: sign the PAE of the payload (at most ${MAX_PAYLOAD_BYTES / 1048576} MiB), keyid = the key version that signed (name@N)`)
-    .option('--payload-type <type>', `with --dsse: the payloadType (default ${DSSE_DEFAULT_PAYLOAD_TYPE})`)
-    .option('--no-progress', 'no progress bar')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
     .addOption(socketOption())
-    .action(async (o: { key: string; file: string; out: string; progress: boolean; output: string; socket: string; dsse?: boolean; payloadType?: string }) => {
-      if (o.payloadType !== undefined && !o.dsse) throw new UsageError('--payload-type goes with --dsse');
-      const st = statNamed(o.file, '--file');
-      if (st.isDirectory()) throw new UsageError(`--file ${o.file} is a directory: sign one file at a time`);
-      let payloadType = DSSE_DEFAULT_PAYLOAD_TYPE;
-      let payload: Buffer | null = null;
-      if (o.dsse) {
-        try {
-          payloadType = checkPayloadType(o.payloadType ?? DSSE_DEFAULT_PAYLOAD_TYPE);
-          payload = readBounded(o.file, MAX_PAYLOAD_BYTES, 'the payload');
-        } catch (err) {
-          if ((err as { code?: unknown }).code === 'INVALID_ARGUMENT' || (err as { code?: unknown }).code === 'MESSAGE_TOO_LARGE') throw new UsageError((err as Error).message);
-          throw err;
-        }
-      }
+    .action(async (o: SignOptions & { output: string; socket: string }) => {
+      const { st, payloadType, payload } = readSignInput(o);
       // Before anything is hashed or signed: a signature sigild issued and this command could not keep is lost.
       const outFile = openOut(o.out, '--out');
       try {

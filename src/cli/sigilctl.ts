@@ -4,7 +4,7 @@ import { createHash, createPrivateKey, randomBytes, X509Certificate, type KeyObj
 import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
 import { describeError, errorJson, fileErrorWords } from './errors.ts';
-import { DEFAULT_MAX_MESSAGE_BYTES, HASH_OF, hashFile, openOut, readBounded, readWholeMessage, statNamed } from './files.ts';
+import { DEFAULT_MAX_MESSAGE_BYTES, HASH_OF, hashFile, openOut, readWholeMessage } from './files.ts';
 import { ALG_NAMES, UsageError, algName, commanderExitCode, commanderOutput, parseAlg, type CliContext } from './commands/context.ts';
 import { registerRevocationCommands } from './commands/revocation.ts';
 import { registerAuditCommands } from './commands/audit.ts';
@@ -12,7 +12,8 @@ import { keyJson, keyText, registerKeysCommands } from './commands/keys.ts';
 import { registerApprovalsCommands } from './commands/approvals.ts';
 import { registerEnrollmentCommands } from './commands/enrollments.ts';
 import { registerVerifyCommand } from './commands/verify.ts';
-import { checkPayloadType, DSSE_DEFAULT_PAYLOAD_TYPE, envelopeJson, MAX_PAYLOAD_BYTES, pae, paeSignInput } from './dsse.ts';
+import { envelopeJson, pae, paeSignInput } from './dsse.ts';
+import { addSignOptions, readSignInput, type SignOptions } from './sign-input.ts';
 
 interface Globals {
   addr?: string;
@@ -126,30 +127,10 @@ export async function main(argv: string[]): Promise<void> {
       out({ keyVersion: res.keyVersion, algorithm: algName(res.algorithm), pem: res.pem }, o.out ? `${res.keyVersion} public key written to ${o.out}` : res.pem.trimEnd());
     });
 
-  program
-    .command('sign')
+  addSignOptions(program.command('sign'))
     .description('sign a file: ECDSA and RSA hash it here while streaming it from disk; Ed25519 sends it whole. With --dsse, wrap it in a signed dsse envelope (in-toto, SLSA provenance)')
-    .requiredOption('--key <key>', 'name or name@N')
-    .requiredOption('--file <path>', 'file to sign (with --dsse: the payload, e.g. an in-toto statement)')
-    .requiredOption('--out <path>', 'where to write the signature (DER for ECDSA, raw for RSA and Ed25519), or with --dsse the envelope (json)')
-    .option('--dsse', `write a dsse envelope: sign the PAE of the payload (at most ${MAX_PAYLOAD_BYTES / 1048576} MiB), keyid = the key version that signed (name@N)`)
-    .option('--payload-type <type>', `with --dsse: the payloadType (default ${DSSE_DEFAULT_PAYLOAD_TYPE})`)
-    .option('--no-progress', 'no progress bar')
-    .action(async (o: { key: string; file: string; out: string; progress: boolean; dsse?: boolean; payloadType?: string }) => {
-      if (o.payloadType !== undefined && !o.dsse) throw new UsageError('--payload-type goes with --dsse');
-      const st = statNamed(o.file, '--file');
-      if (st.isDirectory()) throw new UsageError(`--file ${o.file} is a directory: sign one file at a time`);
-      let payloadType = DSSE_DEFAULT_PAYLOAD_TYPE;
-      let payload: Buffer | null = null;
-      if (o.dsse) {
-        try {
-          payloadType = checkPayloadType(o.payloadType ?? DSSE_DEFAULT_PAYLOAD_TYPE);
-          payload = readBounded(o.file, MAX_PAYLOAD_BYTES, 'the payload');
-        } catch (err) {
-          if ((err as { code?: unknown }).code === 'INVALID_ARGUMENT' || (err as { code?: unknown }).code === 'MESSAGE_TOO_LARGE') throw new UsageError((err as Error).message);
-          throw err;
-        }
-      }
+    .action(async (o: SignOptions) => {
+      const { st, payloadType, payload } = readSignInput(o);
       const c = open();
       // Before anything is hashed or signed: a signature sigild issued and this command could not keep is lost.
       const outFile = openOut(o.out, '--out');

@@ -148,26 +148,32 @@ export async function tpmKeyAuth(stateDir: string, handle: string): Promise<stri
 }
 
 /**
+ * Creates a P-256 signing key with an empty authValue under the standard SRK and persists it at `handle` (the
+ * way another TPM user, or sigil before it set authValues, makes one); returns its name.
+ */
+export async function persistP256Key(tpm: Tpm, handle: number): Promise<Buffer> {
+  const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
+  try {
+    const made = await tpm.create(srk.handle, templateBytes(signingKeyTemplate('EC_P256')!));
+    const loaded = await tpm.load(srk.handle, made.private, made.public);
+    try {
+      await tpm.evictControl(loaded.handle, handle);
+    } finally {
+      await tpm.flushContext(loaded.handle);
+    }
+    return loaded.name;
+  } finally {
+    await tpm.flushContext(srk.handle);
+  }
+}
+
+/**
  * Makes a P-256 key on `sw` the way sigil's TPM backend did before it set an authValue: TPM2_Create under
  * the standard SRK with an empty userAuth, persisted at `handle`, and an entry without `auth` in the key
  * table in `stateDir` (no backend may have that directory or the TPM open meanwhile).
  */
 export async function makeEmptyAuthKey(sw: Swtpm, stateDir: string, label: string, handle: number): Promise<void> {
-  const name = await withTpmClient(sw, async (tpm) => {
-    const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
-    try {
-      const made = await tpm.create(srk.handle, templateBytes(signingKeyTemplate('EC_P256')!));
-      const loaded = await tpm.load(srk.handle, made.private, made.public);
-      try {
-        await tpm.evictControl(loaded.handle, handle);
-      } finally {
-        await tpm.flushContext(loaded.handle);
-      }
-      return loaded.name;
-    } finally {
-      await tpm.flushContext(srk.handle);
-    }
-  });
+  const name = await withTpmClient(sw, (tpm) => persistP256Key(tpm, handle));
   const table = await KeyTable.open(stateDir);
   await table.put({ label, handle, name: name.toString('hex'), algorithm: 'ECDSA_P256_SHA256', createdAt: new Date().toISOString() });
 }

@@ -20,7 +20,7 @@ import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 import { Tpm } from '../../src/tpm/tpm.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTpmRelay, type TpmRelay } from '../helpers/tpm-relay.ts';
-import { dropTpmConnection, startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
+import { dropTpmConnection, persistP256Key, startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
 import { verifyWithOpenssl } from '../helpers/verify.ts';
 
 // Sessions salted with the pinned SRK (TPM 2.0 Part 1, 19.6.13) and TPM2_Create with its first parameter
@@ -69,21 +69,8 @@ function srkName(s: Swtpm): Promise<Buffer> {
 }
 
 /** Persists a P-256 signing key with an empty authValue at `handle` (made by another TPM user; sigil imports it). */
-function persistImportable(s: Swtpm, handle: number): Promise<void> {
-  return withTpmClient(s, async (tpm) => {
-    const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
-    try {
-      const made = await tpm.create(srk.handle, templateBytes(signingKeyTemplate('EC_P256')!));
-      const loaded = await tpm.load(srk.handle, made.private, made.public);
-      try {
-        await tpm.evictControl(loaded.handle, handle);
-      } finally {
-        await tpm.flushContext(loaded.handle);
-      }
-    } finally {
-      await tpm.flushContext(srk.handle);
-    }
-  });
+async function persistImportable(s: Swtpm, handle: number): Promise<void> {
+  await withTpmClient(s, (tpm) => persistP256Key(tpm, handle));
 }
 
 /** StartAuthSession command fields (Part 3, 11.1): tpmKey, bind, encryptedSalt, symmetric algorithm. */

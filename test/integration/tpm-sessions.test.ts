@@ -10,14 +10,11 @@ import { silentLogger } from '../../src/log.ts';
 import type { Backend, KeyCreator, KeyDestroyer } from '../../src/signers/signer.ts';
 import { tpmConfigSchema, type TpmConfig } from '../../src/signers/tpm/config.ts';
 import { open } from '../../src/signers/tpm/index.ts';
-import { signingKeyTemplate } from '../../src/signers/tpm/templates.ts';
-import { TPM_ALG, TPM_CC, TPM_RH } from '../../src/tpm/constants.ts';
+import { TPM_ALG, TPM_CC } from '../../src/tpm/constants.ts';
 import { baseRc, TPM_RC, TpmError } from '../../src/tpm/rc.ts';
-import { objectName } from '../../src/tpm/structures.ts';
-import { SRK_TEMPLATE_ECC, templateBytes } from '../../src/tpm/templates.ts';
 import { LOADED_SESSION_FIRST, Tpm } from '../../src/tpm/tpm.ts';
 import { missingTools } from '../helpers/hw.ts';
-import { dropTpmConnection, startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
+import { dropTpmConnection, persistP256Key, startSwtpm, withTpmClient, type Swtpm } from '../helpers/swtpm.ts';
 
 // TPM2_Sign authorized by an HMAC session whose cpHash holds the key name sigil recorded: another
 // object persisted at the key's handle is refused by the TPM itself, where a password session signs.
@@ -59,19 +56,7 @@ const dropConnection = (b: Opened, uri: string): Promise<void> => dropTpmConnect
 /** Persists a fresh P-256 signing key at `handle` (evicting what is there first): the swap an owner could make. */
 async function persistOther(tpm: Tpm, handle: number, evict: boolean): Promise<Buffer> {
   if (evict) await tpm.evictControl(handle, handle);
-  const srk = await tpm.createPrimary(TPM_RH.OWNER, templateBytes(SRK_TEMPLATE_ECC));
-  try {
-    const made = await tpm.create(srk.handle, templateBytes(signingKeyTemplate('EC_P256')!));
-    const loaded = await tpm.load(srk.handle, made.private, made.public);
-    try {
-      await tpm.evictControl(loaded.handle, handle);
-    } finally {
-      await tpm.flushContext(loaded.handle);
-    }
-    return objectName(made.public);
-  } finally {
-    await tpm.flushContext(srk.handle);
-  }
+  return persistP256Key(tpm, handle);
 }
 
 const notRecorded = (e: unknown) =>
