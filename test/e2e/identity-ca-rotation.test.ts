@@ -15,6 +15,7 @@ import { status as Status, type ServiceError } from '@grpc/grpc-js';
 import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
+import { builderConfig } from '../helpers/builder.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
 import { rpc, type Clients } from '../../src/cli/client.ts';
 import { Attestor, builderClients, type Identity } from '../../src/cli/agent/attestor.ts';
@@ -23,8 +24,6 @@ import type { TrustedRootDocument } from '../../src/revocation/trusted-root.ts';
 const run = promisify(execFile);
 const skip = missingTools('swtpm', 'swtpm_setup', 'openssl', 'softhsm', 'softhsm2-util');
 const SIGILCTL = new URL('../../bin/sigilctl.js', import.meta.url).pathname;
-const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
-const ZEROS = Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]));
 const HOUR = 3_600_000;
 const CA = 'sigil/identity-ca';
 
@@ -88,11 +87,7 @@ describe('identity ca key rotation end to end', { skip: skip ?? false }, () => {
     sw = await startSwtpm();
     td = await startTestDaemon({
       clock,
-      extraConfig: {
-        identity: { trustDomain: 'sigil.test', lifetime: '15m', maxLifetime: '1h' },
-        authorization: { builders: [{ keys: ['ci/*'], identities: [{ san: 'spiffe://sigil.test/builder/tpm/*', policy: 'ci' }] }] },
-        attestation: { policies: { ci: { ekCaFiles: [sw.ekCaFile], pcrs: { bank: 'sha256', select: PCRS }, golden: [ZEROS] } } },
-      },
+      extraConfig: builderConfig(sw.ekCaFile, { lifetime: '15m', maxLifetime: '1h' }),
     });
     await rpc.createKey(td.client('admin'), { name: 'ci/provenance', algorithm: 1, backend: '' });
     v1Builder = await agent().enroll();

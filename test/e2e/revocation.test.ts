@@ -11,14 +11,13 @@ import { status as Status } from '@grpc/grpc-js';
 import { rejectsWith } from '../helpers/assert.ts';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
+import { builderConfig } from '../helpers/builder.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
 import { strictTrustedRootParser } from '../helpers/sigstore-schema.ts';
 import { rpc, type Clients } from '../../src/cli/client.ts';
 import { Attestor, builderClients, type AttestorOptions } from '../../src/cli/agent/attestor.ts';
 
 const skip = missingTools('swtpm', 'swtpm_setup', 'openssl', 'softhsm');
-const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
-const ZEROS = Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]));
 
 let sw: Swtpm;
 let td: TestDaemon;
@@ -29,11 +28,7 @@ before(async () => {
   if (skip) return;
   sw = await startSwtpm();
   td = await startTestDaemon({
-    extraConfig: {
-      identity: { trustDomain: 'sigil.test' },
-      authorization: { builders: [{ keys: ['ci/*'], identities: [{ san: 'spiffe://sigil.test/builder/tpm/*', policy: 'ci' }] }] },
-      attestation: { policies: { ci: { ekCaFiles: [sw.ekCaFile], pcrs: { bank: 'sha256', select: PCRS }, golden: [ZEROS] } } },
-    },
+    extraConfig: builderConfig(sw.ekCaFile),
   });
   anon = td.client('anonymous');
   admin = td.client('admin');

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { missingTools } from '../helpers/hw.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
+import { builderConfig } from '../helpers/builder.ts';
 import { startSwtpm, type Swtpm } from '../helpers/swtpm.ts';
 import { rpc } from '../../src/cli/client.ts';
 import { Agent } from '../../src/cli/agent/agent.ts';
@@ -15,7 +16,6 @@ import { Agent } from '../../src/cli/agent/agent.ts';
 const run = promisify(execFile);
 const root = new URL('../..', import.meta.url).pathname;
 const skip = missingTools('swtpm', 'swtpm_setup', 'openssl', 'softhsm');
-const PCRS = [0, 1, 2, 3, 4, 5, 6, 7];
 
 let sw: Swtpm;
 let td: TestDaemon;
@@ -25,11 +25,9 @@ before(async () => {
   sw = await startSwtpm();
   td = await startTestDaemon({
     extraConfig: {
-      identity: { trustDomain: 'sigil.test' },
+      ...builderConfig(sw.ekCaFile),
       // Small, so an Ed25519 file over it needs no large file.
       limits: { maxMessageBytes: 1024 * 1024 },
-      authorization: { builders: [{ keys: ['ci/*'], identities: [{ san: 'spiffe://sigil.test/builder/tpm/*', policy: 'ci' }] }] },
-      attestation: { policies: { ci: { ekCaFiles: [sw.ekCaFile], pcrs: { bank: 'sha256', select: PCRS }, golden: [Object.fromEntries(PCRS.map((i) => [String(i), '00'.repeat(32)]))] } } },
     },
   });
   await rpc.createKey(td.client('admin'), { name: 'ci/provenance', algorithm: 1, backend: '' });
