@@ -224,6 +224,16 @@ async function startLocked(cfg: Config, opts: { log?: Logger; clock?: Clock; con
       useJoinToken: (hash, policy) => store.useJoinToken(hash, policy, clock.now()),
     };
   }
+  // What a start that fails from here on closes again, in reverse order of opening.
+  const undoStart = async (): Promise<void> => {
+    identity?.close();
+    if (checkpointTimer) clearInterval(checkpointTimer);
+    stopArchiving?.();
+    await archiver.stop();
+    await audited.close();
+    await backends.closeAll();
+    store.close();
+  };
   let grpc: RunningServer;
   let serverTls: ServerTls;
   try {
@@ -249,20 +259,21 @@ async function startLocked(cfg: Config, opts: { log?: Logger; clock?: Clock; con
       limits: cfg.limits,
     });
   } catch (err) {
-    identity?.close();
-    if (checkpointTimer) clearInterval(checkpointTimer);
-    stopArchiving?.();
-    await archiver.stop();
-    await audited.close();
-    await backends.closeAll();
-    store.close();
+    await undoStart();
     throw err;
   }
   let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | null = null;
   let metricsAddress: string | null = null;
   if (cfg.metrics) {
     const [mh, mp] = splitHostPort(cfg.metrics.listen);
-    metricsServer = await serveMetrics(metrics, mh, mp, { crl: identity ? (caVersion) => revocations.crl(caVersion) : null, trustedRoot: () => rootPublisher.current(), rootKeys: () => rootPublisher.chainJson() });
+    try {
+      metricsServer = await serveMetrics(metrics, mh, mp, { crl: identity ? (caVersion) => revocations.crl(caVersion) : null, trustedRoot: () => rootPublisher.current(), rootKeys: () => rootPublisher.chainJson() });
+    } catch (err) {
+      // The metrics port taken, say: the gRPC server already listens and must not outlive the failed start.
+      await grpc.stop();
+      await undoStart();
+      throw err;
+    }
     metricsAddress = `${mh}:${metricsServer.port}`;
   }
   scheduler.start();

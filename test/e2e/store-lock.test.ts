@@ -11,6 +11,7 @@ import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promise
 import { parse, stringify } from 'yaml';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { missingTools } from '../helpers/hw.ts';
 import { assertCode } from '../helpers/assert.ts';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.ts';
@@ -125,7 +126,38 @@ describe('one daemon per store: sigild serve', { skip: skip ?? false }, () => {
     assert.equal(s.keyVersion, 'rel/app@1');
     assert.equal(d.audit.healthy, true);
   });
+
+  test('a start that fails at its last step (the metrics port taken) closes what it opened: no gRPC listener left, the next start works', async () => {
+    await td.stopDaemon();
+    const busy = createServer();
+    await new Promise<void>((res) => busy.listen(0, '127.0.0.1', res));
+    const grpcPort = await freePort();
+    try {
+      const base = parse(await readFile(td.configFile, 'utf8')) as Record<string, unknown>;
+      const cfg = parseConfig(stringify({ ...base, listen: `127.0.0.1:${grpcPort}`, metrics: { listen: `127.0.0.1:${(busy.address() as AddressInfo).port}` } }), td.configFile);
+      await assert.rejects(startDaemon(cfg, { log: silentLogger() }), /EADDRINUSE/);
+      const refused = await new Promise<boolean>((res) => {
+        const c = connect(grpcPort, '127.0.0.1');
+        c.once('connect', () => (c.destroy(), res(false)));
+        c.once('error', () => res(true));
+      });
+      assert.ok(refused, 'the gRPC port of the failed start is closed');
+    } finally {
+      busy.close();
+    }
+    await td.restart();
+    assert.equal((await rpc.sign(td.client('signer'), { key: 'rel/app', digest: digest('after a failed start') })).keyVersion, 'rel/app@1');
+  });
 });
+
+/** A port free now on 127.0.0.1 (bound to 0, then closed). */
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((res) => s.listen(0, '127.0.0.1', res));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise<void>((res) => s.close(() => res()));
+  return port;
+}
 
 describe('one daemon per store: sigild dev', { skip: skipDev ?? false }, () => {
   let dir: string;
