@@ -60,7 +60,7 @@ async function writePair(dir: string, name: string, p: PemPair): Promise<Identit
 }
 
 /** Starts sigild in this process on a free port; every test file makes its own. `clock` replaces the wall clock. */
-export async function startTestDaemon(opts: { extraConfig?: Record<string, unknown>; extraBackends?: Record<string, unknown>; start?: boolean; clock?: Clock } = {}): Promise<TestDaemon> {
+export async function startTestDaemon(opts: { extraConfig?: Record<string, unknown>; extraBackends?: Record<string, unknown>; clock?: Clock } = {}): Promise<TestDaemon> {
   const dir = await mkdtemp(join(tmpdir(), 'sigil-e2e-'));
   const token = await tempToken('sigil');
   const ca = await createDevCa('sigil test operator CA');
