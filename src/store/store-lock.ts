@@ -1,5 +1,5 @@
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { SigilError } from '../errors.ts';
 
@@ -28,12 +28,15 @@ export function storeLockPath(storePath: string): string {
  * What is locked is `<store>.lock`, an otherwise unused SQLite file, with SQLite's exclusive locking mode: an
  * OS-level (POSIX advisory) lock the kernel drops when the process ends, SIGKILL included, so a crash never leaves
  * a lock to clean up by hand. Not the store itself: the daemon opens it on several connections and threads.
+ * POSIX locks belong to the process and end when it closes ANY descriptor of the file: nothing in a process
+ * holding the lock may open `<store>.lock` otherwise (a backup or copy of the store's directory must skip it).
  */
 export function lockStore(storePath: string): StoreLock {
   if (storePath === ':memory:') return { store: storePath, release: () => undefined };
-  const store = resolve(storePath);
+  mkdirSync(dirname(resolve(storePath)), { recursive: true, mode: 0o700 });
+  // The file the path names, through any symlink: two spellings of one store are one lock.
+  const store = existsSync(storePath) ? realpathSync(storePath) : join(realpathSync(dirname(resolve(storePath))), basename(storePath));
   const file = storeLockPath(store);
-  mkdirSync(dirname(store), { recursive: true, mode: 0o700 });
   // No journal file beside the lock: the only write is the empty database's first page, on creation.
   let db: DatabaseSync | null;
   try {
@@ -46,6 +49,18 @@ export function lockStore(storePath: string): StoreLock {
   if (db === null) {
     const pid = lockHolder(file);
     throw new SigilError('FAILED_PRECONDITION', `the store ${store} is in use by another sigild${pid === null ? '' : ` (pid ${pid})`}: stop it first`);
+  }
+  // SQLite opens a file this user may not write read-only, and then holds only a shared (read) lock, which a second
+  // reader shares: a write proves the lock is the exclusive one.
+  try {
+    db.exec('BEGIN EXCLUSIVE; PRAGMA user_version = 1; COMMIT;');
+  } catch (err) {
+    db.close();
+    if (/readonly|read-only/i.test((err as Error).message)) {
+      const st = statSync(file);
+      throw new SigilError('FAILED_PRECONDITION', `the store's lock file ${file} is not writable by uid ${process.getuid?.() ?? '?'} (owner uid ${st.uid}): chown it to the user sigild runs as`, { cause: err });
+    }
+    throw new SigilError('BACKEND_ERROR', `cannot lock ${file}: ${(err as Error).message}`, { cause: err });
   }
   const held = db;
   HELD.add(held);

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { assertCode } from '../../helpers/assert.ts';
@@ -58,6 +58,43 @@ test('a damaged lock file is named, with what to do; an in-memory store needs no
     const b = lockStore(':memory:');
     a.release();
     b.release();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('two spellings of one store (a symlink to it) are one lock', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'sigil-lock-'));
+  try {
+    const store = join(dir, 'sigil.db');
+    await writeFile(store, '');
+    await symlink(store, join(dir, 'alias.db'));
+    const a = lockStore(store);
+    try {
+      await assertCode(Promise.resolve().then(() => lockStore(join(dir, 'alias.db'))), 'FAILED_PRECONDITION', /is in use by another sigild/);
+    } finally {
+      a.release();
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a lock file this user may not write is refused, not held as a shared lock a second sigild would share', { skip: process.getuid?.() === 0 ? false : 'needs root to run a child as another user' }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'sigil-lock-'));
+  try {
+    await chmod(dir, 0o755);
+    const store = join(dir, 'sigil.db');
+    // Made by root (an operator's `sigild audit archive` run as root), then a daemon running as another user.
+    lockStore(store).release();
+    const run = (): Promise<string> =>
+      new Promise((resolve) => {
+        const child = spawn(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(LOCK)}); try { m.lockStore(${JSON.stringify(store)}); console.log('held'); } catch (e) { console.log(e.message); }`], { uid: 65534, gid: 65534, stdio: ['ignore', 'pipe', 'inherit'] });
+        let out = '';
+        child.stdout!.on('data', (b: Buffer) => void (out += b.toString()));
+        child.once('exit', () => resolve(out.trim()));
+      });
+    assert.match(await run(), new RegExp(`^the store's lock file ${storeLockPath(store).replace(/[.]/g, '\\.')} is not writable by uid 65534 \\(owner uid 0\\): chown it to the user sigild runs as$`));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
