@@ -1,6 +1,6 @@
-import { closeSync, createReadStream, fstatSync, fsyncSync, openSync, readSync, renameSync, statSync, unlinkSync, writeSync, type Stats } from 'node:fs';
+import { closeSync, createReadStream, fchmodSync, fstatSync, fsyncSync, lstatSync, openSync, readlinkSync, readSync, realpathSync, renameSync, statSync, unlinkSync, writeSync, type Stats } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { SingleBar, Presets } from 'cli-progress';
 import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { SigilError } from '../errors.ts';
@@ -135,16 +135,31 @@ export function openOut(path: string, option: string): OutFile {
   const fail = (why: string): never => {
     throw new UsageError(`cannot write ${path} (${option}): ${why}`);
   };
+  // Through a symlink to the file it names (the link stays); an existing file keeps its mode.
+  let target = path;
+  let mode = 0o644;
   try {
-    if (statSync(path).isDirectory()) fail('it is a directory');
+    target = realpathSync(path);
+    const st = statSync(target);
+    if (st.isDirectory()) fail('it is a directory');
+    // A device, FIFO or socket (/dev/stdout, a pipe) is written as it is: there is nothing to rename over.
+    if (!st.isFile()) return directOut(target, path, option, fail);
+    mode = st.mode & 0o777;
   } catch (err) {
     if (err instanceof UsageError) throw err;
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') fail(fileErrorWords(err));
+    // A dangling symlink: the file it names is made.
+    try {
+      if (lstatSync(path).isSymbolicLink()) target = resolve(dirname(path), readlinkSync(path));
+    } catch {
+      // No link either: the path itself is made.
+    }
   }
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
+  const tmp = join(dirname(target), `.${basename(target)}.${randomBytes(6).toString('hex')}.tmp`);
   let fd: number | null;
   try {
-    fd = openSync(tmp, 'wx', 0o644);
+    fd = openSync(tmp, 'wx', mode);
+    fchmodSync(fd, mode);
   } catch (err) {
     return fail(fileErrorWords(err));
   }
@@ -162,12 +177,11 @@ export function openOut(path: string, option: string): OutFile {
     commit(data) {
       if (fd === null) throw new Error(`${option} ${path} was already written`);
       try {
-        const buf = typeof data === 'string' ? Buffer.from(data) : data;
-        for (let n = 0; n < buf.length; ) n += writeSync(fd, buf, n, buf.length - n);
+        writeAll(fd, data);
         fsyncSync(fd);
         closeSync(fd);
         fd = null;
-        renameSync(tmp, path);
+        renameSync(tmp, target);
       } catch (err) {
         discard();
         try {
@@ -176,6 +190,38 @@ export function openOut(path: string, option: string): OutFile {
           // Never made or already gone.
         }
         throw new Error(`cannot write ${path} (${option}): ${fileErrorWords(err)}`);
+      }
+    },
+    discard,
+  };
+}
+
+function writeAll(fd: number, data: Buffer | string): void {
+  const buf = typeof data === 'string' ? Buffer.from(data) : data;
+  for (let n = 0; n < buf.length; ) n += writeSync(fd, buf, n, buf.length - n);
+}
+
+/** An OutFile for a device, FIFO or socket: opened now (a path that cannot be written fails here), written at commit. */
+function directOut(target: string, path: string, option: string, fail: (why: string) => never): OutFile {
+  let fd: number | null;
+  try {
+    fd = openSync(target, 'w');
+  } catch (err) {
+    return fail(fileErrorWords(err));
+  }
+  const discard = (): void => {
+    if (fd !== null) closeSync(fd);
+    fd = null;
+  };
+  return {
+    commit(data) {
+      if (fd === null) throw new Error(`${option} ${path} was already written`);
+      try {
+        writeAll(fd, data);
+      } catch (err) {
+        throw new Error(`cannot write ${path} (${option}): ${fileErrorWords(err)}`);
+      } finally {
+        discard();
       }
     },
     discard,
