@@ -25,12 +25,16 @@ export function parseAlg(s: string): Algorithm {
 }
 
 // RFC 3339 (ISO 8601 extended) with a mandatory offset: without one, Date reads the time in local time.
-const UTC_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/i;
+const UTC_TIME = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,9})?)?(?:Z|[+-](\d{2}):(\d{2}))$/i;
 
 /** A time given on the command line: ISO 8601 with `Z` or a `±hh:mm` offset, or a usage error naming `option`. */
 export function parseUtcTime(text: string, option: string): Date {
   const d = new Date(text);
-  if (!UTC_TIME.test(text) || Number.isNaN(d.getTime())) {
+  const m = UTC_TIME.exec(text);
+  // Date rolls impossible fields over (February 30 becomes March 2): each field must be one that exists.
+  const [y, mo, day, h, mi, sec, oh, om] = (m ?? []).slice(1).map((x) => (x === undefined ? 0 : Number(x)));
+  const real = m !== null && new Date(Date.UTC(y!, mo! - 1, day!)).getUTCDate() === day && mo! >= 1 && mo! <= 12 && h! <= 23 && mi! <= 59 && sec! <= 59 && oh! <= 14 && om! <= 59;
+  if (!real || Number.isNaN(d.getTime())) {
     throw new UsageError(`${option} takes an ISO 8601 time with a UTC offset, e.g. 2026-03-01T12:00:00Z or 2026-03-01T13:00:00+01:00 (got ${JSON.stringify(text.slice(0, 64))}; a time without an offset would be read in this machine's local time)`);
   }
   return d;

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { Metadata, status as Status } from '@grpc/grpc-js';
 import { describeError, errorJson } from '../../../src/cli/errors.ts';
+import { parseUtcTime, UsageError } from '../../../src/cli/commands/context.ts';
 import { encodeStatusDetails, ERROR_DOMAIN } from '../../../src/status-details.ts';
 
 // The UNAVAILABLE details grpc-js 1.14 gives when a channel cannot connect, as sigilctl receives them.
@@ -52,4 +53,12 @@ test('the json form of an error: the status name, sigild\'s reason and metadata 
   assert.deepEqual(errorJson(failed('Error: connect ECONNREFUSED 10.0.0.1:8443'), '10.0.0.1:8443'), { code: 'UNAVAILABLE', message: 'cannot reach sigild at 10.0.0.1:8443: connection refused (is sigild running there?)' });
   assert.deepEqual(errorJson(new Error('unknown algorithm dsa'), undefined, true), { code: 'INVALID_ARGUMENT', message: 'unknown algorithm dsa' });
   assert.deepEqual(errorJson(new Error('plain')), { code: 'UNKNOWN', message: 'plain' });
+});
+
+test('times on the command line: a UTC offset is required, and every field must exist (no February 30 rolled into March)', () => {
+  assert.equal(parseUtcTime('2028-02-29T00:00:00Z', '--at').toISOString(), '2028-02-29T00:00:00.000Z');
+  assert.equal(parseUtcTime('2026-03-01T12:00:00.5+01:00', '--at').toISOString(), '2026-03-01T11:00:00.500Z');
+  for (const t of ['2026-03-01T12:00:00', '2026-02-30T00:00:00Z', '2026-02-29T00:00:00Z', '2026-01-01T24:00:00Z', '2026-13-01T00:00:00Z', '2026-03-01T12:00:60Z', '2026-03-01T12:00:00+15:00']) {
+    assert.throws(() => parseUtcTime(t, '--since'), (e: unknown) => e instanceof UsageError && /^--since takes an ISO 8601 time with a UTC offset/.test(e.message), t);
+  }
 });
