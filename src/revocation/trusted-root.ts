@@ -186,6 +186,9 @@ export interface TrustedRootFreshness {
   expiresAt: Date;
 }
 
+/** The longest validity a trusted root may have (the config's maximum `trustedRoot.validity`). */
+export const MAX_TRUSTED_ROOT_VALIDITY_MS = 90 * 24 * 3_600_000;
+
 /**
  * Checks that a verified trusted-root document is fresh at `now`: it carries `sigilIssuedAt` and
  * `sigilExpiresAt` and has not expired. FAILED_PRECONDITION with the expiry when it has (or when it carries
@@ -209,6 +212,11 @@ export function checkTrustedRootFresh(json: Buffer, now: Date): TrustedRootFresh
       'FAILED_PRECONDITION',
       'the trusted root carries no valid issue and expiry time (sigilIssuedAt, sigilExpiresAt): a sigild from before trusted roots expired made it, and a root that never expires could be an old one replayed; fetch a fresh one',
     );
+  }
+  // No document sigild signs is valid for longer than the config allows. (An issue time ahead of this machine's
+  // is not refused: as in TUF, freshness rests on the expiry, and the signer's clock is the signer's to keep.)
+  if (expiresAt.getTime() - issuedAt.getTime() > MAX_TRUSTED_ROOT_VALIDITY_MS) {
+    throw new SigilError('FAILED_PRECONDITION', `the trusted root is valid from ${rfc3339(issuedAt)} to ${rfc3339(expiresAt)}, longer than the 90 days sigild ever signs for: refused`);
   }
   if (now.getTime() >= expiresAt.getTime()) {
     throw new SigilError(

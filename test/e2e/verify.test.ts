@@ -143,6 +143,10 @@ describe('sigilctl verify and sign --dsse against a running sigild', { skip: ski
     const root = await fetchRoot('root-b');
     const base = ['--file', art, '--signature', sig, '--key', 'v/bad@1', ...root];
     assert.equal((await verify(base)).code, 0, 'the unmodified inputs verify');
+    // A file that is not there is a mistake on the command line (exit 2), not a signature that failed (exit 1).
+    await fails(['--file', file('nowhere.bin'), ...base.slice(2)], /cannot read .*nowhere\.bin \(--file\): no such file/, 2);
+    await fails([...base.slice(0, 2), '--signature', file('nowhere.sig'), ...base.slice(4)], /cannot read .*nowhere\.sig \(--signature\): no such file/, 2);
+    await fails(['--dsse', file('nowhere.json'), '--key', 'v/bad', ...root], /cannot read .*nowhere\.json \(--dsse\): no such file/, 2);
 
     writeFileSync(file('art.flipped'), flipped(readFileSync(art), 1_000_001));
     await fails(['--file', file('art.flipped'), ...base.slice(2)], /^sigilctl: bad signature: .*art\.flipped does not verify under v\/bad@1 \(ECDSA_P256_SHA256\)$/m);

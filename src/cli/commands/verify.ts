@@ -1,4 +1,3 @@
-import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { rpc } from '../client.ts';
 import { isSigilError } from '../../errors.ts';
@@ -7,7 +6,8 @@ import { rfc3339 } from '../../revocation/trusted-root.ts';
 import { chainHeadVersion, NO_CHAIN_TAKEN_AS, parseRootKeyChain, TRUST_ROOT_KEY, type RootKeyChain } from '../../revocation/root-key-chain.ts';
 import type { Algorithm as AlgorithmName } from '../../signers/signer.ts';
 import { MAX_ENVELOPE_BYTES, pae, parseEnvelope, type DsseEnvelope, type DsseSignature } from '../dsse.ts';
-import { readBounded } from '../files.ts';
+import { openOut, readBounded, statNamed } from '../files.ts';
+import { fileErrorWords } from '../errors.ts';
 import { checkValidity, findKeyVersion, findKeyVersions, verifyFile, verifyMessage, VerifyFailure, type RootKeyVersion } from '../verify.ts';
 import { algName, parseAlg, parseUtcTime, UsageError, type CliContext } from './context.ts';
 import { chainOf, pinnedRootKey, verifyTrustedRoot, type RootToVerify, type VerifiedRoot } from './revocation.ts';
@@ -36,7 +36,9 @@ function readOption(path: string, option: string, max: number): Buffer {
     return readBounded(path, max, option);
   } catch (err) {
     const code = (err as { code?: unknown }).code;
-    if (code === 'MESSAGE_TOO_LARGE') throw new UsageError((err as Error).message);
+    if (code === 'MESSAGE_TOO_LARGE' || code === 'INVALID_ARGUMENT') throw new UsageError((err as Error).message);
+    // A file that is not there or cannot be read is a mistake on the command line (exit 2), not a failed check.
+    if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) throw new UsageError(`cannot read ${path} (${option}): ${fileErrorWords(err)}`);
     throw err;
   }
 }
@@ -188,6 +190,9 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
       // Inputs first, so that a usage mistake is not reported as a failed check.
       const envelopeBytes = dsse ? readOption(o.dsse!, '--dsse', MAX_ENVELOPE_BYTES) : null;
       const signature = dsse ? null : readOption(o.signature!, '--signature', 64 * 1024);
+      if (!dsse && statNamed(o.file!, '--file').isDirectory()) throw new UsageError(`--file ${o.file} is a directory`);
+      // Ready before anything is checked (a bad path is a usage mistake); written only once everything verified.
+      const payloadOut = o.payloadOut !== undefined ? openOut(o.payloadOut, '--payload-out') : null;
 
       try {
         let env: DsseEnvelope | null = null;
@@ -229,7 +234,7 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
           if (o.payloadType !== undefined && env.payloadType !== o.payloadType) {
             throw new VerifyFailure('payload-type', `wrong payload type: the envelope's payloadType is ${JSON.stringify(env.payloadType)}, not ${JSON.stringify(o.payloadType)} (--payload-type)`);
           }
-          if (o.payloadOut !== undefined) writeFileSync(o.payloadOut, env.payload);
+          if (payloadOut !== null) payloadOut.commit(env.payload);
           subject = { envelope: o.dsse, payloadType: env.payloadType, payloadBytes: env.payload.length, payloadOut: o.payloadOut ?? null };
           text = `verified the dsse envelope ${o.dsse} (${env.payloadType}, ${env.payload.length} bytes of payload${o.payloadOut ? `, written to ${o.payloadOut}` : ''})`;
         } else {
@@ -271,6 +276,7 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
             `trusted root ${root.followed === null ? 'signed by the pinned key' : `signed by ${root.signedBy}, followed ${root.followed} from the pinned key`}, issued ${rfc3339(root.issuedAt)}, expires ${rfc3339(root.expiresAt)}`,
         );
       } catch (err) {
+        payloadOut?.discard();
         if (!(err instanceof VerifyFailure && cli.json())) throw err;
         // The failed check is the command's json result (exit 1), in place of the generic `{ "error": ... }`.
         cli.out({ verified: false, check: err.check, error: err.message }, err.message);

@@ -269,4 +269,7 @@ test('freshness: a verifier takes a document until its sigilExpiresAt, then refu
     assert.throws(() => checkTrustedRootFresh(Buffer.from(JSON.stringify(d)), t('2026-11-26T00:00:00Z')), /carries no valid issue and expiry time/);
   }
   assert.throws(() => checkTrustedRootFresh(Buffer.from('not json'), t('2026-11-26T00:00:00Z')), /carries no valid issue and expiry time/);
+  // Valid for longer than sigild ever signs (90 days): refused.
+  const long = Buffer.from(JSON.stringify({ ...doc, sigilExpiresAt: '2027-03-01T12:00:00Z' }));
+  assert.throws(() => checkTrustedRootFresh(long, t('2026-11-26T00:00:00Z')), /longer than the 90 days sigild ever signs for/);
 });
