@@ -395,7 +395,7 @@ async function startLocked(cfg: Config, opts: { log?: Logger; clock?: Clock; con
         try {
           await scheduler.stop();
           revocations.stop();
-          rootPublisher.stop();
+          await rootPublisher.stop();
           identity?.close();
           await grpc.stop();
           if (checkpointTimer) clearInterval(checkpointTimer);

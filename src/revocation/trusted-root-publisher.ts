@@ -65,6 +65,7 @@ export class TrustedRootPublisher {
   #last: { json: Buffer; issuedAt: Date; expiresAt: Date; version: number; p: Promise<SignedTrustedRoot> } | null = null;
   #making: Promise<unknown> = Promise.resolve();
   #timer: NodeJS.Timeout | null = null;
+  #refreshing: Promise<void> = Promise.resolve();
 
   private constructor(o: TrustedRootPublisherOptions) {
     this.#o = o;
@@ -134,17 +135,21 @@ export class TrustedRootPublisher {
   start(): void {
     if (this.#timer !== null) return;
     const tick = (): void => {
-      this.current().catch((err: unknown) => this.#o.log.error({ err }, 'trusted root refresh failed'));
+      this.#refreshing = this.current().then(
+        () => undefined,
+        (err: unknown) => this.#o.log.error({ err }, 'trusted root refresh failed'),
+      );
       this.#timer = setTimeout(tick, Math.min(this.#validity / 4, 3_600_000));
       this.#timer.unref();
     };
     tick();
   }
 
-  /** Stops the refresh timer. */
-  stop(): void {
+  /** Stops the refresh timer and waits for a refresh under way (it signs with a backend about to close). */
+  async stop(): Promise<void> {
     if (this.#timer !== null) clearTimeout(this.#timer);
     this.#timer = null;
+    await this.#refreshing;
   }
 
   /**

@@ -105,7 +105,7 @@ test('the refresh timer signs a fresh document without reads; a read racing a ch
     assert.notEqual(doc(r).sigilIssuedAt, doc(a).sigilIssuedAt);
     assert.equal(doc(r).sigilIssuedAt, new Date(clock.t).toISOString().replace(/\.000Z$/, 'Z'));
   } finally {
-    p.stop();
+    await p.stop();
   }
   // Concurrent reads around a change: each read gets a document with the state it saw, and the last one stays.
   const before = p.current();
