@@ -5,8 +5,8 @@ import { Agent, AGENT_MAX_MESSAGE_BYTES, defaultSocketPath, type AgentEvent } fr
 import { DEFAULT_MAX_MESSAGE_BYTES, HASH_OF, hashFile, openOut, readWholeMessage } from './files.ts';
 import { envelopeJson, pae, paeSignInput } from './dsse.ts';
 import { addSignOptions, readSignInput, type SignOptions } from './sign-input.ts';
-import { describeError } from './errors.ts';
-import { commanderExitCode, commanderOutput, UsageError } from './commands/context.ts';
+import { describeError, errorJson, type ErrorJson } from './errors.ts';
+import { commanderExitCode, commanderOutput, UsageError, wantsJson } from './commands/context.ts';
 import { parseDuration } from '../config/duration.ts';
 
 interface AgentReply {
@@ -16,6 +16,24 @@ interface AgentReply {
 }
 
 /** One call to a running agent over its unix socket. */
+/** A refusal or failure the agent answered on its socket: sigild's status and reason when it came from sigild. */
+class AgentError extends Error {
+  readonly answer: ErrorJson;
+
+  constructor(reply: AgentReply) {
+    const code = typeof reply.code === 'string' ? reply.code : 'ERROR';
+    const message = typeof reply.message === 'string' ? reply.message : 'unknown error';
+    super(`${code}: ${message}`);
+    this.name = 'AgentError';
+    this.answer = { code, ...(typeof reply.reason === 'string' ? { reason: reply.reason } : {}), message };
+  }
+}
+
+/** The json form of an error of a sigil-agent command: the agent's own answer, or as sigilctl reports errors. */
+function agentErrorJson(err: unknown, addr: string | undefined, usage: boolean): ErrorJson {
+  return err instanceof AgentError ? err.answer : errorJson(err, addr, usage);
+}
+
 function callAgent(socketPath: string, method: 'GET' | 'POST', path: string, body?: unknown): Promise<AgentReply> {
   return new Promise((resolve, reject) => {
     const req = request({ socketPath, method, path, headers: { 'content-type': 'application/json' } }, (res) => {
@@ -28,7 +46,7 @@ function callAgent(socketPath: string, method: 'GET' | 'POST', path: string, bod
         } catch {
           return reject(new Error(`the agent sent an unreadable answer (http ${res.statusCode})`));
         }
-        if (res.statusCode !== 200) return reject(new Error(`${parsed.code ?? 'ERROR'}: ${parsed.message ?? 'unknown error'}`));
+        if (res.statusCode !== 200) return reject(new AgentError(parsed));
         resolve(parsed);
       });
     });
@@ -53,7 +71,7 @@ function parseClaims(values: string[]): Record<string, string> {
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('sigil-agent')
     .description('proves this runner\'s TPM to sigild, holds the builder identity in memory and signs with it')
-    .configureOutput(commanderOutput('sigil-agent', []))
+    .configureOutput(commanderOutput('sigil-agent', [], wantsJson(argv)))
     .exitOverride();
   // sigild's address once `enroll` has it, for an error that could not reach it.
   let addr: string | undefined;
@@ -199,7 +217,9 @@ export async function main(argv: string[]): Promise<void> {
       process.exitCode = parsed;
       return;
     }
-    process.stderr.write(`sigil-agent: ${describeError(err, addr)}\n`);
-    process.exitCode = err instanceof UsageError ? 2 : 1;
+    const usage = err instanceof UsageError;
+    if (wantsJson(argv)) process.stdout.write(`${JSON.stringify({ error: agentErrorJson(err, addr, usage) }, null, 2)}\n`);
+    else process.stderr.write(`sigil-agent: ${describeError(err, addr)}\n`);
+    process.exitCode = usage ? 2 : 1;
   }
 }

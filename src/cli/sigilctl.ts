@@ -5,7 +5,7 @@ import { Algorithm } from '../gen/sigil/v1/signer.ts';
 import { connect, rpc, type Clients } from './client.ts';
 import { describeError, errorJson, fileErrorWords } from './errors.ts';
 import { DEFAULT_MAX_MESSAGE_BYTES, HASH_OF, hashFile, openOut, readWholeMessage } from './files.ts';
-import { ALG_NAMES, UsageError, algName, commanderExitCode, commanderOutput, parseAlg, type CliContext } from './commands/context.ts';
+import { ALG_NAMES, UsageError, algName, commanderExitCode, commanderOutput, parseAlg, wantsJson, type CliContext } from './commands/context.ts';
 import { registerRevocationCommands } from './commands/revocation.ts';
 import { registerAuditCommands } from './commands/audit.ts';
 import { keyJson, keyText, registerKeysCommands } from './commands/keys.ts';
@@ -32,7 +32,7 @@ export async function main(argv: string[]): Promise<void> {
     .addOption(new Option('--cert <file>', 'client certificate').env('SIGIL_CLIENT_CERT'))
     .addOption(new Option('--key <file>', 'client private key').env('SIGIL_CLIENT_KEY'))
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
-    .configureOutput(commanderOutput('sigilctl', ['--addr', '--ca', '--cert', '--key']))
+    .configureOutput(commanderOutput('sigilctl', ['--addr', '--ca', '--cert', '--key'], wantsJson(argv)))
     // Global options go before the command: `sign --key` names a signing key, `--key` before it the client key file.
     .enablePositionalOptions()
     .exitOverride();

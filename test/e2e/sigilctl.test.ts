@@ -286,6 +286,10 @@ describe('sigilctl against a running sigild', { skip: skip ?? false }, () => {
     // A missing required option: one line, no usage dump.
     const noKey = await ctl(['sign', '--file', join(d.dir, 'artifact.bin'), '--out', join(d.dir, 'x.sig')], 'signer');
     assert.deepEqual({ code: noKey.code, stderr: noKey.stderr }, { code: 2, stderr: "sigilctl: required option '--key <key>' not specified (see --help)\n" });
+    // The same with --output json: a json document on stdout, as for every other error.
+    const noKeyJson = await ctl(['-o', 'json', 'sign', '--file', join(d.dir, 'artifact.bin'), '--out', join(d.dir, 'x.sig')], 'signer');
+    assert.equal(noKeyJson.code, 2);
+    assert.deepEqual(JSON.parse(noKeyJson.stdout), { error: { code: 'INVALID_ARGUMENT', message: "required option '--key <key>' not specified (see --help)" } });
     // A global option after the command.
     const late = await ctl(['approvals', 'list', '--cert', d.ids.admin.cert]);
     assert.equal(late.code, 2);

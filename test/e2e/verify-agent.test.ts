@@ -109,6 +109,16 @@ test('sigil-agent status prints the identity, --cert-out writes the builder cert
     const ok = await agentCli(['sign', '--key', 'ci/provenance', '--file', file('art.bin'), '--out', file('art.sig')]);
     assert.equal(ok.code, 0, ok.stderr);
     assert.equal(signs(), before + 1);
+    // With -o json every error is a json document on stdout: sigild's refusal with its reason, a usage mistake too.
+    await rpc.createKey(td.client('admin'), { name: 'rel/other', algorithm: 1, backend: '' });
+    const refused = await agentCli(['sign', '-o', 'json', '--key', 'rel/other', '--file', file('art.bin'), '--out', file('other.sig')]);
+    assert.equal(refused.code, 1);
+    const r = JSON.parse(refused.stdout) as { error: { code: string; reason?: string; message: string } };
+    assert.deepEqual([r.error.code, r.error.reason], ['PERMISSION_DENIED', 'PERMISSION_DENIED']);
+    assert.match(r.error.message, /may not use key rel\/other/);
+    const usage = await agentCli(['sign', '-o', 'json', '--key', 'ci/provenance', '--file', file('art.bin')]);
+    assert.equal(usage.code, 2);
+    assert.deepEqual(JSON.parse(usage.stdout), { error: { code: 'INVALID_ARGUMENT', message: "required option '--out <path>' not specified (see --help)" } });
   } finally {
     await agent.stop();
   }

@@ -74,16 +74,23 @@ export function commanderExitCode(err: unknown): number | null {
  * --help instead of printing the whole usage; an unknown option that is one of the program's `globals` (given
  * after the command) says they go before it.
  */
-export function commanderOutput(prog: string, globals: readonly string[]): { outputError(str: string, write: (s: string) => void): void } {
+export function commanderOutput(prog: string, globals: readonly string[], json = false): { outputError(str: string, write: (s: string) => void): void } {
   return {
     outputError(str, write) {
       const msg = str.trim().replace(/^error: /, '').replace(/\.$/, '');
       const flag = /^unknown option '([^'=]+)/.exec(msg)?.[1];
-      if (flag !== undefined && globals.includes(flag)) {
-        write(`${prog}: ${msg}: ${globals.join(', ')} are global options and go before the command, e.g. ${prog} ${flag} ... COMMAND\n`);
-        return;
-      }
-      write(`${prog}: ${msg} (see --help)\n`);
+      const line = flag !== undefined && globals.includes(flag) ? `${msg}: ${globals.join(', ')} are global options and go before the command, e.g. ${prog} ${flag} ... COMMAND` : `${msg} (see --help)`;
+      // With --output json the mistake is a json document on stdout too, like every other error.
+      if (json) process.stdout.write(`${JSON.stringify({ error: { code: 'INVALID_ARGUMENT', message: line } }, null, 2)}\n`);
+      else write(`${prog}: ${line}\n`);
     },
   };
+}
+
+/**
+ * Whether the command line asks for json output (`-o json`, `--output json`, `--output=json`, anywhere): read
+ * before commander parses it, since a parse error is reported before any option's value is known.
+ */
+export function wantsJson(argv: readonly string[]): boolean {
+  return argv.some((a, i) => a === '--output=json' || a === '-ojson' || ((a === '-o' || a === '--output') && argv[i + 1] === 'json'));
 }
