@@ -9,8 +9,12 @@ export const DSSE_DEFAULT_PAYLOAD_TYPE = 'application/vnd.in-toto+json';
 /** The largest envelope `verify --dsse` reads: provenance is small, and nothing unbounded is read into memory. */
 export const MAX_ENVELOPE_BYTES = 64 * 1024 * 1024;
 
-/** The largest payload `sign --dsse` wraps: its envelope (base64, 4/3 of it) stays below MAX_ENVELOPE_BYTES. */
-export const MAX_PAYLOAD_BYTES = 48 * 1024 * 1024;
+/**
+ * The largest payload `sign --dsse` wraps: its envelope (the payload in base64, 4/3 of it, plus at most a few KiB
+ * of payload type, keyid, signature and JSON) stays below MAX_ENVELOPE_BYTES, so `verify --dsse` reads every
+ * envelope `sign --dsse` writes.
+ */
+export const MAX_PAYLOAD_BYTES = 47 * 1024 * 1024;
 
 /** One signature of an envelope: `keyid` (sigil writes the key version, `name@N`) and the signature bytes. */
 export interface DsseSignature {

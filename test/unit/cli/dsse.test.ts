@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { envelopeJson, MAX_ENVELOPE_BYTES, pae, parseEnvelope } from '../../../src/cli/dsse.ts';
+import { envelopeJson, MAX_ENVELOPE_BYTES, MAX_PAYLOAD_BYTES, pae, parseEnvelope } from '../../../src/cli/dsse.ts';
 import { readBounded } from '../../../src/cli/files.ts';
 import { SigilError } from '../../../src/errors.ts';
 import { missingTools } from '../../helpers/hw.ts';
@@ -125,4 +125,14 @@ test('readBounded reads a FIFO (no size to go by) up to the limit, and refuses o
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('every envelope sign --dsse can write, verify --dsse reads: the largest payload, the longest payload type, a 4096-bit RSA signature', () => {
+  const env = envelopeJson({
+    payloadType: '"'.repeat(256),
+    payload: Buffer.alloc(MAX_PAYLOAD_BYTES, 0xff),
+    signatures: [{ keyid: `${'k/'.repeat(60)}x@99999`, sig: Buffer.alloc(512, 0xff) }],
+  });
+  assert.ok(env.length <= MAX_ENVELOPE_BYTES, `${env.length} bytes`);
+  assert.equal(parseEnvelope(env).payload.length, MAX_PAYLOAD_BYTES);
 });
