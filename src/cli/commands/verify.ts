@@ -136,23 +136,24 @@ function pickSignatures(env: DsseEnvelope, key: KeyRef): Array<{ sig: DsseSignat
  * The versions of a bare `--key` name that pass the validity checks (`checkValidity` at `at`), and why the
  * others were left out; a VerifyFailure when none passes (one version: its own failure).
  */
-function validVersions(all: readonly RootKeyVersion[], at: Date | null, name: string): { valid: RootKeyVersion[]; skipped: string[] } {
+function validVersions(all: readonly RootKeyVersion[], at: Date | null, name: string): { valid: RootKeyVersion[]; skipped: Map<RootKeyVersion, VerifyFailure> } {
   const valid: RootKeyVersion[] = [];
-  const failures: VerifyFailure[] = [];
+  const skipped = new Map<RootKeyVersion, VerifyFailure>();
   for (const v of all) {
     try {
       checkValidity(v, at);
       valid.push(v);
     } catch (err) {
       if (!(err instanceof VerifyFailure)) throw err;
-      failures.push(err);
+      skipped.set(v, err);
     }
   }
   if (valid.length === 0) {
+    const failures = [...skipped.values()];
     if (failures.length === 1) throw failures[0]!;
     throw new VerifyFailure(failures[0]!.check, `no version of ${name} is valid ${at ? `at ${at.toISOString()}` : 'now'}: ${failures.map((f) => f.message).join('; ')}`);
   }
-  return { valid, skipped: failures.map((f) => f.message) };
+  return { valid, skipped };
 }
 
 /** `sigilctl verify`: checks a raw signature or a DSSE envelope against the signed trusted root, offline or fetching the root from sigild. */
@@ -239,23 +240,22 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
           text = `verified the dsse envelope ${o.dsse} (${env.payloadType}, ${env.payload.length} bytes of payload${o.payloadOut ? `, written to ${o.payloadOut}` : ''})`;
         } else {
           let candidates: RootKeyVersion[];
-          let skipped: string[] = [];
+          let skipped = new Map<RootKeyVersion, VerifyFailure>();
           if (key.version !== null) {
             candidates = [findKeyVersion(root.json, `${key.name}@${key.version}`, expected)];
             checkValidity(candidates[0]!, at);
           } else {
-            ({ valid: candidates, skipped } = validVersions(findKeyVersions(root.json, key.name, expected), at, key.name));
+            const found = validVersions(findKeyVersions(root.json, key.name, expected), at, key.name);
+            skipped = found.skipped;
+            // The versions not valid are checked too, last: a signature by one of them is reported for what it
+            // is (revoked, closed), not as a bad signature.
+            candidates = [...found.valid, ...skipped.keys()];
           }
           tried = candidates.map((c) => c.hint);
           const show = o.progress && process.stderr.isTTY === true;
-          let r: Awaited<ReturnType<typeof verifyFile>>;
-          try {
-            r = await verifyFile(candidates, o.file!, signature!, show);
-          } catch (err) {
-            // Say which versions of a bare name were left out, and why: the signature may be by one of them.
-            if (err instanceof VerifyFailure && skipped.length) throw new VerifyFailure(err.check, `${err.message}; not tried: ${skipped.join('; ')}`);
-            throw err;
-          }
+          const r = await verifyFile(candidates, o.file!, signature!, show);
+          const invalid = skipped.get(r.keyVersion);
+          if (invalid !== undefined) throw new VerifyFailure(invalid.check, `${invalid.message} (the signature is by ${r.keyVersion.hint})`);
           v = r.keyVersion;
           subject = { file: o.file, bytes: r.bytes, digest: { [r.digest.algorithm]: r.digest.hex }, signature: o.signature };
           text = `verified ${o.file} (${r.bytes} bytes)`;
