@@ -6,6 +6,7 @@ import { startDaemon, type Daemon } from '../main.ts';
 import { prepareDevDir, writeAddrFile } from '../dev/dev.ts';
 import { launchSwtpm, stopLeftoverSwtpm } from '../dev/swtpm.ts';
 import { SigilError } from '../errors.ts';
+import { commanderExitCode, commanderOutput } from './commands/context.ts';
 import { backupDaemonState } from '../store/backup.ts';
 import { archiveAuditLog } from '../store/audit-archive.ts';
 import { rekeyTpmKeys, type RekeyedKey } from './tpm-rekey.ts';
@@ -54,7 +55,7 @@ export async function main(argv: string[]): Promise<void> {
   let daemonLog: Logger | null = null;
   const program = new Command('sigild')
     .description('sigil signing daemon: one gRPC signer API over PKCS#11 HSMs, TPM 2.0 and cloud KMS (AWS, GCP)')
-    .showHelpAfterError()
+    .configureOutput(commanderOutput('sigild', []))
     .exitOverride();
 
   program
@@ -230,9 +231,10 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await program.parseAsync(argv, { from: 'user' });
   } catch (err) {
-    if (err && typeof err === 'object' && 'exitCode' in err && typeof (err as { exitCode: unknown }).exitCode === 'number') {
-      // commander already printed help or the usage error.
-      process.exitCode = (err as { exitCode: number }).exitCode;
+    // commander printed help, or the usage error as one line (commanderOutput).
+    const parsed = commanderExitCode(err);
+    if (parsed !== null) {
+      process.exitCode = parsed;
       return;
     }
     if (err instanceof SigilError) {

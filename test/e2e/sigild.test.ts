@@ -190,6 +190,18 @@ describe('sigild as a program', { skip: skip ?? false }, () => {
       assert.equal(err.code, 2);
       assert.equal(err.stderr, 'sigild: cannot read the config file nosuch.yaml: no such file\n');
     }
+    // No --config at all, or an unknown command: one line pointing at --help, exit 2, no usage dump.
+    for (const [args, line] of [
+      [['backup'], "sigild: required option '-c, --config <file>' not specified (see --help)\n"],
+      [['tpm', 'rekey'], "sigild: required option '-c, --config <file>' not specified (see --help)\n"],
+      [['bogus'], "sigild: unknown command 'bogus' (see --help)\n"],
+    ] as const) {
+      const err = await run(process.execPath, [bin('sigild'), ...args], { cwd: dir }).then(
+        () => assert.fail(`accepted ${args.join(' ')}`),
+        (e: { code: number; stderr: string }) => e,
+      );
+      assert.deepEqual({ code: err.code, stderr: err.stderr }, { code: 2, stderr: line });
+    }
   });
 
   test('a fresh store against a token that holds sigil\'s keys already says which store it is and what to check', async () => {
