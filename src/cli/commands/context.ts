@@ -35,7 +35,16 @@ export function parseUtcTime(text: string, option: string): Date {
   const [y, mo, day, h, mi, sec, oh, om] = (m ?? []).slice(1).map((x) => (x === undefined ? 0 : Number(x)));
   const real = m !== null && new Date(Date.UTC(y!, mo! - 1, day!)).getUTCDate() === day && mo! >= 1 && mo! <= 12 && h! <= 23 && mi! <= 59 && sec! <= 59 && oh! <= 14 && om! <= 59;
   if (!real || Number.isNaN(d.getTime())) {
-    throw new UsageError(`${option} takes an ISO 8601 time with a UTC offset, e.g. 2026-03-01T12:00:00Z or 2026-03-01T13:00:00+01:00 (got ${JSON.stringify(text.slice(0, 64))}; a time without an offset would be read in this machine's local time)`);
+    const got = JSON.stringify(text.slice(0, 64));
+    const why =
+      m !== null
+        ? `${got} is no real time: a month 1-12, a day that month has, hours 0-23, an offset of at most 14:00`
+        : /[+-]\d{4}$/.test(text)
+          ? `got ${got}: write the offset with a colon, e.g. +01:00`
+          : /(Z|[+-]\d{2}:\d{2})$/i.test(text)
+            ? `got ${got}`
+            : `got ${got}; a time without an offset would be read in this machine's local time`;
+    throw new UsageError(`${option} takes an ISO 8601 time with a UTC offset, e.g. 2026-03-01T12:00:00Z or 2026-03-01T13:00:00+01:00 (${why})`);
   }
   return d;
 }

@@ -61,4 +61,8 @@ test('times on the command line: a UTC offset is required, and every field must 
   for (const t of ['2026-03-01T12:00:00', '2026-02-30T00:00:00Z', '2026-02-29T00:00:00Z', '2026-01-01T24:00:00Z', '2026-13-01T00:00:00Z', '2026-03-01T12:00:60Z', '2026-03-01T12:00:00+15:00']) {
     assert.throws(() => parseUtcTime(t, '--since'), (e: unknown) => e instanceof UsageError && /^--since takes an ISO 8601 time with a UTC offset/.test(e.message), t);
   }
+  // The message says what is wrong: no offset, an offset without its colon, or a field that does not exist.
+  assert.throws(() => parseUtcTime('2026-03-01T12:00:00', '--at'), /a time without an offset would be read in this machine's local time\)$/);
+  assert.throws(() => parseUtcTime('2026-03-01T12:00:00+0100', '--at'), /write the offset with a colon, e\.g\. \+01:00\)$/);
+  assert.throws(() => parseUtcTime('2026-02-30T00:00:00Z', '--at'), /"2026-02-30T00:00:00Z" is no real time: /);
 });
