@@ -194,6 +194,7 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
       if (!dsse && statNamed(o.file!, '--file').isDirectory()) throw new UsageError(`--file ${o.file} is a directory`);
       // Ready before anything is checked (a bad path is a usage mistake); written only once everything verified.
       const payloadOut = o.payloadOut !== undefined ? openOut(o.payloadOut, '--payload-out') : null;
+      let rootIssuedAt: Date | null = null;
 
       try {
         let env: DsseEnvelope | null = null;
@@ -206,6 +207,7 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
         }
         const picked = env ? pickSignatures(env, key) : null;
         const root = await verifiedRoot(o, cli);
+        rootIssuedAt = root.issuedAt;
         let v: RootKeyVersion;
         let tried: string[];
         let subject: Record<string, unknown>;
@@ -275,8 +277,13 @@ export function registerVerifyCommand(program: Command, cli: CliContext): void {
           `${text}: signed by ${v.hint} (${v.algorithm}${key.version === null && tried.length > 1 ? `; --key ${key.name}, tried ${tried.join(', ')}` : ''}), valid ${at ? `at ${at.toISOString()}` : 'now'}; ` +
             `trusted root ${root.followed === null ? 'signed by the pinned key' : `signed by ${root.signedBy}, followed ${root.followed} from the pinned key`}, issued ${rfc3339(root.issuedAt)}, expires ${rfc3339(root.expiresAt)}`,
         );
-      } catch (err) {
+      } catch (thrown) {
         payloadOut?.discard();
+        let err = thrown;
+        // The commonest reason for a key or version missing: it was made after this copy of the root.
+        if (err instanceof VerifyFailure && err.check === 'key-version' && rootIssuedAt !== null) {
+          err = new VerifyFailure('key-version', `${err.message}; this trusted root was issued at ${rfc3339(rootIssuedAt)}: a key or version made since is not in it, fetch a fresh one (sigilctl trusted-root get)`);
+        }
         if (!(err instanceof VerifyFailure && cli.json())) throw err;
         // The failed check is the command's json result (exit 1), in place of the generic `{ "error": ... }`.
         cli.out({ verified: false, check: err.check, error: err.message }, err.message);
