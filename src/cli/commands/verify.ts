@@ -59,7 +59,8 @@ async function verifiedRoot(
       try {
         chain = parseRootKeyChain(bytes);
       } catch (err) {
-        throw new VerifyFailure('root', `--root-chain ${o.rootChain}: ${(err as Error).message}`);
+        // Not a chain at all (another file given by mistake): a command-line mistake, said as such.
+        throw new UsageError(`--root-chain ${o.rootChain} is not a chain of root keys as \`trusted-root get --chain\` writes it (or /trusted-root-keys.json serves): ${(err as Error).message.replace(/^root key chain: /, '')}`);
       }
     }
     r = {
@@ -86,6 +87,10 @@ async function verifiedRoot(
     let msg = (err as Error).message;
     // Without a chain the only key is the pinned one; its version is not known, so do not name one.
     if (noChain) msg = `${msg.replace(` (${NO_CHAIN_TAKEN_AS}${TRUST_ROOT_KEY}@1)`, '')} (if the root key was rotated since you pinned it, give the chain of root keys with --root-chain, as \`trusted-root get --chain\` writes it)`;
+    // A chain was given but introduces no later key: it may be older than the root (fetched before a rotation).
+    else if (source === 'file' && msg.includes(NO_CHAIN_TAKEN_AS)) {
+      msg = msg.replace(new RegExp(` \\(${NO_CHAIN_TAKEN_AS}[^)]*\\)`), '').concat(` (the chain in ${o.rootChain} introduces no root key after the pinned one: if the root key was rotated since you fetched it, fetch the chain again with \`trusted-root get --chain\`)`);
+    }
     throw new VerifyFailure('root', msg);
   }
   return { signedBy: noChain ? null : root.keyVersion, followed: noChain ? null : root.followed, json: r.json, source, issuedAt: root.issuedAt, expiresAt: root.expiresAt };
