@@ -80,7 +80,7 @@ export function readBounded(path: string, max: number, what: string): Buffer {
     const st = fstatSync(fd);
     if (st.isDirectory()) throw new SigilError('INVALID_ARGUMENT', `${what} ${path} is a directory`);
     const tooLarge = (): never => {
-      throw new SigilError('MESSAGE_TOO_LARGE', `${what} ${path} is larger than ${max / 1048576} MiB`);
+      throw new SigilError('MESSAGE_TOO_LARGE', `${what} ${path} is larger than ${max >= 1048576 ? `${max / 1048576} MiB` : `${max / 1024} KiB`}`);
     };
     if (!st.isFile()) return readStream(fd, max, tooLarge);
     if (st.size > max) tooLarge();

@@ -120,16 +120,16 @@ export function registerRevocationCommands(program: Command, cli: CliContext): v
       if (o.out) writeFileSync(o.out, r.json);
       if (o.out || o.sigstoreOut) {
         const files = [
-          o.out && `to ${o.out}`,
-          o.sig && `signature to ${o.sig}`,
-          o.chain && `chain of root keys to ${o.chain}`,
-          o.pub && `its public key to ${o.pub}`,
-          o.sigstoreOut && `sigstore form to ${o.sigstoreOut}`,
-          o.sigstoreSig && `its signature to ${o.sigstoreSig}`,
+          o.out && `the trusted root to ${o.out}`,
+          o.sig && `its signature to ${o.sig}`,
+          o.chain && `the chain of root keys to ${o.chain}`,
+          o.pub && `the root key's public key to ${o.pub}`,
+          o.sigstoreOut && `the trusted root's sigstore form to ${o.sigstoreOut}`,
+          o.sigstoreSig && `that form's signature to ${o.sigstoreSig}`,
         ].filter(Boolean);
         cli.out(
           { file: o.out ?? null, signature: o.sig ?? null, sigstoreFile: o.sigstoreOut ?? null, sigstoreSignature: o.sigstoreSig ?? null, keyVersion: r.keyVersion, verified: pinned !== null, followed, ...(fresh ?? {}) },
-          `trusted root written ${files.join(', ')} (signed by ${r.keyVersion}${fresh !== null ? `, verified from the pinned key, issued ${fresh.issuedAt}, expires ${fresh.expiresAt}` : ''})`,
+          `wrote ${files.join(', ')} (signed by ${r.keyVersion}${fresh !== null ? `, verified from the pinned key, issued ${fresh.issuedAt}, expires ${fresh.expiresAt}` : ''})`,
         );
       } else {
         process.stdout.write(r.json);
