@@ -1,7 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import fc from 'fast-check';
@@ -9,25 +8,20 @@ import { AuditLog } from '../../../src/audit/audit-log.ts';
 import { CompactRange, leafHash, memoryReader, rangeTiles, verifyConsistency, verifyInclusion } from '../../../src/audit/merkle.ts';
 import { parseSegment, verifySegment, type Segment } from '../../../src/audit/segment.ts';
 import { isSigilError } from '../../../src/errors.ts';
-import { silentLogger } from '../../../src/log.ts';
 import { archiveSegment, writeVerifiedSegment } from '../../../src/store/audit-archive.ts';
-import { memoryAuditKey, TEST_AUDIT_ORIGIN } from '../../helpers/audit-key.ts';
+import { memoryAuditKey, TEST_AUDIT_ORIGIN, signEvent, tempAuditFile } from '../../helpers/audit-key.ts';
 
 const { key, spki } = memoryAuditKey();
 const KEYS = [{ spki, label: 'sigil/audit@1' }];
-const event = (i: number) => ({ who: 'CN=ci-signer-1', act: 'sign', key: 'release@1', digest: i.toString(16).padStart(64, '0'), result: 'ok' as const });
+const event = signEvent;
 
 // Checkpoint at 100, then 5 entries no checkpoint covers; segments of [0, 64) are archived.
 const CP = 100;
 const SIZE = 105;
 
 async function fixture(who = 'CN=ci-signer-1') {
-  const dir = mkdtempSync(join(tmpdir(), 'sigil-audit-archive-'));
-  const path = join(dir, 'audit.db');
+  const { dir, path, open, cleanup } = tempAuditFile('sigil-audit-archive-', key);
   const segDir = join(dir, 'segments');
-  let t = Date.parse('2030-01-01T00:00:00Z');
-  const clock = { now: () => new Date((t += 1000)) };
-  const open = (fullCheckAtStartMax?: number) => AuditLog.open({ path, origin: TEST_AUDIT_ORIGIN, key, clock, log: silentLogger(), ...(fullCheckAtStartMax === undefined ? {} : { fullCheckAtStartMax }) });
   const log = open();
   await Promise.all(Array.from({ length: CP }, (_, i) => log.record({ ...event(i), who })));
   await log.latestCheckpoint();
@@ -46,7 +40,7 @@ async function fixture(who = 'CN=ci-signer-1') {
         db.close();
       }
     },
-    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+    cleanup,
   };
 }
 

@@ -1,12 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pino } from 'pino';
 import { AuditLog } from '../../../src/audit/audit-log.ts';
-import { memoryAuditKey, TEST_AUDIT_ORIGIN } from '../../helpers/audit-key.ts';
+import { memoryAuditKey, signEvent, tempAuditFile } from '../../helpers/audit-key.ts';
 import { fullCheck } from '../../../src/audit/audit-check.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { leafHash, verifyConsistency, verifyInclusion } from '../../../src/audit/merkle.ts';
@@ -14,8 +11,7 @@ import { Metrics } from '../../../src/server/metrics.ts';
 
 const silent = pino({ level: 'silent' });
 const { key } = memoryAuditKey();
-const ORIGIN = TEST_AUDIT_ORIGIN;
-const event = (i: number) => ({ who: 'CN=ci-signer-1', act: 'sign', key: 'release@1', digest: i.toString(16).padStart(64, '0'), result: 'ok' as const });
+const event = signEvent;
 
 // Checkpoints at 37 and 300, then 5 entries no checkpoint covers yet. The tree at 300 = 256 + 32 + 8 + 4: its
 // frontier is the stored row (8, 0), the height-5 subtree made of rows (4, 16) and (4, 17), and leaves 288..299.
@@ -30,11 +26,7 @@ interface Fixture {
 }
 
 async function fixture(): Promise<Fixture> {
-  const dir = mkdtempSync(join(tmpdir(), 'sigil-audit-fast-'));
-  const path = join(dir, 'audit.db');
-  let t = Date.parse('2030-01-01T00:00:00Z');
-  const clock = { now: () => new Date((t += 1000)) };
-  const open = (fullCheckAtStartMax?: number) => AuditLog.open({ path, origin: ORIGIN, key, clock, log: silent, ...(fullCheckAtStartMax === undefined ? {} : { fullCheckAtStartMax }) });
+  const { path, open, cleanup } = tempAuditFile('sigil-audit-fast-', key, silent);
   const log = open();
   for (let i = 0; i < 37; i++) await log.record(event(i));
   await log.latestCheckpoint();
@@ -53,7 +45,7 @@ async function fixture(): Promise<Fixture> {
         db.close();
       }
     },
-    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+    cleanup,
   };
 }
 

@@ -1,12 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { pino } from 'pino';
-import { AuditLog } from '../../../src/audit/audit-log.ts';
-import { memoryAuditKey, TEST_AUDIT_ORIGIN } from '../../helpers/audit-key.ts';
+import { memoryAuditKey, TEST_AUDIT_ORIGIN, signEvent, tempAuditFile, type TempAuditFile } from '../../helpers/audit-key.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { CompactRange, leafHash, verifyConsistency, verifyInclusion } from '../../../src/audit/merkle.ts';
 import { noteVerifier, openCheckpoint } from '../../../src/audit/note.ts';
@@ -16,15 +13,9 @@ const silent = pino({ level: 'silent' });
 const { key, spki } = memoryAuditKey();
 const ORIGIN = TEST_AUDIT_ORIGIN;
 
-function tempLog(): { path: string; open(): AuditLog; cleanup(): void } {
-  const dir = mkdtempSync(join(tmpdir(), 'sigil-audit-'));
-  const path = join(dir, 'audit.db');
-  let t = Date.parse('2030-01-01T00:00:00Z');
-  const clock = { now: () => new Date((t += 1000)) };
-  return { path, open: () => AuditLog.open({ path, origin: ORIGIN, key, clock, log: silent }), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
-}
+const tempLog = (): TempAuditFile => tempAuditFile('sigil-audit-', key, silent);
 
-const event = (i: number) => ({ who: 'CN=ci-signer-1', act: 'sign', key: 'release@1', digest: i.toString(16).padStart(64, '0'), result: 'ok' as const });
+const event = signEvent;
 
 test('group commit: concurrent records share one transaction and none resolves before its entry is committed', async () => {
   const t = tempLog();

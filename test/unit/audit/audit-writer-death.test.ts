@@ -4,14 +4,12 @@
 // it), so the log needs no test hook.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import type { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
 import { AuditLog } from '../../../src/audit/audit-log.ts';
-import { memoryAuditKey, TEST_AUDIT_ORIGIN } from '../../helpers/audit-key.ts';
+import { memoryAuditKey, TEST_AUDIT_ORIGIN, signEvent, tempAuditFile } from '../../helpers/audit-key.ts';
 import { CompactRange, leafHash } from '../../../src/audit/merkle.ts';
 import { decodeEntry } from '../../../src/audit/entry.ts';
 import { verifyLog } from '../../../src/audit/verify.ts';
@@ -23,7 +21,7 @@ const { key, spki } = memoryAuditKey();
 const workers: Worker[] = [];
 process.on('worker', (w) => workers.push(w));
 
-const event = (i: number) => ({ who: 'CN=ci-signer-1', act: 'sign', key: 'release@1', digest: i.toString(16).padStart(64, '0'), result: 'ok' as const });
+const event = signEvent;
 const turn = () => new Promise((r) => setImmediate(r));
 
 interface Harness {
@@ -37,14 +35,11 @@ interface Harness {
 }
 
 async function harness(): Promise<Harness> {
-  const dir = mkdtempSync(join(tmpdir(), 'sigil-audit-death-'));
-  const path = join(dir, 'audit.db');
-  let t = Date.parse('2030-01-01T00:00:00Z');
-  const clock = { now: () => new Date((t += 1000)) };
   const errors: string[] = [];
-  const log = AuditLog.open({ path, origin: ORIGIN, key, clock, log: pino({ level: 'error' }, { write: (l: string) => void errors.push((JSON.parse(l) as { msg: string }).msg) }) });
+  const f = tempAuditFile('sigil-audit-death-', key, pino({ level: 'error' }, { write: (l: string) => void errors.push((JSON.parse(l) as { msg: string }).msg) }));
+  const log = f.open();
   return {
-    path,
+    path: f.path,
     log,
     errors,
     writer: async () => {
@@ -54,7 +49,7 @@ async function harness(): Promise<Harness> {
     },
     cleanup: async () => {
       await log.close();
-      rmSync(dir, { recursive: true, force: true });
+      f.cleanup();
     },
   };
 }

@@ -11,18 +11,14 @@ import { AuditLog } from '../../../src/audit/audit-log.ts';
 import { isSigilError } from '../../../src/errors.ts';
 import { silentLogger } from '../../../src/log.ts';
 import { OnlineArchiver, writeVerifiedSegment } from '../../../src/store/audit-archive.ts';
-import { memoryAuditKey, TEST_AUDIT_ORIGIN } from '../../helpers/audit-key.ts';
+import { memoryAuditKey, TEST_AUDIT_ORIGIN, signEvent, tempAuditFile } from '../../helpers/audit-key.ts';
 
 const { key, spki } = memoryAuditKey();
-const event = (i: number) => ({ who: 'CN=ci-signer-1', act: 'sign', key: 'release@1', digest: i.toString(16).padStart(64, '0'), result: 'ok' as const });
+const event = signEvent;
 
 async function fixture(n: number, fullCheckAtStartMax?: number) {
-  const dir = mkdtempSync(join(tmpdir(), 'sigil-online-archive-'));
-  const path = join(dir, 'audit.db');
+  const { dir, path, open, cleanup } = tempAuditFile('sigil-online-archive-', key);
   const segDir = join(dir, 'segments');
-  let t = Date.parse('2030-01-01T00:00:00Z');
-  const clock = { now: () => new Date((t += 1000)) };
-  const open = (max?: number) => AuditLog.open({ path, origin: TEST_AUDIT_ORIGIN, key, clock, log: silentLogger(), ...(max === undefined ? {} : { fullCheckAtStartMax: max }) });
   let log = open();
   await Promise.all(Array.from({ length: n }, (_, i) => log.record(event(i))));
   if (fullCheckAtStartMax !== undefined) {
@@ -30,7 +26,7 @@ async function fixture(n: number, fullCheckAtStartMax?: number) {
     await log.close();
     log = open(fullCheckAtStartMax);
   }
-  return { dir, path, segDir, log, cleanup: async () => { await log.close(); rmSync(dir, { recursive: true, force: true }); } };
+  return { dir, path, segDir, log, cleanup: async () => { await log.close(); cleanup(); } };
 }
 
 const acts = (log: AuditLog, act: string) =>
