@@ -3,19 +3,11 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { parseConfig, ConfigProblems } from '../../../src/config/load.ts';
 import { existsSync } from 'node:fs';
+import { MINIMAL_CONFIG } from '../../helpers/fixtures-text.ts';
 
 const missing = (cmd: string): string | false => (['/usr/bin', '/bin', '/usr/sbin'].some((d) => existsSync(`${d}/${cmd}`)) ? false : `${cmd} not installed`);
 
-const base = `
-mode: development
-listen: 127.0.0.1:0
-tls: { certFile: /etc/hostname, keyFile: /etc/hostname, clientCaFile: /etc/hostname }
-auth: { roles: { admin: ["cn:admin"], signer: ["uri:spiffe://x/*"] } }
-store: { sqlite: { path: db/sigil.db } }
-backends:
-  hsm: { type: pkcs11, module: /etc/hostname, token: sigil, pinFile: /etc/hostname }
-defaultBackend: hsm
-`;
+const base = MINIMAL_CONFIG;
 
 test('defaults are filled and relative paths resolve against the config file', () => {
   const c = parseConfig(base, '/srv/sigil/config.yaml');

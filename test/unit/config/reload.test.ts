@@ -2,17 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseConfig } from '../../../src/config/load.ts';
 import { planReload, RELOADABLE } from '../../../src/config/reload.ts';
+import { MINIMAL_CONFIG } from '../../helpers/fixtures-text.ts';
 
-const base = `
-mode: development
-listen: 127.0.0.1:0
-tls: { certFile: /etc/hostname, keyFile: /etc/hostname, clientCaFile: /etc/hostname }
-auth: { roles: { admin: ["cn:admin"], signer: ["uri:spiffe://x/*"] } }
-store: { sqlite: { path: db/sigil.db } }
-backends:
-  hsm: { type: pkcs11, module: /etc/hostname, token: sigil, pinFile: /etc/hostname }
-defaultBackend: hsm
-identity: { trustDomain: sigil.test }
+const base = `${MINIMAL_CONFIG}identity: { trustDomain: sigil.test }
 `;
 const attestation = `
 attestation:

@@ -7,6 +7,7 @@ import { DatabaseSync } from 'node:sqlite';
 import { SqliteStore } from '../../../src/store/sqlite.ts';
 import { SigilError } from '../../../src/errors.ts';
 import type { ApprovalRecord } from '../../../src/store/store.ts';
+import { STORE_V4_TABLES } from '../../helpers/fixtures-text.ts';
 
 const t0 = new Date('2026-01-02T03:04:05.678Z');
 const first = { uri: 'pkcs11:token=t;id=%01', state: 'ENABLED' as const, generated: true, spki: Buffer.from([1, 2, 3]), createdAt: t0 };
@@ -18,11 +19,7 @@ test('migration 5 upgrades a version-4 store: existing keys get the default poli
     const path = join(dir, 'sigil.db');
     // A store as issue 2 left it: schema version 4, one key.
     const raw = new DatabaseSync(path);
-    raw.exec(`CREATE TABLE keys (name TEXT PRIMARY KEY, algorithm TEXT NOT NULL, backend TEXT NOT NULL, primary_version INTEGER NOT NULL, created_at INTEGER NOT NULL) STRICT;
-      CREATE TABLE key_versions (name TEXT NOT NULL REFERENCES keys(name), version INTEGER NOT NULL, uri TEXT NOT NULL, state TEXT NOT NULL, generated INTEGER NOT NULL, spki BLOB NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (name, version)) STRICT;
-      CREATE TABLE ca_certificates (id INTEGER PRIMARY KEY AUTOINCREMENT, key_version TEXT NOT NULL, der BLOB NOT NULL, not_after INTEGER NOT NULL, created_at INTEGER NOT NULL) STRICT;
-      CREATE TABLE enrollments (ek_hash TEXT PRIMARY KEY, ak_name TEXT NOT NULL, ak_public BLOB NOT NULL, policy TEXT NOT NULL, reset_count INTEGER NOT NULL, restart_count INTEGER NOT NULL, clock TEXT NOT NULL, updated_at INTEGER NOT NULL) STRICT;
-      CREATE TABLE join_tokens_used (token_hash TEXT PRIMARY KEY, policy TEXT NOT NULL, used_at INTEGER NOT NULL) STRICT;
+    raw.exec(`${STORE_V4_TABLES}
       INSERT INTO keys VALUES ('old', 'ED25519', 'hsm', 1, ${t0.getTime()});
       INSERT INTO key_versions VALUES ('old', 1, 'pkcs11:id=%01', 'ENABLED', 1, x'0102', ${t0.getTime()});
       PRAGMA user_version = 4;`);

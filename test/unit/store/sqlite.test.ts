@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { SqliteStore } from '../../../src/store/sqlite.ts';
 import { SigilError } from '../../../src/errors.ts';
+import { STORE_V4_TABLES } from '../../helpers/fixtures-text.ts';
 
 const t0 = new Date('2026-01-02T03:04:05.678Z');
 const version = { uri: 'pkcs11:token=t;id=%01', state: 'ENABLED' as const, generated: true, spki: Buffer.from([1, 2, 3]), createdAt: t0 };
@@ -157,11 +158,7 @@ test('enrollments: migration 10 leaves older rows without ek certificate and pub
     const path = join(dir, 'sigil.db');
     // An enrollment recorded by a sigild from before migration 10 (schema version 4 holds the table as it was).
     const raw = new DatabaseSync(path);
-    raw.exec(`CREATE TABLE keys (name TEXT PRIMARY KEY, algorithm TEXT NOT NULL, backend TEXT NOT NULL, primary_version INTEGER NOT NULL, created_at INTEGER NOT NULL) STRICT;
-      CREATE TABLE key_versions (name TEXT NOT NULL REFERENCES keys(name), version INTEGER NOT NULL, uri TEXT NOT NULL, state TEXT NOT NULL, generated INTEGER NOT NULL, spki BLOB NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (name, version)) STRICT;
-      CREATE TABLE ca_certificates (id INTEGER PRIMARY KEY AUTOINCREMENT, key_version TEXT NOT NULL, der BLOB NOT NULL, not_after INTEGER NOT NULL, created_at INTEGER NOT NULL) STRICT;
-      CREATE TABLE enrollments (ek_hash TEXT PRIMARY KEY, ak_name TEXT NOT NULL, ak_public BLOB NOT NULL, policy TEXT NOT NULL, reset_count INTEGER NOT NULL, restart_count INTEGER NOT NULL, clock TEXT NOT NULL, updated_at INTEGER NOT NULL) STRICT;
-      CREATE TABLE join_tokens_used (token_hash TEXT PRIMARY KEY, policy TEXT NOT NULL, used_at INTEGER NOT NULL) STRICT;
+    raw.exec(`${STORE_V4_TABLES}
       INSERT INTO enrollments VALUES ('${'aa'.repeat(32)}', '000b01', x'0102', 'ci', 3, 1, '99', ${t0.getTime()});
       PRAGMA user_version = 4;`);
     raw.close();
