@@ -130,20 +130,28 @@ test('fuzz: response authorization areas round-trip, and arbitrary bytes parse o
   );
 });
 
-test('a success answered without sessions to a command sent with an hmac session is refused, not read', async () => {
-  // What an interposer that strips the authorization area would send back for TPM2_Sign: tag NO_SESSIONS, rc 0,
-  // a signature of its own choosing and no HMAC to check.
-  const params = new Writer().u16(TPM_ALG.ECDSA).u16(TPM_ALG.SHA256).sized(Buffer.alloc(32, 0xaa)).sized(Buffer.alloc(32, 0xbb)).finish();
-  const forged = new Writer().u16(TPM_ST.NO_SESSIONS).u32(10 + params.length).u32(0).bytes(params).finish();
-  const transport = { send: async () => forged, close: async () => undefined, connections: 1 };
-  const tpm = new Tpm(transport as unknown as TpmTransport);
+/**
+ * A Tpm whose transport answers every command with `forged`: a Sign through an HMAC session is refused with
+ * ResponseHmacError and leaves the session's nonce as it was. Returns the Tpm for more commands.
+ */
+async function refusesForgedSign(forged: Buffer, why: string): Promise<Tpm> {
+  const tpm = new Tpm({ send: async () => forged, close: async () => undefined, connections: 1 } as unknown as TpmTransport);
   const nonceTPM = Buffer.alloc(32, 2);
   const session = { handle: 0x02000000, sessionKey: Buffer.alloc(32, 1), nonceTPM };
   await assert.rejects(
     tpm.sign(0x81000010, Buffer.alloc(32), TPM_ALG.ECDSA, TPM_ALG.SHA256, { session, name: Buffer.alloc(34, 3), authValue: Buffer.alloc(32, 4) }),
     (e: unknown) => e instanceof ResponseHmacError,
   );
-  assert.equal(session.nonceTPM, nonceTPM, 'the session keeps its nonce: nothing unverified entered it');
+  assert.equal(session.nonceTPM, nonceTPM, why);
+  return tpm;
+}
+
+test('a success answered without sessions to a command sent with an hmac session is refused, not read', async () => {
+  // What an interposer that strips the authorization area would send back for TPM2_Sign: tag NO_SESSIONS, rc 0,
+  // a signature of its own choosing and no HMAC to check.
+  const params = new Writer().u16(TPM_ALG.ECDSA).u16(TPM_ALG.SHA256).sized(Buffer.alloc(32, 0xaa)).sized(Buffer.alloc(32, 0xbb)).finish();
+  const forged = new Writer().u16(TPM_ST.NO_SESSIONS).u32(10 + params.length).u32(0).bytes(params).finish();
+  const tpm = await refusesForgedSign(forged, 'the session keeps its nonce: nothing unverified entered it');
   // The same answer to a password-authorized command carries nothing to verify, and is read.
   const sig = await tpm.sign(0x81000010, Buffer.alloc(32), TPM_ALG.ECDSA, TPM_ALG.SHA256);
   assert.equal(sig.sigAlg, TPM_ALG.ECDSA);
@@ -155,12 +163,5 @@ test('an answer whose response hmac does not verify leaves the session nonce as 
   const auth = marshalAuthResponses([{ nonce: forgedNonce, attributes: 1, hmac: Buffer.alloc(32, 7) }]);
   const body = new Writer().u32(params.length).bytes(params).bytes(auth).finish();
   const forged = new Writer().u16(TPM_ST.SESSIONS).u32(10 + body.length).u32(0).bytes(body).finish();
-  const tpm = new Tpm({ send: async () => forged, close: async () => undefined, connections: 1 } as unknown as TpmTransport);
-  const nonceTPM = Buffer.alloc(32, 2);
-  const session = { handle: 0x02000000, sessionKey: Buffer.alloc(32, 1), nonceTPM };
-  await assert.rejects(
-    tpm.sign(0x81000010, Buffer.alloc(32), TPM_ALG.ECDSA, TPM_ALG.SHA256, { session, name: Buffer.alloc(34, 3), authValue: Buffer.alloc(32, 4) }),
-    (e: unknown) => e instanceof ResponseHmacError,
-  );
-  assert.equal(session.nonceTPM, nonceTPM, 'the unverified nonce did not enter the session');
+  await refusesForgedSign(forged, 'the unverified nonce did not enter the session');
 });
